@@ -1,1 +1,55 @@
-//! placeholder
+//! # gatehouse-engine
+//!
+//! The verification core of gatehouse: given a presentation token, the scanner that sent it
+//! and `now`, decide accept or deny — for many tokens at once.
+//!
+//! The core ([`Engine`]) does no IO and reads no clock: `now` is an argument, so tests drive it
+//! with a fake clock and no network. It checks, cheapest first (SPEC §6): decode, trusted issuer
+//! key, credential dates, freshness, revocation ([`Revocations`]: bloom filter plus exact
+//! confirmation), issuer signature (once per credential, remembered in a sharded
+//! [`IssuerCache`]), device signature, one-time use ([`ReplayGuard`]), the scanner's challenge
+//! and its role's policy. Batches run their signature checks in parallel on a rayon pool,
+//! never on an async runtime thread.
+//!
+//! Nothing about a holder outlives the replay window: the engine keeps no per-holder history,
+//! and its counters ([`Stats`]) are by scanner role and reason only.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use gatehouse_engine::*;
+//! use gatehouse_protocol::{vectors, Reason};
+//!
+//! let mut trust = TrustList::new();
+//! trust.insert(IssuerKey {
+//!     name: "test".into(),
+//!     public: vectors::issuer_key().public().clone(),
+//!     not_before: 0,
+//!     not_after: u64::MAX,
+//!     retired: false,
+//! });
+//! let mut scanners = ScannerRegistry::new();
+//! scanners.insert(Scanner { id: "gate".into(), role: Role::Gate { unit: "1/12".parse()?, admits: DEFAULT_GATE_ADMITS.to_vec() } });
+//! let engine = Engine::new(EngineConfig::default(), trust, scanners)?;
+//! let token = vectors::all()?.into_iter().find(|v| v.name == "token").unwrap().bytes;
+//! let gate = engine.scanner("gate").unwrap();
+//! assert_eq!(engine.verify(&gate, &token, None, vectors::NOW).reason, Reason::Accepted);
+//! assert_eq!(engine.verify(&gate, &token, None, vectors::NOW).reason, Reason::Replayed);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod cache;
+mod config;
+mod engine;
+mod policy;
+mod replay;
+mod revocation;
+
+pub use cache::{CachedCredential, IssuerCache};
+pub use config::{
+    load_revocations, ConfigError, IssuerKey, Role, Scanner, ScannerRegistry, TrustList,
+    DEFAULT_GATE_ADMITS,
+};
+pub use engine::{Engine, EngineConfig, EngineError, Item, Stats};
+pub use policy::{decide, military_discount_eligible};
+pub use replay::{Mark, ReplayGuard};
+pub use revocation::{RevocationError, RevocationState, Revocations};

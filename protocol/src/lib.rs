@@ -7,6 +7,7 @@
 //! - a **rotating presentation token** ([`Presentation`] to make, [`Token`] to read): the
 //!   credential, a timestamp, a nonce and an optional scanner challenge, signed by the
 //!   holder's device key; shown as QR text ([`to_qr_text`]) or sent raw over NFC;
+//! - **revocation lists** ([`RevocationList`]): numbered snapshots and deltas;
 //! - the **wire protocol** between scanners and the engine over QUIC ([`Request`],
 //!   [`Response`], [`Verdict`], [`Reason`]).
 //!
@@ -54,6 +55,7 @@ mod credential;
 mod crypto;
 mod error;
 mod reason;
+mod revocation;
 mod text;
 mod token;
 mod types;
@@ -67,6 +69,9 @@ pub use credential::{
 pub use crypto::{verify, verify_es256, verify_strict, Backend, PrivateKey, PublicKey, Signature};
 pub use error::{DecodeError, SignError, SignatureError};
 pub use reason::Reason;
+pub use revocation::{
+    RevocationEntry, RevocationKind, RevocationList, MAX_REVOCATION_ENTRIES, REVOCATION_VERSION,
+};
 pub use text::{from_qr_text, to_qr_text, QR_PREFIX};
 pub use token::{
     Presentation, Token, TokenParams, MAX_CHALLENGE_LEN, MAX_TOKEN_LEN, NONCE_LEN, TOKEN_AAD,

@@ -1,0 +1,373 @@
+//! The verification pipeline.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use gatehouse_protocol::{
+    verify, verify_strict, Backend, Credential, DecodeError, Reason, RevocationList, Token,
+    TokenParams, Verdict,
+};
+use rayon::prelude::*;
+
+use crate::cache::{CachedCredential, IssuerCache};
+use crate::config::{Role, Scanner, ScannerRegistry, TrustList};
+use crate::replay::{Mark, ReplayGuard};
+use crate::revocation::{RevocationError, RevocationState, Revocations};
+
+/// Tunables of the engine core.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Token rotation and acceptance window.
+    pub params: TokenParams,
+    /// How far a token's timestamp may be ahead of the engine's clock (seconds).
+    pub clock_skew_secs: u64,
+    /// Which implementation verifies signatures.
+    pub backend: Backend,
+    /// Also check the R y-parity of every signature (costs one p256 verification each).
+    pub strict_signatures: bool,
+    /// Credentials whose issuer signature is remembered.
+    pub issuer_cache_capacity: usize,
+    /// Live one-time-use entries (size for peak rate × window, with headroom).
+    pub replay_capacity: usize,
+    /// Offset of the local civil date from UTC, for age checks (Korea: +9 h).
+    pub utc_offset_secs: i32,
+    /// Signature-verification threads (0: one per core).
+    pub threads: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            params: TokenParams::default(),
+            clock_skew_secs: 5,
+            backend: Backend::Ring,
+            strict_signatures: false,
+            issuer_cache_capacity: 131_072,
+            // 20,000 tokens/s over a 30 s window, with a quarter of headroom.
+            replay_capacity: 750_000,
+            utc_offset_secs: 9 * 3600,
+            threads: 0,
+        }
+    }
+}
+
+/// Why the engine could not start.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The verification thread pool could not start.
+    #[error("cannot start the verification pool: {0}")]
+    Pool(String),
+    /// The revocation state could not be built.
+    #[error(transparent)]
+    Revocation(#[from] RevocationError),
+}
+
+/// One token to verify, as a scanner sent it.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// The scanner that sent it (its role decides the policy).
+    pub scanner: Arc<Scanner>,
+    /// Token bytes.
+    pub token: Vec<u8>,
+    /// The challenge the scanner issued, on NFC.
+    pub challenge: Option<Vec<u8>>,
+}
+
+/// What survives the stateless checks: enough to mark the token used and apply policy.
+struct Checked {
+    replay_id: [u8; 16],
+    expiry: u64,
+    credential: Credential,
+    challenge: Option<Vec<u8>>,
+}
+
+const ROLES: usize = 3;
+const REASONS: usize = 32;
+
+/// Counters by scanner role and reason: no identifiers, only numbers.
+pub struct Stats {
+    verdicts: [[AtomicU64; REASONS]; ROLES],
+}
+
+impl Stats {
+    fn new() -> Self {
+        Stats {
+            verdicts: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+        }
+    }
+
+    fn count(&self, role: &Role, reason: Reason) {
+        self.verdicts[role.index()][usize::from(reason.code()) % REASONS]
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Verdicts so far for this role index (gate 0, partner 1, age_check 2) and reason.
+    pub fn verdicts(&self, role_index: usize, reason: Reason) -> u64 {
+        self.verdicts[role_index % ROLES][usize::from(reason.code()) % REASONS]
+            .load(Ordering::Relaxed)
+    }
+}
+
+/// The gatehouse verification engine: no sockets, no clock. Give it a token, the scanner that
+/// sent it and `now` (Unix seconds); it answers with a [`Verdict`].
+pub struct Engine {
+    config: EngineConfig,
+    trust: ArcSwap<TrustList>,
+    scanners: ArcSwap<ScannerRegistry>,
+    revocations: Revocations,
+    cache: IssuerCache,
+    replay: ReplayGuard,
+    pool: rayon::ThreadPool,
+    stats: Stats,
+}
+
+impl Engine {
+    /// An engine with this trust list and scanner registry, and nothing revoked.
+    pub fn new(
+        config: EngineConfig,
+        trust: TrustList,
+        scanners: ScannerRegistry,
+    ) -> Result<Engine, EngineError> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(config.threads)
+            .thread_name(|i| format!("gatehouse-verify-{i}"))
+            .build()
+            .map_err(|e| EngineError::Pool(e.to_string()))?;
+        Ok(Engine {
+            cache: IssuerCache::new(config.issuer_cache_capacity),
+            replay: ReplayGuard::new(config.replay_capacity),
+            trust: ArcSwap::from_pointee(trust),
+            scanners: ArcSwap::from_pointee(scanners),
+            revocations: Revocations::new(RevocationState::empty()?),
+            pool,
+            stats: Stats::new(),
+            config,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The registered scanner with this id.
+    pub fn scanner(&self, id: &str) -> Option<Arc<Scanner>> {
+        self.scanners.load().get(id)
+    }
+
+    /// Replaces the trust list; verification in flight finishes with the old one.
+    pub fn set_trust(&self, trust: TrustList) {
+        self.trust.store(Arc::new(trust));
+    }
+
+    /// Replaces the scanner registry.
+    pub fn set_scanners(&self, scanners: ScannerRegistry) {
+        self.scanners.store(Arc::new(scanners));
+    }
+
+    /// Applies a revocation snapshot or delta (built aside, swapped in). Returns the epoch.
+    pub fn apply_revocations(&self, list: &RevocationList) -> Result<u64, RevocationError> {
+        self.revocations.apply(list)
+    }
+
+    /// The revocation epoch in force and its size.
+    pub fn revocation_epoch(&self) -> (u64, usize) {
+        let r = self.revocations.load();
+        (r.epoch(), r.len())
+    }
+
+    /// Drops one-time-use entries whose window has passed.
+    pub fn purge(&self, now: u64) {
+        self.replay.purge(now);
+    }
+
+    /// (issuer-cache hits, misses), live one-time-use entries, and the table's capacity.
+    pub fn occupancy(&self) -> ((u64, u64), usize, usize) {
+        (
+            self.cache.stats(),
+            self.replay.len(),
+            self.replay.capacity(),
+        )
+    }
+
+    /// Verdict counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Verifies one token on the calling thread.
+    pub fn verify(
+        &self,
+        scanner: &Scanner,
+        token: &[u8],
+        challenge: Option<&[u8]>,
+        now: u64,
+    ) -> Verdict {
+        let trust = self.trust.load();
+        let rev = self.revocations.load();
+        let checked = self.check(token, now, &trust, &rev);
+        self.finish(checked, scanner, challenge, now)
+    }
+
+    /// Verifies many tokens together: the expensive checks run in parallel on the verification
+    /// pool, then one-time use and policy run in order, so the verdicts are exactly those of
+    /// verifying the items one by one, in order. Blocks the caller: call it from a plain thread
+    /// (or see [`Engine::submit`] from async code).
+    pub fn verify_batch(&self, items: &[Item], now: u64) -> Vec<Verdict> {
+        let trust = self.trust.load();
+        let rev = self.revocations.load();
+        let checked: Vec<Result<Checked, Reason>> = self.pool.install(|| {
+            items
+                .par_iter()
+                .map(|it| self.check(&it.token, now, &trust, &rev))
+                .collect()
+        });
+        checked
+            .into_iter()
+            .zip(items)
+            .map(|(c, it)| self.finish(c, &it.scanner, it.challenge.as_deref(), now))
+            .collect()
+    }
+
+    /// Queues a batch on the verification pool and returns at once; `done` receives the
+    /// verdicts (in item order) on a pool thread. This is how async code hands work over
+    /// without blocking a runtime worker.
+    pub fn submit(
+        self: &Arc<Self>,
+        items: Vec<Item>,
+        now: u64,
+        done: impl FnOnce(Vec<Verdict>) + Send + 'static,
+    ) {
+        let engine = Arc::clone(self);
+        self.pool
+            .spawn(move || done(engine.verify_batch(&items, now)));
+    }
+
+    /// Checks 1–6 of the SPEC: everything that needs no mutable state, cheapest first.
+    fn check(
+        &self,
+        bytes: &[u8],
+        now: u64,
+        trust: &TrustList,
+        rev: &RevocationState,
+    ) -> Result<Checked, Reason> {
+        let token = Token::decode(bytes).map_err(|e| match e {
+            DecodeError::UnsupportedVersion(_) => Reason::UnsupportedVersion,
+            _ => Reason::Malformed,
+        })?;
+        let signed = &token.credential;
+        let c = &signed.credential;
+
+        let issuer = trust.get(&signed.issuer_kid).ok_or(Reason::UnknownIssuer)?;
+        if issuer.retired || now >= issuer.not_after || c.not_before < issuer.not_before {
+            return Err(Reason::IssuerKeyNotValid);
+        }
+
+        if now < c.not_before {
+            return Err(Reason::NotYetValid);
+        }
+        if now >= c.not_after {
+            return Err(Reason::Expired);
+        }
+        if let Some((start, end)) = c.leave {
+            if now < start || now >= end {
+                return Err(Reason::OutsideLeave);
+            }
+        }
+
+        if token.timestamp > now.saturating_add(self.config.clock_skew_secs) {
+            return Err(Reason::FromFuture);
+        }
+        if now.saturating_sub(token.timestamp) >= self.config.params.window_secs {
+            return Err(Reason::Stale);
+        }
+
+        if rev.revokes(c) {
+            return Err(Reason::Revoked);
+        }
+
+        let digest = signed.digest();
+        let device_key = match self.cache.get(&digest) {
+            Some(hit) if hit.issuer_kid == signed.issuer_kid => hit.device_key,
+            _ => {
+                self.check_signature(&issuer.public, &signed.to_be_signed(), &signed.signature)
+                    .map_err(|_| Reason::BadIssuerSignature)?;
+                let device_key = token.device_key().map_err(|_| Reason::BadDeviceSignature)?;
+                self.cache.insert(
+                    digest,
+                    CachedCredential {
+                        device_key: device_key.clone(),
+                        issuer_kid: signed.issuer_kid,
+                    },
+                );
+                device_key
+            }
+        };
+        self.check_signature(&device_key, &token.to_be_signed(), &token.signature)
+            .map_err(|_| Reason::BadDeviceSignature)?;
+
+        let replay_id = token.replay_id();
+        let expiry = token
+            .timestamp
+            .saturating_add(self.config.params.window_secs);
+        let Token {
+            credential,
+            challenge,
+            ..
+        } = token;
+        Ok(Checked {
+            replay_id,
+            expiry,
+            credential: credential.credential,
+            challenge,
+        })
+    }
+
+    fn check_signature(
+        &self,
+        key: &gatehouse_protocol::PublicKey,
+        msg: &[u8],
+        sig: &gatehouse_protocol::Signature,
+    ) -> Result<(), gatehouse_protocol::SignatureError> {
+        if self.config.strict_signatures {
+            verify_strict(key, msg, sig)
+        } else {
+            verify(self.config.backend, key, msg, sig)
+        }
+    }
+
+    /// Checks 7–8: one-time use, the scanner's challenge, the scanner's policy.
+    fn finish(
+        &self,
+        checked: Result<Checked, Reason>,
+        scanner: &Scanner,
+        challenge: Option<&[u8]>,
+        now: u64,
+    ) -> Verdict {
+        let verdict = match checked {
+            Err(reason) => Verdict::deny(reason),
+            Ok(c) => match self.replay.mark(&c.replay_id, c.expiry.max(now + 1), now) {
+                Mark::Replayed => Verdict::deny(Reason::Replayed),
+                Mark::Full => Verdict::deny(Reason::ReplayCapacity),
+                Mark::Fresh => {
+                    // Both absent (QR), or equal (NFC): a token made for one scanner's challenge, or
+                    // one carrying a challenge shown where none was asked, is not accepted.
+                    if challenge != c.challenge.as_deref() {
+                        Verdict::deny(Reason::ChallengeMismatch)
+                    } else {
+                        crate::policy::decide(
+                            &scanner.role,
+                            &c.credential,
+                            now,
+                            self.config.utc_offset_secs,
+                        )
+                    }
+                }
+            },
+        };
+        self.stats.count(&scanner.role, verdict.reason);
+        verdict
+    }
+}
