@@ -38,11 +38,15 @@
 //! ```
 
 mod cache;
+pub mod client;
 mod config;
 mod engine;
+pub mod pki;
 mod policy;
+pub mod population;
 mod replay;
 mod revocation;
+pub mod server;
 
 pub use cache::{CachedCredential, IssuerCache};
 pub use config::{

@@ -1,0 +1,2 @@
+//! The `gatehouse` command.
+fn main() {}

@@ -1,0 +1,1 @@
+//! The QUIC service: a thin shell around [`crate::Engine`].
