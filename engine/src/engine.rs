@@ -192,6 +192,12 @@ impl Engine {
         )
     }
 
+    /// The issuer cache and the one-time-use table, for benches and memory measurements.
+    #[doc(hidden)]
+    pub fn tables(&self) -> (&IssuerCache, &ReplayGuard) {
+        (&self.cache, &self.replay)
+    }
+
     /// Verdict counters.
     pub fn stats(&self) -> &Stats {
         &self.stats

@@ -8,6 +8,8 @@ use gatehouse_protocol::{
 use crate::config::Role;
 
 /// The verdict for a credential that passed every other check, as `role` sees it.
+/// Age checks follow Korea's Youth Protection Act (see [`Date::is_19_or_older_kr`]) at the
+/// engine's local civil date.
 pub fn decide(role: &Role, c: &Credential, now: u64, utc_offset_secs: i32) -> Verdict {
     match role {
         Role::Gate { unit, admits } => {
@@ -46,7 +48,9 @@ pub fn decide(role: &Role, c: &Credential, now: u64, utc_offset_secs: i32) -> Ve
         }
         Role::AgeCheck => {
             let over = match (c.birth_date, c.age_over_19) {
-                (Some(born), _) => Some(born.age_on(Date::from_unix(now, utc_offset_secs)) >= 19),
+                (Some(born), _) => {
+                    Some(born.is_19_or_older_kr(Date::from_unix(now, utc_offset_secs)))
+                }
                 (None, flag) => flag,
             };
             match over {

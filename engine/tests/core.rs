@@ -581,15 +581,17 @@ fn partners_learn_only_the_discount_predicate() {
 #[test]
 fn age_checks_learn_only_19_or_older() {
     let w = world();
-    // NOW is 2027-01-15 08:00 UTC (17:00 in Korea).
+    // NOW is 2027-01-15 08:00 UTC (17:00 in Korea). Under the Youth Protection Act everyone
+    // born in 2008 or before is an adult in 2027, whatever their birthday.
     let born = |d: Option<Date>, flag: Option<bool>| {
         w.holder_with(|c| {
             c.birth_date = d;
             c.age_over_19 = flag;
+            c.not_before = NOW - 60 * 86_400;
         })
     };
-    let exactly_19 = born(Date::new(2008, 1, 15).ok(), None);
-    let v = w.verify("age", &w.token(&exactly_19, NOW), NOW);
+    let late_2008 = born(Date::new(2008, 12, 31).ok(), None);
+    let v = w.verify("age", &w.token(&late_2008, NOW), NOW);
     assert_eq!(v.reason, Reason::Accepted);
     assert_eq!(
         v.attributes,
@@ -598,9 +600,9 @@ fn age_checks_learn_only_19_or_older() {
             ..Default::default()
         }
     );
-    let tomorrow = born(Date::new(2008, 1, 16).ok(), None);
+    let early_2009 = born(Date::new(2009, 1, 1).ok(), None);
     assert_eq!(
-        w.reason("age", &w.token(&tomorrow, NOW), NOW),
+        w.reason("age", &w.token(&early_2009, NOW), NOW),
         Reason::NotEligible
     );
     assert_eq!(
@@ -615,10 +617,18 @@ fn age_checks_learn_only_19_or_older() {
         w.reason("age", &w.token(&born(None, None), NOW), NOW),
         Reason::AttributeMissing
     );
-    // The civil date is Korea's: born 2008-01-16, at 2027-01-15T16:00Z it is already the 16th there.
-    let at_midnight_kst = NOW + 8 * 3600;
-    let t = w.token(&tomorrow, at_midnight_kst);
-    assert_eq!(w.reason("age", &t, at_midnight_kst), Reason::Accepted);
+    // The civil date is Korea's: at 2026-12-31T15:00Z it is already 2027 there.
+    let born_2008 = born(Date::new(2008, 6, 1).ok(), None);
+    let new_year_kst: u64 = 1_798_729_200; // 2026-12-31T15:00:00Z
+    let before = new_year_kst - 1;
+    assert_eq!(
+        w.reason("age", &w.token(&born_2008, before), before),
+        Reason::NotEligible
+    );
+    assert_eq!(
+        w.reason("age", &w.token(&born_2008, new_year_kst), new_year_kst),
+        Reason::Accepted
+    );
 }
 
 #[test]

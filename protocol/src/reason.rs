@@ -72,7 +72,7 @@ reasons! {
     Revoked = 11, "revoked", "credential, holder or sponsor is revoked";
     /// The device signature over the token does not verify.
     BadDeviceSignature = 12, "bad_device_signature", "device signature does not verify";
-    /// The token was already accepted once (a replay).
+    /// The token was already used: it passed every check up to one-time use before (a replay).
     Replayed = 13, "replayed", "token was already used";
     /// The token does not answer the scanner's challenge (NFC).
     ChallengeMismatch = 14, "challenge_mismatch", "token does not answer this scanner's challenge";

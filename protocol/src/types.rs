@@ -285,6 +285,18 @@ impl Date {
         Date(y.clamp(0, 9999) as u32 * 10000 + m * 100 + d)
     }
 
+    /// The year.
+    pub fn year(self) -> u32 {
+        self.0 / 10000
+    }
+
+    /// Whether someone born on `self` counts as 19 or older on `today` under Korea's Youth
+    /// Protection Act: a youth is under 19 in full years, except that everyone who turns 19
+    /// this year is an adult from 1 January. So: born in or before `today`'s year − 19.
+    pub fn is_19_or_older_kr(self, today: Date) -> bool {
+        today.year() >= self.year() + 19
+    }
+
     /// Age in whole years on `today` of someone born on `self`.
     pub fn age_on(self, today: Date) -> u32 {
         let (by, bmd) = (self.0 / 10000, self.0 % 10000);
@@ -372,6 +384,9 @@ mod tests {
         assert_eq!(born.age_on(Date::new(2024, 11, 23).unwrap()), 18);
         assert_eq!(born.age_on(Date::new(2024, 11, 24).unwrap()), 19);
         assert_eq!(born.age_on(Date::new(2004, 1, 1).unwrap()), 0);
+        // Turning 19 in December 2024 makes one an adult from 1 January 2024.
+        assert!(!born.is_19_or_older_kr(Date::new(2023, 12, 31).unwrap()));
+        assert!(born.is_19_or_older_kr(Date::new(2024, 1, 1).unwrap()));
     }
 
     #[test]

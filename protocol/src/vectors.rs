@@ -229,7 +229,7 @@ pub fn all() -> Result<Vec<Vector>, crate::SignError> {
     .encode();
 
     Ok(vec![
-        Vector { name: "credential", about: "the sample credential (COSE_Sign1 by the test issuer key)", bytes: credential.clone(), expect: None },
+        Vector { name: "credential", about: "the sample credential, a COSE_Sign1 by the test issuer key", bytes: credential.clone(), expect: None },
         Vector { name: "token", about: "a QR token made 5 s before NOW", bytes: token.clone(), expect: Some(Reason::Accepted) },
         Vector { name: "token-nfc", about: "an NFC token answering challenge \"scanner-challenge-16\"", bytes: nfc_token, expect: Some(Reason::Accepted) },
         Vector { name: "request", about: "a Verify request frame carrying `token`", bytes: request, expect: None },
@@ -238,7 +238,7 @@ pub fn all() -> Result<Vec<Vector>, crate::SignError> {
         Vector { name: "invalid-high-s", about: "`token` with s replaced by n − s (and the parity flipped to match): a stock ES256 verifier accepts it, gatehouse does not", bytes: resign(&token, &high_s), expect: Some(Reason::BadDeviceSignature) },
         Vector { name: "invalid-wrong-parity", about: "`token` whose credential has its R y-parity bit flipped: strict verifiers deny it; verifiers that do not check the parity accept it", bytes: present(&wrong_parity_cred, NOW - 5)?, expect: Some(Reason::BadIssuerSignature) },
         Vector { name: "invalid-expired", about: "a fresh token for a credential that expired an hour before NOW", bytes: present(&expired_cred, NOW - 5)?, expect: Some(Reason::Expired) },
-        Vector { name: "invalid-stale", about: "`token`'s credential presented 31 s before NOW (window 30 s)", bytes: present(&credential, NOW - 31)?, expect: Some(Reason::Stale) },
+        Vector { name: "invalid-stale", about: "a token for the sample credential made 31 s before NOW (window 30 s)", bytes: present(&credential, NOW - 31)?, expect: Some(Reason::Stale) },
         Vector { name: "invalid-truncated", about: "`token` without its last byte", bytes: token[..token.len() - 1].to_vec(), expect: Some(Reason::Malformed) },
     ])
 }

@@ -155,10 +155,11 @@ impl Request {
                 (_, 1) => id = Some(r.uint("request id")?),
                 (kind::VERIFY, 2) => token = Some(r.bytes("token", MAX_TOKEN_LEN)?.to_vec()),
                 (kind::VERIFY, 3) => {
-                    challenge = Some(
-                        r.bytes("challenge", crate::token::MAX_CHALLENGE_LEN)?
-                            .to_vec(),
-                    )
+                    let c = r.bytes("challenge", crate::token::MAX_CHALLENGE_LEN)?;
+                    if c.is_empty() {
+                        return Err(DecodeError::BadLength("challenge"));
+                    }
+                    challenge = Some(c.to_vec())
                 }
                 (kind::VERIFY_BATCH, 2) => {
                     let len = r.array("batch", MAX_BATCH)?;

@@ -1,0 +1,228 @@
+//! Criterion benches of gatehouse's hot paths. Group and bench names are stable: they are
+//! tracked over time. Run: `cargo bench -p gatehouse-benches --bench core`.
+
+#![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use gatehouse_benches::{engine, holders, tokens, NOW};
+use gatehouse_engine::population::derive_id;
+use gatehouse_engine::{EngineConfig, Item, Mark, RevocationState};
+use gatehouse_protocol::{
+    verify, verify_strict, Backend, RevocationEntry, RevocationKind, RevocationList, Token,
+};
+use rayon::prelude::*;
+
+/// `decode/token`: decoding one presentation token (COSE + CBOR, no signature check).
+fn decode(c: &mut Criterion) {
+    let h = holders(1);
+    let t = tokens(&h, 1).pop().unwrap();
+    let mut g = c.benchmark_group("decode");
+    g.bench_function("token", |b| {
+        b.iter(|| Token::decode(black_box(&t)).unwrap())
+    });
+    g.finish();
+}
+
+/// `verify/single/<backend>`: one device-signature check (ES256 + low-s) per backend;
+/// `verify/strict`: the check that also verifies the R y-parity (p256 arithmetic);
+/// `verify/batch/<n>`: n signature checks spread over the verification pool (2 threads).
+fn verify_bench(c: &mut Criterion) {
+    let h = holders(16);
+    let ts: Vec<Token> = tokens(&h, 256)
+        .iter()
+        .map(|t| Token::decode(t).unwrap())
+        .collect();
+    let prepared: Vec<_> = ts
+        .iter()
+        .map(|t| (t.device_key().unwrap(), t.to_be_signed(), t.signature))
+        .collect();
+    let mut g = c.benchmark_group("verify");
+    for backend in Backend::ALL {
+        let (k, m, s) = &prepared[0];
+        g.bench_function(BenchmarkId::new("single", backend.label()), |b| {
+            b.iter(|| verify(backend, black_box(k), black_box(m), black_box(s)).unwrap())
+        });
+    }
+    let (k, m, s) = &prepared[0];
+    g.bench_function("strict", |b| {
+        b.iter(|| verify_strict(black_box(k), black_box(m), black_box(s)).unwrap())
+    });
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    for n in [1usize, 16, 64, 256] {
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(BenchmarkId::new("batch", n), |b| {
+            b.iter(|| {
+                pool.install(|| {
+                    prepared[..n]
+                        .par_iter()
+                        .for_each(|(k, m, s)| verify(Backend::Ring, k, m, s).unwrap())
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+/// `revocation/lookup/{hit,miss}`: one identifier against 1,000,000 revoked entries
+/// (bloom filter, then exact confirmation of positives).
+fn revocation(c: &mut Criterion) {
+    let revoke: Vec<RevocationEntry> = (0..1_000_000u64)
+        .map(|i| RevocationEntry {
+            kind: RevocationKind::Credential,
+            id: derive_id("revoked", i),
+        })
+        .collect();
+    let state = RevocationState::empty()
+        .unwrap()
+        .apply(&RevocationList {
+            epoch: 1,
+            base: None,
+            revoke,
+            reinstate: vec![],
+        })
+        .unwrap();
+    let hits: Vec<[u8; 16]> = (0..1024u64)
+        .map(|i| derive_id("revoked", i * 977))
+        .collect();
+    let misses: Vec<[u8; 16]> = (0..1024u64).map(|i| derive_id("valid", i)).collect();
+    let mut g = c.benchmark_group("revocation");
+    let mut i = 0;
+    g.bench_function("lookup/hit", |b| {
+        b.iter(|| {
+            i = (i + 1) & 1023;
+            assert!(state.is_revoked(RevocationKind::Credential, black_box(&hits[i])))
+        })
+    });
+    g.bench_function("lookup/miss", |b| {
+        b.iter(|| {
+            i = (i + 1) & 1023;
+            state.is_revoked(RevocationKind::Credential, black_box(&misses[i]))
+        })
+    });
+    g.finish();
+}
+
+/// `replay/insert`: marking a fresh token used in a table already holding 600,000 live
+/// entries (20,000 tokens/s × 30 s).
+fn replay(c: &mut Criterion) {
+    let e = engine(EngineConfig::default());
+    let (_, guard) = e.tables();
+    for i in 0..600_000u64 {
+        guard.mark(&derive_id("live", i), NOW + 30, NOW);
+    }
+    let mut n = 0u64;
+    let mut g = c.benchmark_group("replay");
+    g.bench_function("insert", |b| {
+        b.iter_custom(|iters| {
+            let ids: Vec<[u8; 16]> = (0..iters).map(|i| derive_id("fresh", n + i)).collect();
+            n += iters;
+            let start = Instant::now();
+            for id in &ids {
+                assert_eq!(guard.mark(black_box(id), NOW + 1, NOW), Mark::Fresh);
+            }
+            let spent = start.elapsed();
+            // Drop the benched entries (they expire at NOW + 1), keep the 600,000 live ones.
+            guard.purge(NOW + 1);
+            spent
+        })
+    });
+    g.finish();
+}
+
+/// `cache/issuer-hit`: looking up a verified credential in the issuer-signature cache.
+fn cache(c: &mut Criterion) {
+    let e = engine(EngineConfig::default());
+    let h = holders(1);
+    let t = tokens(&h, 1).pop().unwrap();
+    let gate = e.scanner("gate-1-1").unwrap();
+    e.verify(&gate, &t, None, NOW);
+    let digest = Token::decode(&t).unwrap().credential.digest();
+    let (cache, _) = e.tables();
+    let mut g = c.benchmark_group("cache");
+    g.bench_function("issuer-hit", |b| {
+        b.iter(|| cache.get(black_box(&digest)).unwrap())
+    });
+    g.finish();
+}
+
+/// Runs `per_round` verifications of fresh tokens per round, clearing the one-time-use table
+/// between rounds (outside the timing), so every timed verification is a first use.
+fn pipeline(c: &mut Criterion) {
+    let e = engine(EngineConfig::default());
+    let h = holders(64);
+    let pool = tokens(&h, 8192);
+    let gate = e.scanner("gate-1-1").unwrap();
+    // Warm the issuer cache for the 64 credentials.
+    for t in &pool[..64] {
+        assert!(e.verify(&gate, t, None, NOW).reason.is_accept());
+    }
+    e.purge(NOW + 3600);
+    let mut g = c.benchmark_group("pipeline");
+    g.measurement_time(Duration::from_secs(8));
+    // `pipeline/accept`: one valid token through every check, warm issuer cache.
+    g.bench_function("accept", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            let mut left = iters as usize;
+            while left > 0 {
+                let n = left.min(pool.len());
+                let start = Instant::now();
+                for t in &pool[..n] {
+                    assert!(e.verify(&gate, black_box(t), None, NOW).reason.is_accept());
+                }
+                spent += start.elapsed();
+                e.purge(NOW + 3600);
+                left -= n;
+            }
+            spent
+        })
+    });
+    // `pipeline/batch/64`: 64 valid tokens as one batch on the verification pool.
+    let items: Vec<Item> = pool
+        .iter()
+        .map(|t| Item {
+            scanner: gate.clone(),
+            token: t.clone(),
+            challenge: None,
+        })
+        .collect();
+    g.throughput(Throughput::Elements(64));
+    g.bench_function("batch/64", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            let mut done = 0u64;
+            while done < iters {
+                for chunk in items.chunks(64) {
+                    if done == iters {
+                        break;
+                    }
+                    let start = Instant::now();
+                    let v = e.verify_batch(black_box(chunk), NOW);
+                    spent += start.elapsed();
+                    assert!(v.iter().all(|v| v.reason.is_accept()));
+                    done += 1;
+                }
+                e.purge(NOW + 3600);
+            }
+            spent
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    decode,
+    verify_bench,
+    revocation,
+    replay,
+    cache,
+    pipeline
+);
+criterion_main!(benches);

@@ -1,0 +1,331 @@
+//! Service counters and their Prometheus text form. Counters are by kind, role and reason only:
+//! no scanner, credential or holder identifier is ever a label.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use gatehouse_protocol::{Reason, WireErrorCode};
+
+use crate::Engine;
+
+/// Latency buckets (seconds): from frame received to response written.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+/// Batch size buckets (tokens per engine batch).
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+const ROLES: [&str; 3] = ["gate", "partner", "age_check"];
+
+/// A fixed-bucket histogram of non-negative values, lock-free.
+pub(crate) struct Histogram {
+    bounds: &'static [f64],
+    /// Non-cumulative counts per bucket; the last one is +Inf.
+    counts: Box<[AtomicU64]>,
+    /// Sum of observations, in units of `1 / scale`.
+    sum: AtomicU64,
+    count: AtomicU64,
+    scale: f64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64], scale: f64) -> Self {
+        Histogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+            scale,
+        }
+    }
+
+    fn observe(&self, value: f64) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| value <= *b)
+            .unwrap_or(self.bounds.len());
+        if let Some(c) = self.counts.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum
+            .fetch_add((value * self.scale).round() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            cumulative += c.load(Ordering::Relaxed);
+            match self.bounds.get(i) {
+                Some(b) => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+                }
+                None => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+                }
+            }
+        }
+        let sum = self.sum.load(Ordering::Relaxed) as f64 / self.scale;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {}", self.count.load(Ordering::Relaxed));
+    }
+}
+
+/// Request kinds, for counters.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Kind {
+    Verify = 0,
+    VerifyBatch = 1,
+    Ping = 2,
+}
+
+const KINDS: [&str; 3] = ["verify", "verify_batch", "ping"];
+const WIRE_ERRORS: [(WireErrorCode, &str); 4] = [
+    (WireErrorCode::MalformedFrame, "malformed_frame"),
+    (WireErrorCode::FrameTooLarge, "frame_too_large"),
+    (WireErrorCode::UnsupportedVersion, "unsupported_version"),
+    (WireErrorCode::UnknownKind, "unknown_kind"),
+];
+
+/// Everything the shell counts.
+pub(crate) struct Metrics {
+    pub connections: AtomicI64,
+    pub streams: AtomicI64,
+    pub refused_limit: AtomicU64,
+    pub refused_unknown_scanner: AtomicU64,
+    pub handshake_failures: AtomicU64,
+    requests: [AtomicU64; 3],
+    wire_errors: [AtomicU64; 4],
+    /// Tokens answered by the shell, not the engine (queue full, engine gone), by role.
+    busy: [AtomicU64; 3],
+    unavailable: [AtomicU64; 3],
+    /// Tokens admitted to the batcher and not yet answered.
+    pub queue_depth: AtomicUsize,
+    pub queue_capacity: usize,
+    pub batches: AtomicU64,
+    latency: Histogram,
+    batch_size: Histogram,
+    /// False once draining starts.
+    pub accepting: AtomicBool,
+}
+
+impl Metrics {
+    pub fn new(queue_capacity: usize) -> Self {
+        Metrics {
+            connections: AtomicI64::new(0),
+            streams: AtomicI64::new(0),
+            refused_limit: AtomicU64::new(0),
+            refused_unknown_scanner: AtomicU64::new(0),
+            handshake_failures: AtomicU64::new(0),
+            requests: Default::default(),
+            wire_errors: Default::default(),
+            busy: Default::default(),
+            unavailable: Default::default(),
+            queue_depth: AtomicUsize::new(0),
+            queue_capacity,
+            batches: AtomicU64::new(0),
+            latency: Histogram::new(LATENCY_BUCKETS, 1e9),
+            batch_size: Histogram::new(BATCH_BUCKETS, 1.0),
+            accepting: AtomicBool::new(true),
+        }
+    }
+
+    pub fn request(&self, kind: Kind) {
+        self.requests[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn wire_error(&self, code: WireErrorCode) {
+        if let Some(i) = WIRE_ERRORS.iter().position(|(c, _)| *c == code) {
+            self.wire_errors[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Tokens the shell answered itself with `reason` (busy or unavailable).
+    pub fn shed(&self, role_index: usize, reason: Reason, tokens: usize) {
+        let table = if reason == Reason::Busy {
+            &self.busy
+        } else {
+            &self.unavailable
+        };
+        table[role_index % ROLES.len()].fetch_add(tokens as u64, Ordering::Relaxed);
+    }
+
+    pub fn latency(&self, d: Duration) {
+        self.latency.observe(d.as_secs_f64());
+    }
+
+    pub fn batch(&self, tokens: usize) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.batch_size.observe(tokens as f64);
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self, engine: &Engine) -> String {
+        let mut out = String::with_capacity(8192);
+        let counter = |out: &mut String, name: &str, help: &str, value: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        };
+        let gauge = |out: &mut String, name: &str, help: &str, value: i64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        };
+
+        let name = "gatehouse_verdicts_total";
+        let _ = writeln!(out, "# HELP {name} Verdicts by scanner role and reason (engine verdicts, plus busy/unavailable answered by the server).");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        let stats = engine.stats();
+        for (ri, role) in ROLES.iter().enumerate() {
+            for reason in Reason::ALL {
+                let mut n = stats.verdicts(ri, *reason);
+                if *reason == Reason::Busy {
+                    n += self.busy[ri].load(Ordering::Relaxed);
+                }
+                if *reason == Reason::Unavailable {
+                    n += self.unavailable[ri].load(Ordering::Relaxed);
+                }
+                let _ = writeln!(
+                    out,
+                    "{name}{{role=\"{role}\",reason=\"{}\"}} {n}",
+                    reason.label()
+                );
+            }
+        }
+
+        let name = "gatehouse_requests_total";
+        let _ = writeln!(out, "# HELP {name} Request frames read, by kind.");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (i, kind) in KINDS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}{{kind=\"{kind}\"}} {}",
+                self.requests[i].load(Ordering::Relaxed)
+            );
+        }
+
+        let name = "gatehouse_wire_errors_total";
+        let _ = writeln!(out, "# HELP {name} Error responses to unreadable frames, by code.");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (i, (_, label)) in WIRE_ERRORS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}{{code=\"{label}\"}} {}",
+                self.wire_errors[i].load(Ordering::Relaxed)
+            );
+        }
+
+        self.latency.render(
+            &mut out,
+            "gatehouse_request_duration_seconds",
+            "Time from a request frame received to its response written.",
+        );
+        self.batch_size.render(
+            &mut out,
+            "gatehouse_batch_size",
+            "Tokens per batch handed to the verification pool.",
+        );
+
+        gauge(
+            &mut out,
+            "gatehouse_queue_depth",
+            "Tokens admitted and not yet answered (queued or verifying).",
+            self.queue_depth.load(Ordering::Relaxed) as i64,
+        );
+        gauge(
+            &mut out,
+            "gatehouse_queue_capacity",
+            "Most tokens admitted at once; more are answered busy.",
+            self.queue_capacity as i64,
+        );
+        gauge(
+            &mut out,
+            "gatehouse_connections",
+            "Open scanner connections.",
+            self.connections.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "gatehouse_streams",
+            "Open request streams.",
+            self.streams.load(Ordering::Relaxed),
+        );
+        let name = "gatehouse_connections_refused_total";
+        let _ = writeln!(out, "# HELP {name} Connections refused, by cause.");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (cause, n) in [
+            ("limit", &self.refused_limit),
+            ("unknown_scanner", &self.refused_unknown_scanner),
+            ("handshake", &self.handshake_failures),
+        ] {
+            let _ = writeln!(out, "{name}{{cause=\"{cause}\"}} {}", n.load(Ordering::Relaxed));
+        }
+
+        let ((hits, misses), replay_live, replay_capacity) = engine.occupancy();
+        counter(
+            &mut out,
+            "gatehouse_issuer_cache_hits_total",
+            "Issuer signatures found already verified.",
+            hits,
+        );
+        counter(
+            &mut out,
+            "gatehouse_issuer_cache_misses_total",
+            "Issuer signatures verified and remembered.",
+            misses,
+        );
+        gauge(
+            &mut out,
+            "gatehouse_replay_entries",
+            "Live one-time-use entries.",
+            replay_live as i64,
+        );
+        gauge(
+            &mut out,
+            "gatehouse_replay_capacity",
+            "One-time-use table capacity.",
+            replay_capacity as i64,
+        );
+        let (epoch, size) = engine.revocation_epoch();
+        gauge(
+            &mut out,
+            "gatehouse_revocation_epoch",
+            "Revocation epoch in force.",
+            epoch as i64,
+        );
+        gauge(
+            &mut out,
+            "gatehouse_revocation_entries",
+            "Revoked identifiers in force.",
+            size as i64,
+        );
+        gauge(
+            &mut out,
+            "gatehouse_ready",
+            "1 while accepting connections, 0 while draining.",
+            i64::from(self.accepting.load(Ordering::Relaxed)),
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::new(&[1.0, 2.0], 1000.0);
+        for v in [0.5, 1.0, 1.5, 3.0] {
+            h.observe(v);
+        }
+        let mut s = String::new();
+        h.render(&mut s, "x", "help");
+        assert!(s.contains("x_bucket{le=\"1\"} 2\n"), "{s}");
+        assert!(s.contains("x_bucket{le=\"2\"} 3\n"), "{s}");
+        assert!(s.contains("x_bucket{le=\"+Inf\"} 4\n"), "{s}");
+        assert!(s.contains("x_sum 6\n"), "{s}");
+        assert!(s.contains("x_count 4\n"), "{s}");
+    }
+}
