@@ -40,6 +40,7 @@
 mod cache;
 pub mod client;
 mod config;
+pub mod demo;
 mod engine;
 pub mod pki;
 mod policy;
@@ -47,6 +48,7 @@ pub mod population;
 mod replay;
 mod revocation;
 pub mod server;
+pub mod tools;
 
 pub use cache::{CachedCredential, IssuerCache};
 pub use config::{

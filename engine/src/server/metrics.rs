@@ -167,10 +167,16 @@ impl Metrics {
     pub fn render(&self, engine: &Engine) -> String {
         let mut out = String::with_capacity(8192);
         let counter = |out: &mut String, name: &str, help: &str, value: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
         };
         let gauge = |out: &mut String, name: &str, help: &str, value: i64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
         };
 
         let name = "gatehouse_verdicts_total";
@@ -206,7 +212,10 @@ impl Metrics {
         }
 
         let name = "gatehouse_wire_errors_total";
-        let _ = writeln!(out, "# HELP {name} Error responses to unreadable frames, by code.");
+        let _ = writeln!(
+            out,
+            "# HELP {name} Error responses to unreadable frames, by code."
+        );
         let _ = writeln!(out, "# TYPE {name} counter");
         for (i, (_, label)) in WIRE_ERRORS.iter().enumerate() {
             let _ = writeln!(
@@ -259,7 +268,11 @@ impl Metrics {
             ("unknown_scanner", &self.refused_unknown_scanner),
             ("handshake", &self.handshake_failures),
         ] {
-            let _ = writeln!(out, "{name}{{cause=\"{cause}\"}} {}", n.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "{name}{{cause=\"{cause}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
         }
 
         let ((hits, misses), replay_live, replay_capacity) = engine.occupancy();

@@ -1,1 +1,474 @@
-//! The QUIC service: a thin shell around [`crate::Engine`].
+//! The QUIC service: a thin shell around [`Engine`].
+//!
+//! What the shell does, and the core does not: sockets, TLS, the clock, and the hand-over of
+//! work from async tasks to the verification pool.
+//!
+//! - **Transport**: QUIC (quinn), TLS 1.3 only, ALPN [`gatehouse_protocol::ALPN`], no 0-RTT,
+//!   no session resumption. Every scanner presents a client certificate from the configured CA;
+//!   its subject Common Name is the scanner id, looked up in the engine's registry. A scanner
+//!   that is not registered is refused at the handshake (TLS `access_denied`); one removed by a
+//!   reload is disconnected with [`codes::UNKNOWN_SCANNER`] at its next request (or within a
+//!   second when idle).
+//! - **Streams**: a scanner opens a bidirectional stream per request, or pipelines several
+//!   requests on one stream; responses come back in order on the same stream. An unreadable
+//!   frame gets a `Response::Error` and the stream is closed; other streams and connections are
+//!   not affected.
+//! - **Micro-batching**: tokens from every connection go through one bounded queue to a
+//!   batcher, which hands a batch to [`Engine::submit`] when it holds
+//!   [`Batching::max_batch`] tokens or [`Batching::max_wait`] after its first token, whichever
+//!   comes first. When the queue is full a token is answered `busy` at once: a gate queue in the
+//!   morning rush gets a fast "retry" rather than a slow answer.
+//! - **Operations**: `/metrics` (Prometheus), `/healthz`, `/readyz` on a separate TCP listener;
+//!   [`reload`] of trust list, scanner registry and revocations without dropping connections;
+//!   graceful drain on shutdown.
+//!
+//! Like mini-redis, [`run`] takes sockets the caller bound and a shutdown future, so tests bind
+//! `127.0.0.1:0` and run the real server; [`run_with_signals`] and [`serve`] add SIGHUP reload
+//! and SIGTERM/ctrl-c shutdown for the `gatehouse serve` binary.
+//!
+//! Logs carry no holder, credential or token data. Scanner ids (device names from the scanner
+//! registry, not personal data) are logged on connect and refusal, because an operator needs
+//! them to fix a misconfigured device.
+
+mod batcher;
+mod config;
+mod conn;
+mod metrics;
+mod ops;
+mod reload;
+mod tls;
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse_protocol::MAX_FRAME_BODY;
+use quinn::{Endpoint, EndpointConfig, TokioRuntime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+use crate::pki::PkiError;
+use crate::{ConfigError, Engine, EngineError, RevocationError};
+
+pub use config::{
+    BatchingSection, EngineSection, FilesSection, LimitsSection, ServeConfig, ServeParts,
+    TlsSection, SAMPLE_CONFIG,
+};
+pub use reload::{reload, Files, ReloadError, Reloaded};
+
+/// Application error codes on the QUIC connection and its streams.
+pub mod codes {
+    use quinn::VarInt;
+
+    /// Connection closed on purpose: the server is shutting down (or the client said goodbye).
+    pub const SHUTDOWN: VarInt = VarInt::from_u32(0);
+    /// Connection closed: the client certificate's scanner is not (or no longer) registered.
+    pub const UNKNOWN_SCANNER: VarInt = VarInt::from_u32(1);
+    /// Stream stopped: the server read an unreadable or oversized frame on it (an error
+    /// response was sent first).
+    pub const BAD_FRAME: VarInt = VarInt::from_u32(2);
+    /// Stream stopped: a frame body did not arrive in time, or the stream stayed idle.
+    pub const STREAM_TIMEOUT: VarInt = VarInt::from_u32(3);
+    /// The TLS alert a scanner gets at the handshake when it is not registered
+    /// (`access_denied`; the QUIC transport error is `0x100 + 49`).
+    pub const TLS_ACCESS_DENIED: u8 = 49;
+}
+
+/// Transport limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Most scanner connections at once; more are refused (QUIC `CONNECTION_REFUSED`).
+    pub max_connections: usize,
+    /// Most concurrent request streams per connection (QUIC flow control).
+    pub max_streams_per_connection: u32,
+    /// A connection with no traffic for this long is closed (scanners send keep-alives).
+    pub idle_timeout: Duration,
+    /// Largest request frame body accepted, at most [`MAX_FRAME_BODY`].
+    pub max_frame_body: usize,
+    /// How long a frame body may take to arrive once its header has.
+    pub body_timeout: Duration,
+    /// How long the drain on shutdown waits for requests in flight.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            max_streams_per_connection: 256,
+            idle_timeout: Duration::from_secs(30),
+            max_frame_body: MAX_FRAME_BODY,
+            body_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Limits {
+    /// The first value out of range, as (field, problem).
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.max_connections == 0 {
+            return Err(("max_connections", "must be at least 1".into()));
+        }
+        if !(1..=100_000).contains(&self.max_streams_per_connection) {
+            return Err(("max_streams_per_connection", "must be 1 to 100000".into()));
+        }
+        if self.idle_timeout < Duration::from_millis(100)
+            || self.idle_timeout > Duration::from_secs(3600)
+        {
+            return Err(("idle_timeout", "must be 0.1 s to 1 hour".into()));
+        }
+        if !(64..=MAX_FRAME_BODY).contains(&self.max_frame_body) {
+            return Err((
+                "max_frame_body",
+                format!("must be 64 to {MAX_FRAME_BODY} bytes"),
+            ));
+        }
+        if self.body_timeout.is_zero() {
+            return Err(("body_timeout", "must be positive".into()));
+        }
+        if self.drain_timeout > Duration::from_secs(600) {
+            return Err(("drain_timeout", "must be at most 600 s".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Micro-batching and admission.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    /// A batch closes when it holds this many tokens (a batch request larger than this goes
+    /// whole, in one batch).
+    pub max_batch: usize,
+    /// … or this long after its first token arrived, whichever comes first.
+    pub max_wait: Duration,
+    /// Most tokens admitted and not yet answered; beyond it tokens are answered `busy`. An idle
+    /// server always admits one request, however large.
+    pub queue: usize,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Batching {
+            max_batch: 64,
+            max_wait: Duration::from_micros(200),
+            queue: 4096,
+        }
+    }
+}
+
+impl Batching {
+    /// The first value out of range, as (field, problem).
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if !(1..=4096).contains(&self.max_batch) {
+            return Err(("max_batch", "must be 1 to 4096".into()));
+        }
+        if self.max_wait > Duration::from_millis(100) {
+            return Err(("max_wait", "must be at most 100 ms".into()));
+        }
+        if !(1..=10_000_000).contains(&self.queue) {
+            return Err(("queue", "must be 1 to 10000000".into()));
+        }
+        Ok(())
+    }
+}
+
+/// What the server needs besides the engine and its sockets.
+#[derive(Debug)]
+pub struct ServerConfig {
+    /// The server certificate chain (leaf first).
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    /// The server's private key.
+    pub key: PrivateKeyDer<'static>,
+    /// CA certificates scanner client certificates must chain to.
+    pub client_ca: Vec<CertificateDer<'static>>,
+    /// Transport limits.
+    pub limits: Limits,
+    /// Micro-batching.
+    pub batching: Batching,
+}
+
+impl Clone for ServerConfig {
+    fn clone(&self) -> Self {
+        ServerConfig {
+            cert_chain: self.cert_chain.clone(),
+            key: self.key.clone_key(),
+            client_ca: self.client_ca.clone(),
+            limits: self.limits.clone(),
+            batching: self.batching,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// A configuration with default limits and batching.
+    pub fn new(
+        cert_chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        client_ca: Vec<CertificateDer<'static>>,
+    ) -> Self {
+        ServerConfig {
+            cert_chain,
+            key,
+            client_ca,
+            limits: Limits::default(),
+            batching: Batching::default(),
+        }
+    }
+
+    fn check(&self) -> Result<(), ServerError> {
+        let invalid =
+            |(field, problem): (&'static str, String)| ServerError::Invalid { field, problem };
+        self.limits.check().map_err(invalid)?;
+        self.batching.check().map_err(invalid)?;
+        if self.cert_chain.is_empty() {
+            return Err(invalid(("cert_chain", "is empty".into())));
+        }
+        if self.client_ca.is_empty() {
+            return Err(invalid((
+                "client_ca",
+                "is empty: client certificates are required".into(),
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Why the server could not start (or a configuration could not be loaded).
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A setting is out of range.
+    #[error("invalid server setting {field}: {problem}")]
+    Invalid {
+        /// The setting.
+        field: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The server certificate or key was refused by rustls.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The client CA could not be used to verify client certificates.
+    #[error("client CA: {0}")]
+    ClientCa(#[from] rustls::server::VerifierBuilderError),
+    /// The TLS configuration cannot carry QUIC.
+    #[error("QUIC configuration: {0}")]
+    Quic(String),
+    /// A socket operation failed.
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// A configuration file is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A certificate or key file is wrong.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// The engine could not start.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The initial revocation list could not be applied.
+    #[error("revocations: {0}")]
+    Revocation(#[from] RevocationError),
+}
+
+/// Runs the service on `socket` (a bound UDP socket) and, if given, the operations HTTP server on
+/// `ops`, until `shutdown` resolves; then drains: stops accepting connections, lets requests in
+/// flight finish (at most [`Limits::drain_timeout`]), closes every connection with
+/// [`codes::SHUTDOWN`] and waits for the peers to be told. Returns `Ok` after a clean drain.
+pub async fn run(
+    engine: Arc<Engine>,
+    config: ServerConfig,
+    socket: std::net::UdpSocket,
+    ops: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    config.check()?;
+    let metrics = Arc::new(metrics::Metrics::new(config.batching.queue));
+    let quic = tls::quinn_server_config(&config, Arc::clone(&engine), Arc::clone(&metrics))?;
+    let endpoint = Endpoint::new(
+        EndpointConfig::default(),
+        Some(quic),
+        socket,
+        Arc::new(TokioRuntime),
+    )?;
+    let (queue, batcher) =
+        batcher::spawn(Arc::clone(&engine), config.batching, Arc::clone(&metrics))?;
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let shared = Arc::new(conn::Shared {
+        engine: Arc::clone(&engine),
+        limits: config.limits.clone(),
+        metrics: Arc::clone(&metrics),
+        queue,
+        drain: drain_rx.clone(),
+    });
+
+    let ops_task = match ops {
+        Some(listener) => {
+            info!(addr = %listener.local_addr()?, "operations endpoint listening");
+            Some(tokio::spawn(ops::serve(
+                listener,
+                Arc::clone(&engine),
+                Arc::clone(&metrics),
+            )))
+        }
+        None => None,
+    };
+    let purge_task = tokio::spawn(purge_replay_table(Arc::clone(&engine)));
+    info!(addr = %endpoint.local_addr()?, "gatehouse listening (QUIC)");
+
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => {
+                    if metrics.connections.load(Ordering::Relaxed) >= config.limits.max_connections as i64 {
+                        metrics.refused_limit.fetch_add(1, Ordering::Relaxed);
+                        warn!("connection refused: at the limit of {} connections", config.limits.max_connections);
+                        incoming.refuse();
+                        continue;
+                    }
+                    // Counted here, before the task runs, so a burst cannot overshoot the limit.
+                    metrics.connections.fetch_add(1, Ordering::Relaxed);
+                    connections.spawn(conn::connection(Arc::clone(&shared), incoming));
+                }
+                None => {
+                    error!("QUIC endpoint closed unexpectedly");
+                    break;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+
+    info!(
+        connections = connections.len(),
+        "shutting down: draining requests in flight"
+    );
+    metrics.accepting.store(false, Ordering::Relaxed);
+    let _ = drain_tx.send(true);
+    let grace = config.limits.drain_timeout + Duration::from_millis(500);
+    let clean = {
+        let drained = async {
+            tokio::time::timeout(grace, async {
+                while connections.join_next().await.is_some() {}
+            })
+            .await
+            .is_ok()
+        };
+        tokio::pin!(drained);
+        loop {
+            tokio::select! {
+                clean = &mut drained => break clean,
+                incoming = endpoint.accept() => match incoming {
+                    Some(incoming) => incoming.refuse(),
+                    None => break false,
+                },
+            }
+        }
+    };
+    if !clean {
+        warn!("drain timed out: closing the remaining connections");
+    }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+    endpoint.close(codes::SHUTDOWN, b"server shutting down");
+    if tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle())
+        .await
+        .is_err()
+    {
+        warn!("peers did not acknowledge the close in time");
+    }
+
+    purge_task.abort();
+    // The batcher thread ends once the last queue handle is gone.
+    drop(shared);
+    let _ = tokio::task::spawn_blocking(move || batcher.join()).await;
+    if let Some(t) = ops_task {
+        t.abort();
+    }
+    info!("gatehouse stopped");
+    Ok(())
+}
+
+/// Drops expired one-time-use entries every second, off the runtime threads, so memory falls
+/// back after a rush even without traffic.
+async fn purge_replay_table(engine: Arc<Engine>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let e = Arc::clone(&engine);
+        let _ = tokio::task::spawn_blocking(move || e.purge(batcher::unix_now())).await;
+    }
+}
+
+/// [`run`] with process signals: SIGHUP reloads `files` ([`reload`]; on error the old state is
+/// kept and the error logged), SIGTERM or ctrl-c start the drain.
+pub async fn run_with_signals(
+    engine: Arc<Engine>,
+    config: ServerConfig,
+    files: Files,
+    socket: std::net::UdpSocket,
+    ops: Option<TcpListener>,
+) -> Result<(), ServerError> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangup = signal(SignalKind::hangup())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        let reload_engine = Arc::clone(&engine);
+        let reloader = tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                info!("SIGHUP: reloading trust list, scanners and revocations");
+                let e = Arc::clone(&reload_engine);
+                let f = files.clone();
+                // Errors are logged by `reload`; the old state stays in force.
+                let _ = tokio::task::spawn_blocking(move || reload(&e, &f)).await;
+            }
+        });
+        let shutdown = async move {
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => {
+                    if let Err(e) = r {
+                        error!("cannot listen for ctrl-c: {e}");
+                    }
+                    info!("interrupt: shutting down");
+                }
+                _ = terminate.recv() => info!("SIGTERM: shutting down"),
+            }
+        };
+        let result = run(engine, config, socket, ops, shutdown).await;
+        reloader.abort();
+        result
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = files;
+        let shutdown = async {
+            if let Err(e) = tokio::signal::ctrl_c().await {
+                error!("cannot listen for ctrl-c: {e}");
+            }
+            info!("interrupt: shutting down");
+        };
+        run(engine, config, socket, ops, shutdown).await
+    }
+}
+
+/// Everything `gatehouse serve --config file.toml` does after loading the file: builds the
+/// engine, binds the sockets and runs with signals.
+pub async fn serve(parts: ServeParts) -> Result<(), ServerError> {
+    let engine = parts.build_engine()?;
+    let socket = std::net::UdpSocket::bind(parts.listen)?;
+    let ops = match parts.metrics_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
+    run_with_signals(engine, parts.server, parts.files, socket, ops).await
+}

@@ -1,0 +1,201 @@
+//! The micro-batcher: tokens from every connection, through one bounded queue, to the engine in
+//! batches.
+//!
+//! It runs on a dedicated OS thread rather than a runtime task: tokio's timer wheel has a
+//! 1 ms resolution, so a 200 µs deadline could only be kept by spinning; a blocking
+//! `recv_timeout` on a thread keeps it for free. The thread only moves requests; the signature
+//! checks run on the engine's rayon pool ([`Engine::submit`]), and each request's verdicts go
+//! back to its stream through a oneshot channel.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use gatehouse_protocol::{Reason, Verdict};
+use tokio::sync::oneshot;
+
+use super::metrics::Metrics;
+use super::Batching;
+use crate::{Engine, Item, Scanner};
+
+/// The engine's `now`: the system clock, in Unix seconds (0 if the clock is before 1970, which
+/// fails every check closed).
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Tokens admitted to the queue; released (the depth gauge falls) when dropped, whether the
+/// verdicts were delivered or the work was lost.
+struct Permit {
+    tokens: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.metrics
+            .queue_depth
+            .fetch_sub(self.tokens, Ordering::Relaxed);
+    }
+}
+
+/// One request's tokens on their way to the engine.
+struct Job {
+    scanner: Arc<Scanner>,
+    tokens: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    reply: oneshot::Sender<Vec<Verdict>>,
+    enqueued: Instant,
+    permit: Permit,
+}
+
+/// Why a request was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The queue is full: answer `busy`.
+    Busy,
+    /// The batcher is gone (shutting down): answer `unavailable`.
+    Unavailable,
+}
+
+impl Refused {
+    pub fn reason(self) -> Reason {
+        match self {
+            Refused::Busy => Reason::Busy,
+            Refused::Unavailable => Reason::Unavailable,
+        }
+    }
+}
+
+/// The sending side of the queue, shared by every connection.
+pub(crate) struct Queue {
+    tx: SyncSender<Job>,
+    capacity: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Queue {
+    /// Queues one request's tokens (each with its challenge); the verdicts, in order, arrive on
+    /// the returned channel. Never blocks.
+    pub fn submit(
+        &self,
+        scanner: Arc<Scanner>,
+        tokens: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<oneshot::Receiver<Vec<Verdict>>, Refused> {
+        let n = tokens.len();
+        let before = self.metrics.queue_depth.fetch_add(n, Ordering::Relaxed);
+        let permit = Permit {
+            tokens: n,
+            metrics: Arc::clone(&self.metrics),
+        };
+        // An idle server takes any one request, so a batch larger than a tiny queue still
+        // makes progress.
+        if before > 0 && before + n > self.capacity {
+            return Err(Refused::Busy);
+        }
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            scanner,
+            tokens,
+            reply,
+            enqueued: Instant::now(),
+            permit,
+        };
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => Err(Refused::Busy),
+            Err(TrySendError::Disconnected(_)) => Err(Refused::Unavailable),
+        }
+    }
+}
+
+/// Starts the batcher thread. It ends when the last [`Queue`] is dropped, after handing over
+/// what it holds.
+pub(crate) fn spawn(
+    engine: Arc<Engine>,
+    config: Batching,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<(Queue, JoinHandle<()>)> {
+    // Jobs never outnumber admitted tokens, so the channel fills only if admission is wrong.
+    let (tx, rx) = mpsc::sync_channel(config.queue.max(1));
+    let m = Arc::clone(&metrics);
+    let thread = std::thread::Builder::new()
+        .name("gatehouse-batcher".into())
+        .spawn(move || collect(rx, &engine, config, &m))?;
+    Ok((
+        Queue {
+            tx,
+            capacity: config.queue,
+            metrics,
+        },
+        thread,
+    ))
+}
+
+fn collect(rx: Receiver<Job>, engine: &Arc<Engine>, config: Batching, metrics: &Arc<Metrics>) {
+    while let Ok(first) = rx.recv() {
+        let deadline = first.enqueued + config.max_wait;
+        let mut tokens = first.tokens.len();
+        let mut jobs = vec![first];
+        let mut disconnected = false;
+        while tokens < config.max_batch {
+            let job = match rx.try_recv() {
+                Ok(job) => job,
+                Err(TryRecvError::Disconnected) => {
+                    disconnected = true;
+                    break;
+                }
+                Err(TryRecvError::Empty) => {
+                    let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                        break;
+                    };
+                    match rx.recv_timeout(left) {
+                        Ok(job) => job,
+                        Err(RecvTimeoutError::Timeout) => break,
+                        Err(RecvTimeoutError::Disconnected) => {
+                            disconnected = true;
+                            break;
+                        }
+                    }
+                }
+            };
+            tokens += job.tokens.len();
+            jobs.push(job);
+        }
+        dispatch(engine, jobs, tokens, metrics);
+        if disconnected {
+            break;
+        }
+    }
+}
+
+fn dispatch(engine: &Arc<Engine>, jobs: Vec<Job>, tokens: usize, metrics: &Metrics) {
+    metrics.batch(tokens);
+    let mut items = Vec::with_capacity(tokens);
+    let mut replies = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let n = job.tokens.len();
+        for (token, challenge) in job.tokens {
+            items.push(Item {
+                scanner: Arc::clone(&job.scanner),
+                token,
+                challenge,
+            });
+        }
+        replies.push((n, job.reply, job.permit));
+    }
+    engine.submit(items, unix_now(), move |verdicts| {
+        let mut verdicts = verdicts.into_iter();
+        for (n, reply, permit) in replies {
+            let mut v: Vec<Verdict> = verdicts.by_ref().take(n).collect();
+            // The engine answers every item; should it not, the rest are not judged.
+            v.resize(n, Verdict::deny(Reason::Unavailable));
+            drop(permit);
+            let _ = reply.send(v);
+        }
+    });
+}

@@ -1,0 +1,523 @@
+//! The `gatehouse serve --config file.toml` file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse_protocol::{Backend, RevocationList, TokenParams};
+use serde::Deserialize;
+
+use super::{Batching, Files, Limits, ServerConfig, ServerError};
+use crate::pki::{load_certs, load_key};
+use crate::{load_revocations, ConfigError, Engine, EngineConfig, ScannerRegistry, TrustList};
+
+/// A sample configuration with every setting at its default (paths relative to the file).
+pub const SAMPLE_CONFIG: &str = r#"# gatehouse serve --config gatehouse.toml
+# Relative paths are relative to this file's directory.
+
+# QUIC (UDP) address scanners connect to.
+listen = "0.0.0.0:4433"
+# Operations HTTP endpoint: /metrics, /healthz, /readyz. Keep it on an internal address.
+metrics_listen = "127.0.0.1:9090"
+
+[tls]
+# Server certificate chain (leaf first) and key, PEM.
+cert = "pki/server.pem"
+key = "pki/server.key"
+# CA that issues scanner client certificates; the certificate's subject CN is the scanner id.
+client_ca = "pki/ca.pem"
+
+[files]
+# Reloaded on SIGHUP; a bad file is refused and the previous state kept.
+trust = "trust.toml"
+scanners = "scanners.toml"
+# Optional: a revocation snapshot or delta (CBOR).
+revocations = "revocations.cbor"
+
+[engine]
+# Acceptance window of a token (seconds) and allowed clock skew of a phone.
+window_secs = 30
+skew_secs = 5
+# "ring" (fast, assembly) or "p256" (pure Rust).
+backend = "ring"
+# Also check the R y-parity of every signature (slower).
+strict_signatures = false
+# One-time-use entries: peak tokens per second x window, with headroom.
+replay_capacity = 750000
+# Credentials whose issuer signature is remembered.
+issuer_cache_capacity = 131072
+# Offset of local civil time from UTC, for age checks (Korea: +9 h).
+utc_offset_secs = 32400
+# Signature-verification threads (0: one per core).
+threads = 0
+
+[limits]
+max_connections = 10000
+max_streams_per_connection = 256
+idle_timeout_secs = 30
+# Largest request frame body in bytes (at most 131072).
+max_frame_body = 131072
+body_timeout_secs = 5
+# How long a shutdown waits for requests in flight.
+drain_timeout_secs = 10
+
+[batching]
+# A batch goes to the verification pool at max_batch tokens or max_wait_us after its first.
+max_batch = 64
+max_wait_us = 200
+# Tokens admitted and not yet answered; beyond it scanners get "busy" at once.
+queue = 4096
+"#;
+
+/// The configuration file of `gatehouse serve`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// QUIC listen address.
+    pub listen: SocketAddr,
+    /// Operations HTTP listen address (none: no operations endpoint).
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Certificates and keys.
+    pub tls: TlsSection,
+    /// The engine's files.
+    pub files: FilesSection,
+    /// Engine tunables.
+    #[serde(default)]
+    pub engine: EngineSection,
+    /// Transport limits.
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// Micro-batching.
+    #[serde(default)]
+    pub batching: BatchingSection,
+    /// The file this was read from (for errors and relative paths).
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// Server certificate chain, PEM.
+    pub cert: PathBuf,
+    /// Server private key, PEM.
+    pub key: PathBuf,
+    /// CA certificates for scanner client certificates, PEM.
+    pub client_ca: PathBuf,
+}
+
+/// `[files]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesSection {
+    /// Trust list (TOML).
+    pub trust: PathBuf,
+    /// Scanner registry (TOML).
+    pub scanners: PathBuf,
+    /// Revocation list (CBOR), optional.
+    #[serde(default)]
+    pub revocations: Option<PathBuf>,
+}
+
+/// `[engine]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineSection {
+    /// Token acceptance window, seconds.
+    pub window_secs: u64,
+    /// Allowed clock skew, seconds.
+    pub skew_secs: u64,
+    /// `"ring"` or `"p256"`.
+    pub backend: String,
+    /// Check R y-parity too.
+    pub strict_signatures: bool,
+    /// One-time-use table capacity.
+    pub replay_capacity: usize,
+    /// Issuer-signature cache capacity.
+    pub issuer_cache_capacity: usize,
+    /// Local offset from UTC for age checks, seconds.
+    pub utc_offset_secs: i32,
+    /// Verification threads (0: one per core).
+    pub threads: usize,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        let d = EngineConfig::default();
+        EngineSection {
+            window_secs: d.params.window_secs,
+            skew_secs: d.clock_skew_secs,
+            backend: "ring".into(),
+            strict_signatures: d.strict_signatures,
+            replay_capacity: d.replay_capacity,
+            issuer_cache_capacity: d.issuer_cache_capacity,
+            utc_offset_secs: d.utc_offset_secs,
+            threads: d.threads,
+        }
+    }
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Most connections.
+    pub max_connections: usize,
+    /// Most concurrent streams per connection.
+    pub max_streams_per_connection: u32,
+    /// Idle timeout, seconds.
+    pub idle_timeout_secs: u64,
+    /// Largest frame body, bytes.
+    pub max_frame_body: usize,
+    /// Time for a frame body to arrive, seconds.
+    pub body_timeout_secs: u64,
+    /// Drain wait on shutdown, seconds.
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        let d = Limits::default();
+        LimitsSection {
+            max_connections: d.max_connections,
+            max_streams_per_connection: d.max_streams_per_connection,
+            idle_timeout_secs: d.idle_timeout.as_secs(),
+            max_frame_body: d.max_frame_body,
+            body_timeout_secs: d.body_timeout.as_secs(),
+            drain_timeout_secs: d.drain_timeout.as_secs(),
+        }
+    }
+}
+
+impl LimitsSection {
+    /// As [`Limits`].
+    pub fn to_limits(&self) -> Limits {
+        Limits {
+            max_connections: self.max_connections,
+            max_streams_per_connection: self.max_streams_per_connection,
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            max_frame_body: self.max_frame_body,
+            body_timeout: Duration::from_secs(self.body_timeout_secs),
+            drain_timeout: Duration::from_secs(self.drain_timeout_secs),
+        }
+    }
+}
+
+/// `[batching]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchingSection {
+    /// Tokens per batch.
+    pub max_batch: usize,
+    /// Longest wait after a batch's first token, microseconds.
+    pub max_wait_us: u64,
+    /// Tokens admitted and not yet answered.
+    pub queue: usize,
+}
+
+impl Default for BatchingSection {
+    fn default() -> Self {
+        let d = Batching::default();
+        BatchingSection {
+            max_batch: d.max_batch,
+            max_wait_us: d.max_wait.as_micros() as u64,
+            queue: d.queue,
+        }
+    }
+}
+
+impl BatchingSection {
+    /// As [`Batching`].
+    pub fn to_batching(&self) -> Batching {
+        Batching {
+            max_batch: self.max_batch,
+            max_wait: Duration::from_micros(self.max_wait_us),
+            queue: self.queue,
+        }
+    }
+}
+
+/// Everything `gatehouse serve` needs, loaded from the files a [`ServeConfig`] names.
+#[derive(Debug)]
+pub struct ServeParts {
+    /// QUIC listen address.
+    pub listen: SocketAddr,
+    /// Operations HTTP listen address.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Engine tunables.
+    pub engine: EngineConfig,
+    /// The trust list as loaded.
+    pub trust: TrustList,
+    /// The scanner registry as loaded.
+    pub scanners: ScannerRegistry,
+    /// The revocation list as loaded.
+    pub revocations: Option<RevocationList>,
+    /// The files, for reloads.
+    pub files: Files,
+    /// The server configuration (certificates loaded).
+    pub server: ServerConfig,
+}
+
+impl ServeParts {
+    /// A new engine with the loaded trust list, scanners and revocations.
+    pub fn build_engine(&self) -> Result<Arc<Engine>, ServerError> {
+        let engine = Engine::new(
+            self.engine.clone(),
+            self.trust.clone(),
+            self.scanners.clone(),
+        )?;
+        if let Some(list) = &self.revocations {
+            engine.apply_revocations(list)?;
+        }
+        Ok(Arc::new(engine))
+    }
+}
+
+impl ServeConfig {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<ServeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            field: "(file)".into(),
+            problem: e.to_string(),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and checks configuration TOML; `path` names the source in errors and is the base
+    /// of relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<ServeConfig, ConfigError> {
+        let mut config: ServeConfig = toml::from_str(text).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            field: e
+                .span()
+                .map(|s| locate(text, s.start))
+                .unwrap_or_else(|| "(document)".into()),
+            problem: e.message().to_string(),
+        })?;
+        config.source = path.to_path_buf();
+        config.check()?;
+        Ok(config)
+    }
+
+    fn error(&self, field: &str, problem: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.source.clone(),
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let e = &self.engine;
+        if !(1..=3600).contains(&e.window_secs) {
+            return Err(self.error("engine.window_secs", "must be 1 to 3600"));
+        }
+        if e.skew_secs > 300 {
+            return Err(self.error("engine.skew_secs", "must be at most 300"));
+        }
+        if backend(&e.backend).is_none() {
+            return Err(self.error(
+                "engine.backend",
+                format!("unknown backend {:?} (ring, p256)", e.backend),
+            ));
+        }
+        if e.replay_capacity == 0 {
+            return Err(self.error("engine.replay_capacity", "must be at least 1"));
+        }
+        if e.issuer_cache_capacity == 0 {
+            return Err(self.error("engine.issuer_cache_capacity", "must be at least 1"));
+        }
+        if e.utc_offset_secs.abs() > 14 * 3600 {
+            return Err(self.error("engine.utc_offset_secs", "must be within ±14 hours"));
+        }
+        if e.threads > 1024 {
+            return Err(self.error("engine.threads", "must be at most 1024"));
+        }
+        self.limits
+            .to_limits()
+            .check()
+            .map_err(|(field, problem)| {
+                let field = match field {
+                    "idle_timeout" => "idle_timeout_secs",
+                    "body_timeout" => "body_timeout_secs",
+                    "drain_timeout" => "drain_timeout_secs",
+                    f => f,
+                };
+                self.error(&format!("limits.{field}"), problem)
+            })?;
+        self.batching
+            .to_batching()
+            .check()
+            .map_err(|(field, problem)| {
+                let field = if field == "max_wait" {
+                    "max_wait_us"
+                } else {
+                    field
+                };
+                self.error(&format!("batching.{field}"), problem)
+            })?;
+        Ok(())
+    }
+
+    fn path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            return p.to_path_buf();
+        }
+        match self.source.parent() {
+            Some(dir) => dir.join(p),
+            None => p.to_path_buf(),
+        }
+    }
+
+    /// The engine's files, with paths resolved.
+    pub fn files(&self) -> Files {
+        Files {
+            trust: self.path(&self.files.trust),
+            scanners: self.path(&self.files.scanners),
+            revocations: self.files.revocations.as_deref().map(|p| self.path(p)),
+        }
+    }
+
+    /// The engine tunables.
+    pub fn engine_config(&self) -> EngineConfig {
+        let e = &self.engine;
+        let defaults = EngineConfig::default();
+        EngineConfig {
+            params: TokenParams {
+                rotation_secs: defaults.params.rotation_secs.min(e.window_secs),
+                window_secs: e.window_secs,
+            },
+            clock_skew_secs: e.skew_secs,
+            backend: backend(&e.backend).unwrap_or(Backend::Ring),
+            strict_signatures: e.strict_signatures,
+            issuer_cache_capacity: e.issuer_cache_capacity,
+            replay_capacity: e.replay_capacity,
+            utc_offset_secs: e.utc_offset_secs,
+            threads: e.threads,
+        }
+    }
+
+    /// Loads the certificates, key and engine files the configuration names.
+    pub fn into_parts(self) -> Result<ServeParts, ServerError> {
+        let server = ServerConfig {
+            cert_chain: load_certs(&self.path(&self.tls.cert))?,
+            key: load_key(&self.path(&self.tls.key))?,
+            client_ca: load_certs(&self.path(&self.tls.client_ca))?,
+            limits: self.limits.to_limits(),
+            batching: self.batching.to_batching(),
+        };
+        let files = self.files();
+        let trust = TrustList::load(&files.trust)?;
+        let scanners = ScannerRegistry::load(&files.scanners)?;
+        let revocations = files
+            .revocations
+            .as_deref()
+            .map(load_revocations)
+            .transpose()?;
+        Ok(ServeParts {
+            listen: self.listen,
+            metrics_listen: self.metrics_listen,
+            engine: self.engine_config(),
+            trust,
+            scanners,
+            revocations,
+            files,
+            server,
+        })
+    }
+}
+
+fn backend(name: &str) -> Option<Backend> {
+    match name {
+        "ring" => Some(Backend::Ring),
+        "p256" => Some(Backend::P256),
+        _ => None,
+    }
+}
+
+/// Names the place of a parse error: `section.key (line N)` when the line is a `key = value`,
+/// else `line N`.
+fn locate(text: &str, offset: usize) -> String {
+    let bytes = text.as_bytes();
+    let offset = offset.min(bytes.len());
+    let line_no = bytes[..offset].iter().filter(|b| **b == b'\n').count() + 1;
+    let line_start = bytes[..offset]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    let line = text
+        .get(line_start..)
+        .and_then(|rest| rest.lines().next())
+        .unwrap_or("");
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && !k.starts_with('[') && !k.starts_with('#'));
+    let section = text.get(..line_start).and_then(|before| {
+        before.lines().rev().find_map(|l| {
+            let t = l.trim();
+            t.starts_with('[')
+                .then(|| t.trim_matches(|c| c == '[' || c == ']').trim().to_string())
+        })
+    });
+    match (section, key) {
+        (Some(s), Some(k)) => format!("{s}.{k} (line {line_no})"),
+        (None, Some(k)) => format!("{k} (line {line_no})"),
+        _ => format!("line {line_no}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_parses_with_defaults() {
+        let c =
+            ServeConfig::parse(Path::new("/etc/gatehouse/gatehouse.toml"), SAMPLE_CONFIG).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:4433".parse().unwrap());
+        let files = c.files();
+        assert_eq!(files.trust, Path::new("/etc/gatehouse/trust.toml"));
+        assert_eq!(
+            files.revocations.as_deref(),
+            Some(Path::new("/etc/gatehouse/revocations.cbor"))
+        );
+        let e = c.engine_config();
+        let d = EngineConfig::default();
+        assert_eq!(e.params, d.params);
+        assert_eq!(e.replay_capacity, d.replay_capacity);
+        assert_eq!(c.batching.to_batching().max_batch, 64);
+        assert_eq!(
+            c.batching.to_batching().max_wait,
+            Duration::from_micros(200)
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let minimal = "listen = \"127.0.0.1:1\"\n[tls]\ncert = \"a\"\nkey = \"b\"\nclient_ca = \"c\"\n[files]\ntrust = \"t\"\nscanners = \"s\"\n";
+        let f = Path::new("g.toml");
+        assert!(ServeConfig::parse(f, minimal).is_ok());
+
+        let e = ServeConfig::parse(f, &format!("{minimal}[engine]\nbackend = \"openssl\"\n"))
+            .unwrap_err();
+        assert_eq!(e.field, "engine.backend");
+        let e =
+            ServeConfig::parse(f, &format!("{minimal}[batching]\nmax_batch = 0\n")).unwrap_err();
+        assert_eq!(e.field, "batching.max_batch");
+        let e = ServeConfig::parse(f, &format!("{minimal}[limits]\nmax_frame_body = 999999\n"))
+            .unwrap_err();
+        assert_eq!(e.field, "limits.max_frame_body");
+        let e = ServeConfig::parse(f, &format!("{minimal}[engine]\nwindow_secs = \"x\"\n"))
+            .unwrap_err();
+        assert_eq!(e.field, "engine.window_secs (line 11)", "{e}");
+        let e = ServeConfig::parse(f, &format!("{minimal}[batching]\ncolour = 1\n")).unwrap_err();
+        assert!(e.to_string().contains("colour"), "{e}");
+        let e = ServeConfig::parse(f, "listen = \"nowhere\"\n").unwrap_err();
+        assert!(e.field.starts_with("listen"), "{e}");
+    }
+}
