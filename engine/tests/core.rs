@@ -1,6 +1,9 @@
 //! The engine core, driven with a fake clock and no network: every reason code, every policy
 //! rule, batches against one-by-one, revocation at a million entries.
 
+// Fixture helpers unwrap: a fixture that cannot be built is a failing test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 
 use gatehouse_engine::population::{
@@ -490,13 +493,8 @@ fn gate_policy_unit_type_and_entitlement() {
 #[test]
 fn partners_learn_only_the_discount_predicate() {
     let w = world();
-    let cases: &[(
-        CredentialType,
-        HolderCategory,
-        Entitlements,
-        Option<[u8; 16]>,
-        bool,
-    )] = &[
+    type Case = (CredentialType, HolderCategory, Entitlements, Option<[u8; 16]>, bool);
+    let cases: &[Case] = &[
         (
             CredentialType::MilitaryId,
             HolderCategory::Enlisted,
