@@ -111,14 +111,15 @@ pub fn issuer_issue(
         .map_err(|e| anyhow::anyhow!("unit {:?}: {e}", req.unit))?;
     let mut entitlements = Entitlements::NONE;
     for e in &req.entitlements {
-        entitlements = entitlements | match e.as_str() {
-            "base_entry" => Entitlements::BASE_ENTRY,
-            "military_discount" => Entitlements::MILITARY_DISCOUNT,
-            "welfare_facilities" => Entitlements::WELFARE_FACILITIES,
-            other => bail!(
+        entitlements = entitlements
+            | match e.as_str() {
+                "base_entry" => Entitlements::BASE_ENTRY,
+                "military_discount" => Entitlements::MILITARY_DISCOUNT,
+                "welfare_facilities" => Entitlements::WELFARE_FACILITIES,
+                other => bail!(
                 "unknown entitlement {other:?} (base_entry, military_discount, welfare_facilities)"
             ),
-        };
+            };
     }
     let sponsor = match &req.sponsor {
         None => None,

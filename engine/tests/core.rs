@@ -493,7 +493,13 @@ fn gate_policy_unit_type_and_entitlement() {
 #[test]
 fn partners_learn_only_the_discount_predicate() {
     let w = world();
-    type Case = (CredentialType, HolderCategory, Entitlements, Option<[u8; 16]>, bool);
+    type Case = (
+        CredentialType,
+        HolderCategory,
+        Entitlements,
+        Option<[u8; 16]>,
+        bool,
+    );
     let cases: &[Case] = &[
         (
             CredentialType::MilitaryId,

@@ -585,6 +585,7 @@ async fn unknown_scanners_and_foreign_certificates_are_refused() {
         .unwrap()
             >= 1.0
     );
+    assert!(metric(&body, "gatehouse_handshake_failures_total").unwrap() >= 2.0);
     server.shutdown().await;
 }
 
@@ -1045,5 +1046,51 @@ async fn operations_endpoint() {
     assert_eq!(http(server.ops, "garbage\r\n\r\n").await.unwrap().0, 400);
     let oversized = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(10_000));
     assert_eq!(http(server.ops, &oversized).await.unwrap().0, 400);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_are_refused() {
+    let world = World::new();
+    let mut config = world.server_config();
+    config.limits.max_connections = 1;
+    let server = start(world.engine(|_| {}), config).await;
+    let h = world.holder(600, |_| {});
+    let first = server.client(&world, "gate-a").await;
+    let refused = match server.connect(world.identity("partner-1")).await {
+        Err(e) => e,
+        Ok(c) => c.ping().await.unwrap_err(),
+    };
+    assert!(matches!(refused, ClientError::Refused), "{refused:?}");
+    assert!(refused.is_retryable());
+    assert_eq!(
+        first.verify(&token(&h), None).await.unwrap().reason,
+        Reason::Accepted
+    );
+
+    // A slot frees when a scanner leaves.
+    first.close().await;
+    let mut second = None;
+    for _ in 0..100 {
+        if let Ok(c) = server.connect(world.identity("partner-1")).await {
+            second = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = second.expect("a connection slot frees up");
+    assert_eq!(
+        second.verify(&token(&h), None).await.unwrap().reason,
+        Reason::Accepted
+    );
+    let (_, body) = get(server.ops, "/metrics").await;
+    assert!(
+        metric(
+            &body,
+            "gatehouse_connections_refused_total{cause=\"limit\"}"
+        )
+        .unwrap()
+            >= 1.0
+    );
     server.shutdown().await;
 }

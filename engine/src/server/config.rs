@@ -514,7 +514,7 @@ mod tests {
         assert_eq!(e.field, "limits.max_frame_body");
         let e = ServeConfig::parse(f, &format!("{minimal}[engine]\nwindow_secs = \"x\"\n"))
             .unwrap_err();
-        assert_eq!(e.field, "engine.window_secs (line 11)", "{e}");
+        assert_eq!(e.field, "engine.window_secs (line 10)", "{e}");
         let e = ServeConfig::parse(f, &format!("{minimal}[batching]\ncolour = 1\n")).unwrap_err();
         assert!(e.to_string().contains("colour"), "{e}");
         let e = ServeConfig::parse(f, "listen = \"nowhere\"\n").unwrap_err();

@@ -39,20 +39,46 @@ pub(crate) struct Shared {
     pub drain: watch::Receiver<bool>,
 }
 
-/// Decrements a gauge when dropped (the task ended, however it ended).
-struct Gauge<'a>(&'a AtomicI64);
+/// A gauge a task counts itself in.
+#[derive(Clone, Copy)]
+pub(crate) enum Gauge {
+    Connections,
+    Streams,
+}
 
-impl Drop for Gauge<'_> {
+/// One unit of a gauge, taken before a task is spawned and moved into it: released when the
+/// task ends, however it ends (even aborted before it first ran).
+pub(crate) struct Held {
+    metrics: Arc<Metrics>,
+    gauge: Gauge,
+}
+
+impl Held {
+    pub fn new(metrics: &Arc<Metrics>, gauge: Gauge) -> Held {
+        Self::counter(metrics, gauge).fetch_add(1, Ordering::Relaxed);
+        Held {
+            metrics: Arc::clone(metrics),
+            gauge,
+        }
+    }
+
+    fn counter(metrics: &Metrics, gauge: Gauge) -> &AtomicI64 {
+        match gauge {
+            Gauge::Connections => &metrics.connections,
+            Gauge::Streams => &metrics.streams,
+        }
+    }
+}
+
+impl Drop for Held {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        Self::counter(&self.metrics, self.gauge).fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// Serves one connection: handshake, scanner lookup, then its streams, until the peer closes,
-/// the scanner is removed, or the drain ends it. The connection gauge was incremented by the
-/// accept loop.
-pub(crate) async fn connection(shared: Arc<Shared>, incoming: Incoming) {
-    let _gauge = Gauge(&shared.metrics.connections);
+/// the scanner is removed, or the drain ends it. `_held` counts it in the connection gauge.
+pub(crate) async fn connection(shared: Arc<Shared>, incoming: Incoming, _held: Held) {
     let remote = incoming.remote_address();
     let connecting = match incoming.accept() {
         Ok(c) => c,
@@ -64,7 +90,11 @@ pub(crate) async fn connection(shared: Arc<Shared>, incoming: Incoming) {
     let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
-            // Certificate refusals were counted and logged by the verifier.
+            // Certificate refusals were also logged by the verifier, with their cause.
+            shared
+                .metrics
+                .handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
             debug!(%remote, "handshake failed: {e}");
             return;
         }
@@ -98,13 +128,14 @@ pub(crate) async fn connection(shared: Arc<Shared>, incoming: Incoming) {
         tokio::select! {
             bi = conn.accept_bi() => match bi {
                 Ok((send, recv)) => {
-                    shared.metrics.streams.fetch_add(1, Ordering::Relaxed);
+                    let held = Held::new(&shared.metrics, Gauge::Streams);
                     streams.spawn(stream(
                         Arc::clone(&shared),
                         conn.clone(),
                         Arc::clone(&id),
                         send,
                         recv,
+                        held,
                     ));
                 }
                 Err(e) => {
@@ -197,8 +228,8 @@ async fn stream(
     id: Arc<str>,
     mut send: SendStream,
     mut recv: RecvStream,
+    _held: Held,
 ) {
-    let _gauge = Gauge(&shared.metrics.streams);
     let (tx, mut rx) = mpsc::channel::<Pending>(PIPELINE_DEPTH);
     let reader = read_requests(&shared, &conn, &id, &mut recv, tx);
     let writer = async {

@@ -261,12 +261,11 @@ impl Metrics {
             self.streams.load(Ordering::Relaxed),
         );
         let name = "gatehouse_connections_refused_total";
-        let _ = writeln!(out, "# HELP {name} Connections refused, by cause.");
+        let _ = writeln!(out, "# HELP {name} Connections refused: at the connection limit, or scanner not registered.");
         let _ = writeln!(out, "# TYPE {name} counter");
         for (cause, n) in [
             ("limit", &self.refused_limit),
             ("unknown_scanner", &self.refused_unknown_scanner),
-            ("handshake", &self.handshake_failures),
         ] {
             let _ = writeln!(
                 out,
@@ -274,6 +273,13 @@ impl Metrics {
                 n.load(Ordering::Relaxed)
             );
         }
+
+        counter(
+            &mut out,
+            "gatehouse_handshake_failures_total",
+            "Failed or timed-out TLS handshakes, any cause (unknown scanners included).",
+            self.handshake_failures.load(Ordering::Relaxed),
+        );
 
         let ((hits, misses), replay_live, replay_capacity) = engine.occupancy();
         counter(

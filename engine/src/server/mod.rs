@@ -49,7 +49,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::pki::PkiError;
 use crate::{ConfigError, Engine, EngineError, RevocationError};
@@ -328,15 +328,17 @@ pub async fn run(
             () = &mut shutdown => break,
             incoming = endpoint.accept() => match incoming {
                 Some(incoming) => {
-                    if metrics.connections.load(Ordering::Relaxed) >= config.limits.max_connections as i64 {
+                    let open = metrics.connections.load(Ordering::Relaxed);
+                    if open >= config.limits.max_connections as i64 {
+                        // Counted, not logged one by one: a flood would flood the log.
                         metrics.refused_limit.fetch_add(1, Ordering::Relaxed);
-                        warn!("connection refused: at the limit of {} connections", config.limits.max_connections);
+                        debug!(open, "connection refused: at the connection limit");
                         incoming.refuse();
                         continue;
                     }
                     // Counted here, before the task runs, so a burst cannot overshoot the limit.
-                    metrics.connections.fetch_add(1, Ordering::Relaxed);
-                    connections.spawn(conn::connection(Arc::clone(&shared), incoming));
+                    let held = conn::Held::new(&metrics, conn::Gauge::Connections);
+                    connections.spawn(conn::connection(Arc::clone(&shared), incoming, held));
                 }
                 None => {
                     error!("QUIC endpoint closed unexpectedly");
@@ -389,7 +391,14 @@ pub async fn run(
     purge_task.abort();
     // The batcher thread ends once the last queue handle is gone.
     drop(shared);
-    let _ = tokio::task::spawn_blocking(move || batcher.join()).await;
+    let joined = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::task::spawn_blocking(move || batcher.join()),
+    )
+    .await;
+    if joined.is_err() {
+        warn!("the batcher thread did not stop in time");
+    }
     if let Some(t) = ops_task {
         t.abort();
     }

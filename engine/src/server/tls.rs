@@ -116,12 +116,7 @@ impl ClientCertVerifier for ScannerVerifier {
         let verified = self
             .webpki
             .verify_client_cert(end_entity, intermediates, now)
-            .inspect_err(|e| {
-                self.metrics
-                    .handshake_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                warn!("client certificate refused: {e}");
-            })?;
+            .inspect_err(|e| warn!("client certificate refused: {e}"))?;
         match subject_common_name(end_entity) {
             Some(id) if self.engine.scanner(&id).is_some() => Ok(verified),
             Some(id) => {
@@ -134,9 +129,6 @@ impl ClientCertVerifier for ScannerVerifier {
                 ))
             }
             None => {
-                self.metrics
-                    .handshake_failures
-                    .fetch_add(1, Ordering::Relaxed);
                 warn!("handshake refused: client certificate has no single usable subject common name");
                 Err(rustls::Error::InvalidCertificate(
                     CertificateError::ApplicationVerificationFailure,
