@@ -19,7 +19,8 @@ use serde::Serialize;
 
 use crate::config::Role;
 use crate::population::{
-    derive_id, derive_key, effective_revoked, Population, PopulationSpec, Status,
+    derive_id, derive_key, effective_revoked, expected_reason, reaches_one_time_use, Population,
+    PopulationSpec,
 };
 
 /// Knobs of the demo.
@@ -257,10 +258,10 @@ pub fn plan(
                 .sign(&thief);
                 return (
                     t.unwrap_or_default(),
-                    expected_for(
-                        pop,
-                        d.holder,
-                        &revoked,
+                    expected_reason(
+                        &pop.holders[d.holder],
+                        pop.status[d.holder],
+                        revoked[d.holder],
                         role,
                         now,
                         utc_offset,
@@ -278,10 +279,10 @@ pub fn plan(
             let t = h.present(now, nonce, None).unwrap_or_default();
             (
                 t,
-                expected_for(
-                    pop,
-                    d.holder,
-                    &revoked,
+                expected_reason(
+                    &pop.holders[d.holder],
+                    pop.status[d.holder],
+                    revoked[d.holder],
                     role,
                     now,
                     utc_offset,
@@ -308,7 +309,7 @@ pub fn plan(
         if let Some(j) = out[i].after {
             let orig = out[j].expect;
             out[i].token = out[j].token.clone();
-            out[i].expect = if passes_one_time_use(orig) {
+            out[i].expect = if reaches_one_time_use(orig) {
                 Reason::Replayed
             } else {
                 orig
@@ -316,48 +317,6 @@ pub fn plan(
         }
     }
     out
-}
-
-/// Whether a token with this verdict reached the one-time-use check (so a repeat is a replay).
-fn passes_one_time_use(r: Reason) -> bool {
-    matches!(
-        r,
-        Reason::Accepted
-            | Reason::NotAdmitted
-            | Reason::NotEligible
-            | Reason::AttributeMissing
-            | Reason::ChallengeMismatch
-    )
-}
-
-/// The verdict for holder `h` at a scanner of `role`, given what the population made of them:
-/// dates first, then revocation, then signatures (`sig`: what the signature check gives), then
-/// policy — the engine's order.
-fn expected_for(
-    pop: &Population,
-    h: usize,
-    revoked: &[bool],
-    role: &Role,
-    now: u64,
-    utc_offset: i32,
-    sig: Reason,
-) -> Reason {
-    let c = &pop.holders[h].credential;
-    if pop.status[h] == Status::Expired || now >= c.not_after {
-        return Reason::Expired;
-    }
-    if let Some((a, b)) = c.leave {
-        if now < a || now >= b {
-            return Reason::OutsideLeave;
-        }
-    }
-    if revoked[h] {
-        return Reason::Revoked;
-    }
-    if sig != Reason::Accepted {
-        return sig;
-    }
-    crate::policy::decide(role, c, now, utc_offset).reason
 }
 
 /// Runs the planned requests open-loop through `transport` and returns the report.

@@ -391,3 +391,53 @@ pub fn standard_scanners() -> ScannerRegistry {
     }
     r
 }
+
+/// Whether a token with this verdict got as far as the one-time-use check (so showing it again
+/// is a replay): it passed every check before, and was then accepted or refused by the
+/// challenge or the scanner's policy.
+pub fn reaches_one_time_use(r: gatehouse_protocol::Reason) -> bool {
+    use gatehouse_protocol::Reason;
+    matches!(
+        r,
+        Reason::Accepted
+            | Reason::NotAdmitted
+            | Reason::NotEligible
+            | Reason::AttributeMissing
+            | Reason::ChallengeMismatch
+    )
+}
+
+/// The verdict a correct engine gives a fresh token of `holder` at a scanner of `role`, worked
+/// out independently of the engine from what the population made of the holder, in the SPEC's
+/// order: dates, revocation, then `signature` (what the signature checks give: `Accepted` for
+/// a genuine token, `BadDeviceSignature` for a forged one), then the role's policy.
+pub fn expected_reason(
+    holder: &Holder,
+    status: Status,
+    revoked: bool,
+    role: &Role,
+    now: u64,
+    utc_offset_secs: i32,
+    signature: gatehouse_protocol::Reason,
+) -> gatehouse_protocol::Reason {
+    use gatehouse_protocol::Reason;
+    let c = &holder.credential;
+    if now < c.not_before {
+        return Reason::NotYetValid;
+    }
+    if status == Status::Expired || now >= c.not_after {
+        return Reason::Expired;
+    }
+    if let Some((a, b)) = c.leave {
+        if now < a || now >= b {
+            return Reason::OutsideLeave;
+        }
+    }
+    if revoked {
+        return Reason::Revoked;
+    }
+    if signature != Reason::Accepted {
+        return signature;
+    }
+    crate::policy::decide(role, c, now, utc_offset_secs).reason
+}
