@@ -279,7 +279,9 @@ impl Date {
     /// The civil date of a Unix time (seconds) at a fixed offset from UTC, in seconds
     /// (Korea Standard Time is +32,400).
     pub fn from_unix(unix_secs: u64, utc_offset_secs: i32) -> Self {
-        let local = unix_secs as i64 + i64::from(utc_offset_secs);
+        let local = i64::try_from(unix_secs)
+            .unwrap_or(i64::MAX)
+            .saturating_add(i64::from(utc_offset_secs));
         let days = local.div_euclid(86_400);
         let (y, m, d) = civil_from_days(days);
         Date(y.clamp(0, 9999) as u32 * 10000 + m * 100 + d)
@@ -399,6 +401,9 @@ mod tests {
             20261124
         );
         assert_eq!(Date::from_unix(951_782_400, 0).yyyymmdd(), 20000229);
+        // Absurd clocks give a far-future date, never a panic or a wrap to 1969.
+        assert!(Date::from_unix(u64::MAX, 32_400).yyyymmdd() >= 99990101);
+        assert!(Date::from_unix(i64::MAX as u64, 32_400).yyyymmdd() >= 99990101);
     }
 
     #[test]
