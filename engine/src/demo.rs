@@ -19,8 +19,8 @@ use serde::Serialize;
 
 use crate::config::Role;
 use crate::population::{
-    derive_id, derive_key, effective_revoked, expected_reason, reaches_one_time_use, Population,
-    PopulationSpec,
+    derive_id, derive_key, effective_revoked, expected, repeated, Population, PopulationSpec,
+    Presented,
 };
 
 /// Knobs of the demo.
@@ -258,14 +258,13 @@ pub fn plan(
                 .sign(&thief);
                 return (
                     t.unwrap_or_default(),
-                    expected_reason(
-                        &pop.holders[d.holder],
-                        pop.status[d.holder],
+                    expected(
+                        &h.credential,
                         revoked[d.holder],
                         role,
+                        Presented::Forged,
                         now,
                         utc_offset,
-                        Reason::BadDeviceSignature,
                     ),
                 );
             }
@@ -279,14 +278,13 @@ pub fn plan(
             let t = h.present(now, nonce, None).unwrap_or_default();
             (
                 t,
-                expected_reason(
-                    &pop.holders[d.holder],
-                    pop.status[d.holder],
+                expected(
+                    &h.credential,
                     revoked[d.holder],
                     role,
+                    Presented::Genuine,
                     now,
                     utc_offset,
-                    Reason::Accepted,
                 ),
             )
         })
@@ -309,11 +307,7 @@ pub fn plan(
         if let Some(j) = out[i].after {
             let orig = out[j].expect;
             out[i].token = out[j].token.clone();
-            out[i].expect = if reaches_one_time_use(orig) {
-                Reason::Replayed
-            } else {
-                orig
-            };
+            out[i].expect = repeated(orig);
         }
     }
     out

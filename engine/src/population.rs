@@ -392,10 +392,71 @@ pub fn standard_scanners() -> ScannerRegistry {
     r
 }
 
-/// Whether a token with this verdict got as far as the one-time-use check (so showing it again
-/// is a replay): it passed every check before, and was then accepted or refused by the
-/// challenge or the scanner's policy.
-pub fn reaches_one_time_use(r: gatehouse_protocol::Reason) -> bool {
+/// What was done to a token, as far as its verdict is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presented {
+    /// Signed now by the holder's device.
+    Genuine,
+    /// Signed by another key than the credential's device key.
+    Forged,
+    /// Not a token at all.
+    Garbage,
+    /// Signed by the device, with a timestamp outside the acceptance window.
+    Stale,
+}
+
+/// The verdict a correct engine gives credential `c` (revoked or not) presented as `presented`
+/// at a scanner of `role` at `now`, worked out from the credential's fields in the SPEC's
+/// order (§6): format, dates, freshness, revocation, signatures, then the role's policy.
+/// `gatehouse demo` and the load harness compare every verdict with it.
+pub fn expected(
+    c: &Credential,
+    revoked: bool,
+    role: &Role,
+    presented: Presented,
+    now: u64,
+    utc_offset_secs: i32,
+) -> gatehouse_protocol::Reason {
+    use gatehouse_protocol::Reason;
+    if presented == Presented::Garbage {
+        return Reason::Malformed;
+    }
+    if now < c.not_before {
+        return Reason::NotYetValid;
+    }
+    if now >= c.not_after {
+        return Reason::Expired;
+    }
+    if let Some((start, end)) = c.leave {
+        if now < start || now >= end {
+            return Reason::OutsideLeave;
+        }
+    }
+    if presented == Presented::Stale {
+        return Reason::Stale;
+    }
+    if revoked {
+        return Reason::Revoked;
+    }
+    if presented == Presented::Forged {
+        return Reason::BadDeviceSignature;
+    }
+    crate::policy::decide(role, c, now, utc_offset_secs).reason
+}
+
+/// The verdict for the same bytes shown again after the first showing got `first`: a token
+/// that reached one-time use is a replay wherever it is shown again; one refused before it is
+/// refused again for the same reason.
+pub fn repeated(first: gatehouse_protocol::Reason) -> gatehouse_protocol::Reason {
+    if reached_one_time_use(first) {
+        gatehouse_protocol::Reason::Replayed
+    } else {
+        first
+    }
+}
+
+/// Whether a token with this verdict passed every check up to one-time use.
+pub fn reached_one_time_use(r: gatehouse_protocol::Reason) -> bool {
     use gatehouse_protocol::Reason;
     matches!(
         r,
@@ -404,40 +465,6 @@ pub fn reaches_one_time_use(r: gatehouse_protocol::Reason) -> bool {
             | Reason::NotEligible
             | Reason::AttributeMissing
             | Reason::ChallengeMismatch
+            | Reason::Replayed
     )
-}
-
-/// The verdict a correct engine gives a fresh token of `holder` at a scanner of `role`, worked
-/// out independently of the engine from what the population made of the holder, in the SPEC's
-/// order: dates, revocation, then `signature` (what the signature checks give: `Accepted` for
-/// a genuine token, `BadDeviceSignature` for a forged one), then the role's policy.
-pub fn expected_reason(
-    holder: &Holder,
-    status: Status,
-    revoked: bool,
-    role: &Role,
-    now: u64,
-    utc_offset_secs: i32,
-    signature: gatehouse_protocol::Reason,
-) -> gatehouse_protocol::Reason {
-    use gatehouse_protocol::Reason;
-    let c = &holder.credential;
-    if now < c.not_before {
-        return Reason::NotYetValid;
-    }
-    if status == Status::Expired || now >= c.not_after {
-        return Reason::Expired;
-    }
-    if let Some((a, b)) = c.leave {
-        if now < a || now >= b {
-            return Reason::OutsideLeave;
-        }
-    }
-    if revoked {
-        return Reason::Revoked;
-    }
-    if signature != Reason::Accepted {
-        return signature;
-    }
-    crate::policy::decide(role, c, now, utc_offset_secs).reason
 }

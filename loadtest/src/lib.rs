@@ -1,1 +1,42 @@
-//! placeholder
+//! # gatehouse-loadtest
+//!
+//! The SRE's load harness: replays a morning rush against a real `gatehouse serve` over QUIC,
+//! checks every verdict, measures latency open loop, finds the capacity knee, and fails when a
+//! latency budget is missed.
+//!
+//! - [`Fleet`]: a synthetic population (device keys, issued credentials, revocations),
+//!   generated on every core and cached on disk in a compact binary file.
+//! - [`RushModel`] → [`Plan`] → [`schedule`]: from holders to the peak rate, a compressed
+//!   ramp-up / peak / ramp-down plan, and Poisson arrivals drawn from it, mixed with replays,
+//!   forgeries, stale tokens and garbage.
+//! - [`openloop::run`]: sends each arrival at its time whatever the engine does, signs tokens
+//!   just ahead of their send time on a pool of threads, times each request from its intended
+//!   send time into HDR histograms, and compares each verdict with [`expected`].
+//! - [`Harness`] and [`sweep`]: one engine, many runs; the capacity sweep steps the rate up
+//!   until the [`Budget`] breaks.
+//! - [`closed::run`]: the same traffic as goose scenarios (closed loop), with goose's test
+//!   plans, thresholds and HTML/JSON/Markdown reports.
+//! - [`Report`]: the JSON summary CI reads, with a comparison against a baseline.
+//!
+//! It does not run on a network of its choosing: requests go to an engine it started on
+//! loopback, or to the address the operator names. Every run is bounded in time and in
+//! requests.
+
+pub mod budget;
+pub mod closed;
+mod cpu;
+pub mod expect;
+pub mod fleet;
+mod harness;
+pub mod model;
+pub mod openloop;
+pub mod report;
+pub mod target;
+
+pub use budget::{Budget, BudgetResult, Check};
+pub use expect::{expected, Presented};
+pub use fleet::{Fleet, FleetSpec, Origin};
+pub use harness::{sweep, Harness, SweepOptions};
+pub use model::{schedule, Arrival, Mix, Phase, Plan, RushModel, ScannerSet, Scenario};
+pub use report::{compare, Report, RunSummary, SweepSummary};
+pub use target::{find_gatehouse, Connections, SpawnOptions, SpawnedEngine};

@@ -1,0 +1,261 @@
+//! Everything one invocation needs: the fleet, the engine (named or spawned), the scanner
+//! connections, and the knobs of open-loop runs. [`Harness::run_plan`] runs one plan (a rush,
+//! or one step of a sweep) and summarises it; [`sweep`] steps the rate up to the knee.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::budget::Budget;
+use crate::fleet::Fleet;
+use crate::model::{schedule, Mix, Plan, ScannerSet};
+use crate::openloop::{self, OpenLoopOptions};
+use crate::report::{RunSummary, SweepStep, SweepSummary, TargetInfo};
+use crate::target::{Connections, SpawnedEngine};
+
+/// A fleet, connected to an engine.
+pub struct Harness {
+    /// The holders.
+    pub fleet: Arc<Fleet>,
+    /// The scanners, in index order.
+    pub scanners: Arc<ScannerSet>,
+    /// Connections, per scanner.
+    pub conns: Arc<Connections>,
+    /// The engine, when the harness started it.
+    pub engine: Option<SpawnedEngine>,
+    /// Where requests go.
+    pub target: TargetInfo,
+    /// Open-loop knobs (the salt is replaced per run).
+    pub opts: OpenLoopOptions,
+    /// Adversarial mix.
+    pub mix: Mix,
+    /// Most requests one plan may schedule.
+    pub max_requests: usize,
+    /// Seed of schedules.
+    pub seed: u64,
+}
+
+impl std::fmt::Debug for Harness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Harness")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+fn fresh_salt() -> u64 {
+    let mut b = [0u8; 8];
+    if rand_core::OsRng.try_fill_bytes(&mut b).is_err() {
+        // No OS randomness: the clock still makes this run's nonces differ from the last.
+        return std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+    }
+    u64::from_le_bytes(b)
+}
+
+use rand_core::RngCore as _;
+
+impl Harness {
+    /// Schedules and runs `plan` open loop, with tokens signed at most `sign_lead` ahead.
+    pub async fn run_plan(&self, plan: &Plan, sign_lead: Duration) -> Result<RunSummary> {
+        let fleet = self.fleet.clone();
+        let scanners = self.scanners.clone();
+        let (plan_c, mix, seed, max) = (*plan, self.mix, self.seed, self.max_requests);
+        let salt = fresh_salt();
+        let sched = tokio::task::spawn_blocking(move || {
+            schedule(
+                &plan_c,
+                &|i| fleet.credential(i),
+                fleet.len(),
+                &scanners,
+                &mix,
+                seed ^ salt,
+                max,
+            )
+        })
+        .await??;
+        let engine_cpu0 = self.engine.as_ref().and_then(SpawnedEngine::cpu_secs);
+        let opts = OpenLoopOptions {
+            sign_lead,
+            salt,
+            ..self.opts.clone()
+        };
+        let stats = openloop::run(
+            self.fleet.clone(),
+            self.scanners.clone(),
+            self.conns.clone(),
+            Arc::new(sched),
+            plan,
+            opts,
+        )
+        .await?;
+        let engine_cpu = match (
+            engine_cpu0,
+            self.engine.as_ref().and_then(SpawnedEngine::cpu_secs),
+        ) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        };
+        Ok(RunSummary::from_stats(&stats, engine_cpu))
+    }
+}
+
+/// How a capacity sweep steps.
+#[derive(Debug, Clone, Copy)]
+pub struct SweepOptions {
+    /// First rate, requests per second.
+    pub from_rps: f64,
+    /// Each next rate is this many times the last.
+    pub factor: f64,
+    /// Seconds per step (at most the signing lead limit, so each step is signed before its
+    /// clock starts and signing does not compete with the engine during the step).
+    pub step_secs: f64,
+    /// Stop above this rate.
+    pub max_rps: f64,
+    /// Stop after this many steps (refinement included).
+    pub max_steps: usize,
+    /// Bisection steps between the last rate that held and the first that broke.
+    pub refine: usize,
+    /// Pause between steps, so queues drain.
+    pub pause: Duration,
+}
+
+impl Default for SweepOptions {
+    fn default() -> Self {
+        SweepOptions {
+            from_rps: 500.0,
+            factor: 1.5,
+            step_secs: 8.0,
+            max_rps: 100_000.0,
+            max_steps: 20,
+            refine: 2,
+            pause: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Steps the open-loop rate up until `budget` breaks; the knee is the highest rate that
+/// held it. Each step's numbers are in the result (timelines omitted).
+pub async fn sweep(
+    h: &Harness,
+    budget: &Budget,
+    opts: &SweepOptions,
+    modelled_peak_rps: f64,
+    progress: bool,
+) -> Result<SweepSummary> {
+    anyhow::ensure!(opts.factor > 1.0, "--factor must be above 1");
+    anyhow::ensure!(opts.from_rps > 0.0, "--from must be positive");
+    let lead = Duration::from_secs_f64(opts.step_secs.min(openloop::MAX_SIGN_LEAD.as_secs_f64()));
+    let mut steps: Vec<SweepStep> = Vec::new();
+    let mut rate = opts.from_rps;
+    let mut last_pass: Option<f64> = None;
+    let mut first_fail: Option<f64> = None;
+    let stopped;
+    let run_step = |rate: f64| {
+        let plan = Plan::constant(rate, opts.step_secs);
+        async move {
+            if progress {
+                eprintln!("  step: {rate:.0} req/s for {} s", opts.step_secs);
+            }
+            let mut run = h.run_plan(&plan, lead).await?;
+            run.timeline.clear();
+            let checks = budget.check_run(&run);
+            let failed: Vec<String> = checks
+                .iter()
+                .filter(|c| !c.passed)
+                .map(|c| format!("{} {} (limit {})", c.name, c.observed, c.limit))
+                .collect();
+            if progress {
+                eprintln!(
+                    "    p99 {:.2} ms, p99.9 {:.2} ms, errors {}, mismatches {}: {}",
+                    run.latency_us.p99_us as f64 / 1e3,
+                    run.latency_us.p999_us as f64 / 1e3,
+                    run.errors,
+                    run.mismatches,
+                    if failed.is_empty() {
+                        "held".to_string()
+                    } else {
+                        failed.join("; ")
+                    }
+                );
+            }
+            anyhow::Ok(SweepStep {
+                rate_rps: rate,
+                passed: failed.is_empty(),
+                failed_checks: failed,
+                run,
+            })
+        }
+    };
+    loop {
+        if steps.len() >= opts.max_steps {
+            stopped = format!("stopped after --max-steps {}", opts.max_steps);
+            break;
+        }
+        if rate > opts.max_rps {
+            stopped = format!("every step up to --max-rps {} held", opts.max_rps);
+            break;
+        }
+        let step = run_step(rate).await?;
+        let passed = step.passed;
+        let wrong = step.run.mismatches > 0;
+        steps.push(step);
+        if wrong {
+            stopped = "wrong verdicts: the sweep stops at the first mismatch".into();
+            first_fail = Some(rate);
+            break;
+        }
+        if !passed {
+            first_fail = Some(rate);
+            stopped = format!("the budget broke at {rate:.0} req/s");
+            break;
+        }
+        last_pass = Some(rate);
+        rate *= opts.factor;
+        tokio::time::sleep(opts.pause).await;
+    }
+    if let (Some(mut lo), Some(mut hi)) = (last_pass, first_fail) {
+        for _ in 0..opts.refine {
+            if steps.len() >= opts.max_steps || steps.iter().any(|s| s.run.mismatches > 0) {
+                break;
+            }
+            tokio::time::sleep(opts.pause).await;
+            let mid = (lo * hi).sqrt();
+            let step = run_step(mid).await?;
+            if step.passed {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+            steps.push(step);
+        }
+    }
+    let knee_rps = steps
+        .iter()
+        .filter(|s| s.passed)
+        .map(|s| s.rate_rps)
+        .fold(0.0, f64::max);
+    let first_failure_rps = steps
+        .iter()
+        .filter(|s| !s.passed)
+        .map(|s| s.rate_rps)
+        .reduce(f64::min);
+    // The harness measured itself if it could not send on time where the budget broke.
+    let harness_limited = steps
+        .iter()
+        .filter(|s| !s.passed)
+        .any(|s| s.run.send_lag_us.p99_us > 20_000);
+    Ok(SweepSummary {
+        step_secs: opts.step_secs,
+        steps,
+        knee_rps,
+        first_failure_rps,
+        stopped,
+        modelled_peak_rps,
+        headroom: knee_rps / modelled_peak_rps.max(1e-9),
+        harness_limited,
+    })
+}

@@ -1,0 +1,775 @@
+//! `gatehouse-loadtest`: parse, build, run, judge. Exit 0 when every budget check held, 1 when
+//! one missed (each is named), 2 when the run could not be made.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use gatehouse_engine::client::ClientOptions;
+use gatehouse_engine::pki::DevPki;
+use gatehouse_loadtest::budget::BudgetResult;
+use gatehouse_loadtest::closed::{self, ClosedOptions};
+use gatehouse_loadtest::openloop::{OpenLoopOptions, MAX_SIGN_LEAD};
+use gatehouse_loadtest::report::{ModelInfo, PopulationInfo, TargetInfo};
+use gatehouse_loadtest::target::{identities_from_dir, identities_from_pki};
+use gatehouse_loadtest::{
+    compare, find_gatehouse, sweep, Budget, Connections, Fleet, FleetSpec, Harness, Mix, Plan,
+    Report, RushModel, ScannerSet, SpawnOptions, SpawnedEngine, SweepOptions,
+};
+
+const EXIT_MISSED: u8 = 1;
+const EXIT_ERROR: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "gatehouse-loadtest",
+    version,
+    about = "Morning-rush load harness for gatehouse: open-loop latency, capacity knee, budgets"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate (or load) the cached population and print its census; optionally export the
+    /// files a staging engine needs.
+    Population {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// Write trust.toml, scanners.toml and revocations.cbor here (for a staging engine).
+        #[arg(long)]
+        export: Option<PathBuf>,
+        /// With --export: also a development PKI (pki/) for the standard scanners. TEST ONLY.
+        #[arg(long, requires = "export")]
+        dev_pki: bool,
+    },
+    /// An open-loop morning rush: ramp up, peak, ramp down.
+    Rush {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Seconds of ramp up.
+        #[arg(long, default_value_t = 10.0)]
+        ramp_up_secs: f64,
+        /// Seconds at the peak rate.
+        #[arg(long, default_value_t = 30.0)]
+        peak_secs: f64,
+        /// Seconds of ramp down.
+        #[arg(long, default_value_t = 10.0)]
+        ramp_down_secs: f64,
+        /// How far ahead of its send time a token may be signed (at most 10).
+        #[arg(long, default_value_t = 3.0)]
+        sign_lead_secs: f64,
+    },
+    /// Capacity sweep: step the open-loop rate up until the budget breaks.
+    Sweep {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        model: ModelArgs,
+        /// First rate (default: the modelled peak).
+        #[arg(long)]
+        from: Option<f64>,
+        /// Each step's rate is this many times the last.
+        #[arg(long, default_value_t = 1.5)]
+        factor: f64,
+        /// Seconds per step (at most 10: each step is signed before its clock starts).
+        #[arg(long, default_value_t = 8.0)]
+        step_secs: f64,
+        /// Highest rate tried.
+        #[arg(long, default_value_t = 100_000.0)]
+        max_rps: f64,
+        /// Most steps (refinement included).
+        #[arg(long, default_value_t = 20)]
+        max_steps: usize,
+        /// Bisection steps between the last rate that held and the first that broke.
+        #[arg(long, default_value_t = 2)]
+        refine: usize,
+    },
+    /// Closed-loop scenarios (gate, partner, age, adversarial) on goose, with goose's
+    /// HTML/JSON/Markdown reports. Arguments after `--` go to goose as they are.
+    Goose {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Terminals (goose users) at the peak (default: peak rate × mean think time).
+        #[arg(long)]
+        users: Option<usize>,
+        /// Most users when derived from the model.
+        #[arg(long, default_value_t = 1000)]
+        max_users: usize,
+        /// Seconds to start every user.
+        #[arg(long, default_value_t = 10)]
+        ramp_up_secs: u64,
+        /// Seconds to hold them.
+        #[arg(long, default_value_t = 30)]
+        peak_secs: u64,
+        /// Seconds to stop them.
+        #[arg(long, default_value_t = 5)]
+        ramp_down_secs: u64,
+        /// Shortest think time between two people at a terminal, ms.
+        #[arg(long, default_value_t = 500)]
+        think_min_ms: u64,
+        /// Longest think time, ms.
+        #[arg(long, default_value_t = 2500)]
+        think_max_ms: u64,
+        /// Where goose writes goose.html, goose.json and goose.md.
+        #[arg(long, default_value = DEFAULT_GOOSE_DIR)]
+        report_dir: PathBuf,
+        /// Arguments for goose (after `--`).
+        #[arg(last = true)]
+        goose_args: Vec<String>,
+    },
+    /// Compare two JSON reports (the second against the first).
+    Compare {
+        /// The earlier report.
+        baseline: PathBuf,
+        /// The later report.
+        report: PathBuf,
+    },
+}
+
+#[derive(Args, Clone)]
+struct FleetArgs {
+    /// Holders in the synthetic population.
+    #[arg(long, default_value_t = 1_000_000)]
+    holders: usize,
+    /// Seed of every key and id.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Share of holders revoked, per mille.
+    #[arg(long, default_value_t = 30)]
+    revoked_per_mille: u32,
+    /// Share of holders expired, per mille.
+    #[arg(long, default_value_t = 20)]
+    expired_per_mille: u32,
+    /// Where populations are cached.
+    #[arg(long, env = "GATEHOUSE_LOADTEST_CACHE", default_value = DEFAULT_CACHE_DIR)]
+    cache_dir: PathBuf,
+    /// Regenerate a cached population older than this (its validity dates drift).
+    #[arg(long, default_value_t = 72)]
+    max_cache_age_hours: u64,
+    /// Print nothing but the result.
+    #[arg(long)]
+    quiet: bool,
+}
+
+const DEFAULT_CACHE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/cache");
+
+/// Goose's reports go beside the cache (gitignored) unless told otherwise.
+const DEFAULT_GOOSE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/cache/goose");
+
+fn default_budget(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("budgets")
+        .join(name)
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    #[command(flatten)]
+    fleet: FleetArgs,
+    /// Start `gatehouse serve` on loopback with a development PKI and the population's files.
+    #[arg(long, conflicts_with = "target")]
+    spawn: bool,
+    /// With --spawn: start the engine WITHOUT the revocation list (to prove wrong verdicts
+    /// fail the run).
+    #[arg(long, requires = "spawn")]
+    no_revocations: bool,
+    /// With --spawn: the gatehouse binary (else $GATEHOUSE_BIN, beside this binary, or
+    /// target/{release,debug}/gatehouse).
+    #[arg(long, requires = "spawn")]
+    gatehouse_bin: Option<PathBuf>,
+    /// With --spawn: keep the engine's working directory (config, PKI, log).
+    #[arg(long, requires = "spawn")]
+    keep_engine_dir: bool,
+    /// A running engine's QUIC address (loaded with the population's trust list, scanners
+    /// and revocations: see `population --export`).
+    #[arg(long)]
+    target: Option<SocketAddr>,
+    /// With --target: the CA certificate of the server (default: <cert-dir>/ca.pem).
+    #[arg(long, requires = "target")]
+    ca: Option<PathBuf>,
+    /// With --target: scanner certificates, <id>.pem and <id>.key (or scanners/<id>.*).
+    #[arg(long, requires = "target")]
+    cert_dir: Option<PathBuf>,
+    /// With --target: the name on the server certificate.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// QUIC connections per scanner.
+    #[arg(long, default_value_t = 1)]
+    connections_per_scanner: usize,
+    /// Signing threads (default: one per core).
+    #[arg(long)]
+    signers: Option<usize>,
+    /// A request without an answer after this long is an error.
+    #[arg(long, default_value_t = 5000)]
+    request_timeout_ms: u64,
+    /// The engine's local offset from UTC (age checks; Korea +9 h).
+    #[arg(long, default_value_t = 32_400)]
+    utc_offset_secs: i32,
+    /// The budget file (default: budgets/default.toml, budgets/sweep.toml for sweeps).
+    #[arg(long)]
+    budget: Option<PathBuf>,
+    /// Write the JSON summary here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Compare with this earlier JSON summary.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// Print the JSON summary on stdout instead of the text.
+    #[arg(long)]
+    json: bool,
+    /// Most requests one run may schedule.
+    #[arg(long, default_value_t = 5_000_000)]
+    max_requests: usize,
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// Holders the rush models (default: --holders).
+    #[arg(long)]
+    model_holders: Option<u64>,
+    /// Share of holders presenting a token during the rush.
+    #[arg(long, default_value_t = 0.6)]
+    share: f64,
+    /// Length of the rush, minutes.
+    #[arg(long, default_value_t = 60.0)]
+    rush_minutes: f64,
+    /// Peak rate over the rush's mean rate.
+    #[arg(long, default_value_t = 3.0)]
+    peak_factor: f64,
+    /// Multiply the modelled rates by this.
+    #[arg(long, default_value_t = 1.0)]
+    rate_scale: f64,
+    /// Run at this peak rate instead of the model's.
+    #[arg(long)]
+    peak_rps: Option<f64>,
+}
+
+impl ModelArgs {
+    fn model(&self, holders: usize) -> Result<RushModel> {
+        let m = RushModel {
+            holders: self.model_holders.unwrap_or(holders as u64),
+            share: self.share,
+            rush_minutes: self.rush_minutes,
+            peak_factor: self.peak_factor,
+        };
+        ensure!(m.share > 0.0 && m.share <= 1.0, "--share must be in (0, 1]");
+        ensure!(m.rush_minutes > 0.0, "--rush-minutes must be positive");
+        ensure!(m.peak_factor >= 1.0, "--peak-factor must be at least 1");
+        ensure!(self.rate_scale > 0.0, "--rate-scale must be positive");
+        Ok(m)
+    }
+
+    fn run_peak(&self, m: &RushModel) -> f64 {
+        self.peak_rps.unwrap_or(m.peak_rps() * self.rate_scale)
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn fleet_spec(f: &FleetArgs) -> FleetSpec {
+    FleetSpec {
+        holders: f.holders,
+        seed: f.seed,
+        revoked_per_mille: f.revoked_per_mille,
+        expired_per_mille: f.expired_per_mille,
+    }
+}
+
+async fn load_fleet(f: &FleetArgs) -> Result<(Fleet, PopulationInfo)> {
+    let spec = fleet_spec(f);
+    let (dir, age, quiet) = (
+        f.cache_dir.clone(),
+        Duration::from_secs(f.max_cache_age_hours * 3600),
+        f.quiet,
+    );
+    if !quiet {
+        eprintln!("population: {} holders, seed {}", spec.holders, spec.seed);
+    }
+    let (fleet, origin, secs) = tokio::task::spawn_blocking(move || {
+        Fleet::load_or_generate(&dir, spec, now_unix(), age, !quiet)
+    })
+    .await??;
+    let info = PopulationInfo::new(&fleet, origin, secs);
+    if !quiet {
+        eprintln!(
+            "  {} holders ({}) in {:.1} s",
+            info.holders, info.origin, info.secs
+        );
+    }
+    Ok((fleet, info))
+}
+
+/// Connects to the named engine or starts one; returns the harness.
+async fn connect(common: &Common, fleet: Fleet, replay_capacity: usize) -> Result<Harness> {
+    let fleet = Arc::new(fleet);
+    let scanners = Arc::new(ScannerSet::new(&fleet.scanners()));
+    let options = ClientOptions {
+        request_timeout: Duration::from_millis(common.request_timeout_ms),
+        ..ClientOptions::default()
+    };
+    let (engine, addr, identities, server_name, revocations_loaded) = if common.spawn {
+        let bin = match &common.gatehouse_bin {
+            Some(b) => b.clone(),
+            None => find_gatehouse()?,
+        };
+        if !common.fleet.quiet {
+            eprintln!("engine: starting {} serve on loopback …", bin.display());
+        }
+        let opts = SpawnOptions {
+            bin,
+            revocations: !common.no_revocations,
+            replay_capacity,
+            utc_offset_secs: common.utc_offset_secs,
+            keep: common.keep_engine_dir,
+        };
+        let (engine, pki): (SpawnedEngine, DevPki) =
+            SpawnedEngine::start(&fleet, &scanners, &opts).await?;
+        let ids = identities_from_pki(&pki, &scanners)?;
+        let addr = engine.addr;
+        (
+            Some(engine),
+            addr,
+            ids,
+            "localhost".to_string(),
+            Some(!common.no_revocations),
+        )
+    } else if let Some(addr) = common.target {
+        gatehouse_loadtest::target::check_target(addr)?;
+        let cert_dir = common
+            .cert_dir
+            .clone()
+            .context("--target needs --cert-dir (scanner certificates and keys)")?;
+        let ca = common.ca.clone().unwrap_or_else(|| cert_dir.join("ca.pem"));
+        let ids = identities_from_dir(&ca, &cert_dir, &scanners)?;
+        (None, addr, ids, common.server_name.clone(), None)
+    } else {
+        bail!("say where the engine is: --spawn (start one on loopback) or --target ADDR");
+    };
+    let conns = Connections::connect(
+        addr,
+        &server_name,
+        identities,
+        common.connections_per_scanner,
+        options,
+    )
+    .await?;
+    if !common.fleet.quiet {
+        eprintln!("  {} scanner connections to {addr}", conns.count());
+    }
+    let target = TargetInfo {
+        address: addr.to_string(),
+        spawned: engine.is_some(),
+        revocations_loaded,
+        connections: conns.count(),
+    };
+    let signers = common.signers.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
+    Ok(Harness {
+        fleet,
+        scanners,
+        conns: Arc::new(conns),
+        engine,
+        target,
+        opts: OpenLoopOptions {
+            sign_lead: Duration::from_secs(3),
+            signers,
+            request_timeout: options.request_timeout,
+            utc_offset_secs: common.utc_offset_secs,
+            salt: 0,
+            progress: !common.fleet.quiet,
+        },
+        mix: Mix::default(),
+        max_requests: common.max_requests,
+        seed: common.fleet.seed,
+    })
+}
+
+fn replay_capacity_for(max_rps: f64) -> usize {
+    // Every token stays in the one-time-use table for the 30 s window (+5 s skew); a sweep
+    // has up to three steps in that time.
+    ((max_rps * 45.0) as usize).clamp(750_000, 10_000_000)
+}
+
+fn command_line() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
+}
+
+/// Budget, baseline, output; the exit code.
+fn finish(
+    mut report: Report,
+    common: &Common,
+    budget: &Budget,
+    budget_file: &Path,
+    mut checks: Vec<gatehouse_loadtest::Check>,
+) -> Result<ExitCode> {
+    if let Some(b) = &common.baseline {
+        let before: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(b).with_context(|| format!("reading {}", b.display()))?,
+        )
+        .with_context(|| format!("baseline {}", b.display()))?;
+        let now = serde_json::to_value(&report)?;
+        report.baseline = compare(&before, &now);
+        checks.extend(budget.check_baseline(&report.baseline));
+    }
+    let result = BudgetResult::new(&budget_file.display().to_string(), checks);
+    report.passed = result.passed;
+    let missed = result.missed();
+    report.budget = Some(result);
+    if let Some(path) = &common.report {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if common.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    if missed.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for m in &missed {
+            eprintln!("gatehouse-loadtest: budget missed: {m}");
+        }
+        Ok(ExitCode::from(EXIT_MISSED))
+    }
+}
+
+fn base_report(mode: &str, h: &Harness, population: PopulationInfo, model: ModelInfo) -> Report {
+    Report {
+        tool: "gatehouse-loadtest".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        mode: mode.into(),
+        started_unix: now_unix(),
+        cores: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        command: command_line(),
+        target: h.target.clone(),
+        population,
+        model,
+        run: None,
+        sweep: None,
+        goose: None,
+        budget: None,
+        baseline: Vec::new(),
+        passed: false,
+    }
+}
+
+async fn shutdown(mut h: Harness) {
+    h.conns.close().await;
+    if let Some(mut e) = h.engine.take() {
+        let _ = tokio::task::spawn_blocking(move || e.stop()).await;
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Population {
+            fleet,
+            export,
+            dev_pki,
+        } => {
+            let (f, info) = load_fleet(&fleet).await?;
+            println!(
+                "{} holders ({} valid, {} revoked, {} expired; {} revocation entries), {} in {:.1} s, cached under {}",
+                info.holders,
+                info.valid,
+                info.revoked,
+                info.expired,
+                f.revocations.revoke.len(),
+                info.origin,
+                info.secs,
+                fleet.cache_dir.display()
+            );
+            if let Some(dir) = export {
+                std::fs::create_dir_all(&dir)?;
+                std::fs::write(dir.join("trust.toml"), f.trust_list().to_toml())?;
+                std::fs::write(dir.join("scanners.toml"), f.scanners().to_toml())?;
+                std::fs::write(dir.join("revocations.cbor"), f.revocations.encode())?;
+                if dev_pki {
+                    let ids = ScannerSet::new(&f.scanners()).ids;
+                    DevPki::generate(&ids)?.write_to(&dir.join("pki"))?;
+                }
+                println!(
+                    "wrote trust.toml, scanners.toml, revocations.cbor{} to {}",
+                    if dev_pki { " and pki/ (TEST ONLY)" } else { "" },
+                    dir.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rush {
+            common,
+            model,
+            ramp_up_secs,
+            peak_secs,
+            ramp_down_secs,
+            sign_lead_secs,
+        } => {
+            let m = model.model(common.fleet.holders)?;
+            let plan = Plan {
+                ramp_up_secs,
+                peak_secs,
+                ramp_down_secs,
+                peak_rps: model.run_peak(&m),
+            };
+            ensure!(
+                ramp_up_secs >= 0.0 && peak_secs >= 0.0 && ramp_down_secs >= 0.0,
+                "phase lengths must not be negative"
+            );
+            ensure!(
+                plan.duration() > 0.0 && plan.duration() <= 3600.0,
+                "a rush lasts more than 0 and at most 3600 s"
+            );
+            ensure!(
+                sign_lead_secs > 0.0 && sign_lead_secs <= MAX_SIGN_LEAD.as_secs_f64(),
+                "--sign-lead-secs must be in (0, {}]",
+                MAX_SIGN_LEAD.as_secs()
+            );
+            let budget_file = common
+                .budget
+                .clone()
+                .unwrap_or_else(|| default_budget("default.toml"));
+            let budget = Budget::load(&budget_file)?;
+            let (fleet, info) = load_fleet(&common.fleet).await?;
+            let h = connect(&common, fleet, replay_capacity_for(plan.peak_rps)).await?;
+            if !common.fleet.quiet {
+                eprintln!(
+                    "rush: {}\n  plan: ramp up {ramp_up_secs} s, peak {peak_secs} s at {:.0} req/s, ramp down {ramp_down_secs} s (~{:.0} requests)",
+                    m.explain(),
+                    plan.peak_rps,
+                    plan.expected_requests()
+                );
+            }
+            let result = h
+                .run_plan(&plan, Duration::from_secs_f64(sign_lead_secs))
+                .await;
+            let mut report = base_report("rush", &h, info, ModelInfo::new(&m, Some(&plan)));
+            shutdown(h).await;
+            let run = result?;
+            let checks = budget.check_run(&run);
+            report.run = Some(run);
+            finish(report, &common, &budget, &budget_file, checks)
+        }
+        Command::Sweep {
+            common,
+            model,
+            from,
+            factor,
+            step_secs,
+            max_rps,
+            max_steps,
+            refine,
+        } => {
+            let m = model.model(common.fleet.holders)?;
+            ensure!(
+                step_secs > 0.0 && step_secs <= MAX_SIGN_LEAD.as_secs_f64(),
+                "--step-secs must be in (0, {}]",
+                MAX_SIGN_LEAD.as_secs()
+            );
+            ensure!(max_steps <= 60, "--max-steps is at most 60");
+            let budget_file = common
+                .budget
+                .clone()
+                .unwrap_or_else(|| default_budget("sweep.toml"));
+            let budget = Budget::load(&budget_file)?;
+            let opts = SweepOptions {
+                from_rps: from.unwrap_or_else(|| model.run_peak(&m)),
+                factor,
+                step_secs,
+                max_rps,
+                max_steps,
+                refine,
+                pause: Duration::from_secs(2),
+            };
+            ensure!(
+                opts.max_rps * opts.step_secs <= common.max_requests as f64,
+                "--max-rps × --step-secs exceeds --max-requests"
+            );
+            let (fleet, info) = load_fleet(&common.fleet).await?;
+            let h = connect(&common, fleet, replay_capacity_for(max_rps)).await?;
+            if !common.fleet.quiet {
+                eprintln!("sweep: {}", m.explain());
+            }
+            let t0 = Instant::now();
+            let result = sweep(&h, &budget, &opts, m.peak_rps(), !common.fleet.quiet).await;
+            let mut report = base_report("sweep", &h, info, ModelInfo::new(&m, None));
+            shutdown(h).await;
+            let s = result?;
+            if !common.fleet.quiet {
+                eprintln!("  sweep took {:.0} s", t0.elapsed().as_secs_f64());
+            }
+            let checks = budget.check_sweep(&s);
+            report.sweep = Some(s);
+            finish(report, &common, &budget, &budget_file, checks)
+        }
+        Command::Goose {
+            common,
+            model,
+            users,
+            max_users,
+            ramp_up_secs,
+            peak_secs,
+            ramp_down_secs,
+            think_min_ms,
+            think_max_ms,
+            report_dir,
+            goose_args,
+        } => {
+            let m = model.model(common.fleet.holders)?;
+            ensure!(
+                think_min_ms <= think_max_ms && think_max_ms > 0,
+                "--think-min-ms must not exceed --think-max-ms"
+            );
+            ensure!(
+                ramp_up_secs + peak_secs + ramp_down_secs <= 3600,
+                "a goose run lasts at most 3600 s"
+            );
+            let mean_think = (think_min_ms + think_max_ms) as f64 / 2000.0;
+            let users = users
+                .unwrap_or_else(|| (model.run_peak(&m) * mean_think).ceil() as usize)
+                .clamp(1, max_users.max(1));
+            let budget_file = common
+                .budget
+                .clone()
+                .unwrap_or_else(|| default_budget("default.toml"));
+            let budget = Budget::load(&budget_file)?;
+            let (fleet, info) = load_fleet(&common.fleet).await?;
+            let peak = model.run_peak(&m).max(users as f64 / mean_think.max(0.001));
+            let h = connect(&common, fleet, replay_capacity_for(peak * 2.0)).await?;
+            let addr: SocketAddr = h.target.address.parse()?;
+            let opts = ClosedOptions {
+                users,
+                ramp_up_secs,
+                peak_secs,
+                ramp_down_secs,
+                think: (
+                    Duration::from_millis(think_min_ms),
+                    Duration::from_millis(think_max_ms),
+                ),
+                report_dir,
+                thresholds: budget.goose_thresholds(),
+                goose_args,
+                utc_offset_secs: common.utc_offset_secs,
+                request_timeout: Duration::from_millis(common.request_timeout_ms),
+            };
+            if !common.fleet.quiet {
+                eprintln!(
+                    "goose: {users} terminals (≈ {:.0} req/s at {mean_think:.1} s mean think time), test plan ramp {ramp_up_secs} s / hold {peak_secs} s / down {ramp_down_secs} s",
+                    users as f64 / mean_think
+                );
+            }
+            let result = closed::run(
+                h.fleet.clone(),
+                h.scanners.clone(),
+                h.conns.clone(),
+                addr,
+                &opts,
+            )
+            .await;
+            let mut report = base_report("goose", &h, info, ModelInfo::new(&m, None));
+            shutdown(h).await;
+            let (g, held) = result?;
+            let mut checks = vec![
+                gatehouse_loadtest::Check {
+                    name: "mismatches".into(),
+                    limit: format!("≤ {}", budget.max_mismatches),
+                    observed: g.mismatches.to_string(),
+                    passed: g.mismatches <= budget.max_mismatches,
+                },
+                gatehouse_loadtest::Check {
+                    name: "goose thresholds".into(),
+                    limit: budget.goose_thresholds().join(", "),
+                    observed: if held { "held" } else { "failed" }.into(),
+                    passed: held,
+                },
+                gatehouse_loadtest::Check {
+                    name: "requests".into(),
+                    limit: "≥ 1".into(),
+                    observed: g.requests.to_string(),
+                    passed: g.requests >= 1,
+                },
+            ];
+            if g.requests > 0 {
+                let rate = g.errors as f64 / g.requests as f64;
+                checks.push(gatehouse_loadtest::Check {
+                    name: "error rate".into(),
+                    limit: format!("≤ {}", budget.max_error_rate),
+                    observed: format!("{rate:.6}"),
+                    passed: rate <= budget.max_error_rate,
+                });
+            }
+            report.goose = Some(g);
+            finish(report, &common, &budget, &budget_file, checks)
+        }
+        Command::Compare { baseline, report } => {
+            let read = |p: &Path| -> Result<serde_json::Value> {
+                Ok(serde_json::from_str(
+                    &std::fs::read_to_string(p)
+                        .with_context(|| format!("reading {}", p.display()))?,
+                )?)
+            };
+            let diffs = compare(&read(&baseline)?, &read(&report)?);
+            ensure!(!diffs.is_empty(), "the two reports share no metric");
+            for d in diffs {
+                println!(
+                    "{:<16} {:>12.1} → {:>12.1}  ({:+.1}%){}",
+                    d.metric,
+                    d.before,
+                    d.now,
+                    d.change_pct,
+                    if d.worse && d.change_pct.abs() > 0.05 {
+                        "  worse"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("gatehouse-loadtest: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gatehouse-loadtest: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}

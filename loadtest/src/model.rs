@@ -1,0 +1,518 @@
+//! The morning rush: from holders to requests per second, a compressed test plan (ramp up,
+//! peak, ramp down), and the open-loop schedule of arrivals (Poisson) drawn from it.
+//!
+//! # From holders to the peak rate
+//!
+//! ```text
+//! peak_rps = holders × share / (rush_minutes × 60) × peak_factor
+//! 1,000,000 × 0.6 / 3,600 s × 3 = 500 requests per second
+//! ```
+//!
+//! `share` is the part of the fleet that presents a token during the rush, `rush_minutes` the
+//! length of the rush, `peak_factor` how much the busiest minute exceeds the rush's average.
+//! The test plan keeps the model's *rates* and compresses its *time*: the rate climbs to the
+//! peak, holds it, and falls back, in seconds or minutes instead of an hour.
+//!
+//! Pure: no IO, no clock. A schedule is a function of the plan, the fleet and a seed.
+
+use gatehouse_engine::Role;
+use gatehouse_protocol::Credential;
+use serde::Serialize;
+
+/// The parametric morning rush.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RushModel {
+    /// Holders the model describes (need not be the size of the generated fleet).
+    pub holders: u64,
+    /// Share of holders who present a token during the rush.
+    pub share: f64,
+    /// Length of the rush, minutes.
+    pub rush_minutes: f64,
+    /// Peak rate over the rush's average rate.
+    pub peak_factor: f64,
+}
+
+impl Default for RushModel {
+    fn default() -> Self {
+        RushModel {
+            holders: 1_000_000,
+            share: 0.6,
+            rush_minutes: 60.0,
+            peak_factor: 3.0,
+        }
+    }
+}
+
+impl RushModel {
+    /// Presentations during the whole rush.
+    pub fn presentations(&self) -> f64 {
+        self.holders as f64 * self.share
+    }
+
+    /// Average requests per second over the rush.
+    pub fn mean_rps(&self) -> f64 {
+        self.presentations() / (self.rush_minutes * 60.0)
+    }
+
+    /// Requests per second at the peak of the rush.
+    pub fn peak_rps(&self) -> f64 {
+        self.mean_rps() * self.peak_factor
+    }
+
+    /// The arithmetic, for people.
+    pub fn explain(&self) -> String {
+        format!(
+            "{} holders × {} share / ({} min × 60 s) × peak factor {} = {:.1} req/s at the peak (mean {:.1} req/s)",
+            self.holders,
+            self.share,
+            self.rush_minutes,
+            self.peak_factor,
+            self.peak_rps(),
+            self.mean_rps()
+        )
+    }
+}
+
+/// Part of the test plan an arrival falls in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// The rate climbs linearly from zero to the peak.
+    RampUp,
+    /// The rate holds at the peak.
+    Peak,
+    /// The rate falls linearly to zero.
+    RampDown,
+}
+
+impl Phase {
+    /// Every phase, in order.
+    pub const ALL: [Phase; 3] = [Phase::RampUp, Phase::Peak, Phase::RampDown];
+
+    /// Stable name.
+    pub fn label(self) -> &'static str {
+        match self {
+            Phase::RampUp => "ramp_up",
+            Phase::Peak => "peak",
+            Phase::RampDown => "ramp_down",
+        }
+    }
+}
+
+/// A compressed test plan: a trapezoid of rate over time.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Plan {
+    /// Seconds of ramp up.
+    pub ramp_up_secs: f64,
+    /// Seconds at the peak rate.
+    pub peak_secs: f64,
+    /// Seconds of ramp down.
+    pub ramp_down_secs: f64,
+    /// The peak rate, requests per second.
+    pub peak_rps: f64,
+}
+
+impl Plan {
+    /// A constant rate for `secs` (a capacity-sweep step).
+    pub fn constant(rps: f64, secs: f64) -> Plan {
+        Plan {
+            ramp_up_secs: 0.0,
+            peak_secs: secs,
+            ramp_down_secs: 0.0,
+            peak_rps: rps,
+        }
+    }
+
+    /// Length of the plan, seconds.
+    pub fn duration(&self) -> f64 {
+        self.ramp_up_secs + self.peak_secs + self.ramp_down_secs
+    }
+
+    /// The phase at `t` seconds.
+    pub fn phase_at(&self, t: f64) -> Phase {
+        if t < self.ramp_up_secs {
+            Phase::RampUp
+        } else if t < self.ramp_up_secs + self.peak_secs {
+            Phase::Peak
+        } else {
+            Phase::RampDown
+        }
+    }
+
+    /// The arrival rate at `t` seconds.
+    pub fn rate_at(&self, t: f64) -> f64 {
+        match self.phase_at(t) {
+            Phase::RampUp => self.peak_rps * t / self.ramp_up_secs,
+            Phase::Peak => self.peak_rps,
+            Phase::RampDown => {
+                let into = t - self.ramp_up_secs - self.peak_secs;
+                (self.peak_rps * (1.0 - into / self.ramp_down_secs)).max(0.0)
+            }
+        }
+    }
+
+    /// Expected number of arrivals.
+    pub fn expected_requests(&self) -> f64 {
+        self.peak_rps * (self.ramp_up_secs / 2.0 + self.peak_secs + self.ramp_down_secs / 2.0)
+    }
+}
+
+/// The share (per mille) of each adversarial kind of request; the rest are genuine.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Mix {
+    /// A token already used, shown again (a screenshot).
+    pub replay: u32,
+    /// A token signed by a key that is not the credential's device key.
+    pub forged: u32,
+    /// Bytes that are not a token.
+    pub garbage: u32,
+    /// A token an hour old.
+    pub stale: u32,
+}
+
+impl Default for Mix {
+    fn default() -> Self {
+        Mix {
+            replay: 30,
+            forged: 20,
+            garbage: 10,
+            stale: 10,
+        }
+    }
+}
+
+/// What kind of request an arrival is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A fresh token, signed by the holder's device.
+    Genuine,
+    /// Signed by the wrong key.
+    Forged,
+    /// Not a token.
+    Garbage,
+    /// Timestamp an hour old.
+    Stale,
+    /// The same bytes as arrival `of` (sent earlier), shown again.
+    Replay {
+        /// Index of the original arrival.
+        of: u32,
+    },
+}
+
+/// Which traffic a request belongs to, for the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scenario {
+    /// A genuine token at a base gate (or a welfare-facility gate).
+    Gate,
+    /// A genuine token at a partner's point of sale (military discount).
+    Partner,
+    /// A genuine token at an age-check counter.
+    Age,
+    /// Replays, forgeries, garbage and stale tokens, wherever shown.
+    Adversarial,
+}
+
+impl Scenario {
+    /// Every scenario.
+    pub const ALL: [Scenario; 4] = [
+        Scenario::Gate,
+        Scenario::Partner,
+        Scenario::Age,
+        Scenario::Adversarial,
+    ];
+
+    /// Stable name.
+    pub fn label(self) -> &'static str {
+        match self {
+            Scenario::Gate => "gate",
+            Scenario::Partner => "partner",
+            Scenario::Age => "age",
+            Scenario::Adversarial => "adversarial",
+        }
+    }
+}
+
+/// One planned request.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    /// Intended send time, seconds from the start.
+    pub at: f64,
+    /// Holder index in the fleet.
+    pub holder: u32,
+    /// Scanner index (in [`ScannerSet`] order).
+    pub scanner: u16,
+    /// What is sent.
+    pub kind: Kind,
+    /// Where in the plan it falls.
+    pub phase: Phase,
+    /// Which traffic it is.
+    pub scenario: Scenario,
+}
+
+/// The scanners requests are sent from, with what the schedule needs to pick one.
+#[derive(Debug, Clone)]
+pub struct ScannerSet {
+    /// Scanner ids, in index order.
+    pub ids: Vec<String>,
+    /// Their roles.
+    pub roles: Vec<Role>,
+}
+
+impl ScannerSet {
+    /// From a registry, in its iteration order.
+    pub fn new(registry: &gatehouse_engine::ScannerRegistry) -> ScannerSet {
+        let mut pairs: Vec<(String, Role)> = registry
+            .iter()
+            .map(|s| (s.id.clone(), s.role.clone()))
+            .collect();
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        ScannerSet {
+            ids: pairs.iter().map(|p| p.0.clone()).collect(),
+            roles: pairs.into_iter().map(|p| p.1).collect(),
+        }
+    }
+
+    fn index(&self, id: &str) -> Option<usize> {
+        self.ids.iter().position(|s| s == id)
+    }
+
+    fn with_prefix(&self, prefix: &str) -> Vec<u16> {
+        self.ids
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.starts_with(prefix))
+            .map(|(i, _)| i as u16)
+            .collect()
+    }
+
+    /// The gate a holder's unit passes (its division's gate; the welfare gate for family).
+    pub fn home_gate(&self, c: &Credential) -> Option<u16> {
+        let l = c.unit.levels();
+        let kind = if c.category.is_family() {
+            "welfare"
+        } else {
+            "gate"
+        };
+        self.index(&format!(
+            "{kind}-{}-{}",
+            l.first().copied().unwrap_or(0),
+            l.get(1).copied().unwrap_or(0)
+        ))
+        .map(|i| i as u16)
+    }
+}
+
+/// A small deterministic PRNG (splitmix64).
+#[derive(Debug, Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A replay repeats a genuine request sent at least this long before it …
+const REPLAY_MIN_GAP: f64 = 0.5;
+/// … and at most this long before (so the repeated token is still inside its window).
+const REPLAY_MAX_GAP: f64 = 5.0;
+
+/// Draws the arrivals of `plan` (a non-homogeneous Poisson process, by thinning), each a
+/// holder of a fleet of `holders` at a scanner its kind would visit: 60 % the holder's own
+/// gate, 30 % a partner, 10 % an age-check counter; `mix` decides the adversarial share.
+/// Fails when the plan would exceed `max_requests`.
+pub fn schedule<'a>(
+    plan: &Plan,
+    holders: &dyn Fn(usize) -> &'a Credential,
+    fleet_len: usize,
+    scanners: &ScannerSet,
+    mix: &Mix,
+    seed: u64,
+    max_requests: usize,
+) -> anyhow::Result<Vec<Arrival>> {
+    anyhow::ensure!(plan.peak_rps > 0.0, "the peak rate must be positive");
+    anyhow::ensure!(plan.duration() > 0.0, "the plan must last some time");
+    anyhow::ensure!(fleet_len > 0, "no holders");
+    let expected = plan.expected_requests();
+    anyhow::ensure!(
+        expected <= max_requests as f64,
+        "the plan asks for about {expected:.0} requests, over the limit of {max_requests} (--max-requests)"
+    );
+    let partners = scanners.with_prefix("partner");
+    let ages = scanners.with_prefix("age");
+    anyhow::ensure!(!scanners.ids.is_empty(), "no scanners");
+    let mut rng = Rng(seed ^ 0x6a7e_4008_0000_0001);
+    let mut out: Vec<Arrival> = Vec::with_capacity(expected.ceil() as usize + 16);
+    let mut recent_genuine: std::collections::VecDeque<u32> = Default::default();
+    let mut t = 0.0f64;
+    let lambda = plan.peak_rps;
+    let end = plan.duration();
+    let adversarial = mix.replay + mix.forged + mix.garbage + mix.stale;
+    loop {
+        t += -(1.0 - rng.unit()).ln() / lambda;
+        if t >= end {
+            break;
+        }
+        if rng.unit() * lambda >= plan.rate_at(t) {
+            continue;
+        }
+        anyhow::ensure!(
+            out.len() < max_requests,
+            "the plan exceeded {max_requests} requests (--max-requests)"
+        );
+        let holder = rng.below(fleet_len as u64) as usize;
+        let c = holders(holder);
+        let where_ = rng.below(10);
+        let (scanner, scenario) = match where_ {
+            0..=5 => (scanners.home_gate(c), Scenario::Gate),
+            6..=8 => (
+                partners
+                    .get(rng.below(partners.len() as u64) as usize)
+                    .copied(),
+                Scenario::Partner,
+            ),
+            _ => (
+                ages.get(rng.below(ages.len() as u64) as usize).copied(),
+                Scenario::Age,
+            ),
+        };
+        let scanner = scanner.unwrap_or(rng.below(scanners.ids.len() as u64) as u16);
+        let roll = rng.below(1000) as u32;
+        let mut kind = if roll < mix.replay {
+            Kind::Replay { of: 0 }
+        } else if roll < mix.replay + mix.forged {
+            Kind::Forged
+        } else if roll < mix.replay + mix.forged + mix.garbage {
+            Kind::Garbage
+        } else if roll < adversarial {
+            Kind::Stale
+        } else {
+            Kind::Genuine
+        };
+        while recent_genuine
+            .front()
+            .is_some_and(|&j| out[j as usize].at < t - REPLAY_MAX_GAP)
+        {
+            recent_genuine.pop_front();
+        }
+        let mut arrival = Arrival {
+            at: t,
+            holder: holder as u32,
+            scanner,
+            kind,
+            phase: plan.phase_at(t),
+            scenario,
+        };
+        if let Kind::Replay { .. } = kind {
+            // The newest genuine request at least REPLAY_MIN_GAP old, shown again where it was
+            // first shown; when there is none yet, this arrival is genuine instead.
+            let candidates: Vec<u32> = recent_genuine
+                .iter()
+                .copied()
+                .filter(|&j| out[j as usize].at <= t - REPLAY_MIN_GAP)
+                .collect();
+            kind = match candidates.len() {
+                0 => Kind::Genuine,
+                n => {
+                    let of = candidates[n - 1 - (rng.below(n.min(50) as u64) as usize)];
+                    let orig = out[of as usize];
+                    arrival.holder = orig.holder;
+                    arrival.scanner = orig.scanner;
+                    Kind::Replay { of }
+                }
+            };
+        }
+        arrival.kind = kind;
+        if kind != Kind::Genuine {
+            arrival.scenario = Scenario::Adversarial;
+        } else {
+            recent_genuine.push_back(out.len() as u32);
+        }
+        out.push(arrival);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_million_holder_arithmetic() {
+        let m = RushModel::default();
+        assert!((m.peak_rps() - 500.0).abs() < 1e-9);
+        assert!((m.mean_rps() - 166.666).abs() < 0.01);
+    }
+
+    #[test]
+    fn trapezoid_rates_and_phases() {
+        let p = Plan {
+            ramp_up_secs: 10.0,
+            peak_secs: 20.0,
+            ramp_down_secs: 10.0,
+            peak_rps: 100.0,
+        };
+        assert_eq!(p.rate_at(5.0), 50.0);
+        assert_eq!(p.rate_at(15.0), 100.0);
+        assert_eq!(p.rate_at(35.0), 50.0);
+        assert_eq!(p.phase_at(9.9), Phase::RampUp);
+        assert_eq!(p.phase_at(30.0), Phase::RampDown);
+        assert_eq!(p.expected_requests(), 3000.0);
+    }
+
+    #[test]
+    fn poisson_schedule_follows_the_plan() {
+        let pop = gatehouse_engine::population::Population::generate(
+            &gatehouse_engine::population::PopulationSpec {
+                holders: 50,
+                ..Default::default()
+            },
+            &|_| {},
+        )
+        .unwrap();
+        let set = ScannerSet::new(&pop.scanners);
+        let plan = Plan {
+            ramp_up_secs: 10.0,
+            peak_secs: 20.0,
+            ramp_down_secs: 10.0,
+            peak_rps: 500.0,
+        };
+        let creds = |i: usize| &pop.holders[i].credential;
+        let s = schedule(&plan, &creds, 50, &set, &Mix::default(), 3, 1_000_000).unwrap();
+        let n = s.len() as f64;
+        assert!((n - 15_000.0).abs() < 600.0, "{n}");
+        let peak = s.iter().filter(|a| a.phase == Phase::Peak).count() as f64;
+        assert!((peak / n - 2.0 / 3.0).abs() < 0.02);
+        assert!(s.windows(2).all(|w| w[0].at <= w[1].at));
+        for (i, a) in s.iter().enumerate() {
+            if let Kind::Replay { of } = a.kind {
+                let o = &s[of as usize];
+                assert!((of as usize) < i && o.kind == Kind::Genuine);
+                assert!(a.at - o.at >= REPLAY_MIN_GAP && a.at - o.at <= REPLAY_MAX_GAP);
+            }
+        }
+        let replays = s
+            .iter()
+            .filter(|a| matches!(a.kind, Kind::Replay { .. }))
+            .count() as f64;
+        assert!((replays / n - 0.03).abs() < 0.01, "{replays}");
+        assert!(schedule(&plan, &creds, 50, &set, &Mix::default(), 3, 1000).is_err());
+    }
+}

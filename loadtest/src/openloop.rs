@@ -1,0 +1,625 @@
+//! The open-loop driver: arrivals are sent at their scheduled time whatever the engine is
+//! doing (a gate queue does not pause because the server is slow), and each latency is
+//! measured from the request's *intended* send time, so queueing anywhere — in the engine,
+//! the network or the harness — shows up in the numbers (no coordinated omission).
+//!
+//! Three kinds of threads:
+//! - **signers** (a pool) sign each token shortly before its send time — no more than
+//!   `sign_lead` ahead, so tokens are seconds old when shown, well inside the 30 s window —
+//!   and work out the verdict the engine must give;
+//! - **the sender** (one thread, sleeping to each arrival's time with the OS timer rather
+//!   than the async runtime's millisecond wheel) hands each request to the async runtime;
+//! - **the collector** (an async task) records latency into HDR histograms, compares every
+//!   verdict with the expected one, and prints progress.
+//!
+//! A replay waits until its original was answered (otherwise it would not be a replay) and is
+//! timed from the later of its intended time and that answer.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+use gatehouse_engine::population::{derive_id, derive_key};
+use gatehouse_protocol::{Presentation, PrivateKey, Reason};
+use hdrhistogram::Histogram;
+
+use crate::expect::{expected, is_retry, repeated, Presented};
+use crate::fleet::Fleet;
+use crate::model::{Arrival, Kind, Phase, Plan, ScannerSet, Scenario};
+use crate::report::{Latency, Second};
+use crate::target::{self, Connections};
+
+/// Knobs of one open-loop run.
+#[derive(Debug, Clone)]
+pub struct OpenLoopOptions {
+    /// How far ahead of its send time a token may be signed.
+    pub sign_lead: Duration,
+    /// Signing threads.
+    pub signers: usize,
+    /// How long a request may take before it counts as an error.
+    pub request_timeout: Duration,
+    /// The engine's local offset from UTC (age checks).
+    pub utc_offset_secs: i32,
+    /// Mixed into every nonce, so runs against the same engine never repeat a token.
+    pub salt: u64,
+    /// Print progress to stderr each second.
+    pub progress: bool,
+}
+
+/// The longest signing lead.
+pub const MAX_SIGN_LEAD: Duration = Duration::from_secs(10);
+
+/// The longest wait for the tokens due within the lead before the clock starts anyway (the
+/// rest is signed while the run goes, and any lag it causes is recorded). Tokens are signed in
+/// send order, so one is at most max(prefill, lead) old when sent: inside the engine's 30 s
+/// window with room for a slow answer.
+pub const MAX_PREFILL: Duration = Duration::from_secs(20);
+
+/// A replay of a token older than this is not sent (it could be refused as stale rather than
+/// as a replay); it is counted as dropped, not as an error.
+const MAX_REPLAY_AGE_SECS: u64 = 20;
+
+/// What one run measured.
+#[derive(Debug)]
+pub struct RunStats {
+    /// Requests planned.
+    pub planned: u64,
+    /// Requests that got a verdict which judged the token.
+    pub answered: u64,
+    /// Requests without such a verdict: transport errors, timeouts, retry answers (busy …).
+    pub errors: u64,
+    /// Verdicts that differ from the expected one.
+    pub mismatches: u64,
+    /// Replays not sent because their original got no verdict.
+    pub skipped: u64,
+    /// Replays not sent because their original token was too old by then.
+    pub dropped: u64,
+    /// Latency of every answered request, µs from intended send time.
+    pub all: Histogram<u64>,
+    /// By phase of the plan.
+    pub by_phase: BTreeMap<Phase, Histogram<u64>>,
+    /// By scenario.
+    pub by_scenario: BTreeMap<Scenario, Histogram<u64>>,
+    /// How late the harness sent each request, µs (its own lag, not the engine's).
+    pub send_lag: Histogram<u64>,
+    /// Verdicts received, by reason label.
+    pub verdicts: BTreeMap<String, u64>,
+    /// Verdicts expected, by reason label.
+    pub expected: BTreeMap<String, u64>,
+    /// Up to 10 mismatches, described.
+    pub mismatch_examples: Vec<String>,
+    /// Up to 10 errors, described.
+    pub error_examples: Vec<String>,
+    /// Seconds from the first intended send to the last answer.
+    pub elapsed_secs: f64,
+    /// Seconds spent signing before the clock started.
+    pub prefill_secs: f64,
+    /// Per second of the plan.
+    pub timeline: Vec<Second>,
+    /// CPU seconds the harness used during the run (Linux).
+    pub harness_cpu_secs: Option<f64>,
+}
+
+impl RunStats {
+    /// Errors over planned requests (replays skipped because of an earlier error count too).
+    pub fn error_rate(&self) -> f64 {
+        (self.errors + self.skipped) as f64 / (self.planned.max(1)) as f64
+    }
+}
+
+/// 1 µs to 2 minutes, three significant digits.
+pub fn histogram() -> Histogram<u64> {
+    histogram_with(3)
+}
+
+#[allow(clippy::expect_used)] // Constant bounds that hdrhistogram accepts.
+fn histogram_with(significant_digits: u8) -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, significant_digits).expect("valid histogram bounds")
+}
+
+/// A token ready to send and the verdict it must get.
+struct Prepared {
+    token: Arc<[u8]>,
+    expect: Reason,
+    signed_at: u64,
+}
+
+/// How a request ended, for replays that depend on it.
+const PENDING: u8 = 0;
+const JUDGED: u8 = 1;
+const FAILED: u8 = 2;
+
+enum Outcome {
+    Verdict { got: Reason, expect: Reason },
+    Error(String),
+    Skipped(String),
+    Dropped,
+}
+
+struct Done {
+    i: usize,
+    outcome: Outcome,
+    latency_us: u64,
+    lag_us: u64,
+}
+
+struct Shared {
+    fleet: Arc<Fleet>,
+    scanners: Arc<ScannerSet>,
+    schedule: Arc<Vec<Arrival>>,
+    slots: Vec<OnceLock<Result<Prepared, String>>>,
+    state: Vec<AtomicU8>,
+    conns: Arc<Connections>,
+    opts: OpenLoopOptions,
+    thieves: Vec<PrivateKey>,
+    start: OnceLock<Instant>,
+    prepared: AtomicUsize,
+    next_chunk: AtomicUsize,
+    abort: AtomicBool,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn nonce(salt: u64, i: usize) -> [u8; 16] {
+    derive_id(
+        "gatehouse-loadtest nonce",
+        salt ^ (i as u64).rotate_left(40),
+    )
+}
+
+/// Bytes that are not a token: a CBOR "break" byte (never valid where a token starts) and
+/// noise.
+fn garbage(salt: u64, i: usize) -> Vec<u8> {
+    let len = 1 + (i.wrapping_mul(7919) % 300);
+    let mut out = Vec::with_capacity(len + 1);
+    out.push(0xFF);
+    let mut k = 0u64;
+    while out.len() < len + 1 {
+        out.extend_from_slice(&derive_id(
+            "gatehouse-loadtest garbage",
+            salt ^ (i as u64) << 8 ^ k,
+        ));
+        k += 1;
+    }
+    out.truncate(len + 1);
+    out
+}
+
+impl Shared {
+    fn prepare(&self, i: usize) -> Result<Prepared, String> {
+        let a = &self.schedule[i];
+        let h = a.holder as usize;
+        let c = self.fleet.credential(h);
+        let role = &self.scanners.roles[a.scanner as usize];
+        let now = unix_now();
+        let presented = match a.kind {
+            Kind::Genuine => Presented::Genuine,
+            Kind::Forged => Presented::Forged,
+            Kind::Garbage => Presented::Garbage,
+            Kind::Stale => Presented::Stale,
+            Kind::Replay { .. } => return Err("a replay is not signed".into()),
+        };
+        let expect = expected(
+            c,
+            self.fleet.is_revoked(h),
+            role,
+            presented,
+            now,
+            self.opts.utc_offset_secs,
+        );
+        let token = match presented {
+            Presented::Garbage => garbage(self.opts.salt, i),
+            _ => {
+                let own;
+                let key = match presented {
+                    Presented::Forged => &self.thieves[i % self.thieves.len()],
+                    _ => {
+                        own = PrivateKey::from_bytes(self.fleet.device_key(h))
+                            .map_err(|e| format!("holder {h}: device key: {e}"))?;
+                        &own
+                    }
+                };
+                let timestamp = if presented == Presented::Stale {
+                    now.saturating_sub(3600)
+                } else {
+                    now
+                };
+                Presentation {
+                    credential: self.fleet.issued(h),
+                    timestamp,
+                    nonce: nonce(self.opts.salt, i),
+                    challenge: None,
+                }
+                .sign(key)
+                .map_err(|e| format!("holder {h}: signing: {e}"))?
+            }
+        };
+        Ok(Prepared {
+            token: token.into(),
+            expect,
+            signed_at: now,
+        })
+    }
+
+    /// A signing thread: takes chunks of arrivals in order, waits until each is within the
+    /// lead of its send time, signs it.
+    fn sign_loop(&self) {
+        const CHUNK: usize = 64;
+        let lead = self.opts.sign_lead.as_secs_f64();
+        let n = self.schedule.len();
+        loop {
+            let first = self.next_chunk.fetch_add(CHUNK, Ordering::Relaxed);
+            if first >= n {
+                return;
+            }
+            for i in first..(first + CHUNK).min(n) {
+                let at = self.schedule[i].at;
+                loop {
+                    if self.abort.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    match self.start.get() {
+                        None if at < lead => break,
+                        None => std::thread::sleep(Duration::from_millis(1)),
+                        Some(start) => {
+                            let wake = *start + Duration::from_secs_f64((at - lead).max(0.0));
+                            let now = Instant::now();
+                            if now >= wake {
+                                break;
+                            }
+                            std::thread::sleep((wake - now).min(Duration::from_millis(50)));
+                        }
+                    }
+                }
+                if matches!(self.schedule[i].kind, Kind::Replay { .. }) {
+                    continue;
+                }
+                let _ = self.slots[i].set(self.prepare(i));
+                self.prepared.fetch_add(1, Ordering::Release);
+            }
+        }
+    }
+}
+
+const TOO_OLD: &str = "original token too old to replay";
+
+async fn send_one(
+    shared: Arc<Shared>,
+    i: usize,
+    intended: Instant,
+    tx: tokio::sync::mpsc::UnboundedSender<Done>,
+) {
+    let a = shared.schedule[i];
+    let lag_us = intended.elapsed().as_micros() as u64;
+    let mut from = intended;
+    let prepared: Result<(Arc<[u8]>, Reason), String> = match a.kind {
+        Kind::Replay { of } => {
+            let of = of as usize;
+            let limit = Instant::now() + shared.opts.request_timeout + Duration::from_secs(1);
+            loop {
+                match shared.state[of].load(Ordering::Acquire) {
+                    PENDING if Instant::now() < limit => {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    JUDGED => {
+                        from = from.max(Instant::now());
+                        break match shared.slots[of].get() {
+                            Some(Ok(p))
+                                if unix_now().saturating_sub(p.signed_at) > MAX_REPLAY_AGE_SECS =>
+                            {
+                                Err(TOO_OLD.into())
+                            }
+                            Some(Ok(p)) => Ok((p.token.clone(), repeated(p.expect))),
+                            _ => Err("original not prepared".into()),
+                        };
+                    }
+                    _ => break Err("its original got no verdict".into()),
+                }
+            }
+        }
+        _ => match shared.slots[i].get() {
+            Some(Ok(p)) => Ok((p.token.clone(), p.expect)),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err("not signed in time".into()),
+        },
+    };
+    let outcome = match prepared {
+        Err(e) if e == TOO_OLD => Outcome::Dropped,
+        Err(e) if matches!(a.kind, Kind::Replay { .. }) => Outcome::Skipped(e),
+        Err(e) => Outcome::Error(format!("harness: {e}")),
+        Ok((token, expect)) => {
+            let r = tokio::time::timeout(
+                shared.opts.request_timeout,
+                target::verify(&shared.conns, a.scanner as usize, &token),
+            )
+            .await;
+            match r {
+                Ok(Ok(got)) if !is_retry(got) => Outcome::Verdict { got, expect },
+                Ok(Ok(got)) => Outcome::Error(format!("engine answered {got} (retry)")),
+                Ok(Err(e)) => Outcome::Error(format!("{e:#}")),
+                Err(_) => Outcome::Error(format!(
+                    "no answer within {:?}",
+                    shared.opts.request_timeout
+                )),
+            }
+        }
+    };
+    let latency_us = (from.elapsed().as_micros() as u64).max(1);
+    shared.state[i].store(
+        match outcome {
+            Outcome::Verdict { .. } => JUDGED,
+            _ => FAILED,
+        },
+        Ordering::Release,
+    );
+    let _ = tx.send(Done {
+        i,
+        outcome,
+        latency_us,
+        lag_us,
+    });
+}
+
+/// Runs `schedule` (drawn from `plan`) open loop against `conns` and measures it.
+pub async fn run(
+    fleet: Arc<Fleet>,
+    scanners: Arc<ScannerSet>,
+    conns: Arc<Connections>,
+    schedule: Arc<Vec<Arrival>>,
+    plan: &Plan,
+    opts: OpenLoopOptions,
+) -> Result<RunStats> {
+    anyhow::ensure!(
+        opts.sign_lead <= MAX_SIGN_LEAD,
+        "the signing lead is at most {MAX_SIGN_LEAD:?}"
+    );
+    let n = schedule.len();
+    let cpu0 = crate::cpu::process_cpu_secs("self");
+    let thieves = (0..16)
+        .map(|k| derive_key("gatehouse-loadtest thief", k))
+        .collect();
+    let lead = opts.sign_lead.as_secs_f64();
+    let prefix = schedule.iter().take_while(|a| a.at < lead).count();
+    let signable_prefix = schedule[..prefix]
+        .iter()
+        .filter(|a| !matches!(a.kind, Kind::Replay { .. }))
+        .count();
+    let progress = opts.progress;
+    let timeout = opts.request_timeout;
+    let signers = opts.signers.max(1);
+    let shared = Arc::new(Shared {
+        fleet,
+        scanners,
+        schedule: schedule.clone(),
+        slots: (0..n).map(|_| OnceLock::new()).collect(),
+        state: (0..n).map(|_| AtomicU8::new(PENDING)).collect(),
+        conns,
+        opts,
+        thieves,
+        start: OnceLock::new(),
+        prepared: AtomicUsize::new(0),
+        next_chunk: AtomicUsize::new(0),
+        abort: AtomicBool::new(false),
+    });
+    let mut threads = Vec::new();
+    for k in 0..signers {
+        let s = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("signer-{k}"))
+                .spawn(move || s.sign_loop())?,
+        );
+    }
+    // Prefill: everything due within the lead is signed before the clock starts.
+    let t_prefill = Instant::now();
+    while shared.prepared.load(Ordering::Acquire) < signable_prefix {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        if t_prefill.elapsed() > MAX_PREFILL {
+            break;
+        }
+    }
+    let prefill_secs = t_prefill.elapsed().as_secs_f64();
+    let start = Instant::now() + Duration::from_millis(20);
+    let _ = shared.start.set(start);
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
+    let handle = tokio::runtime::Handle::current();
+    let sender = {
+        let shared = shared.clone();
+        let schedule = schedule.clone();
+        std::thread::Builder::new()
+            .name("sender".into())
+            .spawn(move || {
+                for (i, a) in schedule.iter().enumerate() {
+                    if shared.abort.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let intended = start + Duration::from_secs_f64(a.at);
+                    let now = Instant::now();
+                    if intended > now {
+                        std::thread::sleep(intended - now);
+                    }
+                    if !matches!(a.kind, Kind::Replay { .. }) {
+                        // The signers are behind: wait for this token (the lag is recorded).
+                        let give_up = intended + Duration::from_secs(10);
+                        while shared.slots[i].get().is_none() && Instant::now() < give_up {
+                            std::thread::sleep(Duration::from_micros(200));
+                        }
+                    }
+                    handle.spawn(send_one(shared.clone(), i, intended, tx.clone()));
+                }
+            })?
+    };
+
+    let mut stats = RunStats {
+        planned: n as u64,
+        answered: 0,
+        errors: 0,
+        mismatches: 0,
+        skipped: 0,
+        dropped: 0,
+        all: histogram(),
+        by_phase: Phase::ALL.iter().map(|p| (*p, histogram())).collect(),
+        by_scenario: Scenario::ALL.iter().map(|s| (*s, histogram())).collect(),
+        send_lag: histogram(),
+        verdicts: BTreeMap::new(),
+        expected: BTreeMap::new(),
+        mismatch_examples: Vec::new(),
+        error_examples: Vec::new(),
+        elapsed_secs: 0.0,
+        prefill_secs,
+        timeline: Vec::new(),
+        harness_cpu_secs: None,
+    };
+    let seconds = plan.duration().ceil() as usize + 1;
+    let mut per_second: Vec<(Second, Histogram<u64>)> = (0..seconds)
+        .map(|t| {
+            (
+                Second {
+                    t: t as u64,
+                    planned_rps: plan.rate_at(t as f64 + 0.5),
+                    sent: 0,
+                    answered: 0,
+                    errors: 0,
+                    mismatches: 0,
+                    p99_us: 0,
+                },
+                histogram_with(2),
+            )
+        })
+        .collect();
+    for a in schedule.iter() {
+        if let Some(s) = per_second.get_mut(a.at as usize) {
+            s.0.sent += 1;
+        }
+    }
+    let deadline =
+        start + Duration::from_secs_f64(plan.duration()) + timeout * 2 + Duration::from_secs(15);
+    let mut received = 0usize;
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let mut last_answered = 0u64;
+    let mut last_p99 = histogram();
+    while received < n {
+        tokio::select! {
+            msg = rx.recv() => {
+                let Some(d) = msg else { break };
+                received += 1;
+                let a = &schedule[d.i];
+                let _ = stats.send_lag.record(d.lag_us.max(1));
+                let sec = per_second.get_mut(a.at as usize);
+                match d.outcome {
+                    Outcome::Verdict { got, expect } => {
+                        stats.answered += 1;
+                        let us = d.latency_us;
+                        let _ = stats.all.record(us);
+                        let _ = last_p99.record(us);
+                        if let Some(h) = stats.by_phase.get_mut(&a.phase) { let _ = h.record(us); }
+                        if let Some(h) = stats.by_scenario.get_mut(&a.scenario) { let _ = h.record(us); }
+                        *stats.verdicts.entry(got.label().to_string()).or_default() += 1;
+                        *stats.expected.entry(expect.label().to_string()).or_default() += 1;
+                        let mismatch = got != expect;
+                        if mismatch {
+                            stats.mismatches += 1;
+                            if stats.mismatch_examples.len() < 10 {
+                                stats.mismatch_examples.push(format!(
+                                    "request {} ({}, {:?}, holder {} at {}): expected {expect}, got {got}",
+                                    d.i, a.scenario.label(), a.kind, a.holder,
+                                    shared.scanners.ids[a.scanner as usize]
+                                ));
+                            }
+                        }
+                        if let Some((s, h)) = sec {
+                            s.answered += 1;
+                            s.mismatches += u64::from(mismatch);
+                            let _ = h.record(us);
+                        }
+                    }
+                    Outcome::Error(e) => {
+                        stats.errors += 1;
+                        if stats.error_examples.len() < 10 {
+                            stats.error_examples.push(format!("request {}: {e}", d.i));
+                        }
+                        if let Some((s, _)) = sec { s.errors += 1; }
+                    }
+                    Outcome::Dropped => stats.dropped += 1,
+                    Outcome::Skipped(e) => {
+                        stats.skipped += 1;
+                        if stats.error_examples.len() < 10 {
+                            stats.error_examples.push(format!("replay {} skipped: {e}", d.i));
+                        }
+                    }
+                }
+            }
+            _ = ticker.tick() => {
+                if progress {
+                    let t = start.elapsed().as_secs_f64();
+                    eprintln!(
+                        "  t={t:6.1}s  rate {:7.0}/s  answered {:8} (+{:6})  p99(1s) {:7.2} ms  errors {}  mismatches {}",
+                        plan.rate_at(t),
+                        stats.answered,
+                        stats.answered - last_answered,
+                        last_p99.value_at_quantile(0.99) as f64 / 1e3,
+                        stats.errors,
+                        stats.mismatches
+                    );
+                }
+                last_answered = stats.answered;
+                last_p99.reset();
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                break;
+            }
+        }
+    }
+    shared.abort.store(true, Ordering::Relaxed);
+    let missing = (n - received) as u64;
+    if missing > 0 {
+        stats.errors += missing;
+        stats.error_examples.push(format!(
+            "{missing} requests unanswered at the run's deadline"
+        ));
+    }
+    stats.elapsed_secs = start
+        .elapsed()
+        .as_secs_f64()
+        .min((deadline - start).as_secs_f64());
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = sender.join();
+        for t in threads {
+            let _ = t.join();
+        }
+    })
+    .await;
+    stats.timeline = per_second
+        .into_iter()
+        .map(|(mut s, h)| {
+            s.p99_us = h.value_at_quantile(0.99);
+            s
+        })
+        .collect();
+    stats.harness_cpu_secs = match (cpu0, crate::cpu::process_cpu_secs("self")) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    Ok(stats)
+}
+
+/// Percentiles of a histogram.
+pub fn latency(h: &Histogram<u64>) -> Latency {
+    Latency {
+        count: h.len(),
+        mean_us: h.mean(),
+        p50_us: h.value_at_quantile(0.50),
+        p90_us: h.value_at_quantile(0.90),
+        p99_us: h.value_at_quantile(0.99),
+        p999_us: h.value_at_quantile(0.999),
+        max_us: h.max(),
+    }
+}

@@ -1,0 +1,628 @@
+//! The harness's own JSON summary (what CI and scripts read), its human rendering, and the
+//! comparison with a previous report (the baseline).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::budget::BudgetResult;
+use crate::fleet::Origin;
+use crate::model::{Plan, RushModel};
+use crate::openloop::{latency, RunStats};
+
+/// Latency percentiles, microseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Latency {
+    /// Samples.
+    pub count: u64,
+    /// Mean.
+    pub mean_us: f64,
+    /// Median.
+    pub p50_us: u64,
+    /// 90th percentile.
+    pub p90_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// 99.9th percentile.
+    pub p999_us: u64,
+    /// Slowest.
+    pub max_us: u64,
+}
+
+/// One second of an open-loop run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Second {
+    /// Second of the plan.
+    pub t: u64,
+    /// The plan's rate in the middle of it.
+    pub planned_rps: f64,
+    /// Requests scheduled in it.
+    pub sent: u64,
+    /// Of those, answered with a verdict.
+    pub answered: u64,
+    /// Of those, errors.
+    pub errors: u64,
+    /// Of those, mismatches.
+    pub mismatches: u64,
+    /// 99th percentile latency of those answered, µs (two significant digits).
+    pub p99_us: u64,
+}
+
+/// CPU seconds used during a run, by the harness and (when it was spawned here) the engine.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Cpu {
+    /// The harness process.
+    pub harness_secs: Option<f64>,
+    /// The engine process, when the harness started it.
+    pub engine_secs: Option<f64>,
+    /// Wall-clock seconds over which they were measured.
+    pub wall_secs: f64,
+}
+
+/// What one open-loop run measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// Requests scheduled.
+    pub planned: u64,
+    /// Requests answered with a verdict that judged the token.
+    pub answered: u64,
+    /// Transport errors, timeouts and retry answers (busy, unavailable, replay capacity).
+    pub errors: u64,
+    /// Replays not sent because their original got no verdict.
+    pub skipped: u64,
+    /// Replays not sent because their original token was too old by then (not errors).
+    #[serde(default)]
+    pub dropped: u64,
+    /// (errors + skipped) / planned.
+    pub error_rate: f64,
+    /// Verdicts that differ from the expected one.
+    pub mismatches: u64,
+    /// Answered requests per second of the run.
+    pub throughput_rps: f64,
+    /// Seconds from the first intended send to the last answer.
+    pub elapsed_secs: f64,
+    /// Seconds spent signing the first tokens before the clock started.
+    pub prefill_secs: f64,
+    /// Latency of every answered request, from its intended send time.
+    pub latency_us: Latency,
+    /// By phase: ramp_up, peak, ramp_down.
+    pub phases: BTreeMap<String, Latency>,
+    /// By scenario: gate, partner, age, adversarial.
+    pub scenarios: BTreeMap<String, Latency>,
+    /// How late the harness itself sent requests (its own saturation, not the engine's).
+    pub send_lag_us: Latency,
+    /// Verdicts received, by reason.
+    pub verdicts: BTreeMap<String, u64>,
+    /// Verdicts expected, by reason.
+    pub expected: BTreeMap<String, u64>,
+    /// Up to 10 mismatches.
+    pub mismatch_examples: Vec<String>,
+    /// Up to 10 errors.
+    pub error_examples: Vec<String>,
+    /// CPU used.
+    pub cpu: Cpu,
+    /// Per second of the plan.
+    pub timeline: Vec<Second>,
+}
+
+impl RunSummary {
+    /// From the raw statistics of a run.
+    pub fn from_stats(s: &RunStats, engine_cpu_secs: Option<f64>) -> RunSummary {
+        RunSummary {
+            planned: s.planned,
+            answered: s.answered,
+            errors: s.errors,
+            skipped: s.skipped,
+            dropped: s.dropped,
+            error_rate: s.error_rate(),
+            mismatches: s.mismatches,
+            throughput_rps: s.answered as f64 / s.elapsed_secs.max(1e-9),
+            elapsed_secs: s.elapsed_secs,
+            prefill_secs: s.prefill_secs,
+            latency_us: latency(&s.all),
+            phases: s
+                .by_phase
+                .iter()
+                .filter(|(_, h)| !h.is_empty())
+                .map(|(p, h)| (p.label().to_string(), latency(h)))
+                .collect(),
+            scenarios: s
+                .by_scenario
+                .iter()
+                .filter(|(_, h)| !h.is_empty())
+                .map(|(p, h)| (p.label().to_string(), latency(h)))
+                .collect(),
+            send_lag_us: latency(&s.send_lag),
+            verdicts: s.verdicts.clone(),
+            expected: s.expected.clone(),
+            mismatch_examples: s.mismatch_examples.clone(),
+            error_examples: s.error_examples.clone(),
+            cpu: Cpu {
+                harness_secs: s.harness_cpu_secs,
+                engine_secs: engine_cpu_secs,
+                wall_secs: s.elapsed_secs + s.prefill_secs,
+            },
+            timeline: s.timeline.clone(),
+        }
+    }
+}
+
+/// One step of a capacity sweep.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepStep {
+    /// Offered rate, requests per second.
+    pub rate_rps: f64,
+    /// Whether the step held the budget.
+    pub passed: bool,
+    /// The budget checks that failed.
+    pub failed_checks: Vec<String>,
+    /// What the step measured (timeline omitted).
+    pub run: RunSummary,
+}
+
+/// A capacity sweep's result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepSummary {
+    /// Seconds per step.
+    pub step_secs: f64,
+    /// Every step, in the order run.
+    pub steps: Vec<SweepStep>,
+    /// The highest rate that held the budget (0 when none did).
+    pub knee_rps: f64,
+    /// The lowest rate that broke it, if one did.
+    pub first_failure_rps: Option<f64>,
+    /// Why the sweep stopped.
+    pub stopped: String,
+    /// The modelled rush peak.
+    pub modelled_peak_rps: f64,
+    /// knee / modelled peak.
+    pub headroom: f64,
+    /// Whether the harness lagged at the knee's next step (its numbers then measure the
+    /// harness as much as the engine).
+    pub harness_limited: bool,
+}
+
+/// Where the population came from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PopulationInfo {
+    /// Holders.
+    pub holders: usize,
+    /// Seed.
+    pub seed: u64,
+    /// "cache" or "generated".
+    pub origin: String,
+    /// Seconds to load or generate.
+    pub secs: f64,
+    /// Holders meant valid, revoked, expired.
+    pub valid: usize,
+    /// Revoked holders.
+    pub revoked: usize,
+    /// Expired holders.
+    pub expired: usize,
+}
+
+impl PopulationInfo {
+    /// Describes a fleet.
+    pub fn new(fleet: &crate::fleet::Fleet, origin: Origin, secs: f64) -> PopulationInfo {
+        let (valid, revoked, expired) = fleet.census();
+        PopulationInfo {
+            holders: fleet.len(),
+            seed: fleet.spec.seed,
+            origin: match origin {
+                Origin::Cache => "cache".into(),
+                Origin::Generated => "generated".into(),
+            },
+            secs,
+            valid,
+            revoked,
+            expired,
+        }
+    }
+}
+
+/// The engine the run went to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetInfo {
+    /// Address.
+    pub address: String,
+    /// Started by the harness on this machine (so the two shared its cores).
+    pub spawned: bool,
+    /// Whether the fleet's revocations were loaded (spawned engines only).
+    pub revocations_loaded: Option<bool>,
+    /// Scanner connections.
+    pub connections: usize,
+}
+
+/// The rush model and the plan drawn from it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Holders modelled.
+    pub holders: u64,
+    /// Share presenting during the rush.
+    pub share: f64,
+    /// Rush length.
+    pub rush_minutes: f64,
+    /// Peak over mean.
+    pub peak_factor: f64,
+    /// The modelled peak rate.
+    pub peak_rps: f64,
+    /// The arithmetic.
+    pub explanation: String,
+    /// The compressed plan run.
+    pub plan_ramp_up_secs: f64,
+    /// Seconds at the peak.
+    pub plan_peak_secs: f64,
+    /// Seconds of ramp down.
+    pub plan_ramp_down_secs: f64,
+    /// The plan's peak rate (the model's, times any rate scale).
+    pub plan_peak_rps: f64,
+}
+
+impl ModelInfo {
+    /// Describes a model and a plan.
+    pub fn new(m: &RushModel, plan: Option<&Plan>) -> ModelInfo {
+        ModelInfo {
+            holders: m.holders,
+            share: m.share,
+            rush_minutes: m.rush_minutes,
+            peak_factor: m.peak_factor,
+            peak_rps: m.peak_rps(),
+            explanation: m.explain(),
+            plan_ramp_up_secs: plan.map_or(0.0, |p| p.ramp_up_secs),
+            plan_peak_secs: plan.map_or(0.0, |p| p.peak_secs),
+            plan_ramp_down_secs: plan.map_or(0.0, |p| p.ramp_down_secs),
+            plan_peak_rps: plan.map_or(0.0, |p| p.peak_rps),
+        }
+    }
+}
+
+/// A closed-loop (goose) run's summary.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GooseSummary {
+    /// Requests made.
+    pub requests: u64,
+    /// Verdicts that differ from the expected one.
+    pub mismatches: u64,
+    /// Requests without a verdict.
+    pub errors: u64,
+    /// Latency from send to answer (closed loop: a user waits for its answer).
+    pub latency_us: Latency,
+    /// Verdicts received, by reason.
+    pub verdicts: BTreeMap<String, u64>,
+    /// Up to 10 mismatches or errors.
+    pub examples: Vec<String>,
+    /// The goose threshold results, as goose judged them.
+    pub thresholds: Vec<String>,
+    /// The goose reports written.
+    pub goose_reports: Vec<String>,
+    /// The goose test plan run.
+    pub test_plan: String,
+}
+
+/// The whole JSON summary.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// "gatehouse-loadtest".
+    pub tool: String,
+    /// Harness version.
+    pub version: String,
+    /// "rush", "sweep" or "goose".
+    pub mode: String,
+    /// When the run started (Unix seconds).
+    pub started_unix: u64,
+    /// Cores of the machine the harness ran on.
+    pub cores: usize,
+    /// The command line.
+    pub command: String,
+    /// The engine.
+    pub target: TargetInfo,
+    /// The fleet.
+    pub population: PopulationInfo,
+    /// The rush model.
+    pub model: ModelInfo,
+    /// An open-loop rush.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunSummary>,
+    /// A capacity sweep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<SweepSummary>,
+    /// A goose closed-loop run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub goose: Option<GooseSummary>,
+    /// The budget and how the run fared against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetResult>,
+    /// Against a previous report.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub baseline: Vec<BaselineDiff>,
+    /// Whether every budget check held.
+    pub passed: bool,
+}
+
+/// One metric compared with the baseline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BaselineDiff {
+    /// Metric name.
+    pub metric: String,
+    /// In the baseline.
+    pub before: f64,
+    /// Now.
+    pub now: f64,
+    /// Change in percent (positive: larger now).
+    pub change_pct: f64,
+    /// Whether the change is for the worse.
+    pub worse: bool,
+}
+
+/// The metrics compared with a baseline: name, JSON pointer, whether higher is better.
+const COMPARED: &[(&str, &str, bool)] = &[
+    ("p50_us", "/run/latency_us/p50_us", false),
+    ("p99_us", "/run/latency_us/p99_us", false),
+    ("p999_us", "/run/latency_us/p999_us", false),
+    ("peak_p99_us", "/run/phases/peak/p99_us", false),
+    ("throughput_rps", "/run/throughput_rps", true),
+    ("mismatches", "/run/mismatches", false),
+    ("error_rate", "/run/error_rate", false),
+    ("knee_rps", "/sweep/knee_rps", true),
+    ("goose_p99_us", "/goose/latency_us/p99_us", false),
+];
+
+/// Compares two reports (as JSON) on the metrics both have.
+pub fn compare(before: &serde_json::Value, now: &serde_json::Value) -> Vec<BaselineDiff> {
+    COMPARED
+        .iter()
+        .filter_map(|(name, pointer, higher_better)| {
+            let b = before.pointer(pointer)?.as_f64()?;
+            let n = now.pointer(pointer)?.as_f64()?;
+            let change_pct = if b == 0.0 {
+                if n == 0.0 {
+                    0.0
+                } else {
+                    100.0
+                }
+            } else {
+                (n - b) / b * 100.0
+            };
+            Some(BaselineDiff {
+                metric: name.to_string(),
+                before: b,
+                now: n,
+                change_pct,
+                worse: if *higher_better { n < b } else { n > b },
+            })
+        })
+        .collect()
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.2} ms", us as f64 / 1e3)
+}
+
+fn render_latency(out: &mut String, name: &str, l: &Latency) {
+    let _ = writeln!(
+        out,
+        "    {name:<12} n={:<8} p50 {:>9}  p90 {:>9}  p99 {:>9}  p99.9 {:>9}  max {:>9}",
+        l.count,
+        ms(l.p50_us),
+        ms(l.p90_us),
+        ms(l.p99_us),
+        ms(l.p999_us),
+        ms(l.max_us)
+    );
+}
+
+fn render_run(out: &mut String, r: &RunSummary) {
+    let _ = writeln!(
+        out,
+        "  requests   {} planned, {} answered, {} errors, {} replays skipped, {} too old to replay (error rate {:.4}%)",
+        r.planned,
+        r.answered,
+        r.errors,
+        r.skipped,
+        r.dropped,
+        r.error_rate * 100.0
+    );
+    let _ = writeln!(
+        out,
+        "  throughput {:.0} req/s over {:.1} s (tokens for the first seconds signed in {:.1} s before the clock started)",
+        r.throughput_rps, r.elapsed_secs, r.prefill_secs
+    );
+    let _ = writeln!(out, "  latency, open loop, from intended send time:");
+    render_latency(out, "all", &r.latency_us);
+    for (k, l) in &r.phases {
+        render_latency(out, k, l);
+    }
+    for (k, l) in &r.scenarios {
+        render_latency(out, k, l);
+    }
+    render_latency(out, "send lag", &r.send_lag_us);
+    let _ = writeln!(out, "  verdicts (received / expected):");
+    let mut keys: Vec<&String> = r.verdicts.keys().chain(r.expected.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    for k in keys {
+        let _ = writeln!(
+            out,
+            "    {k:<22} {:>9} / {:>9}",
+            r.verdicts.get(k).copied().unwrap_or(0),
+            r.expected.get(k).copied().unwrap_or(0)
+        );
+    }
+    let _ = writeln!(out, "  mismatches {}", r.mismatches);
+    for e in r.mismatch_examples.iter().chain(&r.error_examples) {
+        let _ = writeln!(out, "    {e}");
+    }
+    let cpu = |x: Option<f64>| x.map_or("n/a".to_string(), |s| format!("{s:.1} s"));
+    let _ = writeln!(
+        out,
+        "  cpu        harness {}, engine {} over {:.1} s wall",
+        cpu(r.cpu.harness_secs),
+        cpu(r.cpu.engine_secs),
+        r.cpu.wall_secs
+    );
+}
+
+impl Report {
+    /// The human summary.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "gatehouse-loadtest {}: {} → {}{}",
+            self.mode,
+            self.population.holders,
+            self.target.address,
+            if self.target.spawned {
+                format!(
+                    " (spawned here, sharing {} cores with the harness{})",
+                    self.cores,
+                    match self.target.revocations_loaded {
+                        Some(false) => ", revocations NOT loaded",
+                        _ => "",
+                    }
+                )
+            } else {
+                String::new()
+            }
+        );
+        let _ = writeln!(
+            out,
+            "  population {} holders ({} valid, {} revoked, {} expired), {} in {:.1} s",
+            self.population.holders,
+            self.population.valid,
+            self.population.revoked,
+            self.population.expired,
+            self.population.origin,
+            self.population.secs
+        );
+        let _ = writeln!(out, "  model      {}", self.model.explanation);
+        if let Some(r) = &self.run {
+            let _ = writeln!(
+                out,
+                "  plan       ramp up {:.0} s, peak {:.0} s at {:.0} req/s, ramp down {:.0} s",
+                self.model.plan_ramp_up_secs,
+                self.model.plan_peak_secs,
+                self.model.plan_peak_rps,
+                self.model.plan_ramp_down_secs
+            );
+            render_run(&mut out, r);
+        }
+        if let Some(s) = &self.sweep {
+            let _ = writeln!(out, "  capacity sweep, {:.0} s per step:", s.step_secs);
+            for st in &s.steps {
+                let _ = writeln!(
+                    out,
+                    "    {:>9.0} req/s  {}  answered {:>8}  p50 {:>9}  p99 {:>9}  p99.9 {:>9}  errors {:>6}  mismatches {}  lag p99 {:>9}  cpu h/e {}/{}{}",
+                    st.rate_rps,
+                    if st.passed { "held " } else { "BROKE" },
+                    st.run.answered,
+                    ms(st.run.latency_us.p50_us),
+                    ms(st.run.latency_us.p99_us),
+                    ms(st.run.latency_us.p999_us),
+                    st.run.errors,
+                    st.run.mismatches,
+                    ms(st.run.send_lag_us.p99_us),
+                    st.run.cpu.harness_secs.map_or("-".into(), |s| format!("{s:.1}")),
+                    st.run.cpu.engine_secs.map_or("-".into(), |s| format!("{s:.1}")),
+                    if st.failed_checks.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  ({})", st.failed_checks.join("; "))
+                    }
+                );
+            }
+            let _ = writeln!(
+                out,
+                "  knee       {:.0} req/s = {:.1} × the modelled peak of {:.0} req/s ({}){}",
+                s.knee_rps,
+                s.headroom,
+                s.modelled_peak_rps,
+                s.stopped,
+                if s.harness_limited {
+                    "; the harness lagged past the knee: the engine may carry more"
+                } else {
+                    ""
+                }
+            );
+        }
+        if let Some(g) = &self.goose {
+            let _ = writeln!(
+                out,
+                "  goose (closed loop) test plan {}: {} requests, {} errors, {} mismatches",
+                g.test_plan, g.requests, g.errors, g.mismatches
+            );
+            render_latency(&mut out, "all", &g.latency_us);
+            for t in &g.thresholds {
+                let _ = writeln!(out, "    threshold {t}");
+            }
+            for e in &g.examples {
+                let _ = writeln!(out, "    {e}");
+            }
+            for r in &g.goose_reports {
+                let _ = writeln!(out, "    goose report: {r}");
+            }
+        }
+        if !self.baseline.is_empty() {
+            let _ = writeln!(out, "  against the baseline:");
+            for d in &self.baseline {
+                let _ = writeln!(
+                    out,
+                    "    {:<16} {:>12.1} → {:>12.1}  ({:+.1}%){}",
+                    d.metric,
+                    d.before,
+                    d.now,
+                    d.change_pct,
+                    if d.worse && d.change_pct.abs() > 0.05 {
+                        "  worse"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        if let Some(b) = &self.budget {
+            let _ = writeln!(out, "  budget {}:", b.file);
+            for c in &b.checks {
+                let _ = writeln!(
+                    out,
+                    "    {} {:<22} observed {:>14}  limit {}",
+                    if c.passed { "ok  " } else { "MISS" },
+                    c.name,
+                    c.observed,
+                    c.limit
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "  result     {}",
+            if self.passed {
+                "PASS"
+            } else {
+                "FAIL (see the checks marked MISS)"
+            }
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn baseline_comparison_knows_better_from_worse() {
+        let before =
+            serde_json::json!({"run": {"latency_us": {"p99_us": 1000}, "throughput_rps": 500.0}});
+        let now =
+            serde_json::json!({"run": {"latency_us": {"p99_us": 1500}, "throughput_rps": 600.0}});
+        let d = compare(&before, &now);
+        assert_eq!(d.len(), 2);
+        let p99 = d.iter().find(|d| d.metric == "p99_us").unwrap();
+        assert!(p99.worse && (p99.change_pct - 50.0).abs() < 1e-9);
+        let tput = d.iter().find(|d| d.metric == "throughput_rps").unwrap();
+        assert!(!tput.worse);
+    }
+}

@@ -1,0 +1,226 @@
+//! The harness against a real `gatehouse serve` on loopback, CI-sized: 10,000 holders, the
+//! modelled 1,000,000-holder rush rate (500 req/s at the peak) for a few seconds.
+//!
+//! - a correct engine passes its budget with zero mismatches;
+//! - the same rush with an impossible budget (p99 ≤ 1 µs) exits non-zero, naming p99;
+//! - an engine started without its revocation list accepts revoked holders, and the run fails
+//!   on mismatches.
+//!
+//! Needs the `gatehouse` binary: `$GATEHOUSE_BIN`, or `target/<profile>/gatehouse` beside the
+//! harness (a workspace `cargo test` builds it for the engine's own tests; alone, run
+//! `cargo build -p gatehouse-engine --bin gatehouse` first). The population is cached under
+//! `loadtest/cache/` (about 12 s to generate the first time, in a debug build).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The runs share two cores: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn harness() -> &'static str {
+    env!("CARGO_BIN_EXE_gatehouse-loadtest")
+}
+
+fn gatehouse() -> PathBuf {
+    if let Some(p) = std::env::var_os("GATEHOUSE_BIN") {
+        return PathBuf::from(p);
+    }
+    let beside = Path::new(harness()).with_file_name("gatehouse");
+    assert!(
+        beside.is_file(),
+        "no gatehouse binary at {}: run `cargo build -p gatehouse-engine --bin gatehouse` (same profile) or set GATEHOUSE_BIN",
+        beside.display()
+    );
+    beside
+}
+
+fn budget(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("budgets")
+        .join(name)
+}
+
+/// A 5-second rush (1 s up, 3 s at 500 req/s, 1 s down) against a spawned engine.
+fn rush(extra: &[&str], report: &Path) -> (Output, serde_json::Value) {
+    let t0 = Instant::now();
+    let out = Command::new(harness())
+        .args([
+            "rush",
+            "--holders",
+            "10000",
+            "--model-holders",
+            "1000000",
+            "--ramp-up-secs",
+            "1",
+            "--peak-secs",
+            "3",
+            "--ramp-down-secs",
+            "1",
+            "--spawn",
+            "--quiet",
+            "--report",
+        ])
+        .arg(report)
+        .arg("--gatehouse-bin")
+        .arg(gatehouse())
+        .args(extra)
+        .output()
+        .expect("running gatehouse-loadtest");
+    assert!(
+        t0.elapsed() < Duration::from_secs(90),
+        "a CI-sized rush took {:?}",
+        t0.elapsed()
+    );
+    let json = std::fs::read_to_string(report).unwrap_or_else(|e| {
+        panic!(
+            "no report ({e}); exit {:?}\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out, serde_json::from_str(&json).unwrap())
+}
+
+fn report_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "gatehouse-loadtest-test-{}-{name}.json",
+        std::process::id()
+    ))
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn rush_against_a_real_engine_passes_its_budget_with_zero_mismatches() {
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let path = report_path("pass");
+    let budget = budget("ci.toml");
+    let (out, r) = rush(&["--budget", budget.to_str().unwrap()], &path);
+    assert!(out.status.success(), "{}", show(&out));
+    let run = &r["run"];
+    assert_eq!(run["mismatches"], 0, "{}", show(&out));
+    assert_eq!(run["errors"], 0, "{}", show(&out));
+    assert!(run["answered"].as_u64().unwrap() > 1000, "{run}");
+    // The mix reached the engine: each kind of deny was asked for and given.
+    for reason in [
+        "accepted",
+        "revoked",
+        "expired",
+        "replayed",
+        "bad_device_signature",
+        "malformed",
+        "stale",
+    ] {
+        assert!(
+            run["verdicts"][reason].as_u64().unwrap_or(0) > 0,
+            "no {reason} verdict: {}",
+            run["verdicts"]
+        );
+    }
+    assert_eq!(r["passed"], true);
+    assert!(r["budget"]["checks"].as_array().unwrap().len() >= 4);
+    assert!(run["latency_us"]["p99_us"].as_u64().unwrap() > 0);
+    assert!(run["phases"]["peak"]["count"].as_u64().unwrap() > 0);
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn an_impossible_budget_fails_the_run() {
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let path = report_path("impossible");
+    let budget = budget("impossible.toml");
+    let (out, r) = rush(&["--budget", budget.to_str().unwrap()], &path);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("budget missed: p99"), "{}", show(&out));
+    assert_eq!(r["passed"], false);
+    assert_eq!(r["run"]["mismatches"], 0, "only latency missed");
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn an_engine_without_revocations_fails_on_mismatches() {
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let path = report_path("norev");
+    let (out, r) = rush(&["--no-revocations"], &path);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("budget missed: mismatches"),
+        "{}",
+        show(&out)
+    );
+    let run = &r["run"];
+    assert!(run["mismatches"].as_u64().unwrap() > 0);
+    assert!(run["expected"]["revoked"].as_u64().unwrap() > 0);
+    assert_eq!(run["verdicts"]["revoked"].as_u64().unwrap_or(0), 0);
+    assert_eq!(r["target"]["revocations_loaded"], false);
+    assert!(run["mismatch_examples"][0]
+        .as_str()
+        .unwrap()
+        .contains("expected revoked"));
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn goose_scenarios_run_closed_loop_and_write_goose_reports() {
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = std::env::temp_dir().join(format!("gatehouse-loadtest-goose-{}", std::process::id()));
+    let path = report_path("goose");
+    let out = Command::new(harness())
+        .args([
+            "goose",
+            "--holders",
+            "10000",
+            "--spawn",
+            "--quiet",
+            "--users",
+            "12",
+            "--ramp-up-secs",
+            "1",
+            "--peak-secs",
+            "3",
+            "--ramp-down-secs",
+            "1",
+            "--think-min-ms",
+            "50",
+            "--think-max-ms",
+            "150",
+            "--report-dir",
+        ])
+        .arg(&dir)
+        .arg("--report")
+        .arg(&path)
+        .arg("--gatehouse-bin")
+        .arg(gatehouse())
+        .output()
+        .expect("running gatehouse-loadtest goose");
+    assert!(out.status.success(), "{}", show(&out));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let g = &r["goose"];
+    assert!(g["requests"].as_u64().unwrap() > 50, "{g}");
+    assert_eq!(g["mismatches"], 0);
+    for ext in ["html", "json", "md"] {
+        let f = dir.join(format!("goose.{ext}"));
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert!(
+            text.contains("QUIC"),
+            "{} names the QUIC requests",
+            f.display()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(path);
+}
