@@ -4,7 +4,8 @@
     gate.py runner-version              the gungraun version Cargo.lock resolves (the runner
                                         binary must be this version, exactly)
     gate.py check RESULTS.jsonl         compare with baseline.toml; exit 1 on a breach
-    gate.py update RESULTS.jsonl        rewrite baseline.toml from RESULTS (limits are kept)
+    gate.py update RESULTS.jsonl WHERE  rewrite baseline.toml from RESULTS (limits are kept);
+                                        WHERE says what measured it (toolchain, machine)
 
 RESULTS.jsonl is the gate bench's `--output-format=json` output: one gungraun benchmark summary
 (schema version 7) per line. A bench's count is its callgrind total over all threads of the
