@@ -136,7 +136,21 @@ pub(crate) fn spawn(
     ))
 }
 
+/// Batches in the engine's hands and not yet answered.
+type InFlight = Arc<std::sync::atomic::AtomicUsize>;
+
 fn collect(rx: Receiver<Job>, engine: &Arc<Engine>, config: Batching, metrics: &Arc<Metrics>) {
+    // While the verification pool has an idle thread, a batch goes at once with whatever is
+    // already queued: at low load a token waits for nobody. Only when every thread is busy does
+    // the batcher hold a batch open (up to max_batch tokens or max_wait), so work accumulates
+    // into larger batches exactly when batching pays.
+    let threads = match engine.config().threads {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        n => n,
+    };
+    let in_flight: InFlight = Arc::default();
     while let Ok(first) = rx.recv() {
         let deadline = first.enqueued + config.max_wait;
         let mut tokens = first.tokens.len();
@@ -150,6 +164,9 @@ fn collect(rx: Receiver<Job>, engine: &Arc<Engine>, config: Batching, metrics: &
                     break;
                 }
                 Err(TryRecvError::Empty) => {
+                    if in_flight.load(Ordering::Acquire) < threads {
+                        break;
+                    }
                     let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                         break;
                     };
@@ -166,15 +183,23 @@ fn collect(rx: Receiver<Job>, engine: &Arc<Engine>, config: Batching, metrics: &
             tokens += job.tokens.len();
             jobs.push(job);
         }
-        dispatch(engine, jobs, tokens, metrics);
+        dispatch(engine, jobs, tokens, metrics, &in_flight);
         if disconnected {
             break;
         }
     }
 }
 
-fn dispatch(engine: &Arc<Engine>, jobs: Vec<Job>, tokens: usize, metrics: &Metrics) {
+fn dispatch(
+    engine: &Arc<Engine>,
+    jobs: Vec<Job>,
+    tokens: usize,
+    metrics: &Metrics,
+    in_flight: &InFlight,
+) {
     metrics.batch(tokens);
+    in_flight.fetch_add(1, Ordering::AcqRel);
+    let in_flight = Arc::clone(in_flight);
     let mut items = Vec::with_capacity(tokens);
     let mut replies = Vec::with_capacity(jobs.len());
     for job in jobs {
@@ -197,5 +222,6 @@ fn dispatch(engine: &Arc<Engine>, jobs: Vec<Job>, tokens: usize, metrics: &Metri
             drop(permit);
             let _ = reply.send(v);
         }
+        in_flight.fetch_sub(1, Ordering::AcqRel);
     });
 }
