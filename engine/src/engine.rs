@@ -271,17 +271,7 @@ impl Engine {
             return Err(Reason::IssuerKeyNotValid);
         }
 
-        if now < c.not_before {
-            return Err(Reason::NotYetValid);
-        }
-        if now >= c.not_after {
-            return Err(Reason::Expired);
-        }
-        if let Some((start, end)) = c.leave {
-            if now < start || now >= end {
-                return Err(Reason::OutsideLeave);
-            }
-        }
+        c.validity_at(now)?;
 
         if token.timestamp > now.saturating_add(self.config.clock_skew_secs) {
             return Err(Reason::FromFuture);

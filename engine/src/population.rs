@@ -421,16 +421,8 @@ pub fn expected(
     if presented == Presented::Garbage {
         return Reason::Malformed;
     }
-    if now < c.not_before {
-        return Reason::NotYetValid;
-    }
-    if now >= c.not_after {
-        return Reason::Expired;
-    }
-    if let Some((start, end)) = c.leave {
-        if now < start || now >= end {
-            return Reason::OutsideLeave;
-        }
+    if let Err(r) = c.validity_at(now) {
+        return r;
     }
     if presented == Presented::Stale {
         return Reason::Stale;

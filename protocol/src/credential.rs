@@ -107,6 +107,23 @@ impl Credential {
         Ok(())
     }
 
+    /// Whether the credential is in force at `now` (SPEC §6 step 3): `NotYetValid` before
+    /// `not_before`, `Expired` from `not_after`, and for a leave pass `OutsideLeave` outside
+    /// its leave dates (start inclusive, end exclusive).
+    pub fn validity_at(&self, now: u64) -> Result<(), crate::Reason> {
+        use crate::Reason;
+        if now < self.not_before {
+            return Err(Reason::NotYetValid);
+        }
+        if now >= self.not_after {
+            return Err(Reason::Expired);
+        }
+        match self.leave {
+            Some((start, end)) if now < start || now >= end => Err(Reason::OutsideLeave),
+            _ => Ok(()),
+        }
+    }
+
     /// The payload bytes (deterministic CBOR).
     pub fn encode_payload(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(160);

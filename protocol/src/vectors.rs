@@ -94,16 +94,8 @@ pub fn reference_check(
     else {
         return Reason::UnknownIssuer;
     };
-    if now < c.not_before {
-        return Reason::NotYetValid;
-    }
-    if now >= c.not_after {
-        return Reason::Expired;
-    }
-    if let Some((start, end)) = c.leave {
-        if now < start || now >= end {
-            return Reason::OutsideLeave;
-        }
+    if let Err(r) = c.validity_at(now) {
+        return r;
     }
     if token.timestamp > now.saturating_add(skew_secs) {
         return Reason::FromFuture;
