@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use gatehouse_benches::{engine, holders, tokens, NOW};
-use gatehouse_engine::population::derive_id;
+use gatehouse_engine::dev::population::derive_id;
 use gatehouse_engine::{EngineConfig, Item, Mark, ReplayGuard, RevocationState};
 use gatehouse_protocol::{
     verify, verify_strict, Backend, RevocationEntry, RevocationKind, RevocationList, Token,
@@ -245,7 +245,7 @@ fn pipeline(c: &mut Criterion) {
 /// real service with its micro-batcher; compare with `pipeline/accept` for the QUIC layer's
 /// share.
 fn quic(c: &mut Criterion) {
-    use gatehouse_engine::{client, pki, server};
+    use gatehouse_engine::{client, dev::pki, server};
     use std::sync::Arc;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -21,7 +21,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use gatehouse_benches::{engine, holders, NOW};
-use gatehouse_engine::population::{derive_id, Holder};
+use gatehouse_engine::dev::population::{derive_id, Holder};
 use gatehouse_engine::{
     CachedCredential, Engine, EngineConfig, Item, Mark, ReplayGuard, RevocationState, Scanner,
 };
@@ -203,7 +203,7 @@ fn accept(p: Pipeline) -> Pipeline {
 #[library_benchmark(
     setup = batch_of_fresh_tokens,
     config = LibraryBenchmarkConfig::default()
-        .tool(Callgrind::with_args(["--toggle-collect=gatehouse_engine::engine::Engine::check"]))
+        .tool(Callgrind::with_args(["--toggle-collect=gatehouse_engine::core::engine::Engine::check"]))
 )]
 fn batch_64(p: Pipeline) -> (Pipeline, Vec<gatehouse_protocol::Verdict>) {
     let v = p.engine.verify_batch(black_box(&p.items), NOW);

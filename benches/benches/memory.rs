@@ -5,7 +5,7 @@
 #![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
 
 use gatehouse_benches::{engine, holders, NOW};
-use gatehouse_engine::population::derive_id;
+use gatehouse_engine::dev::population::derive_id;
 use gatehouse_engine::{CachedCredential, EngineConfig, Mark};
 use gatehouse_protocol::{RevocationEntry, RevocationKind, RevocationList};
 

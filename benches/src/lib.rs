@@ -3,7 +3,7 @@
 // A bench whose fixture cannot be built has nothing to measure: it stops with the reason.
 #![allow(clippy::expect_used)]
 
-use gatehouse_engine::population::{
+use gatehouse_engine::dev::population::{
     credential, derive_id, derive_key, issuer_key, standard_scanners, trust_list, Holder,
 };
 use gatehouse_engine::{Engine, EngineConfig};

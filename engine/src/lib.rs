@@ -37,25 +37,24 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-mod cache;
-pub mod client;
-mod config;
-pub mod demo;
-mod engine;
-pub mod pki;
-mod policy;
-pub mod population;
-mod replay;
-mod revocation;
-pub mod server;
-pub mod tools;
+//! # Layout
+//!
+//! - [`core`]: the sans-IO verification core. No sockets, files or clock.
+//! - [`server`]: the shell: QUIC service, micro-batcher, one-time-use stores, file loading,
+//!   operations endpoint, reload.
+//! - [`client`]: the reference scanner client.
+//! - [`dev`]: development tooling (a development PKI, a synthetic population). Not the
+//!   product's API; TEST KEYS ONLY.
+//!
+//! The `gatehouse` binary's commands and demo live beside `main.rs` in `src/cli/`.
 
-pub use cache::{CachedCredential, IssuerCache};
-pub use config::{
-    load_revocations, ConfigError, IssuerKey, Role, Scanner, ScannerRegistry, TrustList,
-    DEFAULT_GATE_ADMITS,
+pub mod client;
+pub mod core;
+pub mod dev;
+pub mod server;
+
+pub use crate::core::{
+    decide, military_discount_eligible, CachedCredential, ConfigError, Engine, EngineConfig,
+    EngineError, IssuerCache, IssuerKey, Item, Mark, ReplayGuard, RevocationError, RevocationState,
+    Revocations, Role, Scanner, ScannerRegistry, Stats, TrustList, DEFAULT_GATE_ADMITS,
 };
-pub use engine::{Engine, EngineConfig, EngineError, Item, Stats};
-pub use policy::{decide, military_discount_eligible};
-pub use replay::{Mark, ReplayGuard};
-pub use revocation::{RevocationError, RevocationState, Revocations};

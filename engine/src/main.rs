@@ -5,7 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use gatehouse_engine::{client, demo, pki, server, tools};
+use gatehouse_engine::dev::pki;
+use gatehouse_engine::{client, server};
+
+mod cli;
+use cli::{demo, tools};
 use gatehouse_protocol::{from_qr_text, RevocationKind};
 
 /// Exit code for a configuration error (EX_CONFIG would be 78; sysexits' EX_USAGE is 64).

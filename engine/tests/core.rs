@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use gatehouse_engine::population::{
+use gatehouse_engine::dev::population::{
     credential, derive_id, derive_key, issuer_key, trust_list, Holder,
 };
 use gatehouse_engine::*;

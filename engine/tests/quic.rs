@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gatehouse_engine::client::{ClientError, ClientIdentity, ScannerClient};
-use gatehouse_engine::pki::DevPki;
-use gatehouse_engine::population::{self, derive_key, Holder};
+use gatehouse_engine::dev::pki::DevPki;
+use gatehouse_engine::dev::population::{self, derive_key, Holder};
 use gatehouse_engine::server::{self, Batching, Files, ServeConfig, ServerConfig, ServerError};
 use gatehouse_engine::{
     Engine, EngineConfig, IssuerKey, Role, Scanner, ScannerRegistry, TrustList, DEFAULT_GATE_ADMITS,

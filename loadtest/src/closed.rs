@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use gatehouse_engine::population::{derive_id, derive_key};
+use gatehouse_engine::dev::population::{derive_id, derive_key};
 use gatehouse_protocol::{Presentation, PrivateKey, Reason};
 use goose::config::{GooseConfiguration, GooseDefault, GooseDefaultType};
 use goose::prelude::*;

@@ -3,7 +3,7 @@
 //! policy — applied to the credential's fields. Any difference from the engine's answer is a
 //! mismatch, and a mismatch fails the run.
 
-pub use gatehouse_engine::population::{expected, reached_one_time_use, repeated, Presented};
+pub use gatehouse_engine::dev::population::{expected, reached_one_time_use, repeated, Presented};
 use gatehouse_protocol::Reason;
 
 /// Answers that say nothing about the token (the engine asks for a retry): counted as
@@ -16,7 +16,7 @@ pub fn is_retry(r: Reason) -> bool {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use gatehouse_engine::population::credential;
+    use gatehouse_engine::dev::population::credential;
     use gatehouse_engine::Role;
 
     #[test]

@@ -16,7 +16,7 @@
 //! "GHLTEND\0"
 //! ```
 //!
-//! TEST KEYS ONLY: every key is derived from the seed (see `gatehouse_engine::population`).
+//! TEST KEYS ONLY: every key is derived from the seed (see `gatehouse_engine::dev::population`).
 
 use std::collections::HashSet;
 use std::fs;
@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use gatehouse_engine::population::{
+use gatehouse_engine::dev::population::{
     issuer_key, standard_scanners, trust_list, Population, PopulationSpec, Status,
 };
 use gatehouse_engine::{ScannerRegistry, TrustList};

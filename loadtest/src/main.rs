@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use gatehouse_engine::client::ClientOptions;
-use gatehouse_engine::pki::DevPki;
+use gatehouse_engine::dev::pki::DevPki;
 use gatehouse_loadtest::budget::BudgetResult;
 use gatehouse_loadtest::closed::{self, ClosedOptions};
 use gatehouse_loadtest::openloop::{OpenLoopOptions, MAX_SIGN_LEAD};

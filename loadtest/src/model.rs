@@ -479,8 +479,8 @@ mod tests {
 
     #[test]
     fn poisson_schedule_follows_the_plan() {
-        let pop = gatehouse_engine::population::Population::generate(
-            &gatehouse_engine::population::PopulationSpec {
+        let pop = gatehouse_engine::dev::population::Population::generate(
+            &gatehouse_engine::dev::population::PopulationSpec {
                 holders: 50,
                 ..Default::default()
             },

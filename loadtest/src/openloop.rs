@@ -21,7 +21,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
-use gatehouse_engine::population::{derive_id, derive_key};
+use gatehouse_engine::dev::population::{derive_id, derive_key};
 use gatehouse_protocol::{Presentation, PrivateKey, Reason};
 use hdrhistogram::Histogram;
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use gatehouse_engine::client::{ClientIdentity, ClientOptions, ScannerClient};
-use gatehouse_engine::pki::DevPki;
+use gatehouse_engine::dev::pki::DevPki;
 use gatehouse_protocol::Reason;
 
 use crate::fleet::Fleet;

@@ -8,9 +8,9 @@ use std::time::Duration;
 use gatehouse_protocol::{Backend, RevocationList, TokenParams};
 use serde::Deserialize;
 
+use super::files::{load_certs, load_key, load_revocations, load_scanners, load_trust_list};
 use super::{Batching, Files, Limits, ServerConfig, ServerError};
-use crate::pki::{load_certs, load_key};
-use crate::{load_revocations, ConfigError, Engine, EngineConfig, ScannerRegistry, TrustList};
+use crate::{ConfigError, Engine, EngineConfig, ScannerRegistry, TrustList};
 
 /// A sample configuration with every setting at its default (paths relative to the file).
 pub const SAMPLE_CONFIG: &str = r#"# gatehouse serve --config gatehouse.toml
@@ -411,8 +411,8 @@ impl ServeConfig {
             batching: self.batching.to_batching(),
         };
         let files = self.files();
-        let trust = TrustList::load(&files.trust)?;
-        let scanners = ScannerRegistry::load(&files.scanners)?;
+        let trust = load_trust_list(&files.trust)?;
+        let scanners = load_scanners(&files.scanners)?;
         let revocations = files
             .revocations
             .as_deref()

@@ -33,6 +33,7 @@
 mod batcher;
 mod config;
 mod conn;
+pub mod files;
 mod metrics;
 mod ops;
 mod reload;
@@ -51,8 +52,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
-use crate::pki::PkiError;
 use crate::{ConfigError, Engine, EngineError, RevocationError};
+use files::FileError;
 
 pub use config::{
     BatchingSection, EngineSection, FilesSection, LimitsSection, ServeConfig, ServeParts,
@@ -267,7 +268,7 @@ pub enum ServerError {
     Config(#[from] ConfigError),
     /// A certificate or key file is wrong.
     #[error(transparent)]
-    Pki(#[from] PkiError),
+    File(#[from] FileError),
     /// The engine could not start.
     #[error(transparent)]
     Engine(#[from] EngineError),

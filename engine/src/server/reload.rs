@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use tracing::{error, info, warn};
 
-use crate::{load_revocations, ConfigError, Engine, RevocationError, ScannerRegistry, TrustList};
+use super::files::{load_revocations, load_scanners, load_trust_list};
+use crate::{ConfigError, Engine, RevocationError};
 
 /// The engine's files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,8 +72,8 @@ pub fn reload(engine: &Engine, files: &Files) -> Result<Reloaded, ReloadError> {
 
 fn load_and_apply(engine: &Engine, files: &Files) -> Result<Reloaded, ReloadError> {
     // Read and validate everything before changing anything.
-    let trust = TrustList::load(&files.trust)?;
-    let scanners = ScannerRegistry::load(&files.scanners)?;
+    let trust = load_trust_list(&files.trust)?;
+    let scanners = load_scanners(&files.scanners)?;
     let revocations = match &files.revocations {
         Some(path) => Some((path, load_revocations(path)?)),
         None => None,

@@ -15,9 +15,9 @@ use rustls::{
 };
 use tracing::warn;
 
+use super::files::subject_common_name;
 use super::metrics::Metrics;
 use super::{ServerConfig, ServerError};
-use crate::pki::subject_common_name;
 use crate::Engine;
 
 /// Bytes a connection may have in flight towards the server, over all its streams.

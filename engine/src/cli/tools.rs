@@ -10,7 +10,7 @@ use gatehouse_protocol::{
     PrivateKey, RevocationEntry, RevocationKind, RevocationList, UnitPath,
 };
 
-use crate::config::{IssuerKey, TrustList};
+use gatehouse_engine::{IssuerKey, TrustList};
 
 /// Writes a private key as hex, readable by the owner only.
 pub fn write_key(path: &Path, key: &PrivateKey) -> Result<()> {
@@ -226,7 +226,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("gatehouse-tools-{}", std::process::id()));
         let now = 1_800_000_000;
         let key = issuer_keygen(&dir, "test-issuer", now).unwrap();
-        let trust = TrustList::load(&dir.join("trust.toml")).unwrap();
+        let trust =
+            gatehouse_engine::server::files::load_trust_list(&dir.join("trust.toml")).unwrap();
         assert_eq!(trust.len(), 1);
         let req = IssueRequest {
             credential_type: "leave_pass".into(),
@@ -253,7 +254,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            crate::load_revocations(&dir.join("rev.cbor")).unwrap(),
+            gatehouse_engine::server::files::load_revocations(&dir.join("rev.cbor")).unwrap(),
             list
         );
         assert!(issuer_issue(

@@ -10,10 +10,10 @@ use gatehouse_protocol::{
 };
 use rayon::prelude::*;
 
-use crate::cache::{CachedCredential, IssuerCache};
-use crate::config::{Role, Scanner, ScannerRegistry, TrustList};
-use crate::replay::{Mark, ReplayGuard};
-use crate::revocation::{RevocationError, RevocationState, Revocations};
+use super::cache::{CachedCredential, IssuerCache};
+use super::registry::{Role, Scanner, ScannerRegistry, TrustList};
+use super::replay::{Mark, ReplayGuard};
+use super::revocation::{RevocationError, RevocationState, Revocations};
 
 /// Tunables of the engine core.
 #[derive(Debug, Clone)]
@@ -353,7 +353,7 @@ impl Engine {
                     if challenge != c.challenge.as_deref() {
                         Verdict::deny(Reason::ChallengeMismatch)
                     } else {
-                        crate::policy::decide(
+                        super::policy::decide(
                             &scanner.role,
                             &c.credential,
                             now,

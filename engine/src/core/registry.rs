@@ -1,11 +1,11 @@
-//! The engine's files: trust list and scanner registry (TOML), revocation lists (CBOR, see
-//! `gatehouse_protocol::RevocationList`). Every error names the file, the field and the
-//! problem.
+//! The trust list and the scanner registry: their types, and their parsing from TOML text
+//! (the shell reads the files, see `server::files`). Every error names the file, the field
+//! and the problem.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use gatehouse_protocol::{CredentialType, PublicKey, RevocationList, UnitPath};
+use gatehouse_protocol::{CredentialType, PublicKey, UnitPath};
 use serde::Deserialize;
 
 /// A configuration problem, located.
@@ -21,17 +21,13 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(file: &Path, field: impl Into<String>, problem: impl Into<String>) -> Self {
+    pub(crate) fn new(file: &Path, field: impl Into<String>, problem: impl Into<String>) -> Self {
         ConfigError {
             file: file.to_path_buf(),
             field: field.into(),
             problem: problem.into(),
         }
     }
-}
-
-fn read(file: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(file).map_err(|e| ConfigError::new(file, "(file)", e.to_string()))
 }
 
 fn parse_toml<T: serde::de::DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigError> {
@@ -121,11 +117,6 @@ impl TrustList {
     /// Whether no key is trusted.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
-    }
-
-    /// Reads a trust-list file.
-    pub fn load(file: &Path) -> Result<TrustList, ConfigError> {
-        Self::parse(file, &read(file)?)
     }
 
     /// Parses trust-list TOML; `file` only names the source in errors.
@@ -294,11 +285,6 @@ impl ScannerRegistry {
         v.into_iter()
     }
 
-    /// Reads a registry file.
-    pub fn load(file: &Path) -> Result<ScannerRegistry, ConfigError> {
-        Self::parse(file, &read(file)?)
-    }
-
     /// Parses registry TOML; `file` only names the source in errors.
     pub fn parse(file: &Path, text: &str) -> Result<ScannerRegistry, ConfigError> {
         let f: ScannerFile = parse_toml(file, text)?;
@@ -400,13 +386,6 @@ impl ScannerRegistry {
         }
         s
     }
-}
-
-/// Reads a revocation list file.
-pub fn load_revocations(file: &Path) -> Result<RevocationList, ConfigError> {
-    let bytes = std::fs::read(file).map_err(|e| ConfigError::new(file, "(file)", e.to_string()))?;
-    RevocationList::decode(&bytes)
-        .map_err(|e| ConfigError::new(file, "(revocation list)", e.to_string()))
 }
 
 #[cfg(test)]

@@ -46,8 +46,8 @@ use quinn::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::RootCertStore;
 
-use crate::pki::{load_certs, load_key, parse_certs, parse_key};
 use crate::server::codes;
+use crate::server::files::{load_certs, load_key, parse_certs, parse_key, FileError};
 
 /// Most response frames [`ScannerClient::send_raw`] reads from one stream.
 const MAX_RAW_RESPONSES: usize = 1024;
@@ -212,7 +212,7 @@ impl std::fmt::Debug for ClientIdentity {
 impl ClientIdentity {
     /// From PEM text: CA certificate(s), the scanner's certificate chain, its key.
     pub fn from_pem(ca: &[u8], cert: &[u8], key: &[u8]) -> Result<Self, ClientError> {
-        let config = |e: crate::pki::PkiError| ClientError::Config(e.to_string());
+        let config = |e: FileError| ClientError::Config(e.to_string());
         Ok(ClientIdentity {
             roots: parse_certs(ca, Path::new("<ca>")).map_err(config)?,
             chain: parse_certs(cert, Path::new("<certificate>")).map_err(config)?,
@@ -222,7 +222,7 @@ impl ClientIdentity {
 
     /// From PEM files.
     pub fn from_files(ca: &Path, cert: &Path, key: &Path) -> Result<Self, ClientError> {
-        let config = |e: crate::pki::PkiError| ClientError::Config(e.to_string());
+        let config = |e: FileError| ClientError::Config(e.to_string());
         Ok(ClientIdentity {
             roots: load_certs(ca).map_err(config)?,
             chain: load_certs(cert).map_err(config)?,

@@ -5,7 +5,7 @@ use gatehouse_protocol::{
     Verdict,
 };
 
-use crate::config::Role;
+use super::registry::Role;
 
 /// The verdict for a credential that passed every other check, as `role` sees it.
 /// Age checks follow Korea's Youth Protection Act (see [`Date::is_19_or_older_kr`]) at the

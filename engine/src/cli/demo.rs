@@ -17,11 +17,11 @@ use hdrhistogram::Histogram;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::config::Role;
-use crate::population::{
+use gatehouse_engine::dev::population::{
     derive_id, derive_key, effective_revoked, expected, repeated, Population, PopulationSpec,
     Presented,
 };
+use gatehouse_engine::Role;
 
 /// Knobs of the demo.
 #[derive(Debug, Clone)]
@@ -505,7 +505,7 @@ impl DemoReport {
 /// The demo's transport: one QUIC connection per scanner certificate, round-robin when several
 /// connections share a scanner.
 struct Quic {
-    clients: Vec<Vec<crate::client::ScannerClient>>,
+    clients: Vec<Vec<gatehouse_engine::client::ScannerClient>>,
     next: std::sync::atomic::AtomicUsize,
 }
 
@@ -560,19 +560,22 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     let setup_secs = t0.elapsed().as_secs_f64();
 
     let ids: Vec<String> = pop.scanners.iter().map(|s| s.id.clone()).collect();
-    let pki = crate::pki::DevPki::generate(&ids).context("development PKI")?;
-    let engine = Arc::new(crate::Engine::new(
-        crate::EngineConfig::default(),
+    let pki = gatehouse_engine::dev::pki::DevPki::generate(&ids).context("development PKI")?;
+    let engine = Arc::new(gatehouse_engine::Engine::new(
+        gatehouse_engine::EngineConfig::default(),
         pop.trust_list(),
         pop.scanners.clone(),
     )?);
     engine.apply_revocations(&pop.revocations)?;
-    let server_config =
-        crate::server::ServerConfig::new(pki.server.chain(), pki.server.key(), pki.ca.chain());
+    let server_config = gatehouse_engine::server::ServerConfig::new(
+        pki.server.chain(),
+        pki.server.key(),
+        pki.ca.chain(),
+    );
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
     let addr = socket.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::server::run(
+    let server = tokio::spawn(gatehouse_engine::server::run(
         engine.clone(),
         server_config,
         socket,
@@ -582,17 +585,18 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
         },
     ));
 
-    let mut clients: Vec<Vec<crate::client::ScannerClient>> = vec![Vec::new(); ids.len()];
+    let mut clients: Vec<Vec<gatehouse_engine::client::ScannerClient>> =
+        vec![Vec::new(); ids.len()];
     for i in 0..opts.scanners.max(ids.len()) {
         let s = i % ids.len();
         let (_, issued) = &pki.scanners[s];
-        let identity = crate::client::ClientIdentity {
+        let identity = gatehouse_engine::client::ClientIdentity {
             roots: pki.ca.chain(),
             chain: issued.chain(),
             key: issued.key(),
         };
         clients[s].push(
-            crate::client::ScannerClient::connect(addr, "localhost", identity)
+            gatehouse_engine::client::ScannerClient::connect(addr, "localhost", identity)
                 .await
                 .context("scanner connection")?,
         );

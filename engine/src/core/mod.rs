@@ -1,0 +1,18 @@
+//! The sans-IO verification core: no sockets, no files, no clock. `now` is an argument and
+//! every effect (marking a token used) is a value the caller performs.
+
+mod cache;
+mod engine;
+mod policy;
+mod registry;
+mod replay;
+mod revocation;
+
+pub use cache::{CachedCredential, IssuerCache};
+pub use engine::{Engine, EngineConfig, EngineError, Item, Stats};
+pub use policy::{decide, military_discount_eligible};
+pub use registry::{
+    ConfigError, IssuerKey, Role, Scanner, ScannerRegistry, TrustList, DEFAULT_GATE_ADMITS,
+};
+pub use replay::{Mark, ReplayGuard};
+pub use revocation::{RevocationError, RevocationState, Revocations};

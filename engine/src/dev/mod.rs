@@ -1,0 +1,5 @@
+//! Development tooling, not the product's API: a development PKI and a synthetic population,
+//! for the demo, the tests, the benches and the load harness. **TEST KEYS ONLY.**
+
+pub mod pki;
+pub mod population;

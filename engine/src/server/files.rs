@@ -1,0 +1,182 @@
+//! Reading the files the shell loads: certificate chains, private keys, the trust list, the
+//! scanner registry and revocation lists. The core parses text and bytes; opening files is
+//! the shell's business, and lives here.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use gatehouse_protocol::RevocationList;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::{ConfigError, ScannerRegistry, TrustList};
+
+/// Why a certificate or key file could not be used.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A PEM file holds no usable item of the expected kind.
+    #[error("{path}: {problem}")]
+    Pem {
+        /// The file (or `<inline>`).
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, FileError> {
+    fs::read(path).map_err(|source| FileError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Every certificate in PEM text (`path` only names the source in errors).
+pub fn parse_certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, FileError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| FileError::Pem {
+            path: path.to_path_buf(),
+            problem: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(FileError::Pem {
+            path: path.to_path_buf(),
+            problem: "no CERTIFICATE section".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// The first private key (PKCS#8, SEC1 or PKCS#1) in PEM text.
+pub fn parse_key(pem: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, FileError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| FileError::Pem {
+        path: path.to_path_buf(),
+        problem: match e {
+            rustls::pki_types::pem::Error::NoItemsFound => "no PRIVATE KEY section".into(),
+            other => other.to_string(),
+        },
+    })
+}
+
+/// Reads every certificate from a PEM file (a chain, or CA certificates).
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, FileError> {
+    parse_certs(&read_file(path)?, path)
+}
+
+/// Reads a private key from a PEM file.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, FileError> {
+    parse_key(&read_file(path)?, path)
+}
+
+/// The subject Common Name of a DER certificate, if it has exactly one and it is a UTF-8,
+/// printable or IA5 string. The certificate must already have been verified: this reads the
+/// name, it checks nothing else. Total: any input yields a value or `None`.
+pub fn subject_common_name(cert: &[u8]) -> Option<String> {
+    const SEQUENCE: u8 = 0x30;
+    const SET: u8 = 0x31;
+    const OID: u8 = 0x06;
+    const CN_OID: &[u8] = &[0x55, 0x04, 0x03];
+
+    let (tag, cert_body, _) = der_tlv(cert)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let (tag, tbs, _) = der_tlv(cert_body)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let mut rest = tbs;
+    // [0] EXPLICIT version, optional.
+    if rest.first() == Some(&0xA0) {
+        rest = der_tlv(rest)?.2;
+    }
+    // serialNumber, signature, issuer, validity: skip.
+    for _ in 0..4 {
+        rest = der_tlv(rest)?.2;
+    }
+    let (tag, mut subject, _) = der_tlv(rest)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let mut found = None;
+    while !subject.is_empty() {
+        let (tag, mut rdn, next) = der_tlv(subject)?;
+        subject = next;
+        if tag != SET {
+            return None;
+        }
+        while !rdn.is_empty() {
+            let (tag, atv, next) = der_tlv(rdn)?;
+            rdn = next;
+            if tag != SEQUENCE {
+                return None;
+            }
+            let (tag, oid, value) = der_tlv(atv)?;
+            if tag != OID || oid != CN_OID {
+                continue;
+            }
+            let (tag, text, trailing) = der_tlv(value)?;
+            if !trailing.is_empty() || !matches!(tag, 0x0C | 0x13 | 0x16) || found.is_some() {
+                return None;
+            }
+            found = Some(std::str::from_utf8(text).ok()?.to_string());
+        }
+    }
+    found
+}
+
+/// One DER tag-length-value: (tag, contents, rest). Single-byte tags, definite lengths up to
+/// four length bytes; `None` for anything else or anything longer than the input.
+fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, mut rest) = rest.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let n = usize::from(first & 0x7F);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let (bytes, after) = rest.split_at(n);
+        rest = after;
+        bytes
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
+    };
+    if rest.len() < len {
+        return None;
+    }
+    let (contents, rest) = rest.split_at(len);
+    Some((tag, contents, rest))
+}
+
+fn read_text(file: &Path) -> Result<String, ConfigError> {
+    fs::read_to_string(file).map_err(|e| ConfigError::new(file, "(file)", e.to_string()))
+}
+
+/// Reads a trust list file (TOML, see the deployment reference).
+pub fn load_trust_list(file: &Path) -> Result<TrustList, ConfigError> {
+    TrustList::parse(file, &read_text(file)?)
+}
+
+/// Reads a scanner registry file (TOML, see the deployment reference).
+pub fn load_scanners(file: &Path) -> Result<ScannerRegistry, ConfigError> {
+    ScannerRegistry::parse(file, &read_text(file)?)
+}
+
+/// Reads a revocation list file.
+pub fn load_revocations(file: &Path) -> Result<RevocationList, ConfigError> {
+    let bytes = fs::read(file).map_err(|e| ConfigError::new(file, "(file)", e.to_string()))?;
+    RevocationList::decode(&bytes)
+        .map_err(|e| ConfigError::new(file, "(revocation list)", e.to_string()))
+}
