@@ -215,6 +215,7 @@ fn pipeline(c: &mut Criterion) {
             scanner: gate.clone(),
             token: t.clone(),
             challenge: None,
+            retry: None,
         })
         .collect();
     g.throughput(Throughput::Elements(64));

@@ -159,6 +159,7 @@ fn pipeline_fixture(holders_n: u64, fresh: usize) -> Pipeline {
             scanner: Arc::clone(&gate),
             token,
             challenge: None,
+            retry: None,
         })
         .collect();
     Pipeline {

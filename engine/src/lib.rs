@@ -55,6 +55,7 @@ pub mod server;
 
 pub use crate::core::{
     decide, military_discount_eligible, CachedCredential, ConfigError, Engine, EngineConfig,
-    EngineError, IssuerCache, IssuerKey, Item, Mark, ReplayGuard, RevocationError, RevocationState,
-    Revocations, Role, Scanner, ScannerRegistry, Stats, TrustList, DEFAULT_GATE_ADMITS,
+    EngineError, Entry, IssuerCache, IssuerKey, Item, Mark, MarkOutcome, MarkRequest, Prepared,
+    ReplayGuard, RevocationError, RevocationState, Revocations, Role, Scanner, ScannerRegistry,
+    Stats, TrustList, DEFAULT_GATE_ADMITS,
 };

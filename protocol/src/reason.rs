@@ -90,6 +90,10 @@ reasons! {
     ReplayCapacity = 20, "replay_capacity", "one-time-use table full, failing closed";
     /// The engine could not finish the check (shutting down, internal fault). Retry.
     Unavailable = 21, "unavailable", "engine could not complete the check, retry";
+    /// The node restarted with a memory one-time-use table and cannot know whether a token
+    /// signed before its start was used: the holder's next token (a wallet rotates every 15 s)
+    /// passes. Not retryable with the same token.
+    NodeRestarted = 22, "node_restarted", "token predates this node's start, present a fresh one";
 }
 
 impl Reason {

@@ -193,28 +193,42 @@ pub fn all() -> Result<Vec<Vector>, crate::SignError> {
         id: 1,
         token: token.clone(),
         challenge: None,
+        retry: None,
+    }
+    .encode();
+    let request_retry = Request::Verify {
+        id: 2,
+        token: token.clone(),
+        challenge: None,
+        retry: Some(RETRY_KEY),
+    }
+    .encode();
+    let gate_accept = Verdict::new(
+        Reason::Accepted,
+        Attributes {
+            credential_type: Some(CredentialType::MilitaryId),
+            category: Some(HolderCategory::Enlisted),
+            unit: crate::UnitPath::new(&[1, 12, 103, 2]).ok(),
+            valid_until: Some(1_900_000_000),
+            predicate: None,
+        },
+    );
+    let response_repeat = Response::Verdicts {
+        id: 2,
+        verdicts: vec![gate_accept.repeated()],
     }
     .encode();
     let response = Response::Verdicts {
         id: 1,
         verdicts: vec![
-            Verdict {
-                reason: Reason::Accepted,
-                attributes: Attributes {
-                    credential_type: Some(CredentialType::MilitaryId),
-                    category: Some(HolderCategory::Enlisted),
-                    unit: crate::UnitPath::new(&[1, 12, 103, 2]).ok(),
-                    valid_until: Some(1_900_000_000),
-                    predicate: None,
-                },
-            },
-            Verdict {
-                reason: Reason::Accepted,
-                attributes: Attributes {
+            gate_accept,
+            Verdict::new(
+                Reason::Accepted,
+                Attributes {
                     predicate: Some(Predicate::MilitaryDiscount),
                     ..Attributes::default()
                 },
-            },
+            ),
             Verdict::deny(Reason::Replayed),
         ],
     }
@@ -226,6 +240,9 @@ pub fn all() -> Result<Vec<Vector>, crate::SignError> {
         Vector { name: "token-nfc", about: "an NFC token answering challenge \"scanner-challenge-16\"", bytes: nfc_token, expect: Some(Reason::Accepted) },
         Vector { name: "request", about: "a Verify request frame carrying `token`", bytes: request, expect: None },
         Vector { name: "response", about: "a Verdicts response frame: a gate's accept, a partner's accept, a replay", bytes: response, expect: None },
+        Vector { name: "request-retry", about: "a Verify request frame carrying `token` and retry key 000102…0f (§8.6)", bytes: request_retry, expect: None },
+        Vector { name: "response-repeat", about: "the answer to `request-retry` sent again by the same scanner after `token` was accepted for it: the gate's accept, marked as a repeat (§8.6)", bytes: response_repeat, expect: None },
+        Vector { name: "retry-tag", about: "the retry tag of scanner `gate-1-1` with retry key 000102…0f (§8.6)", bytes: crate::retry_tag(RETRY_SCANNER, &RETRY_KEY).to_vec(), expect: None },
         Vector { name: "invalid-bad-signature", about: "`token` with one bit of r flipped", bytes: resign(&token, &bad_sig), expect: Some(Reason::BadDeviceSignature) },
         Vector { name: "invalid-high-s", about: "`token` with s replaced by n − s (and the parity flipped to match): a stock ES256 verifier accepts it, gatehouse does not", bytes: resign(&token, &high_s), expect: Some(Reason::BadDeviceSignature) },
         Vector { name: "invalid-wrong-parity", about: "`token` whose credential has its R y-parity bit flipped: strict verifiers deny it; verifiers that do not check the parity accept it", bytes: present(&wrong_parity_cred, NOW - 5)?, expect: Some(Reason::BadIssuerSignature) },
@@ -234,6 +251,12 @@ pub fn all() -> Result<Vec<Vector>, crate::SignError> {
         Vector { name: "invalid-truncated", about: "`token` without its last byte", bytes: token[..token.len() - 1].to_vec(), expect: Some(Reason::Malformed) },
     ])
 }
+
+/// The retry key of the `request-retry` vector.
+pub const RETRY_KEY: [u8; crate::RETRY_KEY_LEN] =
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
+/// The scanner id of the `retry-tag` vector.
+pub const RETRY_SCANNER: &str = "gate-1-1";
 
 /// The vectors section of `SPEC.md`, exactly.
 pub fn render_markdown() -> Result<String, crate::SignError> {

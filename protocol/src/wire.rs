@@ -25,6 +25,8 @@ pub const MAX_FRAME_BODY: usize = 128 * 1024;
 pub const MAX_BATCH: usize = 128;
 /// Longest error message in an error response.
 pub const MAX_ERROR_TEXT: usize = 200;
+/// Length of a retry key (SPEC §8.6).
+pub const RETRY_KEY_LEN: usize = 16;
 
 /// Frame kinds.
 pub mod kind {
@@ -74,6 +76,25 @@ fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The retry tag a one-time-use entry keeps for a scan (SPEC §8.6): the first 16 bytes of
+/// SHA-256 over `"gatehouse/retry/1"`, the scanner id's length (one byte) and bytes, and the
+/// retry key. Only the same scanner with the same key produces the same tag; the store sees
+/// neither the scanner id nor the key.
+pub fn retry_tag(scanner_id: &str, key: &[u8; RETRY_KEY_LEN]) -> [u8; 16] {
+    use sha2::{Digest, Sha256};
+    let id = scanner_id.as_bytes();
+    let id = &id[..id.len().min(255)];
+    let mut h = Sha256::new();
+    h.update(b"gatehouse/retry/1");
+    h.update([id.len() as u8]);
+    h.update(id);
+    h.update(key);
+    let d = h.finalize();
+    let mut tag = [0u8; 16];
+    tag.copy_from_slice(&d[..16]);
+    tag
+}
+
 /// A request from a scanner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -85,6 +106,9 @@ pub enum Request {
         token: Vec<u8>,
         /// The challenge this scanner issued (NFC); the token must answer it.
         challenge: Option<Vec<u8>>,
+        /// The scan's retry key (SPEC §8.6): the same scanner sending the same token with the
+        /// same key again gets the first verdict, marked as a repeat.
+        retry: Option<[u8; RETRY_KEY_LEN]>,
     },
     /// Verify many tokens; verdicts come back in the same order.
     VerifyBatch {
@@ -92,6 +116,8 @@ pub enum Request {
         id: u64,
         /// Token bytes, at most [`MAX_BATCH`].
         tokens: Vec<Vec<u8>>,
+        /// The scan's retry key, for every token of the batch (SPEC §8.6).
+        retry: Option<[u8; RETRY_KEY_LEN]>,
     },
     /// Liveness check.
     Ping {
@@ -119,8 +145,9 @@ impl Request {
                 id,
                 token,
                 challenge,
+                retry,
             } => {
-                w.map(2 + usize::from(challenge.is_some()))
+                w.map(2 + usize::from(challenge.is_some()) + usize::from(retry.is_some()))
                     .uint(1)
                     .uint(*id)
                     .uint(2)
@@ -128,12 +155,22 @@ impl Request {
                 if let Some(c) = challenge {
                     w.uint(3).bytes(c);
                 }
+                if let Some(k) = retry {
+                    w.uint(4).bytes(k);
+                }
                 frame(kind::VERIFY, &body)
             }
-            Request::VerifyBatch { id, tokens } => {
-                w.map(2).uint(1).uint(*id).uint(2).array(tokens.len());
+            Request::VerifyBatch { id, tokens, retry } => {
+                w.map(2 + usize::from(retry.is_some()))
+                    .uint(1)
+                    .uint(*id)
+                    .uint(2)
+                    .array(tokens.len());
                 for t in tokens {
                     w.bytes(t);
+                }
+                if let Some(k) = retry {
+                    w.uint(3).bytes(k);
                 }
                 frame(kind::VERIFY_BATCH, &body)
             }
@@ -147,9 +184,10 @@ impl Request {
     /// Reads a request body of the given kind.
     pub fn decode(kind: u8, body: &[u8]) -> Result<Request, DecodeError> {
         let mut r = Reader::new(body);
-        let n = r.map("request", 3)?;
+        let n = r.map("request", 4)?;
         let mut keys = MapKeys::new("request");
         let (mut id, mut token, mut challenge, mut tokens) = (None, None, None, None);
+        let mut retry = None;
         for _ in 0..n {
             match (kind, keys.next(&mut r)?) {
                 (_, 1) => id = Some(r.uint("request id")?),
@@ -169,6 +207,9 @@ impl Request {
                     }
                     tokens = Some(v);
                 }
+                (kind::VERIFY, 4) | (kind::VERIFY_BATCH, 3) => {
+                    retry = Some(r.bytes_exact::<RETRY_KEY_LEN>("retry key")?)
+                }
                 (kind::VERIFY | kind::VERIFY_BATCH | kind::PING, _) => {
                     return Err(DecodeError::UnknownKey("request"))
                 }
@@ -182,10 +223,12 @@ impl Request {
                 id,
                 token: token.ok_or(DecodeError::Missing("token"))?,
                 challenge,
+                retry,
             }),
             kind::VERIFY_BATCH => Ok(Request::VerifyBatch {
                 id,
                 tokens: tokens.ok_or(DecodeError::Missing("batch"))?,
+                retry,
             }),
             kind::PING => Ok(Request::Ping { id }),
             _ => Err(DecodeError::UnknownValue("frame kind")),
@@ -305,6 +348,9 @@ pub struct Verdict {
     pub reason: Reason,
     /// What the scanner's role may see (empty unless accepted).
     pub attributes: Attributes,
+    /// This is the first verdict for this scan, given again to the same scanner's retry
+    /// (SPEC §8.6), not a new decision.
+    pub repeat: bool,
 }
 
 impl Verdict {
@@ -313,6 +359,24 @@ impl Verdict {
         Verdict {
             reason,
             attributes: Attributes::default(),
+            repeat: false,
+        }
+    }
+
+    /// A verdict with these attributes, not a repeat.
+    pub fn new(reason: Reason, attributes: Attributes) -> Verdict {
+        Verdict {
+            reason,
+            attributes,
+            repeat: false,
+        }
+    }
+
+    /// The same verdict, marked as a repeat of the first.
+    pub fn repeated(self) -> Verdict {
+        Verdict {
+            repeat: true,
+            ..self
         }
     }
 }
@@ -377,8 +441,12 @@ impl Response {
             Response::Verdicts { id, verdicts } => {
                 w.map(2).uint(1).uint(*id).uint(2).array(verdicts.len());
                 for v in verdicts {
-                    w.array(2).uint(u64::from(v.reason.code()));
+                    w.array(2 + usize::from(v.repeat))
+                        .uint(u64::from(v.reason.code()));
                     v.attributes.encode(&mut w);
+                    if v.repeat {
+                        w.bool(true);
+                    }
                 }
                 frame(kind::VERDICTS, &body)
             }
@@ -416,12 +484,24 @@ impl Response {
                     let len = r.array("verdicts", MAX_BATCH)?;
                     let mut v = Vec::with_capacity(len);
                     for _ in 0..len {
-                        r.array_exact("verdict", 2)?;
+                        let fields = r.array("verdict", 3)?;
+                        if fields < 2 {
+                            return Err(DecodeError::BadLength("verdict"));
+                        }
                         let code = r.uint("reason")?;
                         let reason =
                             Reason::from_code(code).ok_or(DecodeError::UnknownValue("reason"))?;
                         let attributes = Attributes::decode(&mut r)?;
-                        v.push(Verdict { reason, attributes });
+                        // Deterministic: the marker is present only as `true`.
+                        let repeat = fields == 3;
+                        if repeat && !r.bool("repeat")? {
+                            return Err(DecodeError::UnknownValue("repeat"));
+                        }
+                        v.push(Verdict {
+                            reason,
+                            attributes,
+                            repeat,
+                        });
                     }
                     verdicts = Some(v);
                 }

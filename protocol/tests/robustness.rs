@@ -753,11 +753,13 @@ fn seeds() -> Seeds {
             id: 7,
             token: tokens[2].clone(),
             challenge: Some(vec![0xc4; 31]),
+            retry: Some([0x5a; 16]),
         }
         .encode(),
         Request::VerifyBatch {
             id: 1 << 40,
             tokens: tokens.clone(),
+            retry: None,
         }
         .encode(),
         Request::Ping { id: 24 }.encode(),
@@ -768,6 +770,7 @@ fn seeds() -> Seeds {
                 .map(|r| Verdict {
                     reason: *r,
                     attributes,
+                    repeat: r.code() % 2 == 1,
                 })
                 .collect(),
         }

@@ -174,8 +174,13 @@ fn attributes() -> impl Strategy<Value = Attributes> {
 }
 
 fn verdict() -> impl Strategy<Value = Verdict> {
-    (select(Reason::ALL), attributes())
-        .prop_map(|(reason, attributes)| Verdict { reason, attributes })
+    (select(Reason::ALL), attributes(), any::<bool>()).prop_map(|(reason, attributes, repeat)| {
+        Verdict {
+            reason,
+            attributes,
+            repeat,
+        }
+    })
 }
 
 fn token_bytes() -> impl Strategy<Value = Vec<u8>> {
@@ -193,14 +198,20 @@ fn request() -> impl Strategy<Value = Request> {
             cbor_u64(),
             token_bytes(),
             option::of(vec(any::<u8>(), 1..=MAX_CHALLENGE_LEN)),
+            option::of(any::<[u8; 16]>()),
         )
-            .prop_map(|(id, token, challenge)| Request::Verify {
+            .prop_map(|(id, token, challenge, retry)| Request::Verify {
                 id,
                 token,
                 challenge,
+                retry,
             }),
-        (cbor_u64(), vec(token_bytes(), 0..=MAX_BATCH))
-            .prop_map(|(id, tokens)| Request::VerifyBatch { id, tokens }),
+        (
+            cbor_u64(),
+            vec(token_bytes(), 0..=MAX_BATCH),
+            option::of(any::<[u8; 16]>())
+        )
+            .prop_map(|(id, tokens, retry)| Request::VerifyBatch { id, tokens, retry }),
         cbor_u64().prop_map(|id| Request::Ping { id }),
     ]
 }
@@ -421,7 +432,7 @@ proptest! {
 
     #[test]
     fn an_empty_request_challenge_is_refused(id in cbor_u64(), token in token_bytes()) {
-        let frame = Request::Verify { id, token, challenge: Some(vec![]) }.encode();
+        let frame = Request::Verify { id, token, challenge: Some(vec![]), retry: None }.encode();
         let (k, body) = split(&frame);
         prop_assert_eq!(Request::decode(k, body), Err(DecodeError::BadLength("challenge")));
     }

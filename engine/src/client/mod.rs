@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use gatehouse_protocol::{
     kind, DecodeError, FrameHeader, Request, Response, Verdict, WireErrorCode, ALPN,
-    FRAME_HEADER_LEN, MAX_BATCH,
+    FRAME_HEADER_LEN, MAX_BATCH, RETRY_KEY_LEN,
 };
 use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{
@@ -47,6 +47,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::RootCertStore;
 
 use crate::server::codes;
+mod fleet;
+
+pub use fleet::{FleetClient, FleetOptions};
+
 use crate::server::files::{load_certs, load_key, parse_certs, parse_key, FileError};
 
 /// Most response frames [`ScannerClient::send_raw`] reads from one stream.
@@ -345,12 +349,24 @@ impl ScannerClient {
         token: &[u8],
         challenge: Option<&[u8]>,
     ) -> Result<Verdict, ClientError> {
+        self.verify_scan(token, challenge, None).await
+    }
+
+    /// Verifies one token with the scan's retry key (SPEC §8.6): sending the same token with
+    /// the same key again, here or to another node of the fleet, gets the first verdict back.
+    pub async fn verify_scan(
+        &self,
+        token: &[u8],
+        challenge: Option<&[u8]>,
+        retry: Option<[u8; RETRY_KEY_LEN]>,
+    ) -> Result<Verdict, ClientError> {
         let id = self.next_id();
         let response = self
             .request(&Request::Verify {
                 id,
                 token: token.to_vec(),
                 challenge: challenge.map(<[u8]>::to_vec),
+                retry,
             })
             .await?;
         verdicts(response, id, 1)?
@@ -368,6 +384,7 @@ impl ScannerClient {
             .request(&Request::VerifyBatch {
                 id,
                 tokens: tokens.to_vec(),
+                retry: None,
             })
             .await?;
         verdicts(response, id, tokens.len())

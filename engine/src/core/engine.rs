@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use super::cache::{CachedCredential, IssuerCache};
 use super::registry::{Role, Scanner, ScannerRegistry, TrustList};
-use super::replay::{Mark, ReplayGuard};
+use super::replay::{Entry, MarkOutcome, MarkRequest, ReplayGuard};
 use super::revocation::{RevocationError, RevocationState, Revocations};
 
 /// Tunables of the engine core.
@@ -34,6 +34,10 @@ pub struct EngineConfig {
     pub utc_offset_secs: i32,
     /// Signature-verification threads (0: one per core).
     pub threads: usize,
+    /// Tokens signed before this time (Unix seconds) are denied `node_restarted`. A node whose
+    /// one-time-use table lives in memory sets it to its start time: it cannot know what it
+    /// accepted before it restarted. 0: no such fence (a shared store remembers).
+    pub accept_from: u64,
 }
 
 impl Default for EngineConfig {
@@ -48,6 +52,7 @@ impl Default for EngineConfig {
             replay_capacity: 750_000,
             utc_offset_secs: 9 * 3600,
             threads: 0,
+            accept_from: 0,
         }
     }
 }
@@ -73,6 +78,55 @@ pub struct Item {
     pub token: Vec<u8>,
     /// The challenge the scanner issued, on NFC.
     pub challenge: Option<Vec<u8>>,
+    /// The scan's retry key (SPEC §8.6), if the scanner gave one.
+    pub retry: Option<[u8; gatehouse_protocol::RETRY_KEY_LEN]>,
+}
+
+impl Item {
+    /// A token as a scanner sent it, without challenge or retry key.
+    pub fn new(scanner: Arc<Scanner>, token: Vec<u8>) -> Item {
+        Item {
+            scanner,
+            token,
+            challenge: None,
+            retry: None,
+        }
+    }
+}
+
+/// A batch after the checks that need no store: the verdicts already known, and the marks the
+/// one-time-use store must perform before the rest are known. Made by [`Engine::prepare`],
+/// finished by [`Engine::complete`] with the store's answers, one per mark, in order.
+#[derive(Debug)]
+pub struct Prepared {
+    slots: Vec<Slot>,
+    marks: Vec<MarkRequest>,
+}
+
+#[derive(Debug)]
+enum Slot {
+    /// Denied before one-time use.
+    Done(Verdict),
+    /// The verdict if the mark is fresh, and the retry tag of this scan.
+    Mark(Verdict, Option<[u8; 16]>),
+}
+
+impl Prepared {
+    /// The marks to perform, in order (a token twice in one batch is marked twice: the second
+    /// sees the first).
+    pub fn marks(&self) -> &[MarkRequest] {
+        &self.marks
+    }
+
+    /// Tokens in the batch.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
 }
 
 /// What survives the stateless checks: enough to mark the token used and apply policy.
@@ -203,37 +257,118 @@ impl Engine {
         &self.stats
     }
 
-    /// Verifies one token on the calling thread.
+    /// Verifies one token on the calling thread, with the engine's memory one-time-use table.
     pub fn verify(
         &self,
-        scanner: &Scanner,
+        scanner: &Arc<Scanner>,
         token: &[u8],
         challenge: Option<&[u8]>,
         now: u64,
     ) -> Verdict {
-        let trust = self.trust.load();
-        let rev = self.revocations.load();
-        let checked = self.check(token, now, &trust, &rev);
-        self.finish(checked, scanner, challenge, now)
+        let item = Item {
+            scanner: Arc::clone(scanner),
+            token: token.to_vec(),
+            challenge: challenge.map(<[u8]>::to_vec),
+            retry: None,
+        };
+        self.verify_batch(std::slice::from_ref(&item), now)
+            .pop()
+            .unwrap_or(Verdict::deny(Reason::Unavailable))
     }
 
-    /// Verifies many tokens together: the expensive checks run in parallel on the verification
-    /// pool, then one-time use and policy run in order, so the verdicts are exactly those of
-    /// verifying the items one by one, in order. Blocks the caller: call it from a plain thread
-    /// (or see [`Engine::submit`] from async code).
+    /// Verifies many tokens together, with the engine's memory one-time-use table: the
+    /// expensive checks run in parallel on the verification pool, then one-time use and policy
+    /// run in order, so the verdicts are exactly those of verifying the items one by one, in
+    /// order. Blocks the caller: call it from a plain thread (or see [`Engine::submit`] from
+    /// async code).
     pub fn verify_batch(&self, items: &[Item], now: u64) -> Vec<Verdict> {
+        let prepared = self.prepare(items, now);
+        let outcomes = self.replay.mark_all(prepared.marks(), now);
+        self.complete(prepared, &outcomes, items)
+    }
+
+    /// Everything up to one-time use, for a store of the caller's ([`Prepared::marks`] says
+    /// what to mark; [`Engine::complete`] takes the answers). The signature checks of a batch
+    /// of more than one run in parallel on the verification pool: call it from a plain thread.
+    pub fn prepare(&self, items: &[Item], now: u64) -> Prepared {
         let trust = self.trust.load();
         let rev = self.revocations.load();
-        let checked: Vec<Result<Checked, Reason>> = self.pool.install(|| {
+        let checked: Vec<Result<Checked, Reason>> = if items.len() > 1 {
+            self.pool.install(|| {
+                items
+                    .par_iter()
+                    .map(|it| self.check(&it.token, now, &trust, &rev))
+                    .collect()
+            })
+        } else {
             items
-                .par_iter()
+                .iter()
                 .map(|it| self.check(&it.token, now, &trust, &rev))
                 .collect()
-        });
-        checked
+        };
+        let mut marks = Vec::with_capacity(items.len());
+        let slots = checked
             .into_iter()
             .zip(items)
-            .map(|(c, it)| self.finish(c, &it.scanner, it.challenge.as_deref(), now))
+            .map(|(c, it)| match c {
+                Err(reason) => Slot::Done(Verdict::deny(reason)),
+                Ok(c) => {
+                    let verdict = self.decide(&c, &it.scanner, it.challenge.as_deref(), now);
+                    let retry = it
+                        .retry
+                        .map(|key| gatehouse_protocol::retry_tag(&it.scanner.id, &key));
+                    marks.push(MarkRequest {
+                        replay_id: c.replay_id,
+                        expiry: c.expiry.max(now + 1),
+                        entry: Entry {
+                            reason: verdict.reason,
+                            retry,
+                        },
+                    });
+                    Slot::Mark(verdict, retry)
+                }
+            })
+            .collect();
+        Prepared { slots, marks }
+    }
+
+    /// Turns the store's answers (one per [`Prepared::marks`], in order; a missing answer is
+    /// `unavailable`) into the batch's verdicts, and counts them. `items` is the batch
+    /// [`Engine::prepare`] was given.
+    pub fn complete(
+        &self,
+        prepared: Prepared,
+        outcomes: &[MarkOutcome],
+        items: &[Item],
+    ) -> Vec<Verdict> {
+        let mut outcomes = outcomes.iter();
+        prepared
+            .slots
+            .into_iter()
+            .zip(items)
+            .map(|(slot, it)| {
+                let verdict = match slot {
+                    Slot::Done(v) => v,
+                    Slot::Mark(v, retry) => match outcomes.next() {
+                        Some(MarkOutcome::Fresh) => v,
+                        Some(MarkOutcome::Taken(first)) => match (retry, first.retry) {
+                            // The same scanner's retry of the same scan: its first answer.
+                            (Some(mine), Some(theirs)) if mine == theirs => {
+                                if v.reason == first.reason {
+                                    v.repeated()
+                                } else {
+                                    Verdict::deny(first.reason).repeated()
+                                }
+                            }
+                            _ => Verdict::deny(Reason::Replayed),
+                        },
+                        Some(MarkOutcome::Full) => Verdict::deny(Reason::ReplayCapacity),
+                        Some(MarkOutcome::Unavailable) | None => Verdict::deny(Reason::Unavailable),
+                    },
+                };
+                self.stats.count(&it.scanner.role, verdict.reason);
+                verdict
+            })
             .collect()
     }
 
@@ -249,6 +384,11 @@ impl Engine {
         let engine = Arc::clone(self);
         self.pool
             .spawn(move || done(engine.verify_batch(&items, now)));
+    }
+
+    /// Runs `job` on the verification pool (for a shell that prepares batches itself).
+    pub fn spawn(&self, job: impl FnOnce() + Send + 'static) {
+        self.pool.spawn(job);
     }
 
     /// Checks 1–6 of the SPEC: everything that needs no mutable state, cheapest first.
@@ -278,6 +418,9 @@ impl Engine {
         }
         if now.saturating_sub(token.timestamp) >= self.config.params.window_secs {
             return Err(Reason::Stale);
+        }
+        if token.timestamp < self.config.accept_from {
+            return Err(Reason::NodeRestarted);
         }
 
         if rev.revokes(c) {
@@ -334,36 +477,26 @@ impl Engine {
         }
     }
 
-    /// Checks 7–8: one-time use, the scanner's challenge, the scanner's policy.
-    fn finish(
+    /// Checks 8–9: the scanner's challenge and its role's policy. One-time use (check 7) is
+    /// the store's; this is the verdict should the token prove fresh.
+    fn decide(
         &self,
-        checked: Result<Checked, Reason>,
+        c: &Checked,
         scanner: &Scanner,
         challenge: Option<&[u8]>,
         now: u64,
     ) -> Verdict {
-        let verdict = match checked {
-            Err(reason) => Verdict::deny(reason),
-            Ok(c) => match self.replay.mark(&c.replay_id, c.expiry.max(now + 1), now) {
-                Mark::Replayed => Verdict::deny(Reason::Replayed),
-                Mark::Full => Verdict::deny(Reason::ReplayCapacity),
-                Mark::Fresh => {
-                    // Both absent (QR), or equal (NFC): a token made for one scanner's challenge, or
-                    // one carrying a challenge shown where none was asked, is not accepted.
-                    if challenge != c.challenge.as_deref() {
-                        Verdict::deny(Reason::ChallengeMismatch)
-                    } else {
-                        super::policy::decide(
-                            &scanner.role,
-                            &c.credential,
-                            now,
-                            self.config.utc_offset_secs,
-                        )
-                    }
-                }
-            },
-        };
-        self.stats.count(&scanner.role, verdict.reason);
-        verdict
+        // Both absent (QR), or equal (NFC): a token made for one scanner's challenge, or one
+        // carrying a challenge shown where none was asked, is not accepted.
+        if challenge != c.challenge.as_deref() {
+            Verdict::deny(Reason::ChallengeMismatch)
+        } else {
+            super::policy::decide(
+                &scanner.role,
+                &c.credential,
+                now,
+                self.config.utc_offset_secs,
+            )
+        }
     }
 }

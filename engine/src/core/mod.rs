@@ -9,10 +9,10 @@ mod replay;
 mod revocation;
 
 pub use cache::{CachedCredential, IssuerCache};
-pub use engine::{Engine, EngineConfig, EngineError, Item, Stats};
+pub use engine::{Engine, EngineConfig, EngineError, Item, Prepared, Stats};
 pub use policy::{decide, military_discount_eligible};
 pub use registry::{
     ConfigError, IssuerKey, Role, Scanner, ScannerRegistry, TrustList, DEFAULT_GATE_ADMITS,
 };
-pub use replay::{Mark, ReplayGuard};
+pub use replay::{Entry, Mark, MarkOutcome, MarkRequest, ReplayGuard};
 pub use revocation::{RevocationError, RevocationState, Revocations};

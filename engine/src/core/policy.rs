@@ -28,16 +28,16 @@ pub fn decide(role: &Role, c: &Credential, now: u64, utc_offset_secs: i32) -> Ve
                 Some((_, end)) => end.min(c.not_after),
                 None => c.not_after,
             };
-            Verdict {
-                reason: Reason::Accepted,
-                attributes: Attributes {
+            Verdict::new(
+                Reason::Accepted,
+                Attributes {
                     credential_type: Some(c.credential_type),
                     category: Some(c.category),
                     unit: Some(c.unit),
                     valid_until: Some(valid_until),
                     predicate: None,
                 },
-            }
+            )
         }
         Role::Partner => {
             if military_discount_eligible(c) {
@@ -63,13 +63,13 @@ pub fn decide(role: &Role, c: &Credential, now: u64, utc_offset_secs: i32) -> Ve
 }
 
 fn predicate(p: Predicate) -> Verdict {
-    Verdict {
-        reason: Reason::Accepted,
-        attributes: Attributes {
+    Verdict::new(
+        Reason::Accepted,
+        Attributes {
             predicate: Some(p),
             ..Attributes::default()
         },
-    }
+    )
 }
 
 /// Active duty (including on leave), family members, reservists in their training years (the

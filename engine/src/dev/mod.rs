@@ -3,3 +3,4 @@
 
 pub mod pki;
 pub mod population;
+pub mod redis;

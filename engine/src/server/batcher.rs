@@ -17,6 +17,7 @@ use gatehouse_protocol::{Reason, Verdict};
 use tokio::sync::oneshot;
 
 use super::metrics::Metrics;
+use super::store::Store;
 use super::Batching;
 use crate::{Engine, Item, Scanner};
 
@@ -48,6 +49,7 @@ impl Drop for Permit {
 struct Job {
     scanner: Arc<Scanner>,
     tokens: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    retry: Option<[u8; gatehouse_protocol::RETRY_KEY_LEN]>,
     reply: oneshot::Sender<Vec<Verdict>>,
     enqueued: Instant,
     permit: Permit,
@@ -85,6 +87,7 @@ impl Queue {
         &self,
         scanner: Arc<Scanner>,
         tokens: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        retry: Option<[u8; gatehouse_protocol::RETRY_KEY_LEN]>,
     ) -> Result<oneshot::Receiver<Vec<Verdict>>, Refused> {
         let n = tokens.len();
         let before = self.metrics.queue_depth.fetch_add(n, Ordering::Relaxed);
@@ -101,6 +104,7 @@ impl Queue {
         let job = Job {
             scanner,
             tokens,
+            retry,
             reply,
             enqueued: Instant::now(),
             permit,
@@ -119,13 +123,18 @@ pub(crate) fn spawn(
     engine: Arc<Engine>,
     config: Batching,
     metrics: Arc<Metrics>,
+    store: Store,
 ) -> std::io::Result<(Queue, JoinHandle<()>)> {
+    let shell = Shell {
+        store,
+        runtime: tokio::runtime::Handle::current(),
+    };
     // Jobs never outnumber admitted tokens, so the channel fills only if admission is wrong.
     let (tx, rx) = mpsc::sync_channel(config.queue.max(1));
     let m = Arc::clone(&metrics);
     let thread = std::thread::Builder::new()
         .name("gatehouse-batcher".into())
-        .spawn(move || collect(rx, &engine, config, &m))?;
+        .spawn(move || collect(rx, &engine, &shell, config, &m))?;
     Ok((
         Queue {
             tx,
@@ -139,7 +148,19 @@ pub(crate) fn spawn(
 /// Batches in the engine's hands and not yet answered.
 type InFlight = Arc<std::sync::atomic::AtomicUsize>;
 
-fn collect(rx: Receiver<Job>, engine: &Arc<Engine>, config: Batching, metrics: &Arc<Metrics>) {
+/// Where a batch's marks go, and the runtime that performs those that are IO.
+struct Shell {
+    store: Store,
+    runtime: tokio::runtime::Handle,
+}
+
+fn collect(
+    rx: Receiver<Job>,
+    engine: &Arc<Engine>,
+    shell: &Shell,
+    config: Batching,
+    metrics: &Arc<Metrics>,
+) {
     // While the verification pool has an idle thread, a batch goes at once with whatever is
     // already queued: at low load a token waits for nobody. Only when every thread is busy does
     // the batcher hold a batch open (up to max_batch tokens or max_wait), so work accumulates
@@ -183,7 +204,7 @@ fn collect(rx: Receiver<Job>, engine: &Arc<Engine>, config: Batching, metrics: &
             tokens += job.tokens.len();
             jobs.push(job);
         }
-        dispatch(engine, jobs, tokens, metrics, &in_flight);
+        dispatch(engine, shell, jobs, tokens, metrics, &in_flight);
         if disconnected {
             break;
         }
@@ -192,6 +213,7 @@ fn collect(rx: Receiver<Job>, engine: &Arc<Engine>, config: Batching, metrics: &
 
 fn dispatch(
     engine: &Arc<Engine>,
+    shell: &Shell,
     jobs: Vec<Job>,
     tokens: usize,
     metrics: &Metrics,
@@ -209,11 +231,12 @@ fn dispatch(
                 scanner: Arc::clone(&job.scanner),
                 token,
                 challenge,
+                retry: job.retry,
             });
         }
         replies.push((n, job.reply, job.permit));
     }
-    engine.submit(items, unix_now(), move |verdicts| {
+    let deliver = move |verdicts: Vec<Verdict>| {
         let mut verdicts = verdicts.into_iter();
         for (n, reply, permit) in replies {
             let mut v: Vec<Verdict> = verdicts.by_ref().take(n).collect();
@@ -222,6 +245,30 @@ fn dispatch(
             drop(permit);
             let _ = reply.send(v);
         }
-        in_flight.fetch_sub(1, Ordering::AcqRel);
-    });
+    };
+    let now = unix_now();
+    match &shell.store {
+        Store::Memory => engine.submit(items, now, move |verdicts| {
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            deliver(verdicts);
+        }),
+        Store::Redis(redis) => {
+            let e = Arc::clone(engine);
+            let redis = redis.clone();
+            let runtime = shell.runtime.clone();
+            engine.spawn(move || {
+                let prepared = e.prepare(&items, now);
+                // The pool thread is free again: the marks are IO, on the runtime.
+                in_flight.fetch_sub(1, Ordering::AcqRel);
+                if prepared.marks().is_empty() {
+                    deliver(e.complete(prepared, &[], &items));
+                    return;
+                }
+                runtime.spawn(async move {
+                    let outcomes = redis.mark(prepared.marks(), now).await;
+                    deliver(e.complete(prepared, &outcomes, &items));
+                });
+            });
+        }
+    }
 }

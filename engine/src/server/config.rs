@@ -62,6 +62,22 @@ body_timeout_secs = 5
 # How long a shutdown waits for requests in flight.
 drain_timeout_secs = 10
 
+[replay]
+# Where one-time use is recorded. "memory": this node only; a node restarted on the memory
+# store denies tokens signed before it started (node_restarted, 22): it cannot know what it
+# accepted before. "redis": shared by every node of a fleet (Redis 7 or Valkey; one URL, or
+# the seed nodes of a Redis Cluster with cluster = true). When Redis errs or is slower than
+# timeout_ms, the tokens that needed it are denied `unavailable` and /readyz answers 503.
+store = "memory"
+# urls = ["redis://127.0.0.1:6379"]   # rediss:// for TLS; redis://user:password@host works too
+# cluster = false
+# prefix = "gatehouse:used:"
+# username = "gatehouse"
+# password_file = "redis.password"
+# timeout_ms = 50
+# connect_timeout_ms = 2000
+# probe_interval_ms = 500
+
 [batching]
 # A batch goes to the verification pool at max_batch tokens or max_wait_us after its first.
 max_batch = 64
@@ -92,6 +108,9 @@ pub struct ServeConfig {
     /// Micro-batching.
     #[serde(default)]
     pub batching: BatchingSection,
+    /// The one-time-use store.
+    #[serde(default)]
+    pub replay: ReplaySection,
     /// The file this was read from (for errors and relative paths).
     #[serde(skip)]
     pub source: PathBuf,
@@ -240,6 +259,64 @@ impl BatchingSection {
     }
 }
 
+/// `[replay]`: where one-time use is recorded.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplaySection {
+    /// `"memory"` or `"redis"`.
+    pub store: String,
+    /// Redis URLs (one, or a cluster's seed nodes).
+    pub urls: Vec<String>,
+    /// The URLs are seed nodes of a Redis Cluster.
+    pub cluster: bool,
+    /// Key prefix.
+    pub prefix: String,
+    /// AUTH user, when not in the URL.
+    pub username: Option<String>,
+    /// File holding the AUTH password, when not in the URL.
+    pub password_file: Option<PathBuf>,
+    /// Timeout of one batch's marks, milliseconds.
+    pub timeout_ms: u64,
+    /// Connect timeout, milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Probe interval while the store is down, milliseconds.
+    pub probe_interval_ms: u64,
+}
+
+impl Default for ReplaySection {
+    fn default() -> Self {
+        let d = super::RedisConfig::default();
+        ReplaySection {
+            store: "memory".into(),
+            urls: d.urls,
+            cluster: d.cluster,
+            prefix: d.prefix,
+            username: None,
+            password_file: None,
+            timeout_ms: d.timeout.as_millis() as u64,
+            connect_timeout_ms: d.connect_timeout.as_millis() as u64,
+            probe_interval_ms: d.probe_interval.as_millis() as u64,
+        }
+    }
+}
+
+impl ReplaySection {
+    /// The Redis settings, when the store is Redis (`skew_secs`: the engine's clock skew).
+    pub fn redis(&self, skew_secs: u64) -> Option<super::RedisConfig> {
+        (self.store == "redis").then(|| super::RedisConfig {
+            urls: self.urls.clone(),
+            cluster: self.cluster,
+            prefix: self.prefix.clone(),
+            username: self.username.clone(),
+            password_file: self.password_file.clone(),
+            timeout: Duration::from_millis(self.timeout_ms),
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            probe_interval: Duration::from_millis(self.probe_interval_ms),
+            skew_secs,
+        })
+    }
+}
+
 /// Everything `gatehouse serve` needs, loaded from the files a [`ServeConfig`] names.
 #[derive(Debug)]
 pub struct ServeParts {
@@ -257,22 +334,39 @@ pub struct ServeParts {
     pub revocations: Option<RevocationList>,
     /// The files, for reloads.
     pub files: Files,
-    /// The server configuration (certificates loaded).
+    /// The server configuration (certificates loaded; the store is memory until
+    /// [`ServeParts::connect_store`]).
     pub server: ServerConfig,
+    /// The Redis store's settings, when one-time use is shared.
+    pub redis: Option<super::RedisConfig>,
 }
 
 impl ServeParts {
-    /// A new engine with the loaded trust list, scanners and revocations.
+    /// A new engine with the loaded trust list, scanners and revocations. On the memory store
+    /// it denies tokens signed before this moment (`node_restarted`): a restarted node cannot
+    /// know which of them it already accepted.
     pub fn build_engine(&self) -> Result<Arc<Engine>, ServerError> {
-        let engine = Engine::new(
-            self.engine.clone(),
-            self.trust.clone(),
-            self.scanners.clone(),
-        )?;
+        let mut config = self.engine.clone();
+        if self.redis.is_none() {
+            // Tokens signed in the second the node started could have been used by the process
+            // it replaces, in that same second: the fence is the next whole second.
+            config.accept_from = super::batcher::unix_now().saturating_add(1);
+        }
+        let engine = Engine::new(config, self.trust.clone(), self.scanners.clone())?;
         if let Some(list) = &self.revocations {
             engine.apply_revocations(list)?;
         }
         Ok(Arc::new(engine))
+    }
+}
+
+impl ServeParts {
+    /// Connects the shared one-time-use store, if one is configured.
+    pub async fn connect_store(&mut self) -> Result<(), ServerError> {
+        if let Some(redis) = &self.redis {
+            self.server.store = super::Store::Redis(super::RedisStore::connect(redis).await?);
+        }
+        Ok(())
     }
 }
 
@@ -337,6 +431,28 @@ impl ServeConfig {
         if e.threads > 1024 {
             return Err(self.error("engine.threads", "must be at most 1024"));
         }
+        match self.replay.store.as_str() {
+            "memory" => {}
+            "redis" => {
+                let mut redis = self.replay.redis(e.skew_secs).unwrap_or_default();
+                redis.password_file = redis.password_file.map(|p| self.path(&p));
+                redis.check().map_err(|(field, problem)| {
+                    let field = match field {
+                        "timeout" => "timeout_ms",
+                        "connect_timeout" => "connect_timeout_ms",
+                        "probe_interval" => "probe_interval_ms",
+                        f => f,
+                    };
+                    self.error(&format!("replay.{field}"), problem)
+                })?;
+            }
+            other => {
+                return Err(self.error(
+                    "replay.store",
+                    format!("unknown store {other:?} (memory, redis)"),
+                ))
+            }
+        }
         self.limits
             .to_limits()
             .check()
@@ -398,6 +514,7 @@ impl ServeConfig {
             replay_capacity: e.replay_capacity,
             utc_offset_secs: e.utc_offset_secs,
             threads: e.threads,
+            accept_from: 0,
         }
     }
 
@@ -409,7 +526,12 @@ impl ServeConfig {
             client_ca: load_certs(&self.path(&self.tls.client_ca))?,
             limits: self.limits.to_limits(),
             batching: self.batching.to_batching(),
+            store: super::Store::Memory,
         };
+        let redis = self.replay.redis(self.engine.skew_secs).map(|mut r| {
+            r.password_file = r.password_file.map(|p| self.path(&p));
+            r
+        });
         let files = self.files();
         let trust = load_trust_list(&files.trust)?;
         let scanners = load_scanners(&files.scanners)?;
@@ -427,6 +549,7 @@ impl ServeConfig {
             revocations,
             files,
             server,
+            redis,
         })
     }
 }
@@ -517,6 +640,30 @@ mod tests {
         assert_eq!(e.field, "engine.window_secs (line 10)", "{e}");
         let e = ServeConfig::parse(f, &format!("{minimal}[batching]\ncolour = 1\n")).unwrap_err();
         assert!(e.to_string().contains("colour"), "{e}");
+        let e =
+            ServeConfig::parse(f, &format!("{minimal}[replay]\nstore = \"etcd\"\n")).unwrap_err();
+        assert_eq!(e.field, "replay.store");
+        let e = ServeConfig::parse(
+            f,
+            &format!("{minimal}[replay]\nstore = \"redis\"\nurls = [\"http://x\"]\n"),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "replay.urls");
+        let e = ServeConfig::parse(
+            f,
+            &format!("{minimal}[replay]\nstore = \"redis\"\ntimeout_ms = 0\n"),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "replay.timeout_ms");
+        let ok = ServeConfig::parse(
+            f,
+            &format!("{minimal}[replay]\nstore = \"redis\"\nurls = [\"redis://127.0.0.1:7000\", \"redis://127.0.0.1:7001\"]\ncluster = true\n"),
+        )
+        .unwrap();
+        assert!(ok
+            .replay
+            .redis(5)
+            .is_some_and(|r| r.cluster && r.urls.len() == 2));
         let e = ServeConfig::parse(f, "listen = \"nowhere\"\n").unwrap_err();
         assert!(e.field.starts_with("listen"), "{e}");
     }

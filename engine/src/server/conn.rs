@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use gatehouse_protocol::{
     kind, DecodeError, FrameHeader, Reason, Request, Response, Verdict, WireErrorCode,
-    FRAME_HEADER_LEN,
+    FRAME_HEADER_LEN, RETRY_KEY_LEN,
 };
 use quinn::{Connection, Incoming, ReadExactError, RecvStream, SendStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -403,14 +403,22 @@ async fn read_loop(
                 id,
                 token,
                 challenge,
+                retry,
             } => {
                 metrics.request(Kind::Verify);
-                submit(shared, scanner, id, vec![(token, challenge)], started)
+                submit(
+                    shared,
+                    scanner,
+                    id,
+                    vec![(token, challenge)],
+                    retry,
+                    started,
+                )
             }
-            Request::VerifyBatch { id, tokens } => {
+            Request::VerifyBatch { id, tokens, retry } => {
                 metrics.request(Kind::VerifyBatch);
                 let tokens = tokens.into_iter().map(|t| (t, None)).collect();
-                submit(shared, scanner, id, tokens, started)
+                submit(shared, scanner, id, tokens, retry, started)
             }
         };
         if tx.send(pending).await.is_err() {
@@ -437,6 +445,7 @@ fn submit(
     scanner: Arc<Scanner>,
     id: u64,
     tokens: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    retry: Option<[u8; RETRY_KEY_LEN]>,
     started: Instant,
 ) -> Pending {
     let n = tokens.len();
@@ -450,7 +459,7 @@ fn submit(
         );
     }
     let role = scanner.role.index();
-    match shared.queue.submit(scanner, tokens) {
+    match shared.queue.submit(scanner, tokens, retry) {
         Ok(rx) => Pending::Verdicts {
             id,
             tokens: n,

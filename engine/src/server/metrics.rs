@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use gatehouse_protocol::{Reason, WireErrorCode};
 
+use super::store::Store;
 use crate::Engine;
 
 /// Latency buckets (seconds): from frame received to response written.
@@ -111,10 +112,12 @@ pub(crate) struct Metrics {
     batch_size: Histogram,
     /// False once draining starts.
     pub accepting: AtomicBool,
+    /// The one-time-use store.
+    pub store: Store,
 }
 
 impl Metrics {
-    pub fn new(queue_capacity: usize) -> Self {
+    pub fn new(queue_capacity: usize, store: Store) -> Self {
         Metrics {
             connections: AtomicI64::new(0),
             streams: AtomicI64::new(0),
@@ -131,7 +134,19 @@ impl Metrics {
             latency: Histogram::new(LATENCY_BUCKETS, 1e9),
             batch_size: Histogram::new(BATCH_BUCKETS, 1.0),
             accepting: AtomicBool::new(true),
+            store,
         }
+    }
+
+    /// Whether the node can answer: not draining, and its one-time-use store answers.
+    pub fn ready(&self) -> Result<(), &'static str> {
+        if !self.accepting.load(Ordering::Relaxed) {
+            return Err("draining");
+        }
+        if !self.store.is_up() {
+            return Err("one-time-use store unavailable");
+        }
+        Ok(())
     }
 
     pub fn request(&self, kind: Kind) {
@@ -280,6 +295,44 @@ impl Metrics {
             "Failed or timed-out TLS handshakes, any cause (unknown scanners included).",
             self.handshake_failures.load(Ordering::Relaxed),
         );
+
+        let name = "gatehouse_replay_store_up";
+        let _ = writeln!(out, "# HELP {name} 1 when the one-time-use store answers (memory: always), by store.\n# TYPE {name} gauge");
+        let _ = writeln!(
+            out,
+            "{name}{{store=\"{}\"}} {}",
+            self.store.label(),
+            u8::from(self.store.is_up())
+        );
+        if let Store::Redis(r) = &self.store {
+            let h = r.health();
+            counter(
+                &mut out,
+                "gatehouse_replay_store_marks_total",
+                "Tokens marked used in the shared store.",
+                h.marks.load(Ordering::Relaxed),
+            );
+            counter(
+                &mut out,
+                "gatehouse_replay_store_failures_total",
+                "Batches whose marks failed, timed out, or met the store down (their tokens were answered unavailable).",
+                h.failures.load(Ordering::Relaxed),
+            );
+            counter(
+                &mut out,
+                "gatehouse_replay_store_outages_total",
+                "Times the shared store went down.",
+                h.outages.load(Ordering::Relaxed),
+            );
+            let rt = h.round_trips.load(Ordering::Relaxed);
+            let name = "gatehouse_replay_store_round_trip_seconds";
+            let _ = writeln!(out, "# HELP {name} Round trips to the shared store (one per batch) and their total time.\n# TYPE {name} summary");
+            let _ = writeln!(
+                out,
+                "{name}_sum {}\n{name}_count {rt}",
+                h.round_trip_nanos.load(Ordering::Relaxed) as f64 / 1e9
+            );
+        }
 
         let ((hits, misses), replay_live, replay_capacity) = engine.occupancy();
         counter(

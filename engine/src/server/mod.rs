@@ -37,6 +37,7 @@ pub mod files;
 mod metrics;
 mod ops;
 mod reload;
+pub mod store;
 mod tls;
 
 use std::future::Future;
@@ -56,10 +57,11 @@ use crate::{ConfigError, Engine, EngineError, RevocationError};
 use files::FileError;
 
 pub use config::{
-    BatchingSection, EngineSection, FilesSection, LimitsSection, ServeConfig, ServeParts,
-    TlsSection, SAMPLE_CONFIG,
+    BatchingSection, EngineSection, FilesSection, LimitsSection, ReplaySection, ServeConfig,
+    ServeParts, TlsSection, SAMPLE_CONFIG,
 };
 pub use reload::{reload, Files, ReloadError, Reloaded};
+pub use store::{RedisConfig, RedisStore, Store, StoreError, StoreHealth};
 
 /// Application error codes on the QUIC connection and its streams.
 pub mod codes {
@@ -191,6 +193,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Micro-batching.
     pub batching: Batching,
+    /// Where one-time use is recorded.
+    pub store: Store,
 }
 
 impl Clone for ServerConfig {
@@ -201,6 +205,7 @@ impl Clone for ServerConfig {
             client_ca: self.client_ca.clone(),
             limits: self.limits.clone(),
             batching: self.batching,
+            store: self.store.clone(),
         }
     }
 }
@@ -218,6 +223,7 @@ impl ServerConfig {
             client_ca,
             limits: Limits::default(),
             batching: Batching::default(),
+            store: Store::Memory,
         }
     }
 
@@ -275,6 +281,9 @@ pub enum ServerError {
     /// The initial revocation list could not be applied.
     #[error("revocations: {0}")]
     Revocation(#[from] RevocationError),
+    /// The one-time-use store could not be set up.
+    #[error("one-time-use store: {0}")]
+    Store(#[from] StoreError),
 }
 
 /// Runs the service on `socket` (a bound UDP socket) and, if given, the operations HTTP server on
@@ -289,7 +298,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     config.check()?;
-    let metrics = Arc::new(metrics::Metrics::new(config.batching.queue));
+    let metrics = Arc::new(metrics::Metrics::new(
+        config.batching.queue,
+        config.store.clone(),
+    ));
     let quic = tls::quinn_server_config(&config, Arc::clone(&engine), Arc::clone(&metrics))?;
     let endpoint = Endpoint::new(
         EndpointConfig::default(),
@@ -297,8 +309,16 @@ pub async fn run(
         socket,
         Arc::new(TokioRuntime),
     )?;
-    let (queue, batcher) =
-        batcher::spawn(Arc::clone(&engine), config.batching, Arc::clone(&metrics))?;
+    let (queue, batcher) = batcher::spawn(
+        Arc::clone(&engine),
+        config.batching,
+        Arc::clone(&metrics),
+        config.store.clone(),
+    )?;
+    let probe_task = match &config.store {
+        Store::Redis(r) => Some(tokio::spawn(r.probe().run())),
+        Store::Memory => None,
+    };
     let (drain_tx, drain_rx) = watch::channel(false);
     let shared = Arc::new(conn::Shared {
         engine: Arc::clone(&engine),
@@ -320,7 +340,7 @@ pub async fn run(
         None => None,
     };
     let purge_task = tokio::spawn(purge_replay_table(Arc::clone(&engine)));
-    info!(addr = %endpoint.local_addr()?, "gatehouse listening (QUIC)");
+    info!(addr = %endpoint.local_addr()?, store = config.store.label(), "gatehouse listening (QUIC)");
 
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -390,6 +410,9 @@ pub async fn run(
     }
 
     purge_task.abort();
+    if let Some(t) = probe_task {
+        t.abort();
+    }
     // The batcher thread ends once the last queue handle is gone.
     drop(shared);
     let joined = tokio::time::timeout(
@@ -473,7 +496,8 @@ pub async fn run_with_signals(
 
 /// Everything `gatehouse serve --config file.toml` does after loading the file: builds the
 /// engine, binds the sockets and runs with signals.
-pub async fn serve(parts: ServeParts) -> Result<(), ServerError> {
+pub async fn serve(mut parts: ServeParts) -> Result<(), ServerError> {
+    parts.connect_store().await?;
     let engine = parts.build_engine()?;
     let socket = std::net::UdpSocket::bind(parts.listen)?;
     let ops = match parts.metrics_listen {

@@ -2,7 +2,6 @@
 //! connection, bounded request size and time) for `/metrics`, `/healthz` and `/readyz`. It
 //! should listen on an internal address only.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -136,13 +135,10 @@ fn route(head: &[u8], engine: &Engine, metrics: &Metrics) -> (u16, &'static str,
             metrics.render(engine),
         ),
         "/healthz" => (200, "text/plain", "ok\n".into()),
-        "/readyz" => {
-            if metrics.accepting.load(Ordering::Relaxed) {
-                (200, "text/plain", "ready\n".into())
-            } else {
-                (503, "text/plain", "draining\n".into())
-            }
-        }
+        "/readyz" => match metrics.ready() {
+            Ok(()) => (200, "text/plain", "ready\n".into()),
+            Err(why) => (503, "text/plain", format!("{why}\n")),
+        },
         _ => (404, "text/plain", "not found\n".into()),
     }
 }
