@@ -45,6 +45,10 @@ enum Command {
         /// Print the summary as one JSON object.
         #[arg(long)]
         json: bool,
+        /// Engine nodes (1 to 4). With more than one, they share one-time use on a Redis the
+        /// demo starts on loopback, and every scanner's connections spread over the nodes.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=4))]
+        nodes: u8,
     },
     /// Run the QUIC service.
     Serve {
@@ -222,6 +226,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             seconds,
             rate,
             json,
+            nodes,
         } => {
             let opts = demo::DemoOptions {
                 holders,
@@ -229,6 +234,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 seconds,
                 rate,
                 progress: !json,
+                nodes: usize::from(nodes),
             };
             let report = runtime()?.block_on(demo::run(opts))?;
             if json {

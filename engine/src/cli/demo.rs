@@ -36,6 +36,8 @@ pub struct DemoOptions {
     pub rate: f64,
     /// Print progress to stderr.
     pub progress: bool,
+    /// Engine nodes; more than one share their one-time use on a loopback Redis.
+    pub nodes: usize,
 }
 
 impl Default for DemoOptions {
@@ -46,6 +48,7 @@ impl Default for DemoOptions {
             seconds: 10.0,
             rate: 1000.0,
             progress: true,
+            nodes: 1,
         }
     }
 }
@@ -84,6 +87,10 @@ pub struct DemoReport {
     pub holders: usize,
     /// Seconds spent generating the population.
     pub setup_secs: f64,
+    /// Engine nodes.
+    pub nodes: usize,
+    /// Where one-time use was recorded (`memory`, or `redis` shared by the nodes).
+    pub store: String,
 }
 
 /// One planned request.
@@ -441,6 +448,8 @@ pub async fn rush(
         mismatch_examples: examples,
         holders: 0,
         setup_secs: 0.0,
+        nodes: 1,
+        store: "memory".into(),
     })
 }
 
@@ -479,6 +488,12 @@ impl DemoReport {
             "gatehouse demo: {} holders (issued in {:.1} s)\n",
             self.holders, self.setup_secs
         ));
+        if self.nodes > 1 {
+            s.push_str(&format!(
+                "  nodes           {} (one-time use shared on {}; each scanner's connections spread over the nodes)\n",
+                self.nodes, self.store
+            ));
+        }
         s.push_str(&format!(
             "  requests        {}\n  throughput      {:.0} req/s\n",
             self.requests, self.throughput_rps
@@ -561,29 +576,56 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
 
     let ids: Vec<String> = pop.scanners.iter().map(|s| s.id.clone()).collect();
     let pki = gatehouse_engine::dev::pki::DevPki::generate(&ids).context("development PKI")?;
-    let engine = Arc::new(gatehouse_engine::Engine::new(
-        gatehouse_engine::EngineConfig::default(),
-        pop.trust_list(),
-        pop.scanners.clone(),
-    )?);
-    engine.apply_revocations(&pop.revocations)?;
-    let server_config = gatehouse_engine::server::ServerConfig::new(
-        pki.server.chain(),
-        pki.server.key(),
-        pki.ca.chain(),
-    );
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
-    let addr = socket.local_addr()?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(gatehouse_engine::server::run(
-        engine.clone(),
-        server_config,
-        socket,
-        None,
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
+    // More than one node: one-time use on a loopback Redis the demo starts (and stops).
+    let redis = if opts.nodes > 1 {
+        Some(
+            gatehouse_engine::dev::redis::RedisServer::start()
+                .context("starting a loopback Redis for the nodes (scripts/redis-install)")?,
+        )
+    } else {
+        None
+    };
+    let mut engine = None;
+    let mut nodes = Vec::new();
+    for _ in 0..opts.nodes {
+        let node_engine = Arc::new(gatehouse_engine::Engine::new(
+            gatehouse_engine::EngineConfig::default(),
+            pop.trust_list(),
+            pop.scanners.clone(),
+        )?);
+        node_engine.apply_revocations(&pop.revocations)?;
+        let mut server_config = gatehouse_engine::server::ServerConfig::new(
+            pki.server.chain(),
+            pki.server.key(),
+            pki.ca.chain(),
+        );
+        if let Some(r) = &redis {
+            let config = gatehouse_engine::server::RedisConfig {
+                urls: vec![r.url()],
+                prefix: "gatehouse-demo:".into(),
+                ..gatehouse_engine::server::RedisConfig::default()
+            };
+            let store = gatehouse_engine::server::RedisStore::connect(&config).await?;
+            anyhow::ensure!(store.health().is_up(), "the demo's Redis does not answer");
+            server_config.store = gatehouse_engine::server::Store::Redis(store);
+        }
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+        let addr = socket.local_addr()?;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(gatehouse_engine::server::run(
+            node_engine.clone(),
+            server_config,
+            socket,
+            None,
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        engine.get_or_insert_with(|| node_engine.clone());
+        nodes.push((addr, stop_tx, server));
+    }
+    let engine = engine.context("at least one node")?;
+    let addrs: Vec<std::net::SocketAddr> = nodes.iter().map(|n| n.0).collect();
 
     let mut clients: Vec<Vec<gatehouse_engine::client::ScannerClient>> =
         vec![Vec::new(); ids.len()];
@@ -595,12 +637,20 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
             chain: issued.chain(),
             key: issued.key(),
         };
+        // Connection i of the fleet goes to node i: a scanner's connections (and so the
+        // replays it sends) spread over every node.
+        let addr = addrs[i % addrs.len()];
         clients[s].push(
             gatehouse_engine::client::ScannerClient::connect(addr, "localhost", identity)
                 .await
                 .context("scanner connection")?,
         );
     }
+    let addr = addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
     if opts.progress {
         eprintln!(
             "  engine on {addr}, {} scanner connections; signing the rush's tokens …",
@@ -630,15 +680,23 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     let mut report = rush(transport, planned, &opts).await?;
     report.holders = opts.holders;
     report.setup_secs = setup_secs;
+    report.nodes = opts.nodes;
+    report.store = match &redis {
+        Some(r) => format!("redis {}", r.url()),
+        None => "memory".into(),
+    };
     for c in clients.iter().flatten() {
         c.close().await;
     }
-    let _ = stop_tx.send(());
-    match tokio::time::timeout(Duration::from_secs(15), server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => return Err(e).context("server"),
-        Ok(Err(e)) => return Err(anyhow::anyhow!("server task: {e}")),
-        Err(_) => anyhow::bail!("server did not drain within 15 s"),
+    for (_, stop_tx, server) in nodes {
+        let _ = stop_tx.send(());
+        match tokio::time::timeout(Duration::from_secs(15), server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => return Err(e).context("server"),
+            Ok(Err(e)) => return Err(anyhow::anyhow!("server task: {e}")),
+            Err(_) => anyhow::bail!("server did not drain within 15 s"),
+        }
     }
+    drop(redis);
     Ok(report)
 }

@@ -219,8 +219,9 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// Connects. Fails only on a bad setting; an unreachable server at start is retried by the
-    /// probe, and until it answers the store is down (tokens get `unavailable`).
+    /// Connects, and asks the store once (PING, within the connect timeout). Fails only on a
+    /// bad setting; a store that does not answer at start is down (tokens that need it get
+    /// `unavailable`) until the probe ([`RedisStore::probe`]) sees it answer.
     pub async fn connect(config: &RedisConfig) -> Result<RedisStore, StoreError> {
         let password = match &config.password_file {
             Some(path) => Some(
@@ -269,7 +270,7 @@ impl RedisStore {
                 .set_max_delay(Duration::from_millis(500));
             Conn::Single(ConnectionManager::new_lazy_with_config(client, cm)?)
         };
-        Ok(RedisStore {
+        let store = RedisStore {
             conn,
             cluster: config.cluster,
             prefix: Arc::from(config.prefix.as_bytes()),
@@ -277,7 +278,18 @@ impl RedisStore {
             probe_interval: config.probe_interval,
             skew_secs: config.skew_secs,
             health,
-        })
+        };
+        // Up from the start if it answers now; else down until the probe sees it answer.
+        let answered = matches!(
+            tokio::time::timeout(config.connect_timeout, store.ping()).await,
+            Ok(Ok(()))
+        );
+        if answered {
+            store.health.up.store(true, Ordering::Relaxed);
+        } else {
+            warn!("one-time-use store not answering at start: tokens that need it get `unavailable` until it does");
+        }
+        Ok(store)
     }
 
     /// The task that marks the store up when it answers (run it for the server's lifetime).
