@@ -221,7 +221,7 @@ fn the_kubernetes_manifests_match_the_configuration_and_the_binary() {
     let uid: u64 = docker
         .lines()
         .filter_map(|l| l.strip_prefix("USER "))
-        .last()
+        .next_back()
         .unwrap()
         .split(':')
         .next()
