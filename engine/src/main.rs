@@ -81,8 +81,8 @@ enum Command {
         /// Output directory. If it holds a CA (ca.pem and ca.key), that CA signs what is added.
         #[arg(long, default_value = "dev-pki")]
         out: PathBuf,
-        /// A scanner: ID, or ID=ROLE[:UNIT] to register it too (ROLE: gate, partner,
-        /// age_check; a gate needs its UNIT, e.g. gate-1-1=gate:1/1).
+        /// A scanner: ID, or ID=ROLE to register it too (ROLE: gate, partner, age_check); a
+        /// gate also needs its unit: ID=gate:UNIT, e.g. gate-1-1=gate:1/1.
         #[arg(long = "scanner", default_values_t = ["gate-1-1=gate:1/1".to_string(), "partner-1=partner".to_string(), "age-1=age_check".to_string()])]
         scanners: Vec<String>,
         /// Another name (DNS name or IP address) for the server certificate, besides

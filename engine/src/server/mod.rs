@@ -19,8 +19,10 @@
 //!   comes first. When the queue is full a token is answered `busy` at once: a gate queue in the
 //!   morning rush gets a fast "retry" rather than a slow answer.
 //! - **Operations**: `/metrics` (Prometheus), `/healthz`, `/readyz` on a separate TCP listener;
-//!   [`reload`] of trust list, scanner registry and revocations without dropping connections;
-//!   graceful drain on shutdown.
+//!   reload of trust list, scanner registry, revocations and TLS files, each on its own merits
+//!   and without dropping connections ([`ReloadControl`], [`reload_files`]), with every file's
+//!   result in the log, `/metrics` and `/readyz`; graceful drain on shutdown; systemd
+//!   readiness notifications.
 //!
 //! Like mini-redis, [`run`] takes sockets the caller bound and a shutdown future, so tests bind
 //! `127.0.0.1:0` and run the real server; [`run_with_signals`] and [`serve`] add SIGHUP reload
