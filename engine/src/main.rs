@@ -1,19 +1,28 @@
 //! The `gatehouse` command: parse, build, run. Everything it does lives in the library.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use gatehouse_engine::dev::pki;
+use gatehouse_engine::server::LogFormat;
 use gatehouse_engine::{client, server};
+use gatehouse_protocol::{from_qr_text, RevocationKind};
 
 mod cli;
 use cli::{demo, tools};
-use gatehouse_protocol::{from_qr_text, RevocationKind};
 
 /// Exit code for a configuration error (EX_CONFIG would be 78; sysexits' EX_USAGE is 64).
 const EXIT_CONFIG: u8 = 64;
+/// `scan`: the token was denied.
+const EXIT_DENIED: u8 = 1;
+/// `scan`: usage error (clap's own code for a bad command line, used for bad files too).
+const EXIT_USAGE: u8 = 2;
+/// `scan`, `reload`: the server could not be reached, or did not answer in time.
+const EXIT_UNREACHABLE: u8 = 3;
 
 #[derive(Parser)]
 #[command(
@@ -56,14 +65,41 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Write a development CA, a server certificate and scanner certificates (TEST ONLY).
+    /// Reload a running server's files and TLS certificates (systemd `ExecReload`): sends it
+    /// SIGHUP and waits for the result. Exits 0 when every file reloaded, 1 when one was
+    /// refused (the previous state stays in force), 3 when the server cannot be reached.
+    Reload {
+        /// The server's configuration file (its `metrics_listen` is where the result is read).
+        #[arg(long)]
+        config: PathBuf,
+        /// The server's process id (default: the one the server reports; systemd: $MAINPID).
+        #[arg(long)]
+        pid: Option<u32>,
+        /// How long to wait for the reload to complete, seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
+    },
+    /// Write a development CA (its key kept, TEST ONLY), a server certificate and scanner
+    /// certificates, and register the scanners; run again to add scanners or server names.
     DevPki {
-        /// Output directory.
+        /// Output directory. If it holds a CA (ca.pem and ca.key), that CA signs what is added.
         #[arg(long, default_value = "dev-pki")]
         out: PathBuf,
-        /// Scanner ids (the certificates' common names).
-        #[arg(long = "scanner", default_values_t = ["gate-1-1".to_string(), "partner-1".to_string(), "age-1".to_string()])]
+        /// A scanner: ID, or ID=ROLE to register it too (ROLE: gate, partner, age_check); a
+        /// gate also needs its unit: ID=gate:UNIT, e.g. gate-1-1=gate:1/1.
+        #[arg(long = "scanner", default_values_t = ["gate-1-1=gate:1/1".to_string(), "partner-1=partner".to_string(), "age-1=age_check".to_string()])]
         scanners: Vec<String>,
+        /// Another name (DNS name or IP address) for the server certificate, besides
+        /// localhost, 127.0.0.1 and ::1. On an existing PKI this reissues server.pem (--force).
+        #[arg(long = "server-name")]
+        server_names: Vec<String>,
+        /// The scanner registry to add scanners with a role to (default: scanners.toml beside
+        /// the output directory, where the sample configuration looks for it).
+        #[arg(long)]
+        registry: Option<PathBuf>,
+        /// Replace files that exist with other content.
+        #[arg(long)]
+        force: bool,
     },
     /// Issuer tools: keys, credentials, revocations.
     Issuer {
@@ -75,14 +111,18 @@ enum Command {
         #[command(subcommand)]
         command: WalletCommand,
     },
-    /// Send one token to a server and print the verdict (the reference scanner).
+    /// Send one token to a server and print the verdict (the reference scanner). Exits 0
+    /// accepted, 1 denied, 2 usage error, 3 server unreachable.
     Scan {
-        /// Server address.
+        /// Server address, HOST:PORT; HOST is an IP address or a DNS name.
         #[arg(long, default_value = "127.0.0.1:4433")]
-        server: std::net::SocketAddr,
-        /// Name on the server certificate.
-        #[arg(long, default_value = "localhost")]
-        server_name: String,
+        server: String,
+        /// Name on the server certificate (default: HOST of --server).
+        #[arg(long)]
+        server_name: Option<String>,
+        /// Give up on the server after this many seconds.
+        #[arg(long, default_value_t = 10)]
+        timeout_secs: u64,
         /// CA certificate (PEM).
         #[arg(long)]
         ca: PathBuf,
@@ -97,6 +137,11 @@ enum Command {
     },
     /// Print the SPEC's test vectors.
     Vectors,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
@@ -109,6 +154,9 @@ enum IssuerCommand {
         /// The key's name in the trust list.
         #[arg(long, default_value = "dev-issuer")]
         name: String,
+        /// Replace an existing issuer.key and trust.toml.
+        #[arg(long)]
+        force: bool,
     },
     /// Issue a credential to a new holder: writes `credential.cose` and `device.key`.
     Issue {
@@ -139,6 +187,9 @@ enum IssuerCommand {
         /// Entitlements.
         #[arg(long = "entitlement", default_values_t = ["base_entry".to_string(), "military_discount".to_string()])]
         entitlements: Vec<String>,
+        /// Replace an existing wallet.
+        #[arg(long)]
+        force: bool,
     },
     /// Write a revocation list (a snapshot, or with --base a delta).
     Revoke {
@@ -160,6 +211,9 @@ enum IssuerCommand {
         /// Sponsor ids (hex): denies every family credential naming them.
         #[arg(long = "sponsor")]
         sponsors: Vec<String>,
+        /// Replace an existing file (the usual case when a new epoch replaces the last).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -196,19 +250,26 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// Logs go to stderr: text (colour only when stderr is a terminal, so files and the journal
+/// get plain lines) or JSON. `RUST_LOG` overrides `level`.
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(match cli.command {
-                    Command::Serve { .. } => "info",
-                    _ => "warn",
-                })
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // `serve` sets up logging from its configuration file, once it is read.
+    if !matches!(cli.command, Command::Serve { .. }) {
+        init_logging(LogFormat::Text, "warn");
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -249,28 +310,112 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Serve { config } => {
-            let parts = match server::ServeConfig::load(&config)
-                .map_err(anyhow::Error::from)
-                .and_then(|c| c.into_parts().map_err(anyhow::Error::from))
-            {
-                Ok(p) => p,
+            let parsed = match server::ServeConfig::load(&config) {
+                Ok(c) => c,
                 Err(e) => {
-                    eprintln!("gatehouse: {e:#}");
+                    eprintln!("gatehouse: {e}");
                     return Ok(ExitCode::from(EXIT_CONFIG));
                 }
             };
-            runtime()?.block_on(server::serve(parts))?;
+            init_logging(parsed.log.format, &parsed.log.level);
+            let parts = match parsed.into_parts() {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("gatehouse: {e}");
+                    return Ok(ExitCode::from(EXIT_CONFIG));
+                }
+            };
+            if let Err(e) = runtime()?.block_on(server::serve(parts)) {
+                eprintln!("gatehouse: {e}");
+                return Ok(ExitCode::from(match e {
+                    server::ServerError::Bind { .. } => EXIT_CONFIG,
+                    _ => 1,
+                }));
+            }
             Ok(ExitCode::SUCCESS)
         }
-        Command::DevPki { out, scanners } => {
-            let p = pki::DevPki::generate(&scanners)?;
-            p.write_to(&out)?;
-            println!("development PKI (TEST ONLY) written to {}", out.display());
+        Command::Reload {
+            config,
+            pid,
+            timeout_secs,
+        } => match tools::reload_server(&config, pid, Duration::from_secs(timeout_secs)) {
+            Ok(status) => {
+                for (file, ok, detail) in &status.files {
+                    println!(
+                        "{file:<12} {:<7} {detail}",
+                        if *ok { "ok" } else { "FAILED" }
+                    );
+                }
+                if status.files.iter().all(|(_, ok, _)| *ok) {
+                    Ok(ExitCode::SUCCESS)
+                } else {
+                    eprintln!("gatehouse: reload refused for some files; their previous state stays in force");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+            Err(e @ tools::ReloadCommandError::Config(_)) => {
+                eprintln!("gatehouse: {e}");
+                Ok(ExitCode::from(EXIT_CONFIG))
+            }
+            Err(e) => {
+                eprintln!("gatehouse: {e}");
+                Ok(ExitCode::from(EXIT_UNREACHABLE))
+            }
+        },
+        Command::DevPki {
+            out,
+            scanners,
+            server_names,
+            registry,
+            force,
+        } => {
+            let specs = scanners
+                .iter()
+                .map(|s| s.parse::<tools::ScannerSpec>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| anyhow::anyhow!("--scanner: {e}"))?;
+            let existing = out.join("ca.pem").exists();
+            let mut p = if existing {
+                pki::DevPki::open(&out)?
+            } else {
+                pki::DevPki::generate_with_names(&[], &server_names)?
+            };
+            if existing && !server_names.is_empty() {
+                p.reissue_server(&server_names)?;
+            }
+            for spec in &specs {
+                let cert = out.join("scanners").join(format!("{}.pem", spec.id));
+                if existing && cert.exists() && !force {
+                    continue; // already issued: kept (use --force to issue a new one)
+                }
+                p.issue_scanner(&spec.id)
+                    .map_err(|e| anyhow::anyhow!("--scanner: {e}"))?;
+            }
+            let written = p.write_checked(&out, force)?;
+            let registry = registry.unwrap_or_else(|| {
+                out.parent()
+                    .map(|d| d.join("scanners.toml"))
+                    .unwrap_or_else(|| PathBuf::from("scanners.toml"))
+            });
+            let registered = tools::register_scanners(&registry, &specs)?;
+            println!(
+                "development PKI (TEST ONLY) in {}: {} files written{}",
+                out.display(),
+                written.len(),
+                if existing { " (existing CA kept)" } else { "" }
+            );
+            if !registered.is_empty() {
+                println!(
+                    "registered in {}: {}",
+                    registry.display(),
+                    registered.join(", ")
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Issuer { command } => match command {
-            IssuerCommand::Keygen { out, name } => {
-                let key = tools::issuer_keygen(&out, &name, now())?;
+            IssuerCommand::Keygen { out, name, force } => {
+                let key = tools::issuer_keygen(&out, &name, now(), force)?;
                 println!(
                     "issuer key: {}\ntrust list: {}",
                     key.display(),
@@ -288,6 +433,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 birth,
                 sponsor,
                 entitlements,
+                force,
             } => {
                 let req = tools::IssueRequest {
                     credential_type,
@@ -298,7 +444,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     sponsor,
                     entitlements,
                 };
-                let c = tools::issuer_issue(&key, &out, &req, now())?;
+                let c = tools::issuer_issue(&key, &out, &req, now(), force)?;
                 println!(
                     "credential {} for subject {} written to {}",
                     hex::encode(c.id),
@@ -314,6 +460,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 credentials,
                 subjects,
                 sponsors,
+                force,
             } => {
                 let ids: Vec<(RevocationKind, String)> = credentials
                     .into_iter()
@@ -321,7 +468,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .chain(subjects.into_iter().map(|h| (RevocationKind::Subject, h)))
                     .chain(sponsors.into_iter().map(|h| (RevocationKind::Sponsor, h)))
                     .collect();
-                let list = tools::issuer_revoke(&out, epoch, base, &ids)?;
+                let list = tools::issuer_revoke(&out, epoch, base, &ids, force)?;
                 println!(
                     "revocation epoch {} ({} entries) written to {}",
                     list.epoch,
@@ -359,54 +506,139 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Scan {
             server,
             server_name,
+            timeout_secs,
             ca,
             scanner_cert,
             scanner_key,
             token,
-        } => {
-            let bytes = if token.starts_with(gatehouse_protocol::QR_PREFIX) {
-                from_qr_text(token.trim())?
-            } else {
-                hex::decode(token.trim()).context("token: neither QR text (GH1:…) nor hex")?
-            };
-            let identity = client::ClientIdentity::from_files(&ca, &scanner_cert, &scanner_key)?;
-            let verdict = runtime()?.block_on(async move {
-                let c = client::ScannerClient::connect(server, &server_name, identity).await?;
-                let v = c.verify(&bytes, None).await;
-                c.close().await;
-                v
-            })?;
-            println!(
-                "{} ({}): {}",
-                verdict.reason.label(),
-                verdict.reason.code(),
-                verdict.reason.describe()
-            );
-            let a = verdict.attributes;
-            if let Some(t) = a.credential_type {
-                println!("  credential type: {t}");
-            }
-            if let Some(c) = a.category {
-                println!("  holder category: {c}");
-            }
-            if let Some(u) = a.unit {
-                println!("  unit: {u}");
-            }
-            if let Some(v) = a.valid_until {
-                println!("  valid until: {v}");
-            }
-            if let Some(p) = a.predicate {
-                println!("  predicate: {}", p.label());
-            }
-            Ok(if verdict.reason.is_accept() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(2)
-            })
-        }
+        } => Ok(scan(ScanArgs {
+            server,
+            server_name,
+            timeout: Duration::from_secs(timeout_secs.max(1)),
+            ca,
+            scanner_cert,
+            scanner_key,
+            token,
+        })),
         Command::Vectors => {
             print!("{}", gatehouse_protocol::vectors::render_markdown()?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "gatehouse",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+struct ScanArgs {
+    server: String,
+    server_name: Option<String>,
+    timeout: Duration,
+    ca: PathBuf,
+    scanner_cert: PathBuf,
+    scanner_key: PathBuf,
+    token: String,
+}
+
+/// `gatehouse scan`: exit 0 accepted, 1 denied, 2 usage (bad token, files or address), 3 the
+/// server could not be reached or did not answer in time.
+fn scan(a: ScanArgs) -> ExitCode {
+    let usage = |e: String| {
+        eprintln!("gatehouse scan: {e}");
+        ExitCode::from(EXIT_USAGE)
+    };
+    let unreachable = |e: String| {
+        eprintln!("gatehouse scan: {e}");
+        ExitCode::from(EXIT_UNREACHABLE)
+    };
+    let token = a.token.trim();
+    let bytes = if token.starts_with(gatehouse_protocol::QR_PREFIX) {
+        match from_qr_text(token) {
+            Ok(b) => b,
+            Err(e) => return usage(format!("token: {e}")),
+        }
+    } else {
+        match hex::decode(token) {
+            Ok(b) => b,
+            Err(_) => return usage("token: neither QR text (GH1:…) nor hex".into()),
+        }
+    };
+    // HOST:PORT, HOST an IP address ([v6] in brackets) or a DNS name, resolved here.
+    let Some((host, _)) = a.server.rsplit_once(':') else {
+        return usage(format!("--server {:?}: expected HOST:PORT", a.server));
+    };
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let addrs: Vec<std::net::SocketAddr> =
+        match std::net::ToSocketAddrs::to_socket_addrs(a.server.as_str()) {
+            Ok(addrs) => addrs.collect(),
+            Err(e) => return unreachable(format!("--server {}: cannot resolve: {e}", a.server)),
+        };
+    let Some(addr) = addrs.first().copied() else {
+        return unreachable(format!("--server {}: no address", a.server));
+    };
+    let server_name = a.server_name.unwrap_or(host);
+    let identity = match client::ClientIdentity::from_files(&a.ca, &a.scanner_cert, &a.scanner_key)
+    {
+        Ok(i) => i,
+        Err(e) => return usage(format!("--ca/--scanner-cert/--scanner-key: {e}")),
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return unreachable(format!("{e:#}")),
+    };
+    let result = rt.block_on(async move {
+        tokio::time::timeout(a.timeout, async move {
+            let c = client::ScannerClient::connect(addr, &server_name, identity).await?;
+            let v = c.verify(&bytes, None).await;
+            c.close().await;
+            v
+        })
+        .await
+    });
+    let verdict = match result {
+        Err(_) => {
+            return unreachable(format!(
+                "{addr}: no answer within {} s",
+                a.timeout.as_secs()
+            ))
+        }
+        Ok(Err(e)) => return unreachable(format!("{addr}: {e}")),
+        Ok(Ok(v)) => v,
+    };
+    println!(
+        "{} ({}): {}",
+        verdict.reason.label(),
+        verdict.reason.code(),
+        verdict.reason.describe()
+    );
+    let at = verdict.attributes;
+    if let Some(t) = at.credential_type {
+        println!("  credential type: {t}");
+    }
+    if let Some(c) = at.category {
+        println!("  holder category: {c}");
+    }
+    if let Some(u) = at.unit {
+        println!("  unit: {u}");
+    }
+    if let Some(v) = at.valid_until {
+        println!("  valid until: {} ({v})", server::format_unix(v));
+    }
+    if let Some(p) = at.predicate {
+        println!("  predicate: {}", p.label());
+    }
+    if verdict.reason.is_accept() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_DENIED)
     }
 }

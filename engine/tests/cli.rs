@@ -1,28 +1,13 @@
 //! The `gatehouse` binary end to end, as an operator would use it: dev PKI, issuer key, a
-//! credential, `gatehouse serve` on loopback, `wallet present`, `scan`, and a graceful stop.
+//! credential, `gatehouse serve` on loopback with the sample configuration, `wallet present`,
+//! `scan`, a revocation and `gatehouse reload`, and a graceful stop. Every process a test
+//! starts, it stops (`Server` kills on drop); every wait is bounded.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
-
-fn gatehouse(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .args(args)
-        .output()
-        .expect("run gatehouse")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = gatehouse(args);
-    assert!(
-        out.status.success(),
-        "gatehouse {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
@@ -49,51 +34,110 @@ impl Drop for Server {
     }
 }
 
-fn p(dir: &Path, rel: &str) -> String {
-    dir.join(rel).to_str().unwrap().to_string()
+fn run_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run gatehouse")
 }
 
+fn ok_in(dir: &Path, args: &[&str]) -> String {
+    let out = run_in(dir, args);
+    assert!(
+        out.status.success(),
+        "gatehouse {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// The operator sequence README's "Run it yourself" shows, command for command, from a fresh
+/// directory (only the ports differ, so that tests can run side by side): dev PKI, issuer key,
+/// a credential, a revocation list, the sample configuration as shipped, `serve`, `scan`, a
+/// revocation and `gatehouse reload` (a refused file too), and a drain.
 #[test]
-fn issue_serve_present_scan_and_stop() {
+fn the_readme_operator_sequence_runs_from_a_fresh_directory() {
     let dir: PathBuf = std::env::temp_dir().join(format!("gatehouse-cli-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.as_path();
 
-    ok(&[
-        "dev-pki",
-        "--out",
-        &p(&dir, "pki"),
-        "--scanner",
-        "gate-1-1",
-        "--scanner",
-        "partner-1",
-    ]);
-    ok(&["issuer", "keygen", "--out", &p(&dir, ".")]);
-    let issued = ok(&[
-        "issuer",
-        "issue",
-        "--key",
-        &p(&dir, "issuer.key"),
-        "--out",
-        &p(&dir, "wallet"),
-        "--unit",
-        "1/1/7/3",
-    ]);
+    let pki = ok_in(
+        d,
+        &[
+            "dev-pki",
+            "--out",
+            "pki",
+            "--scanner",
+            "gate-1-1=gate:1/1",
+            "--scanner",
+            "partner-1=partner",
+        ],
+    );
+    assert!(
+        pki.contains("registered in scanners.toml: gate-1-1, partner-1"),
+        "{pki}"
+    );
+    ok_in(d, &["issuer", "keygen", "--out", "."]);
+    let issued = ok_in(
+        d,
+        &[
+            "issuer",
+            "issue",
+            "--key",
+            "issuer.key",
+            "--out",
+            "wallet",
+            "--unit",
+            "1/1/7/3",
+        ],
+    );
     assert!(issued.starts_with("credential "), "{issued}");
-    ok(&[
-        "issuer",
-        "revoke",
-        "--out",
-        &p(&dir, "revocations.cbor"),
-        "--epoch",
-        "1",
-    ]);
-    std::fs::write(
-        dir.join("scanners.toml"),
-        "[[scanner]]\nid = \"gate-1-1\"\nrole = \"gate\"\nunit = \"1/1\"\n\n[[scanner]]\nid = \"partner-1\"\nrole = \"partner\"\n",
-    )
-    .unwrap();
+    let credential_id = issued.split_whitespace().nth(1).unwrap().to_string();
+    ok_in(
+        d,
+        &[
+            "issuer",
+            "revoke",
+            "--out",
+            "revocations.cbor",
+            "--epoch",
+            "1",
+        ],
+    );
+
+    // Nothing is overwritten without --force; errors name the flag and list valid values.
+    let again = run_in(d, &["issuer", "keygen", "--out", "."]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    let bad = run_in(
+        d,
+        &[
+            "issuer",
+            "issue",
+            "--key",
+            "issuer.key",
+            "--out",
+            "w2",
+            "--type",
+            "tank",
+        ],
+    );
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("--type") && err.contains("military_id"),
+        "{err}"
+    );
+
+    // The sample configuration as shipped, on free loopback ports.
     let port = free_udp_port();
+    let ops = free_tcp_port();
     let config = gatehouse_engine::server::SAMPLE_CONFIG
         .replace(
             "listen = \"0.0.0.0:4433\"",
@@ -101,13 +145,13 @@ fn issue_serve_present_scan_and_stop() {
         )
         .replace(
             "metrics_listen = \"127.0.0.1:9090\"",
-            &format!("metrics_listen = \"127.0.0.1:{}\"", free_tcp_port()),
+            &format!("metrics_listen = \"127.0.0.1:{ops}\""),
         );
     std::fs::write(dir.join("gatehouse.toml"), config).unwrap();
 
     // A broken config is refused with exit code 64 and the field named.
     std::fs::write(dir.join("bad.toml"), "listen = 5\n").unwrap();
-    let bad = gatehouse(&["serve", "--config", &p(&dir, "bad.toml")]);
+    let bad = run_in(d, &["serve", "--config", "bad.toml"]);
     assert_eq!(bad.status.code(), Some(64));
     assert!(
         String::from_utf8_lossy(&bad.stderr).contains("listen"),
@@ -115,68 +159,77 @@ fn issue_serve_present_scan_and_stop() {
         String::from_utf8_lossy(&bad.stderr)
     );
 
+    let log = std::fs::File::create(dir.join("serve.log")).unwrap();
     let mut server = Server(
         Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-            .args(["serve", "--config", &p(&dir, "gatehouse.toml")])
-            .stderr(std::process::Stdio::null())
+            .current_dir(d)
+            .args(["serve", "--config", "gatehouse.toml"])
+            .stderr(log)
             .spawn()
             .unwrap(),
     );
+    let server_addr = format!("127.0.0.1:{port}");
     let scan = |scanner: &str, token: &str| {
-        gatehouse(&[
-            "scan",
-            "--server",
-            &format!("127.0.0.1:{port}"),
-            "--ca",
-            &p(&dir, "pki/ca.pem"),
-            "--scanner-cert",
-            &p(&dir, &format!("pki/scanners/{scanner}.pem")),
-            "--scanner-key",
-            &p(&dir, &format!("pki/scanners/{scanner}.key")),
-            token,
-        ])
+        run_in(
+            d,
+            &[
+                "scan",
+                "--server",
+                &server_addr,
+                "--ca",
+                "pki/ca.pem",
+                "--scanner-cert",
+                &format!("pki/scanners/{scanner}.pem"),
+                "--scanner-key",
+                &format!("pki/scanners/{scanner}.key"),
+                token,
+            ],
+        )
     };
     let present = || {
-        ok(&[
-            "wallet",
-            "present",
-            "--wallet",
-            &p(&dir, "wallet"),
-            "--text-only",
-        ])
+        ok_in(
+            d,
+            &["wallet", "present", "--wallet", "wallet", "--text-only"],
+        )
         .trim()
         .to_string()
     };
 
-    // Wait (bounded) until the server answers. A node on the memory store denies tokens signed
-    // before the second after it started (node_restarted): a wallet shows a new token, so
-    // present again.
+    // Wait (bounded) until the server answers: exit 3 means not reachable yet. A node on the
+    // memory store denies tokens signed before the second after it started (node_restarted): a
+    // wallet shows a new token, so present again.
     let deadline = Instant::now() + Duration::from_secs(20);
     let (token, first) = loop {
         let token = present();
         let out = scan("gate-1-1", &token);
         let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let answered = text.contains("(") && !text.contains("node_restarted");
-        if out.status.success() || answered || Instant::now() > deadline {
+        let answered = out.status.code() != Some(3) && !text.contains("node_restarted");
+        if answered || Instant::now() > deadline {
             break (token, out);
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    let text = String::from_utf8_lossy(&first.stdout);
-    assert!(
-        first.status.success(),
+    let text = stdout(&first);
+    assert_eq!(
+        first.status.code(),
+        Some(0),
         "{text} {}",
         String::from_utf8_lossy(&first.stderr)
     );
     assert!(text.starts_with("accepted (0)"), "{text}");
     assert!(text.contains("unit: 1/1/7/3"), "{text}");
+    assert!(
+        text.contains("valid until: 20") && text.contains(" UTC ("),
+        "{text}"
+    );
 
+    // Denied: exit 1.
     let again = scan("gate-1-1", &token);
-    assert_eq!(again.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&again.stdout).starts_with("replayed (13)"));
+    assert_eq!(again.status.code(), Some(1));
+    assert!(stdout(&again).starts_with("replayed (13)"));
 
     let partner = scan("partner-1", &present());
-    let text = String::from_utf8_lossy(&partner.stdout);
+    let text = stdout(&partner);
     assert!(
         text.starts_with("accepted (0)") && text.contains("predicate: military_discount"),
         "{text}"
@@ -185,6 +238,115 @@ fn issue_serve_present_scan_and_stop() {
         !text.contains("unit"),
         "a partner must not learn the unit: {text}"
     );
+
+    // A usage error is 2, an unreachable server 3, and DNS names are resolved.
+    assert_eq!(scan("gate-1-1", "not a token").status.code(), Some(2));
+    let unreachable = run_in(
+        d,
+        &[
+            "scan",
+            "--server",
+            &format!("localhost:{}", free_udp_port()),
+            "--timeout-secs",
+            "1",
+            "--ca",
+            "pki/ca.pem",
+            "--scanner-cert",
+            "pki/scanners/gate-1-1.pem",
+            "--scanner-key",
+            "pki/scanners/gate-1-1.key",
+            &present(),
+        ],
+    );
+    assert_eq!(unreachable.status.code(), Some(3));
+    let scan_as = |scanner: &str, server: &str| {
+        run_in(
+            d,
+            &[
+                "scan",
+                "--server",
+                server,
+                "--ca",
+                "pki/ca.pem",
+                "--scanner-cert",
+                &format!("pki/scanners/{scanner}.pem"),
+                "--scanner-key",
+                &format!("pki/scanners/{scanner}.key"),
+                &present(),
+            ],
+        )
+    };
+    let localhost = format!("localhost:{port}");
+    // By DNS name.
+    let by_name = scan_as("gate-1-1", &localhost);
+    assert_eq!(by_name.status.code(), Some(0), "{}", stdout(&by_name));
+
+    // A scanner added while the server runs, by the CA dev-pki kept, is refused until a
+    // reload registers it.
+    let added = ok_in(
+        d,
+        &["dev-pki", "--out", "pki", "--scanner", "age-1=age_check"],
+    );
+    assert!(added.contains("existing CA kept"), "{added}");
+    let early = scan_as("age-1", &localhost);
+    assert_eq!(early.status.code(), Some(3), "{}", stdout(&early));
+    assert!(
+        String::from_utf8_lossy(&early.stderr).contains("not registered"),
+        "{}",
+        String::from_utf8_lossy(&early.stderr)
+    );
+
+    // Revoke the credential and reload: `gatehouse reload` waits for the result.
+    ok_in(
+        d,
+        &[
+            "issuer",
+            "revoke",
+            "--out",
+            "revocations.cbor",
+            "--epoch",
+            "2",
+            "--base",
+            "1",
+            "--credential",
+            &credential_id,
+            "--force",
+        ],
+    );
+    let reloaded = ok_in(d, &["reload", "--config", "gatehouse.toml"]);
+    assert!(
+        reloaded.contains("revocations") && reloaded.contains("epoch 2"),
+        "{reloaded}"
+    );
+    assert!(
+        reloaded.contains("tls") && reloaded.contains("3 scanners"),
+        "{reloaded}"
+    );
+    let revoked = scan("gate-1-1", &present());
+    assert_eq!(revoked.status.code(), Some(1));
+    assert!(
+        stdout(&revoked).starts_with("revoked (11)"),
+        "{}",
+        stdout(&revoked)
+    );
+    // The counter registered by this reload now gets verdicts.
+    let late = scan_as("age-1", &localhost);
+    assert!(
+        stdout(&late).starts_with("revoked (11)"),
+        "{}",
+        stdout(&late)
+    );
+
+    // A refused file fails the reload (exit 1) and names it; the others still reload.
+    let registry = std::fs::read_to_string(dir.join("scanners.toml")).unwrap();
+    std::fs::write(dir.join("scanners.toml"), "[[scanner]]\nid = 1\n").unwrap();
+    let refused = run_in(d, &["reload", "--config", "gatehouse.toml"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", stdout(&refused));
+    let text = stdout(&refused);
+    assert!(text.contains("scanners     FAILED"), "{text}");
+    assert!(text.contains("trust        ok"), "{text}");
+    std::fs::write(dir.join("scanners.toml"), registry).unwrap();
+    ok_in(d, &["reload", "--config", "gatehouse.toml"]);
 
     // SIGTERM drains and exits cleanly.
     let pid = server.0.id().to_string();
@@ -205,5 +367,89 @@ fn issue_serve_present_scan_and_stop() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success(), "{status}");
+
+    // The log: a start-up line with version, config, backend, addresses and counts; no ANSI
+    // colour (stderr is a file); no holder or credential ids.
+    let log = std::fs::read_to_string(dir.join("serve.log")).unwrap();
+    let start = log
+        .lines()
+        .find(|l| l.contains("gatehouse starting"))
+        .unwrap_or_else(|| panic!("{log}"));
+    for field in [
+        "version=",
+        "config=gatehouse.toml",
+        "backend=Ring",
+        &format!("listen=127.0.0.1:{port}"),
+        "issuers=1",
+        "scanners=2",
+        "revocation_epoch=1",
+    ] {
+        assert!(start.contains(field), "{field} missing from {start}");
+    }
+    assert!(!log.contains('\u{1b}'), "ANSI escape in a non-terminal log");
+    assert!(!log.contains(&credential_id), "a credential id in the log");
+    assert!(
+        log.contains("file=\"revocations\"") || log.contains("file=revocations"),
+        "{log}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `[log] format = "json"`: one JSON object a line.
+#[test]
+fn json_logs_are_one_object_a_line() {
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("gatehouse-cli-json-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.as_path();
+    ok_in(d, &["dev-pki", "--out", "pki"]);
+    ok_in(d, &["issuer", "keygen", "--out", "."]);
+    ok_in(
+        d,
+        &[
+            "issuer",
+            "revoke",
+            "--out",
+            "revocations.cbor",
+            "--epoch",
+            "1",
+        ],
+    );
+    let config = gatehouse_engine::server::SAMPLE_CONFIG
+        .replace("0.0.0.0:4433", &format!("127.0.0.1:{}", free_udp_port()))
+        .replace("127.0.0.1:9090", &format!("127.0.0.1:{}", free_tcp_port()))
+        .replace("format = \"text\"", "format = \"json\"");
+    std::fs::write(dir.join("gatehouse.toml"), config).unwrap();
+    let log = std::fs::File::create(dir.join("serve.log")).unwrap();
+    let mut server = Server(
+        Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .current_dir(d)
+            .args(["serve", "--config", "gatehouse.toml"])
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = std::fs::read_to_string(dir.join("serve.log")).unwrap();
+        if text.contains("gatehouse listening") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = server.0.kill();
+    let _ = server.0.wait();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 2, "{text}");
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v.get("level").is_some() && v.get("fields").is_some(),
+            "{line}"
+        );
+    }
+    assert!(text.contains("\"issuers\":1"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }

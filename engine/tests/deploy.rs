@@ -1,15 +1,61 @@
-//! The files in `deploy/` stay valid: the sample configuration parses with the service's own
-//! parser and matches the one compiled into the binary.
+//! The files in `deploy/` stay true to the binary:
+//!
+//! - the sample configuration parses with the service's own parser and matches the one
+//!   compiled into the binary;
+//! - the Dockerfile exposes the ports of the default configuration, runs as a non-root user
+//!   and starts the server on the configuration path the systemd unit uses;
+//! - the Kubernetes manifests (parsed as YAML): the ConfigMap's configuration parses, the
+//!   container ports, probes, mounts and Secret keys match it and the operations endpoint's
+//!   real routes; the Service is UDP; the PodDisruptionBudget selects the pods;
+//! - the systemd unit is `Type=notify` and reloads with `gatehouse reload`; `systemd-analyze
+//!   security` rates it at most 2.0 where systemd-analyze is installed;
+//! - every query of the Grafana dashboard names only metrics that a real server, scraped
+//!   after a reload, exports.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
-use gatehouse_engine::server::{ServeConfig, SAMPLE_CONFIG};
+use gatehouse_engine::dev::pki::DevPki;
+use gatehouse_engine::dev::population;
+use gatehouse_engine::server::{self, ReloadControl, ServeConfig, SAMPLE_CONFIG};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::timeout;
+
+fn deploy(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(rel)
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(deploy(rel)).unwrap_or_else(|e| panic!("deploy/{rel}: {e}"))
+}
+
+fn sample() -> ServeConfig {
+    ServeConfig::parse(Path::new("/etc/gatehouse/gatehouse.toml"), SAMPLE_CONFIG).unwrap()
+}
+
+/// The configuration path of the systemd unit's `ExecStart`.
+fn unit_config_path() -> String {
+    let unit = read("gatehouse.service");
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart");
+    exec.split_once("--config ")
+        .map(|(_, p)| p.split_whitespace().next().unwrap().to_string())
+        .expect("--config in ExecStart")
+}
 
 #[test]
 fn the_deployed_sample_config_parses_and_matches_the_built_in_one() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/gatehouse.toml");
+    let path = deploy("gatehouse.toml");
     let text = std::fs::read_to_string(&path).expect("deploy/gatehouse.toml");
     assert_eq!(
         text, SAMPLE_CONFIG,
@@ -23,4 +69,439 @@ fn a_wrong_field_is_named_in_the_error() {
     let bad = SAMPLE_CONFIG.replace("backend = \"ring\"", "backend = \"openssl\"");
     let e = ServeConfig::parse(Path::new("gatehouse.toml"), &bad).unwrap_err();
     assert!(e.to_string().contains("engine.backend"), "{e}");
+    let bad = SAMPLE_CONFIG.replace("format = \"text\"", "format = \"xml\"");
+    let e = ServeConfig::parse(Path::new("gatehouse.toml"), &bad).unwrap_err();
+    assert!(e.to_string().contains("log.format"), "{e}");
+}
+
+#[test]
+fn the_dockerfile_matches_the_binary_defaults() {
+    let docker = read("Dockerfile");
+    let config = sample();
+    let stages: Vec<&str> = docker.lines().filter(|l| l.starts_with("FROM ")).collect();
+    assert_eq!(stages.len(), 2, "multi-stage: a build and a runtime stage");
+    assert!(stages[0].contains(" AS build"), "{}", stages[0]);
+    // The build image's toolchain is at least the workspace's rust-version.
+    let rust: Vec<u32> = stages[0]
+        .split(':')
+        .nth(1)
+        .and_then(|t| t.split('-').next())
+        .unwrap()
+        .split('.')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert!(rust >= vec![1, 85], "{}", stages[0]);
+    // Everything after the last FROM is the runtime image.
+    let runtime = docker.rsplit_once("\nFROM ").unwrap().1;
+    let expose: BTreeSet<&str> = runtime
+        .lines()
+        .filter_map(|l| l.strip_prefix("EXPOSE "))
+        .flat_map(|l| l.split_whitespace())
+        .collect();
+    let quic = format!("{}/udp", config.listen.port());
+    let ops = format!("{}/tcp", config.metrics_listen.unwrap().port());
+    assert!(
+        expose.contains(quic.as_str()),
+        "EXPOSE {quic} missing: {expose:?}"
+    );
+    assert!(
+        expose.contains(ops.as_str()),
+        "EXPOSE {ops} missing: {expose:?}"
+    );
+    let user = runtime
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("USER in the runtime stage");
+    let uid: u32 = user.split(':').next().unwrap().parse().unwrap();
+    assert!(uid >= 1000, "runs as a non-root user: {user}");
+    // The binary copied from the build stage is the one cargo builds.
+    let copy = runtime
+        .lines()
+        .find(|l| l.starts_with("COPY --from=build "))
+        .unwrap();
+    let workdir = docker
+        .lines()
+        .find_map(|l| l.strip_prefix("WORKDIR "))
+        .unwrap();
+    assert!(
+        copy.contains(&format!("{workdir}/target/release/gatehouse ")),
+        "{copy}"
+    );
+    assert!(docker.contains("--bin gatehouse") && docker.contains("--locked"));
+    let entry = runtime
+        .lines()
+        .find_map(|l| l.strip_prefix("ENTRYPOINT "))
+        .unwrap();
+    let entry: Vec<String> = serde_json::from_str(entry).unwrap();
+    assert_eq!(entry, [copy.split_whitespace().last().unwrap()]);
+    let cmd = runtime
+        .lines()
+        .find_map(|l| l.strip_prefix("CMD "))
+        .unwrap();
+    let cmd: Vec<String> = serde_json::from_str(cmd).unwrap();
+    assert_eq!(cmd, ["serve", "--config", &unit_config_path()]);
+}
+
+fn yaml_docs(rel: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    serde_norway::Deserializer::from_str(&read(rel))
+        .map(|d| Value::deserialize(d).unwrap())
+        .collect()
+}
+
+fn kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+#[test]
+fn the_kubernetes_manifests_match_the_configuration_and_the_binary() {
+    let mut docs = Vec::new();
+    for f in [
+        "configmap.yaml",
+        "secret.yaml",
+        "deployment.yaml",
+        "service.yaml",
+        "pdb.yaml",
+    ] {
+        docs.extend(yaml_docs(&format!("kubernetes/{f}")));
+    }
+    let config_map = kind(&docs, "ConfigMap")[0];
+    let deployment = kind(&docs, "Deployment")[0];
+    let service = kind(&docs, "Service")[0];
+    let pdb = kind(&docs, "PodDisruptionBudget")[0];
+    let secrets = kind(&docs, "Secret");
+
+    // The configuration parses, and the paths it names are what the pod mounts.
+    let config_path = unit_config_path();
+    let text = config_map["data"]["gatehouse.toml"].as_str().unwrap();
+    let config = ServeConfig::parse(Path::new(&config_path), text).unwrap();
+    let ops_addr = config
+        .metrics_listen
+        .expect("metrics_listen for the probes");
+    assert!(
+        ops_addr.ip().is_unspecified(),
+        "probes come from outside the pod"
+    );
+
+    let pod = &deployment["spec"]["template"];
+    let container = &pod["spec"]["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(args, ["serve", "--config", config_path.as_str()]);
+    let port = |name: &str| {
+        container["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("container port {name}"))
+    };
+    assert_eq!(port("quic")["protocol"], "UDP");
+    assert_eq!(
+        port("quic")["containerPort"],
+        u64::from(config.listen.port())
+    );
+    assert_eq!(port("ops")["protocol"], "TCP");
+    assert_eq!(port("ops")["containerPort"], u64::from(ops_addr.port()));
+    for (probe, path) in [
+        ("readinessProbe", "/readyz"),
+        ("livenessProbe", "/healthz"),
+        ("startupProbe", "/healthz"),
+    ] {
+        assert_eq!(container[probe]["httpGet"]["path"], path, "{probe}");
+        assert_eq!(container[probe]["httpGet"]["port"], "ops", "{probe}");
+    }
+
+    // Security context: the image's non-root user.
+    let docker = read("Dockerfile");
+    let uid: u64 = docker
+        .lines()
+        .filter_map(|l| l.strip_prefix("USER "))
+        .next_back()
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(pod["spec"]["securityContext"]["runAsUser"], uid);
+    assert_eq!(pod["spec"]["securityContext"]["runAsNonRoot"], true);
+
+    // Every file the configuration names is a key of the Secret (or ConfigMap) mounted at its
+    // directory.
+    let mounts = container["volumeMounts"].as_array().unwrap();
+    let volumes = pod["spec"]["volumes"].as_array().unwrap();
+    let files = config.files();
+    let tls = files.tls.clone().unwrap();
+    let mut named: Vec<PathBuf> = vec![
+        files.trust,
+        files.scanners,
+        tls.cert,
+        tls.key,
+        tls.client_ca,
+    ];
+    named.extend(files.revocations);
+    named.push(PathBuf::from(&config_path));
+    for file in &named {
+        let (mount, sub) = mounts
+            .iter()
+            .filter_map(|m| {
+                let at = Path::new(m["mountPath"].as_str()?);
+                file.strip_prefix(at)
+                    .ok()
+                    .map(|rest| (m, rest.to_path_buf()))
+            })
+            .max_by_key(|(m, _)| m["mountPath"].as_str().unwrap().len())
+            .unwrap_or_else(|| panic!("{} is not mounted", file.display()));
+        let volume = volumes.iter().find(|v| v["name"] == mount["name"]).unwrap();
+        let key = match mount["subPath"].as_str() {
+            Some(sub_path) => sub_path.to_string(),
+            None => sub.to_str().unwrap().to_string(),
+        };
+        let data = if let Some(name) = volume["secret"]["secretName"].as_str() {
+            let s = secrets
+                .iter()
+                .find(|s| s["metadata"]["name"] == name)
+                .unwrap_or_else(|| panic!("Secret {name}"));
+            s["stringData"][&key].clone()
+        } else {
+            let name = volume["configMap"]["name"].as_str().unwrap();
+            assert_eq!(config_map["metadata"]["name"], name);
+            config_map["data"][&key].clone()
+        };
+        assert!(!data.is_null(), "{} has no key {key}", file.display());
+    }
+
+    // The Service carries QUIC over UDP to the named container port; the PDB selects the pods.
+    let sp = &service["spec"]["ports"][0];
+    assert_eq!(sp["protocol"], "UDP");
+    assert_eq!(sp["targetPort"], "quic");
+    let labels = &pod["metadata"]["labels"];
+    for selector in [
+        &service["spec"]["selector"],
+        &pdb["spec"]["selector"]["matchLabels"],
+        &deployment["spec"]["selector"]["matchLabels"],
+    ] {
+        for (k, v) in selector.as_object().unwrap() {
+            assert_eq!(&labels[k], v, "selector {k}");
+        }
+    }
+    assert!(
+        pdb["spec"]["minAvailable"].as_u64().unwrap()
+            < deployment["spec"]["replicas"].as_u64().unwrap()
+    );
+}
+
+#[test]
+fn the_systemd_unit_notifies_reloads_with_the_command_and_is_hardened() {
+    let unit = read("gatehouse.service");
+    let value = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{key}= missing"))
+    };
+    assert_eq!(value("Type"), "notify");
+    let config = unit_config_path();
+    assert_eq!(
+        value("ExecReload"),
+        format!("/usr/local/bin/gatehouse reload --config {config} --pid $MAINPID")
+    );
+    assert!(value("ExecStart").starts_with("/usr/local/bin/gatehouse serve"));
+    assert_eq!(value("User"), "gatehouse");
+    assert_eq!(value("CapabilityBoundingSet"), "");
+    // Not every machine has systemd; where it does, its own rating decides.
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["security", "--offline=yes"])
+        .arg(deploy("gatehouse.service"))
+        .output();
+    match out {
+        Err(e) => {
+            eprintln!("systemd-analyze not available ({e}); only the directives were checked")
+        }
+        Ok(out) => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let level: f64 = text
+                .lines()
+                .find_map(|l| l.split_once("Overall exposure level for gatehouse.service: "))
+                .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "no rating in: {text}{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    )
+                });
+            assert!(level <= 2.0, "systemd-analyze security: {level}");
+        }
+    }
+}
+
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).to_string())
+    };
+    let text = timeout(Duration::from_secs(5), exchange)
+        .await
+        .unwrap()
+        .unwrap();
+    let status = text.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, text.split_once("\r\n\r\n").unwrap().1.to_string())
+}
+
+/// Metric names (before `{` or a space) of every sample line of an exposition.
+fn exported(body: &str) -> BTreeSet<String> {
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
+        .collect()
+}
+
+/// Every `expr` (panel targets) and `query` (template variables) string in the dashboard.
+fn queries(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    ("expr", Value::String(s)) => out.push(s.clone()),
+                    ("query", Value::String(s)) if s.contains('(') => out.push(s.clone()),
+                    _ => queries(v, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| queries(v, out)),
+        _ => {}
+    }
+}
+
+/// Identifiers in a PromQL expression that name our metrics (`gatehouse_…`, `process_…`);
+/// label names and values inside `{…}` and quoted strings are skipped.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut word = String::new();
+    let (mut in_braces, mut in_quotes) = (false, false);
+    for c in expr.chars().chain([' ']) {
+        if in_quotes {
+            in_quotes = c != '"';
+            continue;
+        }
+        if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+            word.push(c);
+            continue;
+        }
+        if !in_braces && (word.starts_with("gatehouse_") || word.starts_with("process_")) {
+            names.push(word.clone());
+        }
+        word.clear();
+        match c {
+            '{' => in_braces = true,
+            '}' => in_braces = false,
+            '"' => in_quotes = true,
+            _ => {}
+        }
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_query_names_metrics_a_real_server_exports() {
+    let dir = std::env::temp_dir().join(format!("gatehouse-deploy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pki = DevPki::generate(&["gate-1".into()]).unwrap();
+    pki.write_to(&dir.join("pki")).unwrap();
+    let issuer = population::issuer_key(5);
+    std::fs::write(
+        dir.join("trust.toml"),
+        population::trust_list(&issuer).to_toml(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("scanners.toml"),
+        "[[scanner]]\nid = \"gate-1\"\nrole = \"gate\"\nunit = \"1\"\n",
+    )
+    .unwrap();
+    // The sample configuration, on loopback, without a revocation file.
+    let text = SAMPLE_CONFIG
+        .replace("0.0.0.0:4433", "127.0.0.1:0")
+        .replace("revocations = \"revocations.cbor\"\n", "")
+        .replace("threads = 0", "threads = 1")
+        .replace("replay_capacity = 750000", "replay_capacity = 1000");
+    let parts = ServeConfig::parse(&dir.join("gatehouse.toml"), &text)
+        .unwrap()
+        .into_parts()
+        .unwrap();
+    let engine = parts.build_engine().unwrap();
+    let trigger = Arc::new(tokio::sync::Notify::new());
+    let mut config = parts.server;
+    config.reload = Some(ReloadControl {
+        files: parts.files.clone(),
+        trigger: Arc::clone(&trigger),
+    });
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ops_addr = ops.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server::run(engine, config, socket, Some(ops), async move {
+        let _ = stopped.await;
+    }));
+
+    // A reload, so that the per-file reload series exist.
+    trigger.notify_one();
+    let mut ready = String::new();
+    for _ in 0..200 {
+        let (status, body) = get(ops_addr, "/readyz").await;
+        assert_eq!(status, 200);
+        ready = body;
+        if ready.contains("reloads 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(ready.contains("reload tls ok"), "{ready}");
+    let (status, body) = get(ops_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let names = exported(&body);
+    for must in [
+        "gatehouse_build_info",
+        "gatehouse_reload_success",
+        "gatehouse_certificate_expiry_timestamp_seconds",
+        "gatehouse_revocation_epoch_age_seconds",
+        "process_resident_memory_bytes",
+        "process_start_time_seconds",
+    ] {
+        assert!(names.contains(must), "{must} not exported");
+    }
+
+    let dashboard: Value = serde_json::from_str(&read("grafana/gatehouse.json")).unwrap();
+    let mut all = Vec::new();
+    queries(&dashboard, &mut all);
+    assert!(all.len() >= 20, "{} queries", all.len());
+    for q in &all {
+        let used = metric_names(q);
+        assert!(!used.is_empty(), "query names no gatehouse metric: {q}");
+        for name in used {
+            assert!(names.contains(&name), "{name} (in `{q}`) is not exported");
+        }
+    }
+    // The checker itself: a name the server does not export is caught.
+    assert_eq!(
+        metric_names("rate(gatehouse_nope_total{a=\"gatehouse_x\"}[1m])"),
+        ["gatehouse_nope_total"]
+    );
+
+    let _ = stop.send(());
+    timeout(Duration::from_secs(20), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -245,7 +245,7 @@ pub fn all() -> Result<Vec<Vector>, crate::SignError> {
         Vector { name: "retry-tag", about: "the retry tag of scanner `gate-1-1` with retry key 000102…0f (§8.6)", bytes: crate::retry_tag(RETRY_SCANNER, &RETRY_KEY).to_vec(), expect: None },
         Vector { name: "invalid-bad-signature", about: "`token` with one bit of r flipped", bytes: resign(&token, &bad_sig), expect: Some(Reason::BadDeviceSignature) },
         Vector { name: "invalid-high-s", about: "`token` with s replaced by n − s (and the parity flipped to match): a stock ES256 verifier accepts it, gatehouse does not", bytes: resign(&token, &high_s), expect: Some(Reason::BadDeviceSignature) },
-        Vector { name: "invalid-wrong-parity", about: "`token` whose credential has its R y-parity bit flipped: strict verifiers deny it; verifiers that do not check the parity accept it", bytes: present(&wrong_parity_cred, NOW - 5)?, expect: Some(Reason::BadIssuerSignature) },
+        Vector { name: "invalid-wrong-parity", about: "the sample credential with the R y-parity of its issuer signature flipped (r and s unchanged), in a new token made 5 s before NOW and signed afresh by the device key, so that only the parity is wrong: strict verifiers deny it; verifiers that do not check the parity accept it", bytes: present(&wrong_parity_cred, NOW - 5)?, expect: Some(Reason::BadIssuerSignature) },
         Vector { name: "invalid-expired", about: "a fresh token for a credential that expired an hour before NOW", bytes: present(&expired_cred, NOW - 5)?, expect: Some(Reason::Expired) },
         Vector { name: "invalid-stale", about: "a token for the sample credential made 31 s before NOW (window 30 s)", bytes: present(&credential, NOW - 31)?, expect: Some(Reason::Stale) },
         Vector { name: "invalid-truncated", about: "`token` without its last byte", bytes: token[..token.len() - 1].to_vec(), expect: Some(Reason::Malformed) },
@@ -351,6 +351,24 @@ mod tests {
             reference_check(&v.bytes, &trust, NOW, TokenParams::default(), 5, false),
             Reason::Accepted
         );
+    }
+
+    #[test]
+    fn wrong_parity_changes_only_the_parity_and_is_signed_afresh() {
+        // What SPEC §10 says of the vector: the credential differs from the sample only in the
+        // parity of its issuer signature, and the token around it carries a valid device
+        // signature over the changed credential (it is re-made, not the `token` vector edited).
+        let v = all().unwrap();
+        let by_name = |n: &str| v.iter().find(|x| x.name == n).unwrap().bytes.clone();
+        let sample = crate::SignedCredential::decode(&by_name("credential")).unwrap();
+        let token = Token::decode(&by_name("invalid-wrong-parity")).unwrap();
+        let flipped = &token.credential;
+        assert_eq!(flipped.signature.rs, sample.signature.rs);
+        assert_ne!(flipped.signature.y_odd, sample.signature.y_odd);
+        assert_eq!(flipped.credential, sample.credential);
+        assert_ne!(token.bytes(), by_name("token").as_slice());
+        let device = token.device_key().unwrap();
+        assert!(crypto::verify_strict(&device, &token.to_be_signed(), &token.signature).is_ok());
     }
 
     #[test]

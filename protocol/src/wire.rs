@@ -236,6 +236,23 @@ impl Request {
     }
 }
 
+/// The request id of a request body that may not decode as a whole (SPEC §8.4): the id is key
+/// 1, the first key of every request map, so it can be read before whatever made the body
+/// unreadable (a token over 768 bytes, a batch over 128 tokens, an empty challenge, a bad key
+/// after the id). `None` when the body does not start with a map whose first entry is `1: uint`
+/// in deterministic encoding; an error response then carries id 0.
+pub fn request_id(body: &[u8]) -> Option<u64> {
+    let mut r = Reader::new(body);
+    if r.map("request", 4).ok()? == 0 {
+        return None;
+    }
+    let mut keys = MapKeys::new("request");
+    if keys.next(&mut r).ok()? != 1 {
+        return None;
+    }
+    r.uint("request id").ok()
+}
+
 /// The predicate a partner or counter learns, instead of any attribute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Predicate {

@@ -2,7 +2,9 @@
 //! issuing credentials, revocation epochs, rotating tokens as QR codes. For development and
 //! tests: a real issuer keeps its key in an HSM, a real wallet in the phone's secure area.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use gatehouse_protocol::{
@@ -11,6 +13,22 @@ use gatehouse_protocol::{
 };
 
 use gatehouse_engine::{IssuerKey, TrustList};
+
+/// Refuses to go on when one of `paths` exists, unless `force`: no command replaces a key, a
+/// wallet or a list without being asked to.
+pub fn refuse_overwrite(paths: &[PathBuf], force: bool) -> Result<()> {
+    if force {
+        return Ok(());
+    }
+    if let Some(p) = paths.iter().find(|p| p.exists()) {
+        bail!("{} exists (use --force to replace it)", p.display());
+    }
+    Ok(())
+}
+
+fn labels<T: Copy>(all: &[T], label: impl Fn(T) -> &'static str) -> String {
+    all.iter().map(|t| label(*t)).collect::<Vec<_>>().join(", ")
+}
 
 /// Writes a private key as hex, readable by the owner only.
 pub fn write_key(path: &Path, key: &PrivateKey) -> Result<()> {
@@ -56,10 +74,11 @@ pub fn generate_key() -> Result<PrivateKey> {
 
 /// `issuer keygen`: a new issuer key in `dir/issuer.key` and a trust list naming it in
 /// `dir/trust.toml`.
-pub fn issuer_keygen(dir: &Path, name: &str, now: u64) -> Result<PathBuf> {
+pub fn issuer_keygen(dir: &Path, name: &str, now: u64, force: bool) -> Result<PathBuf> {
+    let key_path = dir.join("issuer.key");
+    refuse_overwrite(&[key_path.clone(), dir.join("trust.toml")], force)?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let key = generate_key()?;
-    let key_path = dir.join("issuer.key");
     write_key(&key_path, &key)?;
     let mut trust = TrustList::new();
     trust.insert(IssuerKey {
@@ -99,16 +118,33 @@ pub fn issuer_issue(
     dir: &Path,
     req: &IssueRequest,
     now: u64,
+    force: bool,
 ) -> Result<Credential> {
-    let issuer = read_key(issuer_key)?;
-    let credential_type = CredentialType::from_label(&req.credential_type)
-        .with_context(|| format!("unknown credential type {:?}", req.credential_type))?;
-    let category = HolderCategory::from_label(&req.category)
-        .with_context(|| format!("unknown holder category {:?}", req.category))?;
-    let unit: UnitPath = req
-        .unit
-        .parse()
-        .map_err(|e| anyhow::anyhow!("unit {:?}: {e}", req.unit))?;
+    refuse_overwrite(
+        &[dir.join("credential.cose"), dir.join("device.key")],
+        force,
+    )?;
+    let issuer = read_key(issuer_key).context("--key")?;
+    let credential_type = CredentialType::from_label(&req.credential_type).with_context(|| {
+        format!(
+            "--type: unknown credential type {:?} (valid: {})",
+            req.credential_type,
+            labels(CredentialType::ALL, CredentialType::label)
+        )
+    })?;
+    let category = HolderCategory::from_label(&req.category).with_context(|| {
+        format!(
+            "--category: unknown holder category {:?} (valid: {})",
+            req.category,
+            labels(HolderCategory::ALL, HolderCategory::label)
+        )
+    })?;
+    let unit: UnitPath = req.unit.parse().map_err(|e| {
+        anyhow::anyhow!(
+            "--unit {:?}: {e} (a unit path is like 1/12/103/2)",
+            req.unit
+        )
+    })?;
     let mut entitlements = Entitlements::NONE;
     for e in &req.entitlements {
         entitlements = entitlements
@@ -117,7 +153,7 @@ pub fn issuer_issue(
                 "military_discount" => Entitlements::MILITARY_DISCOUNT,
                 "welfare_facilities" => Entitlements::WELFARE_FACILITIES,
                 other => bail!(
-                "unknown entitlement {other:?} (base_entry, military_discount, welfare_facilities)"
+                "--entitlement: unknown entitlement {other:?} (valid: base_entry, military_discount, welfare_facilities)"
             ),
             };
     }
@@ -127,7 +163,9 @@ pub fn issuer_issue(
             hex::decode(h)
                 .ok()
                 .and_then(|b| <[u8; 16]>::try_from(b).ok())
-                .context("sponsor: 16 bytes of hex")?,
+                .with_context(|| {
+                    format!("--sponsor {h:?}: a sponsor is a subject id, 16 bytes of hex (32 hex digits)")
+                })?,
         ),
     };
     let device = generate_key()?;
@@ -148,7 +186,7 @@ pub fn issuer_issue(
             .birth
             .map(|b| Date::from_yyyymmdd(u64::from(b)))
             .transpose()
-            .map_err(|e| anyhow::anyhow!("birth: {e}"))?,
+            .map_err(|e| anyhow::anyhow!("--birth: {e} (a date as YYYYMMDD)"))?,
         age_over_19: None,
         device_key: *device.public().compressed(),
     };
@@ -167,13 +205,20 @@ pub fn issuer_revoke(
     epoch: u64,
     base: Option<u64>,
     ids: &[(RevocationKind, String)],
+    force: bool,
 ) -> Result<RevocationList> {
+    refuse_overwrite(&[out.to_path_buf()], force)?;
     let mut revoke = Vec::new();
     for (kind, h) in ids {
+        let flag = match kind {
+            RevocationKind::Credential => "--credential",
+            RevocationKind::Subject => "--subject",
+            RevocationKind::Sponsor => "--sponsor",
+        };
         let id = hex::decode(h)
             .ok()
             .and_then(|b| <[u8; 16]>::try_from(b).ok())
-            .with_context(|| format!("{h:?}: an id is 16 bytes of hex"))?;
+            .with_context(|| format!("{flag} {h:?}: an id is 16 bytes of hex (32 hex digits)"))?;
         revoke.push(RevocationEntry { kind: *kind, id });
     }
     let list = RevocationList {
@@ -182,7 +227,8 @@ pub fn issuer_revoke(
         revoke,
         reinstate: vec![],
     };
-    list.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    list.validate()
+        .map_err(|e| anyhow::anyhow!("--epoch/--base: {e}"))?;
     std::fs::write(out, list.encode()).with_context(|| format!("writing {}", out.display()))?;
     Ok(list)
 }
@@ -217,15 +263,281 @@ pub fn qr_renderings(token: &[u8]) -> Result<(String, String, String)> {
     Ok((text, term, svg))
 }
 
+/// A scanner named on `dev-pki --scanner ID[=ROLE[:UNIT]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScannerSpec {
+    /// The id (the certificate's common name).
+    pub id: String,
+    /// `gate`, `partner` or `age_check`, when given.
+    pub role: Option<String>,
+    /// A gate's unit path.
+    pub unit: Option<String>,
+}
+
+impl std::str::FromStr for ScannerSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (id, rest) = match s.split_once('=') {
+            Some((id, rest)) => (id, Some(rest)),
+            None => (s, None),
+        };
+        let (role, unit) =
+            match rest.map(|r| r.split_once(':').map_or((r, None), |(a, b)| (a, Some(b)))) {
+                None => (None, None),
+                Some((role, unit)) => {
+                    if !matches!(role, "gate" | "partner" | "age_check") {
+                        return Err(format!(
+                            "role {role:?} in {s:?}: valid roles are gate, partner, age_check"
+                        ));
+                    }
+                    if role == "gate" && unit.is_none() {
+                        return Err(format!("{s:?}: a gate needs its unit, e.g. {id}=gate:1/12"));
+                    }
+                    if role != "gate" && unit.is_some() {
+                        return Err(format!("{s:?}: only a gate takes a unit"));
+                    }
+                    if let Some(u) = unit {
+                        u.parse::<UnitPath>()
+                            .map_err(|e| format!("unit {u:?} in {s:?}: {e}"))?;
+                    }
+                    (Some(role.to_string()), unit.map(str::to_string))
+                }
+            };
+        Ok(ScannerSpec {
+            id: id.to_string(),
+            role,
+            unit,
+        })
+    }
+}
+
+/// Adds the scanners that have a role to the registry file at `path` (created if missing).
+/// Entries already there are kept as they are (an operator may have edited them); scanners
+/// already registered are skipped. Returns the ids added.
+pub fn register_scanners(path: &Path, specs: &[ScannerSpec]) -> Result<Vec<String>> {
+    let existing = if path.exists() {
+        gatehouse_engine::server::files::load_scanners(path)?
+    } else {
+        gatehouse_engine::ScannerRegistry::new()
+    };
+    let mut text = if path.exists() {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+    } else {
+        String::from("# Registered scanners (see deploy/REFERENCE.md). id = the client certificate's common name.\n")
+    };
+    let mut added = Vec::new();
+    for spec in specs {
+        let Some(role) = &spec.role else { continue };
+        if existing.get(&spec.id).is_some() {
+            continue;
+        }
+        text.push_str(&format!(
+            "\n[[scanner]]\nid = {:?}\nrole = \"{role}\"\n",
+            spec.id
+        ));
+        if let Some(unit) = &spec.unit {
+            text.push_str(&format!("unit = \"{unit}\"\n"));
+        }
+        added.push(spec.id.clone());
+    }
+    if !added.is_empty() {
+        // Parse what would be written before writing it.
+        gatehouse_engine::ScannerRegistry::parse(path, &text)?;
+        std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(added)
+}
+
+/// The reload part of a server's `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadStatus {
+    /// Reloads completed since the server started.
+    pub reloads: u64,
+    /// The server's process id.
+    pub pid: u32,
+    /// Per file: (file, ok, detail).
+    pub files: Vec<(String, bool, String)>,
+}
+
+impl ReloadStatus {
+    /// Reads the lines `Metrics::reload_detail` writes.
+    pub fn parse(body: &str) -> Option<ReloadStatus> {
+        let mut reloads = None;
+        let mut pid = None;
+        let mut files = Vec::new();
+        for line in body.lines() {
+            let mut words = line.splitn(5, ' ');
+            match words.next() {
+                Some("reloads") => reloads = words.next()?.parse().ok(),
+                Some("pid") => pid = words.next()?.parse().ok(),
+                Some("reload") => {
+                    let file = words.next()?.to_string();
+                    let ok = words.next()? == "ok";
+                    let _at = words.next()?;
+                    files.push((file, ok, words.next().unwrap_or("").to_string()));
+                }
+                _ => {}
+            }
+        }
+        Some(ReloadStatus {
+            reloads: reloads?,
+            pid: pid?,
+            files,
+        })
+    }
+}
+
+/// One bounded `GET` to the operations endpoint: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: gatehouse\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.take(1 << 20).read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+#[cfg(unix)]
+fn hangup(pid: u32) -> std::io::Result<()> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| std::io::Error::other("not a process id"))?;
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).map_err(std::io::Error::from)
+}
+
+#[cfg(not(unix))]
+fn hangup(_pid: u32) -> std::io::Result<()> {
+    Err(std::io::Error::other(
+        "reload by signal needs a Unix system",
+    ))
+}
+
+/// Why `gatehouse reload` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadCommandError {
+    /// The configuration cannot be used to find the server.
+    #[error("{0}")]
+    Config(String),
+    /// The server did not answer, or did not finish the reload in time.
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+/// `gatehouse reload`: asks the server to reload (SIGHUP to `pid`, or to the pid the server
+/// reports), waits for the reload to complete and returns its status.
+pub fn reload_server(
+    config: &Path,
+    pid: Option<u32>,
+    timeout: Duration,
+) -> std::result::Result<ReloadStatus, ReloadCommandError> {
+    let c = gatehouse_engine::server::ServeConfig::load(config)
+        .map_err(|e| ReloadCommandError::Config(e.to_string()))?;
+    let Some(mut addr) = c.metrics_listen else {
+        return Err(ReloadCommandError::Config(format!(
+            "{}: metrics_listen is not set; `gatehouse reload` reads the reload result from the operations endpoint",
+            config.display()
+        )));
+    };
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let unreachable =
+        |e: String| ReloadCommandError::Unreachable(format!("operations endpoint {addr}: {e}"));
+    let status = || -> std::result::Result<ReloadStatus, ReloadCommandError> {
+        let (code, body) = http_get(addr, "/readyz", Duration::from_secs(5))
+            .map_err(|e| unreachable(e.to_string()))?;
+        ReloadStatus::parse(&body)
+            .ok_or_else(|| unreachable(format!("/readyz answered {code} without reload status")))
+    };
+    let before = status()?;
+    let pid = pid.unwrap_or(before.pid);
+    hangup(pid).map_err(|e| unreachable(format!("sending SIGHUP to process {pid}: {e}")))?;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = status()?;
+        if now.reloads > before.reloads {
+            return Ok(now);
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(unreachable(format!(
+                "the reload did not complete within {} s",
+                timeout.as_secs()
+            )));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    fn scanner_specs_and_the_registry_they_write() {
+        let g: ScannerSpec = "gate-1=gate:1/12".parse().unwrap();
+        assert_eq!(g.unit.as_deref(), Some("1/12"));
+        let bare: ScannerSpec = "x".parse().unwrap();
+        assert_eq!(bare.role, None);
+        for bad in ["g=gate", "p=partner:1", "t=tank", "g=gate:a/b"] {
+            assert!(bad.parse::<ScannerSpec>().is_err(), "{bad}");
+        }
+        let e = "t=tank".parse::<ScannerSpec>().unwrap_err();
+        assert!(e.contains("gate, partner, age_check"), "{e}");
+        let dir = std::env::temp_dir().join(format!("gatehouse-reg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("scanners.toml");
+        let p: ScannerSpec = "p-1=partner".parse().unwrap();
+        assert_eq!(
+            register_scanners(&path, &[g.clone(), bare, p.clone()]).unwrap(),
+            ["gate-1", "p-1"]
+        );
+        assert!(register_scanners(&path, &[g, p]).unwrap().is_empty());
+        let reg = gatehouse_engine::server::files::load_scanners(&path).unwrap();
+        assert_eq!(reg.len(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn reload_status_reads_what_readyz_writes() {
+        let body = "ready\nreloads 2\npid 77\nreload trust ok 1800000000 1 issuer keys\nreload revocations failed 1800000000 revocations.cbor: (file): No such file\n";
+        let s = ReloadStatus::parse(body).unwrap();
+        assert_eq!((s.reloads, s.pid), (2, 77));
+        assert_eq!(s.files[0], ("trust".into(), true, "1 issuer keys".into()));
+        assert!(!s.files[1].1);
+        assert!(ReloadStatus::parse("ready\n").is_none());
+    }
+
+    #[test]
     fn issue_present_and_revoke_through_files() {
         let dir = std::env::temp_dir().join(format!("gatehouse-tools-{}", std::process::id()));
         let now = 1_800_000_000;
-        let key = issuer_keygen(&dir, "test-issuer", now).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let key = issuer_keygen(&dir, "test-issuer", now, false).unwrap();
+        // Nothing is overwritten without force.
+        let e = issuer_keygen(&dir, "test-issuer", now, false).unwrap_err();
+        assert!(e.to_string().contains("--force"), "{e}");
         let trust =
             gatehouse_engine::server::files::load_trust_list(&dir.join("trust.toml")).unwrap();
         assert_eq!(trust.len(), 1);
@@ -238,7 +550,24 @@ mod tests {
             sponsor: None,
             entitlements: vec!["base_entry".into()],
         };
-        let c = issuer_issue(&key, &dir.join("holder"), &req, now).unwrap();
+        let c = issuer_issue(&key, &dir.join("holder"), &req, now, false).unwrap();
+        assert!(issuer_issue(&key, &dir.join("holder"), &req, now, false).is_err());
+        let bad_type = IssueRequest {
+            credential_type: "tank".into(),
+            ..req.clone()
+        };
+        let e = issuer_issue(&key, &dir.join("t"), &bad_type, now, false).unwrap_err();
+        let text = format!("{e:#}");
+        assert!(
+            text.contains("--type") && text.contains("leave_pass"),
+            "{text}"
+        );
+        let bad_sponsor = IssueRequest {
+            sponsor: Some("abc".into()),
+            ..req.clone()
+        };
+        let e = issuer_issue(&key, &dir.join("s"), &bad_sponsor, now, false).unwrap_err();
+        assert!(format!("{e:#}").contains("--sponsor"), "{e:#}");
         assert!(c.leave.is_some());
         let token = wallet_present(&dir.join("holder"), now, None).unwrap();
         let t = gatehouse_protocol::Token::decode(&token).unwrap();
@@ -251,8 +580,18 @@ mod tests {
             1,
             None,
             &[(RevocationKind::Credential, hex::encode(c.id))],
+            false,
         )
         .unwrap();
+        let e = issuer_revoke(
+            &dir.join("rev2.cbor"),
+            1,
+            None,
+            &[(RevocationKind::Sponsor, "zz".into())],
+            false,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("--sponsor"), "{e}");
         assert_eq!(
             gatehouse_engine::server::files::load_revocations(&dir.join("rev.cbor")).unwrap(),
             list
@@ -264,7 +603,8 @@ mod tests {
                 unit: "a/b".into(),
                 ..req
             },
-            now
+            now,
+            false
         )
         .is_err());
         let _ = std::fs::remove_dir_all(&dir);

@@ -2,7 +2,8 @@
 //! certificate per scanner, all ECDSA P-256, made with `rcgen`.
 //!
 //! **TEST AND DEVELOPMENT KEYS ONLY.** The keys are generated on this machine, written in clear
-//! PEM, valid for decades and never revoked. A real deployment issues scanner certificates from
+//! PEM (the CA key too, in `ca.key`, so that scanners and server names can be added later),
+//! valid for decades and never revoked. A real deployment issues scanner certificates from
 //! its own CA (ideally with keys kept in the scanner's secure element) and protects the CA key
 //! accordingly. `gatehouse dev-pki`, `gatehouse demo` and the integration tests use this module.
 //!
@@ -49,6 +50,20 @@ pub enum PkiError {
     /// The same scanner id was given twice.
     #[error("scanner id {0:?} is listed twice")]
     DuplicateScannerId(String),
+    /// A file exists with other content; nothing is overwritten unless asked (`--force`).
+    #[error("{0} exists with other content (use --force to replace it)")]
+    Exists(PathBuf),
+    /// A directory holds a CA certificate but not its key, so no certificate can be added.
+    #[error("{0} is missing: this CA's key was not kept, so it cannot issue more certificates (write a new PKI into another directory)")]
+    NoCaKey(PathBuf),
+    /// A PKI file could not be read back.
+    #[error("{path}: {problem}")]
+    Load {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -107,8 +122,10 @@ impl std::fmt::Debug for Issued {
 pub struct DevPki {
     /// The CA certificate (self-signed) and its key.
     pub ca: Issued,
-    /// The server certificate for [`SERVER_NAMES`], signed by the CA.
+    /// The server certificate for [`SERVER_NAMES`] (and any names added), signed by the CA.
     pub server: Issued,
+    /// The names on the server certificate.
+    pub server_names: Vec<String>,
     /// One client certificate per scanner, in the order given; the subject CN is the id.
     pub scanners: Vec<(String, Issued)>,
     ca_cert: rcgen::Certificate,
@@ -149,41 +166,107 @@ pub fn valid_scanner_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// The first line of `ca.key`: the CA key is kept so that `gatehouse dev-pki` can add scanners
+/// and server names later, and it is a test key.
+pub const CA_KEY_WARNING: &str =
+    "# TEST ONLY: gatehouse development CA key. Never use it, or certificates it signed, in production.\n";
+
+fn ca_params() -> CertificateParams {
+    let mut params = CertificateParams::default();
+    validity(&mut params);
+    params.distinguished_name = common_name("gatehouse development CA (TEST ONLY)");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+}
+
+fn server_issued(
+    names: &[String],
+    ca_cert: &rcgen::Certificate,
+    ca_key: &KeyPair,
+) -> Result<Issued, PkiError> {
+    let server_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::new(names.to_vec())?;
+    validity(&mut params);
+    params.distinguished_name = common_name("gatehouse development server (TEST ONLY)");
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = true;
+    let server_cert = params.signed_by(&server_key, ca_cert, ca_key)?;
+    Ok(Issued::new(&server_cert, &server_key))
+}
+
+/// [`SERVER_NAMES`] followed by `extra`, without repeats.
+fn all_server_names(extra: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = SERVER_NAMES.iter().map(|s| s.to_string()).collect();
+    for n in extra {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+    names
+}
+
+fn read_text(path: &Path) -> Result<String, PkiError> {
+    fs::read_to_string(path).map_err(|source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A certificate and key read back from PEM files.
+fn load_issued(cert: &Path, key: &Path) -> Result<(Issued, KeyPair), PkiError> {
+    let load = |path: &Path, problem: String| PkiError::Load {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let cert_pem = read_text(cert)?;
+    let key_text = read_text(key)?;
+    // Comment lines (the TEST ONLY warning) are not PEM.
+    let key_pem: String = key_text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let der = crate::server::files::parse_certs(cert_pem.as_bytes(), cert)
+        .map_err(|e| load(cert, e.to_string()))?;
+    let pair = KeyPair::from_pem(&key_pem).map_err(|e| load(key, e.to_string()))?;
+    let issued = Issued {
+        cert_der: der[0].clone(),
+        cert_pem,
+        key_der: pair.serialize_der(),
+        key_pem: key_text,
+    };
+    Ok((issued, pair))
+}
+
 impl DevPki {
     /// A fresh CA, a server certificate for `localhost`, `127.0.0.1` and `::1`, and a client
     /// certificate for each scanner id.
     pub fn generate(scanner_ids: &[String]) -> Result<DevPki, PkiError> {
+        Self::generate_with_names(scanner_ids, &[])
+    }
+
+    /// [`DevPki::generate`] with more names (DNS names or IP addresses) on the server
+    /// certificate.
+    pub fn generate_with_names(
+        scanner_ids: &[String],
+        server_names: &[String],
+    ) -> Result<DevPki, PkiError> {
         let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-        let mut params = CertificateParams::default();
-        validity(&mut params);
-        params.distinguished_name = common_name("gatehouse development CA (TEST ONLY)");
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_cert = params.self_signed(&ca_key)?;
-        let ca = Issued::new(&ca_cert, &ca_key);
-
-        let server_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-        let mut params = CertificateParams::new(
-            SERVER_NAMES
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
-        )?;
-        validity(&mut params);
-        params.distinguished_name = common_name("gatehouse development server (TEST ONLY)");
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.use_authority_key_identifier_extension = true;
-        let server_cert = params.signed_by(&server_key, &ca_cert, &ca_key)?;
-        let server = Issued::new(&server_cert, &server_key);
-
+        let ca_cert = ca_params().self_signed(&ca_key)?;
+        let mut ca = Issued::new(&ca_cert, &ca_key);
+        ca.key_pem = format!("{CA_KEY_WARNING}{}", ca.key_pem);
+        let names = all_server_names(server_names);
+        let server = server_issued(&names, &ca_cert, &ca_key)?;
         let mut pki = DevPki {
             ca,
             server,
+            server_names: names,
             scanners: Vec::with_capacity(scanner_ids.len()),
             ca_cert,
             ca_key,
@@ -192,6 +275,37 @@ impl DevPki {
             pki.issue_scanner(id)?;
         }
         Ok(pki)
+    }
+
+    /// Opens a PKI that [`DevPki::write_to`] wrote, to issue more certificates with its CA:
+    /// reads `ca.pem`, `ca.key`, and the server certificate and key. Scanners already written
+    /// are not read (they stay as they are on disk).
+    pub fn open(dir: &Path) -> Result<DevPki, PkiError> {
+        let key_path = dir.join("ca.key");
+        if !key_path.exists() {
+            return Err(PkiError::NoCaKey(key_path));
+        }
+        let (ca, ca_key) = load_issued(&dir.join("ca.pem"), &key_path)?;
+        // The same subject and key as the CA certificate on disk: what it signs chains to it.
+        let ca_cert = ca_params().self_signed(&ca_key)?;
+        let (server, _) = load_issued(&dir.join("server.pem"), &dir.join("server.key"))?;
+        Ok(DevPki {
+            ca,
+            server,
+            server_names: Vec::new(),
+            scanners: Vec::new(),
+            ca_cert,
+            ca_key,
+        })
+    }
+
+    /// Issues a new server certificate for [`SERVER_NAMES`] and `extra` (replacing the one
+    /// held).
+    pub fn reissue_server(&mut self, extra: &[String]) -> Result<(), PkiError> {
+        let names = all_server_names(extra);
+        self.server = server_issued(&names, &self.ca_cert, &self.ca_key)?;
+        self.server_names = names;
+        Ok(())
     }
 
     /// Issues (and remembers) a client certificate for one more scanner.
@@ -221,23 +335,47 @@ impl DevPki {
         self.scanners.iter().find(|(s, _)| s == id).map(|(_, i)| i)
     }
 
-    /// Writes `ca.pem`, `server.pem`, `server.key`, `scanners/<id>.pem` and
-    /// `scanners/<id>.key` under `dir` (created if missing). Keys are written owner-only on
-    /// Unix. The CA key is not written: a development CA issues its certificates once.
+    /// Writes every file like [`DevPki::write_checked`] with `force`: replaces what is there.
+    /// For tests and tools that write into a directory of their own.
     pub fn write_to(&self, dir: &Path) -> Result<(), PkiError> {
+        self.write_checked(dir, true).map(|_| ())
+    }
+
+    /// Writes `ca.pem`, `ca.key` (marked TEST ONLY), `server.pem`, `server.key`,
+    /// `scanners/<id>.pem` and `scanners/<id>.key` under `dir` (created if missing). Keys are
+    /// written owner-only on Unix. A file that exists with the same content is left alone; one
+    /// with other content is an error ([`PkiError::Exists`]) unless `force`. Checks every file
+    /// before writing any, so a refusal writes nothing.
+    pub fn write_checked(&self, dir: &Path, force: bool) -> Result<Vec<PathBuf>, PkiError> {
         let scanners = dir.join("scanners");
+        let mut files = vec![
+            (dir.join("ca.pem"), &self.ca.cert_pem, false),
+            (dir.join("ca.key"), &self.ca.key_pem, true),
+            (dir.join("server.pem"), &self.server.cert_pem, false),
+            (dir.join("server.key"), &self.server.key_pem, true),
+        ];
+        for (id, issued) in &self.scanners {
+            files.push((scanners.join(format!("{id}.pem")), &issued.cert_pem, false));
+            files.push((scanners.join(format!("{id}.key")), &issued.key_pem, true));
+        }
+        let mut changed = Vec::new();
+        for (path, text, _) in &files {
+            match fs::read_to_string(path) {
+                Ok(old) if old == **text => {}
+                Ok(_) if !force => return Err(PkiError::Exists(path.clone())),
+                _ => changed.push(path.clone()),
+            }
+        }
         fs::create_dir_all(&scanners).map_err(|source| PkiError::Io {
             path: scanners.clone(),
             source,
         })?;
-        write_file(&dir.join("ca.pem"), &self.ca.cert_pem, false)?;
-        write_file(&dir.join("server.pem"), &self.server.cert_pem, false)?;
-        write_file(&dir.join("server.key"), &self.server.key_pem, true)?;
-        for (id, issued) in &self.scanners {
-            write_file(&scanners.join(format!("{id}.pem")), &issued.cert_pem, false)?;
-            write_file(&scanners.join(format!("{id}.key")), &issued.key_pem, true)?;
+        for (path, text, secret) in &files {
+            if changed.contains(path) {
+                write_file(path, text, *secret)?;
+            }
         }
-        Ok(())
+        Ok(changed)
     }
 }
 
@@ -309,8 +447,44 @@ mod tests {
     #[test]
     fn writes_and_loads_back() {
         let dir = std::env::temp_dir().join(format!("gatehouse-pki-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
         let pki = DevPki::generate(&["gate-a".to_string()]).unwrap();
-        pki.write_to(&dir).unwrap();
+        pki.write_checked(&dir, false).unwrap();
+        // Written again: identical files are left alone; a different PKI is refused.
+        assert!(pki.write_checked(&dir, false).unwrap().is_empty());
+        let other = DevPki::generate(&["gate-a".to_string()]).unwrap();
+        assert!(matches!(
+            other.write_checked(&dir, false),
+            Err(PkiError::Exists(_))
+        ));
+        assert!(std::fs::read_to_string(dir.join("ca.key"))
+            .unwrap()
+            .starts_with(CA_KEY_WARNING));
+
+        // Reopened, the CA issues a scanner and server names that chain to the ca.pem on disk.
+        let mut again = DevPki::open(&dir).unwrap();
+        again.issue_scanner("gate-b").unwrap();
+        again.reissue_server(&["gate.example".to_string()]).unwrap();
+        assert!(matches!(
+            again.write_checked(&dir, false),
+            Err(PkiError::Exists(p)) if p.ends_with("server.pem")
+        ));
+        let written = again.write_checked(&dir, true).unwrap();
+        assert!(written.iter().any(|p| p.ends_with("scanners/gate-b.pem")));
+        assert!(!written.iter().any(|p| p.ends_with("ca.pem")));
+        let ca = load_certs(&dir.join("ca.pem")).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca[0].clone()).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        let b = load_certs(&dir.join("scanners/gate-b.pem")).unwrap();
+        assert!(verifier
+            .verify_client_cert(&b[0], &[], rustls::pki_types::UnixTime::now())
+            .is_ok());
         assert_eq!(
             load_certs(&dir.join("ca.pem")).unwrap(),
             vec![pki.ca.cert_der.clone()]

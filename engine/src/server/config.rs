@@ -9,6 +9,7 @@ use gatehouse_protocol::{Backend, RevocationList, TokenParams};
 use serde::Deserialize;
 
 use super::files::{load_certs, load_key, load_revocations, load_scanners, load_trust_list};
+use super::reload::TlsFiles;
 use super::{Batching, Files, Limits, ServerConfig, ServerError};
 use crate::{ConfigError, Engine, EngineConfig, ScannerRegistry, TrustList};
 
@@ -32,7 +33,8 @@ client_ca = "pki/ca.pem"
 # Reloaded on SIGHUP; a bad file is refused and the previous state kept.
 trust = "trust.toml"
 scanners = "scanners.toml"
-# Optional: a revocation snapshot or delta (CBOR).
+# A revocation snapshot or delta (CBOR), as `gatehouse issuer revoke` writes it. Optional:
+# leave the line out to run without revocations. When named, the file must exist.
 revocations = "revocations.cbor"
 
 [engine]
@@ -84,6 +86,12 @@ max_batch = 64
 max_wait_us = 200
 # Tokens admitted and not yet answered; beyond it scanners get "busy" at once.
 queue = 4096
+
+[log]
+# "text": plain lines on stderr, colour only when stderr is a terminal. "json": one object a line.
+format = "text"
+# Default filter (error, warn, info, debug, trace, or target=level,...); RUST_LOG overrides it.
+level = "info"
 "#;
 
 /// The configuration file of `gatehouse serve`.
@@ -111,6 +119,9 @@ pub struct ServeConfig {
     /// The one-time-use store.
     #[serde(default)]
     pub replay: ReplaySection,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogSection,
     /// The file this was read from (for errors and relative paths).
     #[serde(skip)]
     pub source: PathBuf,
@@ -139,6 +150,35 @@ pub struct FilesSection {
     /// Revocation list (CBOR), optional.
     #[serde(default)]
     pub revocations: Option<PathBuf>,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSection {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// Default filter (`info`, `warn`, `gatehouse_engine=debug,info`, …); `RUST_LOG` overrides.
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// How log lines are written (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Plain text lines; ANSI colour only when stderr is a terminal.
+    Text,
+    /// One JSON object a line (for journald, Loki, Elasticsearch and the like).
+    Json,
 }
 
 /// `[engine]`.
@@ -334,6 +374,10 @@ pub struct ServeParts {
     pub revocations: Option<RevocationList>,
     /// The files, for reloads.
     pub files: Files,
+    /// The configuration file.
+    pub source: PathBuf,
+    /// Logging.
+    pub log: LogSection,
     /// The server configuration (certificates loaded; the store is memory until
     /// [`ServeParts::connect_store`]).
     pub server: ServerConfig,
@@ -453,6 +497,15 @@ impl ServeConfig {
                 ))
             }
         }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(self.error(
+                "log.level",
+                format!(
+                    "{:?} is not a filter (error, warn, info, debug, trace, or target=level,…)",
+                    self.log.level
+                ),
+            ));
+        }
         self.limits
             .to_limits()
             .check()
@@ -495,6 +548,11 @@ impl ServeConfig {
             trust: self.path(&self.files.trust),
             scanners: self.path(&self.files.scanners),
             revocations: self.files.revocations.as_deref().map(|p| self.path(p)),
+            tls: Some(TlsFiles {
+                cert: self.path(&self.tls.cert),
+                key: self.path(&self.tls.key),
+                client_ca: self.path(&self.tls.client_ca),
+            }),
         }
     }
 
@@ -527,6 +585,7 @@ impl ServeConfig {
             limits: self.limits.to_limits(),
             batching: self.batching.to_batching(),
             store: super::Store::Memory,
+            reload: None,
         };
         let redis = self.replay.redis(self.engine.skew_secs).map(|mut r| {
             r.password_file = r.password_file.map(|p| self.path(&p));
@@ -548,6 +607,8 @@ impl ServeConfig {
             scanners,
             revocations,
             files,
+            source: self.source.clone(),
+            log: self.log.clone(),
             server,
             redis,
         })

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gatehouse_protocol::{
-    kind, DecodeError, FrameHeader, Reason, Request, Response, Verdict, WireErrorCode,
+    kind, request_id, DecodeError, FrameHeader, Reason, Request, Response, Verdict, WireErrorCode,
     FRAME_HEADER_LEN, RETRY_KEY_LEN,
 };
 use quinn::{Connection, Incoming, ReadExactError, RecvStream, SendStream};
@@ -382,9 +382,12 @@ async fn read_loop(
         let request = match Request::decode(h.kind, &body) {
             Ok(r) => r,
             Err(e) => {
-                let _ = tx
-                    .send(error(WireErrorCode::MalformedFrame, e.to_string()))
-                    .await;
+                // SPEC §8.4: the id is echoed whenever it could be read (it is the first key).
+                let mut response = error(WireErrorCode::MalformedFrame, e.to_string());
+                if let Pending::Ready(Response::Error { id, .. }, _) = &mut response {
+                    *id = request_id(&body).unwrap_or(0);
+                }
+                let _ = tx.send(response).await;
                 return End::Stop(codes::BAD_FRAME);
             }
         };

@@ -135,6 +135,64 @@ pub fn subject_common_name(cert: &[u8]) -> Option<String> {
     found
 }
 
+/// The end of a DER certificate's validity (`notAfter`), Unix seconds. Like
+/// [`subject_common_name`] it reads, it does not verify; total: `None` for anything it cannot
+/// read.
+pub fn certificate_not_after(cert: &[u8]) -> Option<u64> {
+    const SEQUENCE: u8 = 0x30;
+    let (tag, cert_body, _) = der_tlv(cert)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let (tag, tbs, _) = der_tlv(cert_body)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let mut rest = tbs;
+    if rest.first() == Some(&0xA0) {
+        rest = der_tlv(rest)?.2;
+    }
+    // serialNumber, signature, issuer: skip.
+    for _ in 0..3 {
+        rest = der_tlv(rest)?.2;
+    }
+    let (tag, validity, _) = der_tlv(rest)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let (_, _, after) = der_tlv(validity)?;
+    let (tag, time, _) = der_tlv(after)?;
+    let text = std::str::from_utf8(time).ok()?;
+    let digits = text.strip_suffix('Z')?;
+    let (year, rest) = match tag {
+        // UTCTime: YYMMDDHHMMSSZ, years 1950-2049 (RFC 5280 4.1.2.5.1).
+        0x17 if digits.len() == 12 => {
+            let yy: i64 = digits.get(..2)?.parse().ok()?;
+            (
+                if yy < 50 { 2000 + yy } else { 1900 + yy },
+                digits.get(2..)?,
+            )
+        }
+        // GeneralizedTime: YYYYMMDDHHMMSSZ.
+        0x18 if digits.len() == 14 => (digits.get(..4)?.parse().ok()?, digits.get(4..)?),
+        _ => return None,
+    };
+    let n = |r: std::ops::Range<usize>| rest.get(r)?.parse::<i64>().ok();
+    let (month, day, h, m, sec) = (n(0..2)?, n(2..4)?, n(4..6)?, n(6..8)?, n(8..10)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    // Days from 1970-01-01 to the date (the proleptic Gregorian "days from civil" algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + h * 3600 + m * 60 + sec).ok()
+}
+
 /// One DER tag-length-value: (tag, contents, rest). Single-byte tags, definite lengths up to
 /// four length bytes; `None` for anything else or anything longer than the input.
 fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {

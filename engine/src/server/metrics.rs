@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering}
 use std::time::Duration;
 
 use gatehouse_protocol::{Reason, WireErrorCode};
+use parking_lot::Mutex;
 
+use super::reload::{unix_now, FileResult, ReloadFile, ReloadReport};
 use super::store::Store;
 use crate::Engine;
 
@@ -114,6 +116,40 @@ pub(crate) struct Metrics {
     pub accepting: AtomicBool,
     /// The one-time-use store.
     pub store: Store,
+    /// Reload results, certificate expiry and the revocation epoch's age.
+    pub reload: Mutex<ReloadState>,
+    /// When this server started, Unix seconds.
+    pub started: u64,
+}
+
+/// What the last reloads did, for `/metrics`, `/readyz` and `gatehouse reload`.
+#[derive(Debug, Default)]
+pub(crate) struct ReloadState {
+    /// Reloads completed since start (SIGHUP or otherwise).
+    pub generation: u64,
+    /// The last result per file, by [`ReloadFile::index`].
+    pub last: [Option<FileResult>; 4],
+    /// Results per file: [ok, failed].
+    pub counts: [[u64; 2]; 4],
+    /// The revocation epoch last seen in force, and since when (Unix seconds).
+    pub epoch_seen: Option<(u64, u64)>,
+    /// Server certificate (leaf) and client CA expiry, Unix seconds.
+    pub server_cert_expiry: Option<u64>,
+    /// The earliest expiry among the client CA certificates.
+    pub client_ca_expiry: Option<u64>,
+}
+
+impl ReloadState {
+    /// Notes the epoch in force; an epoch not seen before starts its age now.
+    pub fn observe_epoch(&mut self, epoch: u64, now: u64) -> u64 {
+        match self.epoch_seen {
+            Some((e, since)) if e == epoch => now.saturating_sub(since),
+            _ => {
+                self.epoch_seen = Some((epoch, now));
+                0
+            }
+        }
+    }
 }
 
 impl Metrics {
@@ -135,6 +171,8 @@ impl Metrics {
             batch_size: Histogram::new(BATCH_BUCKETS, 1.0),
             accepting: AtomicBool::new(true),
             store,
+            reload: Mutex::new(ReloadState::default()),
+            started: unix_now(),
         }
     }
 
@@ -147,6 +185,38 @@ impl Metrics {
             return Err("one-time-use store unavailable");
         }
         Ok(())
+    }
+
+    /// Records a completed reload.
+    pub fn record_reload(&self, report: &ReloadReport, engine: &Engine) {
+        let mut state = self.reload.lock();
+        state.generation += 1;
+        for f in &report.files {
+            let i = f.file.index();
+            state.counts[i][usize::from(!f.ok)] += 1;
+            state.last[i] = Some(f.clone());
+        }
+        state.observe_epoch(engine.revocation_epoch().0, unix_now());
+    }
+
+    /// The reload lines of `/readyz`: the number of reloads, the server's pid, then one line
+    /// per file, `reload <file> ok|failed <unix time> <detail>`. `gatehouse reload` reads them.
+    pub fn reload_detail(&self) -> String {
+        let state = self.reload.lock();
+        let mut out = format!("reloads {}\npid {}\n", state.generation, std::process::id());
+        for file in ReloadFile::ALL {
+            if let Some(f) = &state.last[file.index()] {
+                let _ = writeln!(
+                    out,
+                    "reload {} {} {} {}",
+                    file.label(),
+                    if f.ok { "ok" } else { "failed" },
+                    f.at,
+                    f.detail.replace('\n', " ")
+                );
+            }
+        }
+        out
     }
 
     pub fn request(&self, kind: Kind) {
@@ -378,7 +448,122 @@ impl Metrics {
             "1 while accepting connections, 0 while draining.",
             i64::from(self.accepting.load(Ordering::Relaxed)),
         );
+        self.render_operations(&mut out, epoch);
         out
+    }
+
+    /// Build, process, reload, certificate and revocation-age metrics.
+    fn render_operations(&self, out: &mut String, epoch: u64) {
+        let now = unix_now();
+        let name = "gatehouse_build_info";
+        let _ = writeln!(
+            out,
+            "# HELP {name} The running build; the value is always 1."
+        );
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        let _ = writeln!(out, "{name}{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+        process_metrics(out, self.started);
+
+        let mut state = self.reload.lock();
+        let age = state.observe_epoch(epoch, now);
+        let _ = writeln!(out, "# HELP gatehouse_revocation_epoch_age_seconds Seconds since the revocation epoch in force was put in force.\n# TYPE gatehouse_revocation_epoch_age_seconds gauge\ngatehouse_revocation_epoch_age_seconds {age}");
+        let _ = writeln!(out, "# HELP gatehouse_reloads_completed_total Reloads completed (all files).\n# TYPE gatehouse_reloads_completed_total counter\ngatehouse_reloads_completed_total {}", state.generation);
+        let name = "gatehouse_reloads_total";
+        let _ = writeln!(out, "# HELP {name} File reloads by file and result.");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for file in ReloadFile::ALL {
+            for (j, result) in ["ok", "failed"].iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{file=\"{}\",result=\"{result}\"}} {}",
+                    file.label(),
+                    state.counts[file.index()][j]
+                );
+            }
+        }
+        let name = "gatehouse_reload_success";
+        let _ = writeln!(out, "# HELP {name} 1 when the file's last reload succeeded, 0 when it was refused (previous state kept).");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for f in state.last.iter().flatten() {
+            let _ = writeln!(
+                out,
+                "{name}{{file=\"{}\"}} {}",
+                f.file.label(),
+                u8::from(f.ok)
+            );
+        }
+        let name = "gatehouse_reload_timestamp_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} When the file's last reload was attempted, Unix seconds."
+        );
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for f in state.last.iter().flatten() {
+            let _ = writeln!(out, "{name}{{file=\"{}\"}} {}", f.file.label(), f.at);
+        }
+        let name = "gatehouse_certificate_expiry_timestamp_seconds";
+        let _ = writeln!(out, "# HELP {name} When the TLS certificate in force expires, Unix seconds (client_ca: the earliest CA certificate).");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for (which, t) in [
+            ("server", state.server_cert_expiry),
+            ("client_ca", state.client_ca_expiry),
+        ] {
+            if let Some(t) = t {
+                let _ = writeln!(out, "{name}{{certificate=\"{which}\"}} {t}");
+            }
+        }
+    }
+}
+
+/// The standard Prometheus process metrics, read from `/proc/self` (Linux; elsewhere only the
+/// start time). CPU time is in the kernel's USER_HZ ticks, 100 per second on Linux.
+fn process_metrics(out: &mut String, started: u64) {
+    const USER_HZ: f64 = 100.0;
+    let _ = writeln!(out, "# HELP process_start_time_seconds Start time of the process since the Unix epoch, seconds.\n# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {started}");
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15 of stat(5); `fields` starts at field 3.
+    if let (Some(u), Some(s)) = (
+        fields.get(11).and_then(|v| v.parse::<f64>().ok()),
+        fields.get(12).and_then(|v| v.parse::<f64>().ok()),
+    ) {
+        let _ = writeln!(out, "# HELP process_cpu_seconds_total Total user and system CPU time spent, seconds.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}", (u + s) / USER_HZ);
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = |key: &str| {
+        status.lines().find_map(|l| {
+            l.strip_prefix(key)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+    };
+    if let Some(rss) = kb("VmRSS:") {
+        let _ = writeln!(out, "# HELP process_resident_memory_bytes Resident memory size, bytes.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}", rss * 1024);
+    }
+    if let Some(vm) = kb("VmSize:") {
+        let _ = writeln!(out, "# HELP process_virtual_memory_bytes Virtual memory size, bytes.\n# TYPE process_virtual_memory_bytes gauge\nprocess_virtual_memory_bytes {}", vm * 1024);
+    }
+    // Bounded: a process near its descriptor limit must not make every scrape walk it all.
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        let open = dir.take(1_000_000).count();
+        let _ = writeln!(out, "# HELP process_open_fds Open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {open}");
+    }
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    if let Some(max) = limits.lines().find_map(|l| {
+        l.strip_prefix("Max open files")?
+            .split_whitespace()
+            .next()?
+            .parse::<u64>()
+            .ok()
+    }) {
+        let _ = writeln!(out, "# HELP process_max_fds Most open file descriptors allowed.\n# TYPE process_max_fds gauge\nprocess_max_fds {max}");
     }
 }
 

@@ -19,8 +19,10 @@
 //!   comes first. When the queue is full a token is answered `busy` at once: a gate queue in the
 //!   morning rush gets a fast "retry" rather than a slow answer.
 //! - **Operations**: `/metrics` (Prometheus), `/healthz`, `/readyz` on a separate TCP listener;
-//!   [`reload`] of trust list, scanner registry and revocations without dropping connections;
-//!   graceful drain on shutdown.
+//!   reload of trust list, scanner registry, revocations and TLS files, each on its own merits
+//!   and without dropping connections ([`ReloadControl`], [`reload_files`]), with every file's
+//!   result in the log, `/metrics` and `/readyz`; graceful drain on shutdown; systemd
+//!   readiness notifications.
 //!
 //! Like mini-redis, [`run`] takes sockets the caller bound and a shutdown future, so tests bind
 //! `127.0.0.1:0` and run the real server; [`run_with_signals`] and [`serve`] add SIGHUP reload
@@ -57,10 +59,14 @@ use crate::{ConfigError, Engine, EngineError, RevocationError};
 use files::FileError;
 
 pub use config::{
-    BatchingSection, EngineSection, FilesSection, LimitsSection, ReplaySection, ServeConfig,
-    ServeParts, TlsSection, SAMPLE_CONFIG,
+    BatchingSection, EngineSection, FilesSection, LimitsSection, LogFormat, LogSection,
+    ReplaySection, ServeConfig, ServeParts, TlsSection, SAMPLE_CONFIG,
 };
-pub use reload::{reload, Files, ReloadError, Reloaded};
+pub use reload::{
+    format_unix, reload, reload_files, reload_revocations, reload_scanners, reload_trust,
+    FileResult, Files, ReloadControl, ReloadError, ReloadFile, ReloadReport, Reloaded,
+    RevocationReload, TlsFiles,
+};
 pub use store::{RedisConfig, RedisStore, Store, StoreError, StoreHealth};
 
 /// Application error codes on the QUIC connection and its streams.
@@ -195,6 +201,8 @@ pub struct ServerConfig {
     pub batching: Batching,
     /// Where one-time use is recorded.
     pub store: Store,
+    /// Hot reload of files and TLS while running (none: no reloads).
+    pub reload: Option<ReloadControl>,
 }
 
 impl Clone for ServerConfig {
@@ -206,6 +214,7 @@ impl Clone for ServerConfig {
             limits: self.limits.clone(),
             batching: self.batching,
             store: self.store.clone(),
+            reload: self.reload.clone(),
         }
     }
 }
@@ -224,6 +233,7 @@ impl ServerConfig {
             limits: Limits::default(),
             batching: Batching::default(),
             store: Store::Memory,
+            reload: None,
         }
     }
 
@@ -269,6 +279,16 @@ pub enum ServerError {
     /// A socket operation failed.
     #[error("socket: {0}")]
     Io(#[from] std::io::Error),
+    /// A listen address could not be bound.
+    #[error("cannot listen on {what} {addr}: {source}")]
+    Bind {
+        /// Which listener (`listen`, `metrics_listen`).
+        what: &'static str,
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
     /// A configuration file is wrong.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -340,7 +360,24 @@ pub async fn run(
         None => None,
     };
     let purge_task = tokio::spawn(purge_replay_table(Arc::clone(&engine)));
+    // Reloads (files and TLS) and their results: a separate task, see `reload`.
+    {
+        let mut state = metrics.reload.lock();
+        state.observe_epoch(engine.revocation_epoch().0, reload::unix_now());
+        (state.server_cert_expiry, state.client_ca_expiry) = reload::cert_expiry(&config);
+    }
+    let reload_task = config.reload.clone().map(|control| {
+        tokio::spawn(reload::serve_reloads(
+            control,
+            Arc::clone(&engine),
+            endpoint.clone(),
+            config.clone(),
+            Arc::clone(&metrics),
+        ))
+    });
     info!(addr = %endpoint.local_addr()?, store = config.store.label(), "gatehouse listening (QUIC)");
+    // systemd `Type=notify`: ready once the sockets are bound and the engine loaded.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -374,6 +411,10 @@ pub async fn run(
         connections = connections.len(),
         "shutting down: draining requests in flight"
     );
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    if let Some(t) = &reload_task {
+        t.abort();
+    }
     metrics.accepting.store(false, Ordering::Relaxed);
     let _ = drain_tx.send(true);
     let grace = config.limits.drain_timeout + Duration::from_millis(500);
@@ -442,8 +483,9 @@ async fn purge_replay_table(engine: Arc<Engine>) {
     }
 }
 
-/// [`run`] with process signals: SIGHUP reloads `files` ([`reload`]; on error the old state is
-/// kept and the error logged), SIGTERM or ctrl-c start the drain.
+/// [`run`] with process signals: SIGHUP reloads `files` and the TLS files, each on its own
+/// merits (a refused file keeps its previous state; results in the log, `/metrics` and
+/// `/readyz`), SIGTERM or ctrl-c start the drain.
 pub async fn run_with_signals(
     engine: Arc<Engine>,
     config: ServerConfig,
@@ -456,14 +498,18 @@ pub async fn run_with_signals(
         use tokio::signal::unix::{signal, SignalKind};
         let mut hangup = signal(SignalKind::hangup())?;
         let mut terminate = signal(SignalKind::terminate())?;
-        let reload_engine = Arc::clone(&engine);
+        let trigger = Arc::new(tokio::sync::Notify::new());
+        let mut config = config;
+        config.reload = Some(ReloadControl {
+            files,
+            trigger: Arc::clone(&trigger),
+        });
         let reloader = tokio::spawn(async move {
             while hangup.recv().await.is_some() {
-                info!("SIGHUP: reloading trust list, scanners and revocations");
-                let e = Arc::clone(&reload_engine);
-                let f = files.clone();
-                // Errors are logged by `reload`; the old state stays in force.
-                let _ = tokio::task::spawn_blocking(move || reload(&e, &f)).await;
+                info!("SIGHUP: reloading trust list, scanners, revocations and TLS");
+                // Results are logged and recorded by the server's reload task; a refused file
+                // keeps its previous state in force.
+                trigger.notify_one();
             }
         });
         let shutdown = async move {
@@ -499,10 +545,36 @@ pub async fn run_with_signals(
 pub async fn serve(mut parts: ServeParts) -> Result<(), ServerError> {
     parts.connect_store().await?;
     let engine = parts.build_engine()?;
-    let socket = std::net::UdpSocket::bind(parts.listen)?;
+    let socket = std::net::UdpSocket::bind(parts.listen).map_err(|source| ServerError::Bind {
+        what: "listen",
+        addr: parts.listen,
+        source,
+    })?;
     let ops = match parts.metrics_listen {
-        Some(addr) => Some(TcpListener::bind(addr).await?),
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    what: "metrics_listen",
+                    addr,
+                    source,
+                })?,
+        ),
         None => None,
     };
+    let (epoch, revoked) = engine.revocation_epoch();
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %parts.source.display(),
+        backend = ?parts.engine.backend,
+        strict_signatures = parts.engine.strict_signatures,
+        listen = %parts.listen,
+        metrics_listen = %parts.metrics_listen.map_or("none".to_string(), |a| a.to_string()),
+        issuers = parts.trust.len(),
+        scanners = parts.scanners.len(),
+        revocation_epoch = epoch,
+        revoked,
+        "gatehouse starting"
+    );
     run_with_signals(engine, parts.server, parts.files, socket, ops).await
 }

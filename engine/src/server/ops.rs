@@ -135,10 +135,17 @@ fn route(head: &[u8], engine: &Engine, metrics: &Metrics) -> (u16, &'static str,
             metrics.render(engine),
         ),
         "/healthz" => (200, "text/plain", "ok\n".into()),
-        "/readyz" => match metrics.ready() {
-            Ok(()) => (200, "text/plain", "ready\n".into()),
-            Err(why) => (503, "text/plain", format!("{why}\n")),
-        },
+        "/readyz" => {
+            // The reload lines follow the status line (see `Metrics::reload_detail`). A refused
+            // reload does not make the server unready: the previous files stay in force and
+            // valid, and one bad push must not take a whole fleet out of its load balancer.
+            // `gatehouse reload` and `gatehouse_reload_success` report it instead.
+            let detail = metrics.reload_detail();
+            match metrics.ready() {
+                Ok(()) => (200, "text/plain", format!("ready\n{detail}")),
+                Err(why) => (503, "text/plain", format!("{why}\n{detail}")),
+            }
+        }
         _ => (404, "text/plain", "not found\n".into()),
     }
 }
