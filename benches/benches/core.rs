@@ -48,6 +48,37 @@ fn decode(c: &mut Criterion) {
     g.finish();
 }
 
+/// `sign/fixed-base`: one token-sized ES256 signature as gatehouse signs (RFC 6979 nonce, the
+/// fixed-base table for R = k·G, low s, R y-parity); `sign/p256`: the same signature with the
+/// `p256` crate's generic signer (what gatehouse used before the table);
+/// `sign/public-key`: deriving a public key from a private scalar (d·G, the table again).
+fn sign_bench(c: &mut Criterion) {
+    use p256::ecdsa::SigningKey;
+    use sha2::{Digest, Sha256};
+    let key = gatehouse_engine::dev::population::derive_key("bench signer", 1);
+    let msg = [0x5au8; 300];
+    let mut g = c.benchmark_group("sign");
+    g.bench_function("fixed-base", |b| {
+        b.iter(|| key.sign(black_box(&msg)).unwrap())
+    });
+    let reference = SigningKey::from_slice(&key.to_bytes()).unwrap();
+    g.bench_function("p256", |b| {
+        b.iter(|| {
+            reference
+                .sign_prehash_recoverable(&Sha256::digest(black_box(&msg)))
+                .unwrap()
+        })
+    });
+    let secret = key.to_bytes();
+    g.bench_function("public-key", |b| {
+        b.iter(|| {
+            let k = gatehouse_protocol::PrivateKey::from_bytes(black_box(&secret)).unwrap();
+            *k.public().compressed()
+        })
+    });
+    g.finish();
+}
+
 /// `verify/single/<backend>`: one device-signature check (ES256 + low-s) per backend;
 /// `verify/strict`: the check that also verifies the R y-parity (p256 arithmetic);
 /// `verify/batch/<n>`: n signature checks spread over the verification pool (2 threads).
@@ -313,6 +344,7 @@ fn quic(c: &mut Criterion) {
 criterion_group!(
     benches,
     decode,
+    sign_bench,
     verify_bench,
     revocation,
     replay,

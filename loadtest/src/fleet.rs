@@ -39,6 +39,27 @@ const FOOTER: &[u8; 8] = b"GHLTEND\0";
 const VERSION: u32 = 1;
 const HEADER_LEN: usize = 8 + 4 + 8 + 8 + 8 + 4 + 4;
 
+/// Where populations are cached when neither `--cache-dir` nor `GATEHOUSE_LOADTEST_CACHE`
+/// says: the user's cache directory (`$XDG_CACHE_HOME`, else `$HOME/.cache`), under
+/// `gatehouse-loadtest/`; without either, `target/gatehouse-loadtest/` below the working
+/// directory. Never a path compiled in from the machine that built the harness.
+pub fn default_cache_dir() -> PathBuf {
+    cache_dir_from(|k| std::env::var_os(k))
+}
+
+/// [`default_cache_dir`] over any environment lookup (the tests pass their own).
+pub fn cache_dir_from(env: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
+    // An empty or relative XDG_CACHE_HOME is invalid by the XDG spec and is ignored.
+    let absolute = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
+    if let Some(dir) = env("XDG_CACHE_HOME").and_then(absolute) {
+        return dir.join("gatehouse-loadtest");
+    }
+    if let Some(home) = env("HOME").and_then(absolute) {
+        return home.join(".cache").join("gatehouse-loadtest");
+    }
+    PathBuf::from("target").join("gatehouse-loadtest")
+}
+
 /// The parameters that make a fleet: a cached file is reused only when they all match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FleetSpec {
@@ -466,6 +487,35 @@ impl<'a> Reader<'a> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn the_default_cache_dir_comes_from_the_environment_not_the_build() {
+        use std::ffi::OsString;
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(name, _)| *name == k)
+                    .map(|(_, v)| OsString::from(v))
+            }
+        };
+        assert_eq!(
+            cache_dir_from(env(&[("XDG_CACHE_HOME", "/xdg"), ("HOME", "/home/u")])),
+            Path::new("/xdg/gatehouse-loadtest")
+        );
+        assert_eq!(
+            cache_dir_from(env(&[("XDG_CACHE_HOME", "rel"), ("HOME", "/home/u")])),
+            Path::new("/home/u/.cache/gatehouse-loadtest")
+        );
+        assert_eq!(
+            cache_dir_from(env(&[])),
+            Path::new("target/gatehouse-loadtest")
+        );
+        // Nothing of the machine the harness was built on is in the default.
+        let built_in = env!("CARGO_MANIFEST_DIR");
+        assert!(!cache_dir_from(env(&[])).starts_with(built_in));
+        assert!(!default_cache_dir().starts_with(built_in));
+    }
 
     #[test]
     fn cache_round_trips_and_refuses_other_parameters() {

@@ -38,5 +38,5 @@ pub use expect::{expected, Presented};
 pub use fleet::{Fleet, FleetSpec, Origin};
 pub use harness::{sweep, Harness, SweepOptions};
 pub use model::{schedule, Arrival, Mix, Phase, Plan, RushModel, ScannerSet, Scenario};
-pub use report::{compare, Report, RunSummary, SweepSummary};
+pub use report::{compare, plan_differences, Report, RunSummary, SweepSummary};
 pub use target::{find_gatehouse, Connections, SpawnOptions, SpawnedEngine};

@@ -13,12 +13,13 @@ use gatehouse_engine::client::ClientOptions;
 use gatehouse_engine::dev::pki::DevPki;
 use gatehouse_loadtest::budget::BudgetResult;
 use gatehouse_loadtest::closed::{self, ClosedOptions};
+use gatehouse_loadtest::fleet::default_cache_dir;
 use gatehouse_loadtest::openloop::{OpenLoopOptions, MAX_SIGN_LEAD};
 use gatehouse_loadtest::report::{ModelInfo, PopulationInfo, TargetInfo};
 use gatehouse_loadtest::target::{identities_from_dir, identities_from_pki};
 use gatehouse_loadtest::{
-    compare, find_gatehouse, sweep, Budget, Connections, Fleet, FleetSpec, Harness, Mix, Plan,
-    Report, RushModel, ScannerSet, SpawnOptions, SpawnedEngine, SweepOptions,
+    compare, find_gatehouse, plan_differences, sweep, Budget, Connections, Fleet, FleetSpec,
+    Harness, Mix, Plan, Report, RushModel, ScannerSet, SpawnOptions, SpawnedEngine, SweepOptions,
 };
 
 const EXIT_MISSED: u8 = 1;
@@ -121,19 +122,25 @@ enum Command {
         /// Longest think time, ms.
         #[arg(long, default_value_t = 2500)]
         think_max_ms: u64,
-        /// Where goose writes goose.html, goose.json and goose.md.
-        #[arg(long, default_value = DEFAULT_GOOSE_DIR)]
-        report_dir: PathBuf,
+        /// Where goose writes goose.html, goose.json and goose.md [default: goose/ in the
+        /// cache directory].
+        #[arg(long)]
+        report_dir: Option<PathBuf>,
         /// Arguments for goose (after `--`).
         #[arg(last = true)]
         goose_args: Vec<String>,
     },
-    /// Compare two JSON reports (the second against the first).
+    /// Compare two JSON reports (the second against the first). Refused when their plans
+    /// differ (mode, population, plan shape or rate, sweep step), since the figures then
+    /// describe the plans rather than the engine.
     Compare {
         /// The earlier report.
         baseline: PathBuf,
         /// The later report.
         report: PathBuf,
+        /// Compare even when the plans differ (each difference is printed as a warning).
+        #[arg(long)]
+        allow_different_plans: bool,
     },
 }
 
@@ -151,8 +158,9 @@ struct FleetArgs {
     /// Share of holders expired, per mille.
     #[arg(long, default_value_t = 20)]
     expired_per_mille: u32,
-    /// Where populations are cached.
-    #[arg(long, env = "GATEHOUSE_LOADTEST_CACHE", default_value = DEFAULT_CACHE_DIR)]
+    /// Where populations are cached [default: $XDG_CACHE_HOME/gatehouse-loadtest, else
+    /// ~/.cache/gatehouse-loadtest, else target/gatehouse-loadtest].
+    #[arg(long, env = "GATEHOUSE_LOADTEST_CACHE", default_value_os_t = default_cache_dir())]
     cache_dir: PathBuf,
     /// Regenerate a cached population older than this (its validity dates drift).
     #[arg(long, default_value_t = 72)]
@@ -161,11 +169,6 @@ struct FleetArgs {
     #[arg(long)]
     quiet: bool,
 }
-
-const DEFAULT_CACHE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/cache");
-
-/// Goose's reports go beside the cache (gitignored) unless told otherwise.
-const DEFAULT_GOOSE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/cache/goose");
 
 fn default_budget(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -429,6 +432,20 @@ fn finish(
         let now = serde_json::to_value(&report)?;
         report.baseline = compare(&before, &now);
         checks.extend(budget.check_baseline(&report.baseline));
+        let differ = plan_differences(&before, &now);
+        if !report.baseline.is_empty() {
+            // A regression gate across different plans would judge the plans, not the engine.
+            checks.push(gatehouse_loadtest::Check {
+                name: "baseline has the same plan".into(),
+                limit: "same mode, population and plan".into(),
+                observed: if differ.is_empty() {
+                    "same".into()
+                } else {
+                    differ.join("; ")
+                },
+                passed: differ.is_empty(),
+            });
+        }
     }
     let result = BudgetResult::new(&budget_file.display().to_string(), checks);
     report.passed = result.passed;
@@ -670,7 +687,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     Duration::from_millis(think_min_ms),
                     Duration::from_millis(think_max_ms),
                 ),
-                report_dir,
+                report_dir: report_dir.unwrap_or_else(|| common.fleet.cache_dir.join("goose")),
                 thresholds: budget.goose_thresholds(),
                 goose_args,
                 utc_offset_secs: common.utc_offset_secs,
@@ -725,14 +742,33 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             report.goose = Some(g);
             finish(report, &common, &budget, &budget_file, checks)
         }
-        Command::Compare { baseline, report } => {
+        Command::Compare {
+            baseline,
+            report,
+            allow_different_plans,
+        } => {
             let read = |p: &Path| -> Result<serde_json::Value> {
                 Ok(serde_json::from_str(
                     &std::fs::read_to_string(p)
                         .with_context(|| format!("reading {}", p.display()))?,
                 )?)
             };
-            let diffs = compare(&read(&baseline)?, &read(&report)?);
+            let (before, now) = (read(&baseline)?, read(&report)?);
+            let differ = plan_differences(&before, &now);
+            if !differ.is_empty() {
+                for d in &differ {
+                    eprintln!("gatehouse-loadtest: the plans differ: {d}");
+                }
+                ensure!(
+                    allow_different_plans,
+                    "the two runs had different plans, so their figures are not comparable \
+                     (--allow-different-plans compares them anyway)"
+                );
+                eprintln!(
+                    "gatehouse-loadtest: warning: comparing runs of different plans; differences below are not the engine's alone"
+                );
+            }
+            let diffs = compare(&before, &now);
             ensure!(!diffs.is_empty(), "the two reports share no metric");
             for d in diffs {
                 println!(

@@ -395,6 +395,38 @@ pub fn compare(before: &serde_json::Value, now: &serde_json::Value) -> Vec<Basel
         .collect()
 }
 
+/// What makes two runs comparable: the mode, the population and the plan. Name, JSON pointer.
+const PLAN_FIELDS: &[(&str, &str)] = &[
+    ("mode", "/mode"),
+    ("holders", "/population/holders"),
+    ("population seed", "/population/seed"),
+    ("ramp-up seconds", "/model/plan_ramp_up_secs"),
+    ("peak seconds", "/model/plan_peak_secs"),
+    ("ramp-down seconds", "/model/plan_ramp_down_secs"),
+    ("peak req/s", "/model/plan_peak_rps"),
+    ("sweep step seconds", "/sweep/step_secs"),
+];
+
+/// How the two reports' plans differ, one line per field (empty: the same plan). Throughput,
+/// latency and the knee depend on the plan, so a comparison across plans says nothing about
+/// the engine; `compare` refuses one unless told otherwise, and a run's `--baseline` check
+/// fails on one.
+pub fn plan_differences(before: &serde_json::Value, now: &serde_json::Value) -> Vec<String> {
+    PLAN_FIELDS
+        .iter()
+        .filter_map(|(name, pointer)| {
+            let (b, n) = (before.pointer(pointer), now.pointer(pointer));
+            let same = match (b.and_then(|v| v.as_f64()), n.and_then(|v| v.as_f64())) {
+                (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
+                _ => b == n,
+            };
+            let show =
+                |v: Option<&serde_json::Value>| v.map_or("absent".to_string(), |v| v.to_string());
+            (!same).then(|| format!("{name}: {} → {}", show(b), show(n)))
+        })
+        .collect()
+}
+
 fn ms(us: u64) -> String {
     format!("{:.2} ms", us as f64 / 1e3)
 }
@@ -624,5 +656,25 @@ mod tests {
         assert!(p99.worse && (p99.change_pct - 50.0).abs() < 1e-9);
         let tput = d.iter().find(|d| d.metric == "throughput_rps").unwrap();
         assert!(!tput.worse);
+    }
+
+    #[test]
+    fn plan_differences_name_each_field_that_differs() {
+        let report = |mode: &str, peak: f64, holders: u64| {
+            serde_json::json!({
+                "mode": mode,
+                "population": {"holders": holders, "seed": 1},
+                "model": {"plan_ramp_up_secs": 30.0, "plan_peak_secs": 120.0,
+                          "plan_ramp_down_secs": 30.0, "plan_peak_rps": peak},
+                "run": {"throughput_rps": peak},
+            })
+        };
+        let a = report("rush", 500.0, 1_000_000);
+        assert!(plan_differences(&a, &a.clone()).is_empty());
+        let d = plan_differences(&a, &report("rush", 1000.0, 1_000_000));
+        assert_eq!(d, vec!["peak req/s: 500.0 → 1000.0".to_string()]);
+        let d = plan_differences(&a, &report("sweep", 500.0, 50_000));
+        assert_eq!(d.len(), 2);
+        assert!(d[0].starts_with("mode") && d[1].starts_with("holders"));
     }
 }

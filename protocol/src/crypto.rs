@@ -12,13 +12,17 @@
 //! [`verify_strict`], also checks the parity; it needs the point R, which ring does not expose,
 //! so it always runs on `p256`.
 
+use std::sync::OnceLock;
+
 use p256::ecdsa::{Signature as P256Signature, SigningKey, VerifyingKey};
 use p256::elliptic_curve::ops::{LinearCombination, Reduce};
 use p256::elliptic_curve::point::AffineCoordinates;
-use p256::{FieldBytes, ProjectivePoint, Scalar, U256};
+use p256::elliptic_curve::scalar::IsHigh;
+use p256::elliptic_curve::{Field, PrimeField};
+use p256::{FieldBytes, NonZeroScalar, ProjectivePoint, Scalar, U256};
 use sha2::{Digest, Sha256};
 
-use crate::{SignError, SignatureError};
+use crate::{basepoint, SignError, SignatureError};
 
 /// The P-256 group order n, big-endian.
 const ORDER: [u8; 32] = [
@@ -146,61 +150,88 @@ impl PublicKey {
 }
 
 /// A P-256 private key that signs gatehouse structures (an issuer's or a device's).
+///
+/// Signing and key derivation multiply the generator with a precomputed table
+/// (`basepoint`, constant time); the public key is derived on first use, so a key that only
+/// signs (a load harness rebuilding device keys from stored scalars) never pays for it.
 #[derive(Clone)]
 pub struct PrivateKey {
-    key: SigningKey,
-    public: PublicKey,
+    secret: NonZeroScalar,
+    public: OnceLock<PublicKey>,
 }
 
 impl std::fmt::Debug for PrivateKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the secret.
-        write!(f, "PrivateKey(public: {:?})", self.public)
+        write!(f, "PrivateKey(public: {:?})", self.public())
     }
 }
 
 impl PrivateKey {
     /// From the 32-byte big-endian scalar.
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, SignError> {
-        let key = SigningKey::from_slice(bytes).map_err(|_| SignError::BadKey)?;
-        let public = PublicKey::from_verifying_key(*key.verifying_key());
-        Ok(PrivateKey { key, public })
+        let secret = Option::<NonZeroScalar>::from(NonZeroScalar::from_repr((*bytes).into()))
+            .ok_or(SignError::BadKey)?;
+        Ok(PrivateKey {
+            secret,
+            public: OnceLock::new(),
+        })
     }
 
     /// The 32-byte big-endian scalar.
     pub fn to_bytes(&self) -> [u8; 32] {
-        self.key.to_bytes().into()
+        self.secret.to_repr().into()
     }
 
     /// The public key.
     pub fn public(&self) -> &PublicKey {
-        &self.public
+        self.public.get_or_init(|| {
+            let q = basepoint::mul_base(&self.secret).to_affine();
+            // d is non-zero and below n, so d·G is never the identity.
+            let point = VerifyingKey::from_affine(q)
+                .unwrap_or_else(|_| *SigningKey::from(self.secret).verifying_key());
+            PublicKey::from_verifying_key(point)
+        })
     }
 
     /// Signs `msg` (hashed with SHA-256) with a deterministic RFC 6979 nonce; returns the
     /// low-s signature and the y-parity of its R.
+    ///
+    /// The same signature, bit for bit, as the `p256` crate's `sign_prehash_recoverable`
+    /// followed by low-s normalisation (a test holds it to that), computed with the
+    /// fixed-base table.
     pub fn sign(&self, msg: &[u8]) -> Result<Signature, SignError> {
         let digest = Sha256::digest(msg);
-        let (sig, recid) = self
-            .key
-            .sign_prehash_recoverable(&digest)
-            .map_err(|_| SignError::Failed)?;
-        if recid.is_x_reduced() {
+        let d: Scalar = *self.secret;
+        let k =
+            Option::<NonZeroScalar>::from(NonZeroScalar::from_repr(
+                rfc6979::generate_k::<Sha256, _>(&d.to_repr(), &ORDER.into(), &digest, &[]),
+            ))
+            .ok_or(SignError::Failed)?;
+        let k_inv = Option::<Scalar>::from(k.invert()).ok_or(SignError::Failed)?;
+        let big_r = basepoint::mul_base(&k).to_affine();
+        let r = <Scalar as Reduce<U256>>::reduce_bytes(&big_r.x());
+        if r.to_repr() != big_r.x() {
             // r = R.x − n: a verifier could not rebuild R from r. Happens with probability
             // about 2⁻¹²⁸; refuse rather than emit a signature batch verifiers cannot use.
             return Err(SignError::Failed);
         }
-        let mut y_odd = recid.is_y_odd();
-        let sig = match sig.normalize_s() {
-            // Negating s negates the verifier's R, which flips its y-parity.
-            Some(low) => {
-                y_odd = !y_odd;
-                low
-            }
-            None => sig,
+        let z = <Scalar as Reduce<U256>>::reduce_bytes(&digest);
+        let s = k_inv * (z + r * d);
+        if bool::from(r.is_zero()) || bool::from(s.is_zero()) {
+            return Err(SignError::Failed);
+        }
+        let mut y_odd = bool::from(big_r.y_is_odd());
+        // Low s: negating s negates the verifier's R, which flips its y-parity.
+        let s = if bool::from(s.is_high()) {
+            y_odd = !y_odd;
+            -s
+        } else {
+            s
         };
         let mut rs = [0u8; 64];
-        rs.copy_from_slice(&sig.to_bytes());
+        rs[..32].copy_from_slice(&r.to_repr());
+        rs[32..].copy_from_slice(&s.to_repr());
         Ok(Signature { rs, y_odd })
     }
 }
@@ -378,6 +409,43 @@ mod tests {
         );
         assert!(PrivateKey::from_bytes(&[0; 32]).is_err());
         assert!(PrivateKey::from_bytes(&ORDER).is_err());
+    }
+
+    /// The signer before the fixed-base table: the `p256` crate's RFC 6979 signer, then low s.
+    fn reference_sign(key: &PrivateKey, msg: &[u8]) -> Signature {
+        let sk = SigningKey::from_slice(&key.to_bytes()).unwrap();
+        let (sig, recid) = sk.sign_prehash_recoverable(&Sha256::digest(msg)).unwrap();
+        let mut y_odd = recid.is_y_odd();
+        let sig = match sig.normalize_s() {
+            Some(low) => {
+                y_odd = !y_odd;
+                low
+            }
+            None => sig,
+        };
+        Signature {
+            rs: sig.to_bytes().into(),
+            y_odd,
+        }
+    }
+
+    #[test]
+    fn the_fixed_base_signer_matches_the_p256_signer_and_passes_the_strict_check() {
+        for seed in 1..=40u8 {
+            let mut bytes = [seed; 32];
+            bytes[0] = seed.wrapping_mul(37);
+            let k = PrivateKey::from_bytes(&bytes).unwrap();
+            let reference = SigningKey::from_slice(&bytes).unwrap();
+            let pk = PublicKey::from_verifying_key(*reference.verifying_key());
+            assert_eq!(k.public(), &pk, "derived public key");
+            for i in 0..25u32 {
+                let msg = [&i.to_be_bytes()[..], &[seed; 90][..]].concat();
+                let sig = k.sign(&msg).unwrap();
+                assert_eq!(sig, reference_sign(&k, &msg), "seed {seed}, message {i}");
+                verify_strict(k.public(), &msg, &sig).unwrap();
+                verify(Backend::Ring, k.public(), &msg, &sig).unwrap();
+            }
+        }
     }
 
     /// The same signature with s replaced by n − s.

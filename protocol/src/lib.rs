@@ -49,6 +49,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod basepoint;
 mod cbor;
 mod cose;
 mod credential;

@@ -26,7 +26,8 @@ pub struct EngineConfig {
     pub backend: Backend,
     /// Also check the R y-parity of every signature (costs one p256 verification each).
     pub strict_signatures: bool,
-    /// Credentials whose issuer signature is remembered.
+    /// Credentials whose issuer signature is remembered (about 89 bytes each, allocated at
+    /// start). The default holds a 1,000,000-holder population with a quarter of headroom.
     pub issuer_cache_capacity: usize,
     /// Live one-time-use entries (size for peak rate × window, with headroom).
     pub replay_capacity: usize,
@@ -47,7 +48,7 @@ impl Default for EngineConfig {
             clock_skew_secs: 5,
             backend: Backend::Ring,
             strict_signatures: false,
-            issuer_cache_capacity: 131_072,
+            issuer_cache_capacity: 1_310_720,
             // 20,000 tokens/s over a 30 s window, with a quarter of headroom.
             replay_capacity: 750_000,
             utc_offset_secs: 9 * 3600,
