@@ -8,7 +8,8 @@
 //! - unsigned, forged and foreign-key lists are refused, counted by why, and the state kept;
 //! - a gap in the deltas makes the node fetch the snapshot;
 //! - a node started with only a delta on disk fetches what it needs;
-//! - a node whose feed goes away fails closed past its maximum age, and says so on `/readyz`.
+//! - a node whose feed goes away fails closed past its maximum age, and says so on `/readyz`;
+//! - nodes follow a feed kept in Redis (a `redis-server` on a loopback port, when installed).
 //!
 //! Every wait is bounded by a deadline, every loop by a count; every server is stopped.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -728,6 +729,144 @@ async fn a_node_started_with_only_a_delta_on_disk_fetches_what_it_needs() {
     node.stop().await;
     feed_task.abort();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A `redis-server` on a loopback port for one test, stopped (killed and reaped) on drop.
+struct RedisServer {
+    child: std::process::Child,
+    url: String,
+}
+
+impl RedisServer {
+    /// `None` when no `redis-server` is installed (the test then says so and passes).
+    fn start() -> Option<RedisServer> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let server = RedisServer {
+            child,
+            url: format!("redis://127.0.0.1:{port}/"),
+        };
+        // Bounded wait for it to answer PING.
+        for _ in 0..100 {
+            let ping = redis::Client::open(server.url.as_str())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            if ping.is_ok() {
+                return Some(server);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    fn set(&self, key: &str, value: &[u8]) {
+        let mut c = redis::Client::open(self.url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let () = redis::cmd("SET").arg(key).arg(value).query(&mut c).unwrap();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_follow_a_feed_kept_in_redis() {
+    let Some(redis) = RedisServer::start() else {
+        eprintln!("redis-server not available: the Redis feed test is skipped");
+        return;
+    };
+    let world = World::new();
+    let (soldier, parent) = world.family(60);
+    let prefix = "test:revocations";
+    let put_list = |name: &str, list: &RevocationList| {
+        redis.set(
+            &format!("{prefix}:{name}"),
+            &list.sign(&world.revocation).unwrap(),
+        );
+    };
+    let put_head = |epoch: u64, snapshot: u64| {
+        let head = serde_json::to_vec(&FeedHead { epoch, snapshot }).unwrap();
+        redis.set(&format!("{prefix}:head"), &head);
+    };
+    put_list(
+        "snapshot:1",
+        &RevocationList {
+            epoch: 1,
+            ..Default::default()
+        },
+    );
+    put_head(1, 1);
+    let mut config = FeedConfig::new(FeedSource::parse(&redis.url, Some(prefix)));
+    config.interval = INTERVAL;
+    let nodes = [
+        start(&world, world.engine(), Some(config.clone())).await,
+        start(&world, world.engine(), Some(config)).await,
+    ];
+    for n in &nodes {
+        n.reach(1).await;
+        assert_eq!(n.reason(&parent).await, Reason::Accepted);
+    }
+    let published = Instant::now();
+    put_list(
+        "delta:2",
+        &RevocationList {
+            epoch: 2,
+            base: Some(1),
+            revoke: vec![sponsor(&soldier)],
+            reinstate: vec![],
+        },
+    );
+    put_head(2, 1);
+    for n in &nodes {
+        n.reach(2).await;
+        assert_eq!(n.reason(&parent).await, Reason::Revoked);
+    }
+    assert!(
+        published.elapsed() <= 2 * INTERVAL,
+        "{:?}",
+        published.elapsed()
+    );
+    // An unsigned list in Redis is refused like any other.
+    redis.set(
+        &format!("{prefix}:delta:3"),
+        &RevocationList {
+            epoch: 3,
+            base: Some(2),
+            revoke: vec![],
+            reinstate: vec![sponsor(&soldier)],
+        }
+        .encode(),
+    );
+    put_head(3, 1);
+    let metric = "gatehouse_revocation_lists_refused_total{why=\"unsigned\"}";
+    let mut counted = false;
+    for _ in 0..200 {
+        if !nodes[0].metric(metric).await.ends_with(" 0") {
+            counted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(counted);
+    assert_eq!(nodes[0].epoch(), 2);
+    for n in nodes {
+        n.stop().await;
+    }
 }
 
 /// Measurement, not a gate (run it in release: `cargo test --release -p gatehouse-engine
