@@ -191,15 +191,26 @@ enum IssuerCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Write a revocation list (a snapshot, or with --base a delta).
+    /// Revoke or reinstate: with --feed, publish the next epoch to a feed (signed with --key);
+    /// without, write one list to --out (a snapshot, or with --base a delta).
     Revoke {
-        /// Output file.
+        /// The feed to publish to: a directory (served over HTTP(S) as is) or a redis:// URL.
+        #[arg(long)]
+        feed: Option<String>,
+        /// Redis key prefix of the feed.
+        #[arg(long = "feed-key")]
+        feed_key: Option<String>,
+        /// The revocation key (`issuer revocation-keygen`): required with --feed, and signs
+        /// an --out list when given.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Output file (without --feed).
         #[arg(long, default_value = "revocations.cbor")]
         out: PathBuf,
-        /// The epoch this list brings the state to.
+        /// The epoch this list brings the state to (without --feed).
         #[arg(long)]
-        epoch: u64,
-        /// For a delta: the epoch it applies to.
+        epoch: Option<u64>,
+        /// For a delta: the epoch it applies to (without --feed).
         #[arg(long)]
         base: Option<u64>,
         /// Credential ids (hex).
@@ -214,6 +225,39 @@ enum IssuerCommand {
         /// Replace an existing file (the usual case when a new epoch replaces the last).
         #[arg(long)]
         force: bool,
+        /// Credential ids (hex) to reinstate.
+        #[arg(long = "reinstate-credential")]
+        reinstate_credentials: Vec<String>,
+        /// Subject ids (hex) to reinstate.
+        #[arg(long = "reinstate-subject")]
+        reinstate_subjects: Vec<String>,
+        /// Sponsor ids (hex) to reinstate: restores the family credentials naming them.
+        #[arg(long = "reinstate-sponsor")]
+        reinstate_sponsors: Vec<String>,
+    },
+    /// Fold a feed's snapshot and the deltas after it into a new signed snapshot.
+    Compact {
+        /// The feed: a directory or a redis:// URL.
+        #[arg(long)]
+        feed: String,
+        /// Redis key prefix of the feed.
+        #[arg(long = "feed-key")]
+        feed_key: Option<String>,
+        /// The revocation key.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// A new revocation key (`revocation.key`), optionally added to a trust list.
+    RevocationKeygen {
+        /// Output directory.
+        #[arg(long, default_value = "issuer")]
+        out: PathBuf,
+        /// The key's name in the trust list.
+        #[arg(long, default_value = "revocations")]
+        name: String,
+        /// A trust list to add the key to as a [[revocation_key]].
+        #[arg(long)]
+        trust: Option<PathBuf>,
     },
 }
 
@@ -454,6 +498,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             IssuerCommand::Revoke {
+                feed,
+                feed_key,
+                key,
                 out,
                 epoch,
                 base,
@@ -461,20 +508,68 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 subjects,
                 sponsors,
                 force,
+                reinstate_credentials,
+                reinstate_subjects,
+                reinstate_sponsors,
             } => {
-                let ids: Vec<(RevocationKind, String)> = credentials
-                    .into_iter()
-                    .map(|h| (RevocationKind::Credential, h))
-                    .chain(subjects.into_iter().map(|h| (RevocationKind::Subject, h)))
-                    .chain(sponsors.into_iter().map(|h| (RevocationKind::Sponsor, h)))
-                    .collect();
-                let list = tools::issuer_revoke(&out, epoch, base, &ids, force)?;
+                let tagged = |c: Vec<String>, s: Vec<String>, p: Vec<String>| {
+                    c.into_iter()
+                        .map(|h| (RevocationKind::Credential, h))
+                        .chain(s.into_iter().map(|h| (RevocationKind::Subject, h)))
+                        .chain(p.into_iter().map(|h| (RevocationKind::Sponsor, h)))
+                        .collect::<Vec<(RevocationKind, String)>>()
+                };
+                let ids = tagged(credentials, subjects, sponsors);
+                let back = tagged(
+                    reinstate_credentials,
+                    reinstate_subjects,
+                    reinstate_sponsors,
+                );
+                let key = key.as_deref().map(tools::read_key).transpose()?;
+                if let Some(feed) = feed {
+                    let key = key.context("--feed needs --key (the revocation key)")?;
+                    let target = tools::FeedTarget::parse(&feed, feed_key.as_deref());
+                    let list = tools::feed_publish(&target, &key, &ids, &back)?;
+                    println!(
+                        "revocation epoch {} published to {feed} ({} revoked, {} reinstated)",
+                        list.epoch,
+                        list.revoke.len(),
+                        list.reinstate.len()
+                    );
+                    return Ok(ExitCode::SUCCESS);
+                }
+                let epoch = epoch.context("without --feed, --epoch is required")?;
+                let list =
+                    tools::issuer_revoke(&out, epoch, base, &ids, &back, key.as_ref(), force)?;
                 println!(
                     "revocation epoch {} ({} entries) written to {}",
                     list.epoch,
                     list.revoke.len(),
                     out.display()
                 );
+                Ok(ExitCode::SUCCESS)
+            }
+            IssuerCommand::Compact {
+                feed,
+                feed_key,
+                key,
+            } => {
+                let key = tools::read_key(&key)?;
+                let target = tools::FeedTarget::parse(&feed, feed_key.as_deref());
+                let list = tools::feed_compact(&target, &key)?;
+                println!(
+                    "revocation snapshot {} ({} entries) published to {feed}",
+                    list.epoch,
+                    list.revoke.len()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            IssuerCommand::RevocationKeygen { out, name, trust } => {
+                let key = tools::revocation_keygen(&out, &name, trust.as_deref())?;
+                println!("revocation key: {}", key.display());
+                if let Some(t) = trust {
+                    println!("added to {} as [[revocation_key]] {name:?}", t.display());
+                }
                 Ok(ExitCode::SUCCESS)
             }
         },

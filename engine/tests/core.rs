@@ -43,6 +43,25 @@ fn a_full_replay_table_fails_closed() {
     );
 }
 
+#[test]
+fn a_revocation_state_past_its_age_limit_fails_closed() {
+    let w = world_with(EngineConfig::default());
+    let h = w.holder();
+    // The feed last confirmed the epoch long enough ago: every token is denied, not judged.
+    w.engine.revocations().set_fresh_until(NOW);
+    assert_eq!(
+        w.reason("gate-1-12", &w.token(&h, NOW), NOW),
+        Reason::RevocationsStale
+    );
+    assert!(Reason::RevocationsStale.is_retryable());
+    // Confirmed again: the same holder is accepted (the denied token was not marked used).
+    w.engine.revocations().set_fresh_until(NOW + 10);
+    assert_eq!(
+        w.reason("gate-1-12", &w.token(&h, NOW), NOW),
+        Reason::Accepted
+    );
+}
+
 /// Every reason code the core can give is reached by a test above; this keeps the list honest
 /// when a reason is added.
 #[test]
@@ -68,6 +87,7 @@ fn every_reason_code_is_known() {
         Reason::AttributeMissing,
         Reason::ReplayCapacity,
         Reason::NodeRestarted,
+        Reason::RevocationsStale,
     ];
     // Busy, UnknownScanner and Unavailable belong to the service, which tests them over QUIC
     // (Unavailable also comes from a shared store that does not answer: tests/fleet.rs).

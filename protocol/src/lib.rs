@@ -7,7 +7,8 @@
 //! - a **rotating presentation token** ([`Presentation`] to make, [`Token`] to read): the
 //!   credential, a timestamp, a nonce and an optional scanner challenge, signed by the
 //!   holder's device key; shown as QR text ([`to_qr_text`]) or sent raw over NFC;
-//! - **revocation lists** ([`RevocationList`]): numbered snapshots and deltas;
+//! - **revocation lists** ([`RevocationList`]): numbered snapshots and deltas, signed by a
+//!   revocation key when they travel ([`SignedRevocationList`]);
 //! - the **wire protocol** between scanners and the engine over QUIC ([`Request`],
 //!   [`Response`], [`Verdict`], [`Reason`]).
 //!
@@ -71,7 +72,8 @@ pub use crypto::{verify, verify_es256, verify_strict, Backend, PrivateKey, Publi
 pub use error::{DecodeError, SignError, SignatureError};
 pub use reason::Reason;
 pub use revocation::{
-    RevocationEntry, RevocationKind, RevocationList, MAX_REVOCATION_ENTRIES, REVOCATION_VERSION,
+    RevocationEntry, RevocationKind, RevocationList, RevocationListError, SignedRevocationList,
+    MAX_REVOCATION_ENTRIES, MAX_SIGNED_REVOCATION_LEN, REVOCATION_AAD, REVOCATION_VERSION,
 };
 pub use text::{from_qr_text, to_qr_text, QR_PREFIX};
 pub use token::{

@@ -11,7 +11,9 @@ use crate::crypto::{self, PrivateKey, PublicKey, Signature};
 use crate::token::{Presentation, Token, TokenParams};
 use crate::types::{CredentialType, Date, Entitlements, HolderCategory};
 use crate::wire::{Attributes, Predicate, Request, Response, Verdict};
-use crate::{to_qr_text, Credential, DecodeError, Reason};
+use crate::{
+    to_qr_text, Credential, DecodeError, Reason, RevocationEntry, RevocationKind, RevocationList,
+};
 
 /// The verification time of every vector (2027-01-15T08:00:00Z).
 pub const NOW: u64 = 1_800_000_000;
@@ -35,6 +37,11 @@ pub fn issuer_key() -> PrivateKey {
 /// The test device key.
 pub fn device_key() -> PrivateKey {
     test_key("gatehouse test vector device key 1")
+}
+
+/// The test revocation key (the trust list names it as a revocation key).
+pub fn revocation_key() -> PrivateKey {
+    test_key("gatehouse test vector revocation key 1")
 }
 
 /// The sample credential: an enlisted soldier of unit 1/12/103/2.
@@ -234,6 +241,32 @@ pub fn all() -> Result<Vec<Vector>, crate::SignError> {
     }
     .encode();
 
+    let revocation = revocation_key();
+    let sample = sample_credential();
+    let snapshot = RevocationList {
+        epoch: 1,
+        base: None,
+        revoke: vec![RevocationEntry {
+            kind: RevocationKind::Credential,
+            id: sample.id,
+        }],
+        reinstate: vec![],
+    }
+    .sign(&revocation)?;
+    let delta = RevocationList {
+        epoch: 2,
+        base: Some(1),
+        revoke: vec![RevocationEntry {
+            kind: RevocationKind::Sponsor,
+            id: sample.subject,
+        }],
+        reinstate: vec![RevocationEntry {
+            kind: RevocationKind::Credential,
+            id: sample.id,
+        }],
+    }
+    .sign(&revocation)?;
+
     Ok(vec![
         Vector { name: "credential", about: "the sample credential, a COSE_Sign1 by the test issuer key", bytes: credential.clone(), expect: None },
         Vector { name: "token", about: "a QR token made 5 s before NOW", bytes: token.clone(), expect: Some(Reason::Accepted) },
@@ -249,6 +282,8 @@ pub fn all() -> Result<Vec<Vector>, crate::SignError> {
         Vector { name: "invalid-expired", about: "a fresh token for a credential that expired an hour before NOW", bytes: present(&expired_cred, NOW - 5)?, expect: Some(Reason::Expired) },
         Vector { name: "invalid-stale", about: "a token for the sample credential made 31 s before NOW (window 30 s)", bytes: present(&credential, NOW - 31)?, expect: Some(Reason::Stale) },
         Vector { name: "invalid-truncated", about: "`token` without its last byte", bytes: token[..token.len() - 1].to_vec(), expect: Some(Reason::Malformed) },
+        Vector { name: "revocation-snapshot", about: "a signed revocation snapshot, epoch 1, revoking the sample credential by its id (§11)", bytes: snapshot, expect: None },
+        Vector { name: "revocation-delta", about: "a signed delta from epoch 1 to 2: reinstates the sample credential and revokes, as a sponsor, the sample subject (cutting off the family credentials naming them) (§11)", bytes: delta, expect: None },
     ])
 }
 
@@ -279,6 +314,22 @@ pub fn render_markdown() -> Result<String, crate::SignError> {
         s,
         "- device public key (SEC1 compressed): `{}`",
         hex(device.public().compressed())
+    );
+    let revocation = revocation_key();
+    let _ = writeln!(
+        s,
+        "- revocation private key: `{}`",
+        hex(&revocation.to_bytes())
+    );
+    let _ = writeln!(
+        s,
+        "- revocation public key (SEC1 compressed): `{}`",
+        hex(revocation.public().compressed())
+    );
+    let _ = writeln!(
+        s,
+        "- revocation key id: `{}`",
+        hex(&revocation.public().key_id())
     );
     let _ = writeln!(s, "- NOW = {NOW}; acceptance window 30 s; clock skew 5 s\n");
     for v in all()? {
@@ -369,6 +420,22 @@ mod tests {
         assert_ne!(token.bytes(), by_name("token").as_slice());
         let device = token.device_key().unwrap();
         assert!(crypto::verify_strict(&device, &token.to_be_signed(), &token.signature).is_ok());
+    }
+
+    #[test]
+    fn revocation_vectors_open_with_the_test_revocation_key() {
+        let key = revocation_key();
+        let kid = key.public().key_id();
+        let v = all().unwrap();
+        let open = |name: &str| {
+            let bytes = &v.iter().find(|x| x.name == name).unwrap().bytes;
+            crate::SignedRevocationList::open(bytes, |k| (*k == kid).then_some(key.public()))
+                .unwrap()
+        };
+        assert_eq!(open("revocation-snapshot").base, None);
+        let delta = open("revocation-delta");
+        assert_eq!((delta.epoch, delta.base), (2, Some(1)));
+        assert_eq!(delta.reinstate[0].id, sample_credential().id);
     }
 
     #[test]

@@ -12,7 +12,8 @@ use gatehouse_protocol::{
     PrivateKey, RevocationEntry, RevocationKind, RevocationList, UnitPath,
 };
 
-use gatehouse_engine::{IssuerKey, TrustList};
+use gatehouse_engine::server::feed::{parse_head, FeedHead, Object};
+use gatehouse_engine::{compact, IssuerKey, RevocationKey, TrustList};
 
 /// Refuses to go on when one of `paths` exists, unless `force`: no command replaces a key, a
 /// wallet or a list without being asked to.
@@ -199,38 +200,243 @@ pub fn issuer_issue(
     Ok(credential)
 }
 
-/// `issuer revoke`: a revocation list (snapshot without `base`, delta with it).
+/// `issuer revoke --out`: one revocation list (snapshot without `base`, delta with it),
+/// signed when `key` is given (a bare list is only for a node's own disk).
 pub fn issuer_revoke(
     out: &Path,
     epoch: u64,
     base: Option<u64>,
     ids: &[(RevocationKind, String)],
+    reinstate: &[(RevocationKind, String)],
+    key: Option<&PrivateKey>,
     force: bool,
 ) -> Result<RevocationList> {
     refuse_overwrite(&[out.to_path_buf()], force)?;
-    let mut revoke = Vec::new();
-    for (kind, h) in ids {
-        let flag = match kind {
-            RevocationKind::Credential => "--credential",
-            RevocationKind::Subject => "--subject",
-            RevocationKind::Sponsor => "--sponsor",
-        };
-        let id = hex::decode(h)
-            .ok()
-            .and_then(|b| <[u8; 16]>::try_from(b).ok())
-            .with_context(|| format!("{flag} {h:?}: an id is 16 bytes of hex (32 hex digits)"))?;
-        revoke.push(RevocationEntry { kind: *kind, id });
-    }
     let list = RevocationList {
         epoch,
         base,
-        revoke,
-        reinstate: vec![],
+        revoke: entries(ids)?,
+        reinstate: entries(reinstate)?,
     };
     list.validate()
         .map_err(|e| anyhow::anyhow!("--epoch/--base: {e}"))?;
-    std::fs::write(out, list.encode()).with_context(|| format!("writing {}", out.display()))?;
+    let bytes = match key {
+        Some(k) => list.sign(k).map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => list.encode(),
+    };
+    std::fs::write(out, bytes).with_context(|| format!("writing {}", out.display()))?;
     Ok(list)
+}
+
+/// `issuer revocation-keygen`: a new revocation key in `dir/revocation.key`; when `trust`
+/// is given, the key is added to that trust list as a `[[revocation_key]]`.
+pub fn revocation_keygen(dir: &Path, name: &str, trust: Option<&Path>) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let key = generate_key()?;
+    let key_path = dir.join("revocation.key");
+    write_key(&key_path, &key)?;
+    if let Some(trust_path) = trust {
+        let mut list = gatehouse_engine::server::files::load_trust_list(trust_path)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        list.insert_revocation_key(RevocationKey {
+            name: name.into(),
+            public: key.public().clone(),
+        });
+        std::fs::write(trust_path, list.to_toml())
+            .with_context(|| format!("writing {}", trust_path.display()))?;
+    }
+    Ok(key_path)
+}
+
+/// Where `issuer revoke --feed` and `issuer compact` publish: a directory (served as is by
+/// any HTTP server for `https://` feeds) or a Redis key prefix.
+#[derive(Debug, Clone)]
+pub enum FeedTarget {
+    /// A directory.
+    Dir(PathBuf),
+    /// A Redis server and key prefix.
+    Redis {
+        /// `redis://` URL.
+        url: String,
+        /// Key prefix.
+        prefix: String,
+    },
+}
+
+impl FeedTarget {
+    /// `redis://…` (with `key` as prefix) or a directory.
+    pub fn parse(text: &str, key: Option<&str>) -> FeedTarget {
+        if text.starts_with("redis://") || text.starts_with("rediss://") {
+            FeedTarget::Redis {
+                url: text.into(),
+                prefix: key.unwrap_or("gatehouse:revocations").into(),
+            }
+        } else {
+            FeedTarget::Dir(PathBuf::from(text))
+        }
+    }
+
+    fn read(&self, object: Object) -> Result<Option<Vec<u8>>> {
+        match self {
+            FeedTarget::Dir(dir) => {
+                let path = dir.join(object.file_name());
+                match std::fs::read(&path) {
+                    Ok(b) => Ok(Some(b)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+                }
+            }
+            FeedTarget::Redis { url, prefix } => {
+                let mut con = redis::Client::open(url.as_str())?.get_connection()?;
+                let v: Option<Vec<u8>> = redis::cmd("GET")
+                    .arg(object.redis_key(prefix))
+                    .query(&mut con)?;
+                Ok(v)
+            }
+        }
+    }
+
+    /// Writes one object; a directory gets it whole or not at all (write aside, rename).
+    fn write(&self, object: Object, bytes: &[u8]) -> Result<()> {
+        match self {
+            FeedTarget::Dir(dir) => {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                let path = dir.join(object.file_name());
+                let tmp = dir.join(format!(".{}.tmp", object.file_name()));
+                std::fs::write(&tmp, bytes)
+                    .with_context(|| format!("writing {}", tmp.display()))?;
+                std::fs::rename(&tmp, &path)
+                    .with_context(|| format!("renaming to {}", path.display()))?;
+                Ok(())
+            }
+            FeedTarget::Redis { url, prefix } => {
+                let mut con = redis::Client::open(url.as_str())?.get_connection()?;
+                let () = redis::cmd("SET")
+                    .arg(object.redis_key(prefix))
+                    .arg(bytes)
+                    .query(&mut con)?;
+                Ok(())
+            }
+        }
+    }
+
+    fn head(&self) -> Result<Option<FeedHead>> {
+        self.read(Object::Head)?
+            .map(|b| parse_head(&b).map_err(|e| anyhow::anyhow!("{e}")))
+            .transpose()
+    }
+
+    fn write_head(&self, head: FeedHead) -> Result<()> {
+        self.write(Object::Head, serde_json::to_string(&head)?.as_bytes())
+    }
+
+    /// Reads and authenticates one list with the publisher's own key.
+    fn list(&self, object: Object, key: &PrivateKey) -> Result<RevocationList> {
+        let bytes = self
+            .read(object)?
+            .with_context(|| format!("the feed lacks {}", object.file_name()))?;
+        gatehouse_protocol::SignedRevocationList::open(&bytes, |kid| {
+            (*kid == key.public().key_id()).then_some(key.public())
+        })
+        .map_err(|e| anyhow::anyhow!("{}: {e}", object.file_name()))
+    }
+}
+
+fn entries(ids: &[(RevocationKind, String)]) -> Result<Vec<RevocationEntry>> {
+    ids.iter()
+        .map(|(kind, h)| {
+            let flag = match kind {
+                RevocationKind::Credential => "credential",
+                RevocationKind::Subject => "subject",
+                RevocationKind::Sponsor => "sponsor",
+            };
+            let id = hex::decode(h)
+                .ok()
+                .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                .with_context(|| {
+                    format!("--{flag} {h:?}: an id is 16 bytes of hex (32 hex digits)")
+                })?;
+            Ok(RevocationEntry { kind: *kind, id })
+        })
+        .collect()
+}
+
+/// `issuer revoke --feed`: publishes the next epoch, signed: the first publication is
+/// snapshot 1, every later one a delta on the feed's head. The list is written before the
+/// head, so a node never reads a head naming a list that is not there. One publisher at a
+/// time per feed.
+pub fn feed_publish(
+    target: &FeedTarget,
+    key: &PrivateKey,
+    revoke: &[(RevocationKind, String)],
+    reinstate: &[(RevocationKind, String)],
+) -> Result<RevocationList> {
+    let (revoke, reinstate) = (entries(revoke)?, entries(reinstate)?);
+    let (list, object, head) = match target.head()? {
+        None => {
+            if !reinstate.is_empty() {
+                bail!("the feed is empty: there is nothing to reinstate");
+            }
+            let list = RevocationList {
+                epoch: 1,
+                base: None,
+                revoke,
+                reinstate,
+            };
+            (
+                list,
+                Object::Snapshot(1),
+                FeedHead {
+                    epoch: 1,
+                    snapshot: 1,
+                },
+            )
+        }
+        Some(h) => {
+            let epoch = h.epoch + 1;
+            let list = RevocationList {
+                epoch,
+                base: Some(h.epoch),
+                revoke,
+                reinstate,
+            };
+            (
+                list,
+                Object::Delta(epoch),
+                FeedHead {
+                    epoch,
+                    snapshot: h.snapshot,
+                },
+            )
+        }
+    };
+    let signed = list.sign(key).map_err(|e| anyhow::anyhow!("{e}"))?;
+    target.write(object, &signed)?;
+    target.write_head(head)?;
+    Ok(list)
+}
+
+/// `issuer compact`: folds the feed's snapshot and the deltas after it into a snapshot at the
+/// head's epoch, signed, and points the head at it. Older objects stay for nodes part-way.
+pub fn feed_compact(target: &FeedTarget, key: &PrivateKey) -> Result<RevocationList> {
+    let head = target
+        .head()?
+        .context("the feed is empty: nothing to compact")?;
+    let snapshot = target.list(Object::Snapshot(head.snapshot), key)?;
+    let deltas = (head.snapshot + 1..=head.epoch)
+        .map(|n| target.list(Object::Delta(n), key))
+        .collect::<Result<Vec<_>>>()?;
+    let folded = compact(&snapshot, &deltas).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if head.snapshot != head.epoch {
+        let signed = folded.sign(key).map_err(|e| anyhow::anyhow!("{e}"))?;
+        target.write(Object::Snapshot(folded.epoch), &signed)?;
+        target.write_head(FeedHead {
+            epoch: head.epoch,
+            snapshot: folded.epoch,
+        })?;
+    }
+    Ok(folded)
 }
 
 /// `wallet present`: a fresh token from `dir/credential.cose` and `dir/device.key`.
@@ -580,6 +786,8 @@ mod tests {
             1,
             None,
             &[(RevocationKind::Credential, hex::encode(c.id))],
+            &[],
+            None,
             false,
         )
         .unwrap();
@@ -588,6 +796,8 @@ mod tests {
             1,
             None,
             &[(RevocationKind::Sponsor, "zz".into())],
+            &[],
+            None,
             false,
         )
         .unwrap_err();
@@ -595,6 +805,42 @@ mod tests {
         assert_eq!(
             gatehouse_engine::server::files::load_revocations(&dir.join("rev.cbor")).unwrap(),
             list
+        );
+        // A feed: publish, revoke more, reinstate, compact.
+        let rkey = revocation_keygen(&dir, "revocations", Some(&dir.join("trust.toml"))).unwrap();
+        let trust =
+            gatehouse_engine::server::files::load_trust_list(&dir.join("trust.toml")).unwrap();
+        let rk = read_key(&rkey).unwrap();
+        assert!(trust.revocation_key(&rk.public().key_id()).is_some());
+        let feed = FeedTarget::Dir(dir.join("feed"));
+        let cid = (RevocationKind::Credential, hex::encode(c.id));
+        let sid = (RevocationKind::Sponsor, hex::encode(c.subject));
+        assert!(feed_publish(&feed, &rk, &[], std::slice::from_ref(&cid)).is_err());
+        let first = feed_publish(&feed, &rk, std::slice::from_ref(&cid), &[]).unwrap();
+        assert_eq!((first.epoch, first.base), (1, None));
+        let second = feed_publish(
+            &feed,
+            &rk,
+            std::slice::from_ref(&sid),
+            std::slice::from_ref(&cid),
+        )
+        .unwrap();
+        assert_eq!((second.epoch, second.base), (2, Some(1)));
+        let folded = feed_compact(&feed, &rk).unwrap();
+        assert_eq!(folded.epoch, 2);
+        assert_eq!(folded.revoke, entries(&[sid]).unwrap());
+        assert_eq!(
+            feed.head().unwrap(),
+            Some(FeedHead {
+                epoch: 2,
+                snapshot: 2
+            })
+        );
+        // What a node reads: the compacted snapshot opens with the trust list's key.
+        let bytes = std::fs::read(dir.join("feed/snapshot-2.cose")).unwrap();
+        assert_eq!(
+            gatehouse_engine::server::feed::open_list(&bytes, &trust).unwrap(),
+            folded
         );
         assert!(issuer_issue(
             &key,

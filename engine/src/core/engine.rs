@@ -227,6 +227,16 @@ impl Engine {
         self.revocations.apply(list)
     }
 
+    /// The revocation state and its age limit (the feed moves the limit; see SPEC §11.4).
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
+    }
+
+    /// The trust list in force (issuer keys and revocation keys).
+    pub fn trust(&self) -> Arc<TrustList> {
+        self.trust.load_full()
+    }
+
     /// The revocation epoch in force and its size.
     pub fn revocation_epoch(&self) -> (u64, usize) {
         let r = self.revocations.load();
@@ -424,6 +434,10 @@ impl Engine {
             return Err(Reason::NodeRestarted);
         }
 
+        // Fail closed on a revocation state too old to vouch for (SPEC §11.4).
+        if !self.revocations.in_force_at(now) {
+            return Err(Reason::RevocationsStale);
+        }
         if rev.revokes(c) {
             return Err(Reason::Revoked);
         }

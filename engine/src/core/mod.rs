@@ -12,7 +12,8 @@ pub use cache::{CachedCredential, IssuerCache};
 pub use engine::{Engine, EngineConfig, EngineError, Item, Prepared, Stats};
 pub use policy::{decide, military_discount_eligible};
 pub use registry::{
-    ConfigError, IssuerKey, Role, Scanner, ScannerRegistry, TrustList, DEFAULT_GATE_ADMITS,
+    ConfigError, IssuerKey, RevocationKey, Role, Scanner, ScannerRegistry, TrustList,
+    DEFAULT_GATE_ADMITS,
 };
 pub use replay::{Entry, Mark, MarkOutcome, MarkRequest, ReplayGuard};
-pub use revocation::{RevocationError, RevocationState, Revocations};
+pub use revocation::{compact, RevocationError, RevocationState, Revocations};

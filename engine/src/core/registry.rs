@@ -63,10 +63,21 @@ pub struct IssuerKey {
     pub retired: bool,
 }
 
-/// Trusted issuer keys by key id.
+/// A key trusted to sign revocation lists (SPEC §11.2). Kept apart from issuer keys: an issuer
+/// key cannot sign revocations, nor a revocation key credentials.
+#[derive(Debug, Clone)]
+pub struct RevocationKey {
+    /// A name for logs.
+    pub name: String,
+    /// The public key.
+    pub public: PublicKey,
+}
+
+/// Trusted issuer keys and revocation keys, by key id.
 #[derive(Debug, Clone, Default)]
 pub struct TrustList {
     keys: HashMap<[u8; 8], IssuerKey>,
+    revocation_keys: HashMap<[u8; 8], RevocationKey>,
 }
 
 #[derive(Deserialize)]
@@ -74,6 +85,22 @@ pub struct TrustList {
 struct TrustFile {
     #[serde(default)]
     issuer: Vec<IssuerEntry>,
+    #[serde(default)]
+    revocation_key: Vec<RevocationKeyEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevocationKeyEntry {
+    name: String,
+    public_key: String,
+}
+
+fn parse_public(file: &Path, field: String, hex_text: &str) -> Result<PublicKey, ConfigError> {
+    let bytes = hex::decode(hex_text.trim())
+        .map_err(|err| ConfigError::new(file, field.clone(), format!("not hex: {err}")))?;
+    PublicKey::from_sec1(&bytes)
+        .map_err(|_| ConfigError::new(file, field, "not a P-256 public key (SEC1)"))
 }
 
 #[derive(Deserialize)]
@@ -109,12 +136,27 @@ impl TrustList {
         self.keys.get(kid)
     }
 
-    /// Number of keys.
+    /// Adds a revocation key (replacing one with the same id).
+    pub fn insert_revocation_key(&mut self, key: RevocationKey) {
+        self.revocation_keys.insert(key.public.key_id(), key);
+    }
+
+    /// The revocation key with this id.
+    pub fn revocation_key(&self, kid: &[u8; 8]) -> Option<&RevocationKey> {
+        self.revocation_keys.get(kid)
+    }
+
+    /// Number of revocation keys.
+    pub fn revocation_keys(&self) -> usize {
+        self.revocation_keys.len()
+    }
+
+    /// Number of issuer keys.
     pub fn len(&self) -> usize {
         self.keys.len()
     }
 
-    /// Whether no key is trusted.
+    /// Whether no issuer key is trusted.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
@@ -125,12 +167,7 @@ impl TrustList {
         let mut list = TrustList::new();
         for (i, e) in f.issuer.into_iter().enumerate() {
             let field = |name: &str| format!("issuer[{i}].{name}");
-            let bytes = hex::decode(e.public_key.trim()).map_err(|err| {
-                ConfigError::new(file, field("public_key"), format!("not hex: {err}"))
-            })?;
-            let public = PublicKey::from_sec1(&bytes).map_err(|_| {
-                ConfigError::new(file, field("public_key"), "not a P-256 public key (SEC1)")
-            })?;
+            let public = parse_public(file, field("public_key"), &e.public_key)?;
             if e.not_before >= e.not_after {
                 return Err(ConfigError::new(
                     file,
@@ -147,6 +184,23 @@ impl TrustList {
                 not_before: e.not_before,
                 not_after: e.not_after,
                 retired: e.retired,
+            });
+        }
+        for (i, e) in f.revocation_key.into_iter().enumerate() {
+            let field = format!("revocation_key[{i}].public_key");
+            let public = parse_public(file, field.clone(), &e.public_key)?;
+            if list.revocation_key(&public.key_id()).is_some()
+                || list.get(&public.key_id()).is_some()
+            {
+                return Err(ConfigError::new(
+                    file,
+                    field,
+                    "listed twice (a revocation key must not also be an issuer key)",
+                ));
+            }
+            list.insert_revocation_key(RevocationKey {
+                name: e.name,
+                public,
             });
         }
         Ok(list)
@@ -170,6 +224,15 @@ impl TrustList {
             if k.retired {
                 s.push_str("retired = true\n");
             }
+        }
+        let mut rkeys: Vec<&RevocationKey> = self.revocation_keys.values().collect();
+        rkeys.sort_by(|a, b| a.name.cmp(&b.name));
+        for k in rkeys {
+            s.push_str(&format!(
+                "\n[[revocation_key]]\nname = {:?}\npublic_key = \"{}\"\n",
+                k.name,
+                hex::encode(k.public.compressed())
+            ));
         }
         s
     }
@@ -461,8 +524,24 @@ mod tests {
             not_after: 20,
             retired: true,
         });
+        let r = gatehouse_protocol::PrivateKey::from_bytes(&[6; 32]).unwrap();
+        t.insert_revocation_key(RevocationKey {
+            name: "revocations".into(),
+            public: r.public().clone(),
+        });
         let back = TrustList::parse(f, &t.to_toml()).unwrap();
         let got = back.get(&k.public().key_id()).unwrap();
         assert_eq!((got.not_before, got.not_after, got.retired), (10, 20, true));
+        // The revocation key is found as one, and is not an issuer key.
+        assert!(back.revocation_key(&r.public().key_id()).is_some());
+        assert!(back.get(&r.public().key_id()).is_none());
+        assert!(back.revocation_key(&k.public().key_id()).is_none());
+        let twice = format!(
+            "{}\n[[revocation_key]]\nname = \"x\"\npublic_key = \"{}\"\n",
+            t.to_toml(),
+            hex::encode(k.public().compressed())
+        );
+        let e = TrustList::parse(f, &twice).unwrap_err();
+        assert_eq!(e.field, "revocation_key[1].public_key");
     }
 }

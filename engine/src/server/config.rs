@@ -8,6 +8,7 @@ use std::time::Duration;
 use gatehouse_protocol::{Backend, RevocationList, TokenParams};
 use serde::Deserialize;
 
+use super::feed::{file_confirmed_at, FeedConfig, FeedSource, OfflinePolicy};
 use super::files::{load_certs, load_key, load_revocations, load_scanners, load_trust_list};
 use super::reload::TlsFiles;
 use super::{Batching, Files, Limits, ServerConfig, ServerError};
@@ -92,6 +93,27 @@ queue = 4096
 format = "text"
 # Default filter (error, warn, info, debug, trace, or target=level,...); RUST_LOG overrides it.
 level = "info"
+
+# The revocation feed every node follows (SPEC §11). Without this section the node uses only
+# [files] revocations, reloaded on SIGHUP. With it, [files] revocations is read once at start
+# (a delta there is no longer fatal: the node fetches what it needs) and SIGHUP leaves
+# revocations to the feed.
+#[revocations]
+# A directory, an http(s):// base URL, or a redis:// URL (then `key` is the key prefix).
+#feed = "https://revocations.internal/gatehouse"
+#key = "gatehouse:revocations"
+# Seconds between pulls of the feed's head; publication reaches every node within this.
+#interval_secs = 2
+# Oldest revocation state the node vouches for (seconds since the feed last confirmed it).
+#max_age_secs = 300
+# Past max_age: "fail_closed" (deny with revocations_stale) or "keep_serving" (last epoch).
+#offline = "fail_closed"
+# Whether /readyz fails past max_age.
+#readiness = true
+# Largest list fetched, MiB; time allowed per fetch, seconds; extra CA (PEM) for HTTPS.
+#max_list_mib = 64
+#timeout_secs = 10
+#ca = "pki/feed-ca.pem"
 "#;
 
 /// The configuration file of `gatehouse serve`.
@@ -122,6 +144,9 @@ pub struct ServeConfig {
     /// Logging.
     #[serde(default)]
     pub log: LogSection,
+    /// The revocation feed, if the node follows one.
+    #[serde(default)]
+    pub revocations: Option<RevocationsSection>,
     /// The file this was read from (for errors and relative paths).
     #[serde(skip)]
     pub source: PathBuf,
@@ -357,6 +382,54 @@ impl ReplaySection {
     }
 }
 
+/// `[revocations]`: the feed this node follows.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationsSection {
+    /// A directory, an `http(s)://` base URL or a `redis://` URL.
+    pub feed: String,
+    /// Redis key prefix.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Seconds between pulls.
+    #[serde(default = "default_interval")]
+    pub interval_secs: f64,
+    /// Maximum age, seconds.
+    #[serde(default = "default_max_age")]
+    pub max_age_secs: u64,
+    /// Policy past the maximum age.
+    #[serde(default)]
+    pub offline: OfflinePolicy,
+    /// Whether `/readyz` fails past the maximum age.
+    #[serde(default = "default_true")]
+    pub readiness: bool,
+    /// Largest list fetched, MiB.
+    #[serde(default = "default_max_list_mib")]
+    pub max_list_mib: usize,
+    /// Time per fetch, seconds.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    /// Extra CA certificates for an HTTPS feed (PEM).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+}
+
+fn default_interval() -> f64 {
+    2.0
+}
+fn default_max_age() -> u64 {
+    300
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_list_mib() -> usize {
+    64
+}
+fn default_timeout() -> u64 {
+    10
+}
+
 /// Everything `gatehouse serve` needs, loaded from the files a [`ServeConfig`] names.
 #[derive(Debug)]
 pub struct ServeParts {
@@ -398,7 +471,15 @@ impl ServeParts {
         }
         let engine = Engine::new(config, self.trust.clone(), self.scanners.clone())?;
         if let Some(list) = &self.revocations {
-            engine.apply_revocations(list)?;
+            match (engine.apply_revocations(list), &self.server.revocation_feed) {
+                (Ok(_), _) => {}
+                // With a feed, a local list that does not stand alone (a delta) is not fatal:
+                // the node starts without an epoch (failing closed) and fetches the snapshot.
+                (Err(e), Some(_)) => tracing::warn!(
+                    "local revocation list not applied ({e}); fetching from the feed"
+                ),
+                (Err(e), None) => return Err(e.into()),
+            }
         }
         Ok(Arc::new(engine))
     }
@@ -506,6 +587,23 @@ impl ServeConfig {
                 ),
             ));
         }
+        if let Some(r) = &self.revocations {
+            if !(0.05..=3600.0).contains(&r.interval_secs) {
+                return Err(self.error("revocations.interval_secs", "must be 0.05 to 3600"));
+            }
+            if r.max_age_secs == 0 || (r.max_age_secs as f64) < r.interval_secs {
+                return Err(self.error("revocations.max_age_secs", "must be at least one interval"));
+            }
+            if !(1..=1024).contains(&r.max_list_mib) {
+                return Err(self.error("revocations.max_list_mib", "must be 1 to 1024"));
+            }
+            if !(1..=600).contains(&r.timeout_secs) {
+                return Err(self.error("revocations.timeout_secs", "must be 1 to 600"));
+            }
+            if r.feed.is_empty() {
+                return Err(self.error("revocations.feed", "must not be empty"));
+            }
+        }
         self.limits
             .to_limits()
             .check()
@@ -576,6 +674,28 @@ impl ServeConfig {
         }
     }
 
+    /// The feed configuration of `[revocations]`, paths resolved and CA loaded.
+    pub fn feed_config(&self) -> Result<Option<FeedConfig>, ServerError> {
+        let Some(r) = &self.revocations else {
+            return Ok(None);
+        };
+        let mut source = FeedSource::parse(&r.feed, r.key.as_deref());
+        if let FeedSource::Dir(dir) = &source {
+            source = FeedSource::Dir(self.path(dir));
+        }
+        let mut c = FeedConfig::new(source);
+        c.interval = Duration::from_secs_f64(r.interval_secs);
+        c.max_age = Duration::from_secs(r.max_age_secs);
+        c.policy = r.offline;
+        c.readiness = r.readiness;
+        c.max_list_bytes = r.max_list_mib * 1024 * 1024;
+        c.timeout = Duration::from_secs(r.timeout_secs);
+        if let Some(ca) = &r.ca {
+            c.ca = load_certs(&self.path(ca))?;
+        }
+        Ok(Some(c))
+    }
+
     /// Loads the certificates, key and engine files the configuration names.
     pub fn into_parts(self) -> Result<ServeParts, ServerError> {
         let server = ServerConfig {
@@ -586,19 +706,31 @@ impl ServeConfig {
             batching: self.batching.to_batching(),
             store: super::Store::Memory,
             reload: None,
+            revocation_feed: self.feed_config()?,
         };
         let redis = self.replay.redis(self.engine.skew_secs).map(|mut r| {
             r.password_file = r.password_file.map(|p| self.path(&p));
             r
         });
-        let files = self.files();
+        let mut files = self.files();
         let trust = load_trust_list(&files.trust)?;
         let scanners = load_scanners(&files.scanners)?;
         let revocations = files
             .revocations
             .as_deref()
-            .map(load_revocations)
+            .map(|p| load_revocation_file(p, &trust))
             .transpose()?;
+        let mut server = server;
+        if let Some(feed) = server.revocation_feed.as_mut() {
+            // The local file counts as confirmed when it was written; after start the feed
+            // owns revocations and SIGHUP no longer re-reads the file.
+            feed.confirmed_at = files
+                .revocations
+                .as_deref()
+                .and_then(file_confirmed_at)
+                .unwrap_or(0);
+            files.revocations = None;
+        }
         Ok(ServeParts {
             listen: self.listen,
             metrics_listen: self.metrics_listen,
@@ -613,6 +745,17 @@ impl ServeConfig {
             redis,
         })
     }
+}
+
+/// Reads a local revocation file: a signed list (checked against the trust list's revocation
+/// keys) or, as before feeds, a bare one (the operator's own disk).
+fn load_revocation_file(path: &Path, trust: &TrustList) -> Result<RevocationList, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|e| ConfigError::new(path, "(file)", e.to_string()))?;
+    if bytes.first().is_some_and(|b| b >> 5 == 5) {
+        return load_revocations(path);
+    }
+    super::feed::open_list(&bytes, trust)
+        .map_err(|e| ConfigError::new(path, "(revocation list)", e.to_string()))
 }
 
 fn backend(name: &str) -> Option<Backend> {
@@ -725,6 +868,30 @@ mod tests {
             .replay
             .redis(5)
             .is_some_and(|r| r.cluster && r.urls.len() == 2));
+        let feed = ServeConfig::parse(
+            f,
+            &format!("{minimal}[revocations]\nfeed = \"http://127.0.0.1:8080/rev\"\noffline = \"keep_serving\"\n"),
+        )
+        .unwrap();
+        let c = feed.feed_config().unwrap().unwrap();
+        assert_eq!(
+            c.source,
+            FeedSource::Http("http://127.0.0.1:8080/rev".into())
+        );
+        assert_eq!(c.policy, OfflinePolicy::KeepServing);
+        assert_eq!(c.interval, Duration::from_secs(2));
+        let e = ServeConfig::parse(
+            f,
+            &format!("{minimal}[revocations]\nfeed = \"x\"\nmax_age_secs = 0\n"),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "revocations.max_age_secs");
+        let e = ServeConfig::parse(
+            f,
+            &format!("{minimal}[revocations]\nfeed = \"x\"\noffline = \"open\"\n"),
+        )
+        .unwrap_err();
+        assert!(e.field.starts_with("revocations.offline"), "{e}");
         let e = ServeConfig::parse(f, "listen = \"nowhere\"\n").unwrap_err();
         assert!(e.field.starts_with("listen"), "{e}");
     }

@@ -120,6 +120,8 @@ pub(crate) struct Metrics {
     pub reload: Mutex<ReloadState>,
     /// When this server started, Unix seconds.
     pub started: u64,
+    /// The revocation feed's state (all zero when no feed is configured).
+    pub feed: std::sync::Arc<super::feed::FeedStatus>,
 }
 
 /// What the last reloads did, for `/metrics`, `/readyz` and `gatehouse reload`.
@@ -173,6 +175,7 @@ impl Metrics {
             store,
             reload: Mutex::new(ReloadState::default()),
             started: unix_now(),
+            feed: Default::default(),
         }
     }
 
@@ -183,6 +186,9 @@ impl Metrics {
         }
         if !self.store.is_up() {
             return Err("one-time-use store unavailable");
+        }
+        if let Some(why) = self.feed.not_ready(super::batcher::unix_now()) {
+            return Err(why);
         }
         Ok(())
     }
@@ -442,6 +448,7 @@ impl Metrics {
             "Revoked identifiers in force.",
             size as i64,
         );
+        self.feed.render(&mut out, super::batcher::unix_now());
         gauge(
             &mut out,
             "gatehouse_ready",

@@ -35,6 +35,7 @@
 mod batcher;
 mod config;
 mod conn;
+pub mod feed;
 pub mod files;
 mod metrics;
 mod ops;
@@ -60,8 +61,9 @@ use files::FileError;
 
 pub use config::{
     BatchingSection, EngineSection, FilesSection, LimitsSection, LogFormat, LogSection,
-    ReplaySection, ServeConfig, ServeParts, TlsSection, SAMPLE_CONFIG,
+    ReplaySection, RevocationsSection, ServeConfig, ServeParts, TlsSection, SAMPLE_CONFIG,
 };
+pub use feed::{FeedConfig, FeedSource, OfflinePolicy};
 pub use reload::{
     format_unix, reload, reload_files, reload_revocations, reload_scanners, reload_trust,
     FileResult, Files, ReloadControl, ReloadError, ReloadFile, ReloadReport, Reloaded,
@@ -203,6 +205,8 @@ pub struct ServerConfig {
     pub store: Store,
     /// Hot reload of files and TLS while running (none: no reloads).
     pub reload: Option<ReloadControl>,
+    /// The revocation feed the node follows (none: revocations come from files and SIGHUP).
+    pub revocation_feed: Option<FeedConfig>,
 }
 
 impl Clone for ServerConfig {
@@ -215,6 +219,7 @@ impl Clone for ServerConfig {
             batching: self.batching,
             store: self.store.clone(),
             reload: self.reload.clone(),
+            revocation_feed: self.revocation_feed.clone(),
         }
     }
 }
@@ -234,6 +239,7 @@ impl ServerConfig {
             batching: Batching::default(),
             store: Store::Memory,
             reload: None,
+            revocation_feed: None,
         }
     }
 
@@ -378,6 +384,14 @@ pub async fn run(
     info!(addr = %endpoint.local_addr()?, store = config.store.label(), "gatehouse listening (QUIC)");
     // systemd `Type=notify`: ready once the sockets are bound and the engine loaded.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let feed_task = config.revocation_feed.clone().map(|feed| {
+        tokio::spawn(feed::follow(
+            Arc::clone(&engine),
+            feed,
+            Arc::clone(&metrics.feed),
+        ))
+    });
+    info!(addr = %endpoint.local_addr()?, store = config.store.label(), "gatehouse listening (QUIC)");
 
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -452,6 +466,9 @@ pub async fn run(
 
     purge_task.abort();
     if let Some(t) = probe_task {
+        t.abort();
+    }
+    if let Some(t) = feed_task {
         t.abort();
     }
     // The batcher thread ends once the last queue handle is gone.

@@ -1,0 +1,815 @@
+//! Following a revocation feed (SPEC §11.3): every node pulls the feed's head every few
+//! seconds, applies the signed deltas after its epoch in order, and fetches the latest snapshot
+//! when it is behind by more than a few deltas or finds a gap. An update is built aside (off
+//! the runtime threads) and swapped in, so verification goes on with the old epoch meanwhile.
+//!
+//! A feed is a directory, an HTTP(S) base URL or a Redis key prefix, holding `head.json`,
+//! `snapshot-S.cose` and `delta-N.cose` (Redis: `PREFIX:head`, `PREFIX:snapshot:S`,
+//! `PREFIX:delta:N`). Every list must be signed by a revocation key the trust list names; a
+//! refused list is counted by why, logged, and changes nothing.
+//!
+//! The node's revocation **age** is the time since it last found itself current. Past
+//! [`FeedConfig::max_age`], `/readyz` fails (unless [`FeedConfig::readiness`] is off) and, by
+//! default ([`OfflinePolicy::FailClosed`]), the engine denies every token with
+//! `revocations_stale` until the feed is back. An edge gate whose link is down is this same
+//! code: it keeps verifying on its last signed epoch until the maximum age.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gatehouse_protocol::{RevocationList, RevocationListError, SignedRevocationList};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
+
+use super::batcher::unix_now;
+use crate::{Engine, RevocationError, TrustList};
+
+/// Most deltas a node applies in one sync before it prefers the snapshot.
+pub const MAX_DELTAS_PER_SYNC: u64 = 64;
+/// Largest head object read.
+const MAX_HEAD_BYTES: usize = 4096;
+
+/// Where a feed lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedSource {
+    /// A local directory (what `gatehouse issuer revoke --feed DIR` writes).
+    Dir(PathBuf),
+    /// An HTTP(S) base URL; objects are fetched as `BASE/head.json` and so on.
+    Http(String),
+    /// A Redis server and a key prefix.
+    Redis {
+        /// `redis://` or `rediss://` URL.
+        url: String,
+        /// Key prefix (`PREFIX:head`, …).
+        prefix: String,
+    },
+}
+
+impl FeedSource {
+    /// Parses `dir:PATH`, a path, `http(s)://…`, or `redis(s)://…` with `key` as the prefix.
+    pub fn parse(text: &str, key: Option<&str>) -> FeedSource {
+        if text.starts_with("http://") || text.starts_with("https://") {
+            FeedSource::Http(text.trim_end_matches('/').to_string())
+        } else if text.starts_with("redis://") || text.starts_with("rediss://") {
+            FeedSource::Redis {
+                url: text.to_string(),
+                prefix: key.unwrap_or("gatehouse:revocations").to_string(),
+            }
+        } else {
+            FeedSource::Dir(PathBuf::from(text.strip_prefix("dir:").unwrap_or(text)))
+        }
+    }
+}
+
+/// What a node does once its revocation state is older than the maximum age.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OfflinePolicy {
+    /// Deny every token with `revocations_stale` until the feed confirms an epoch again.
+    #[default]
+    FailClosed,
+    /// Keep verifying on the last signed epoch (reported not ready and stale all the same).
+    KeepServing,
+}
+
+/// How a node follows its feed.
+#[derive(Debug, Clone)]
+pub struct FeedConfig {
+    /// Where the feed lives.
+    pub source: FeedSource,
+    /// Time between two pulls of the head.
+    pub interval: Duration,
+    /// Oldest revocation state the node vouches for.
+    pub max_age: Duration,
+    /// What happens past `max_age`.
+    pub policy: OfflinePolicy,
+    /// Whether `/readyz` fails past `max_age`.
+    pub readiness: bool,
+    /// Largest list (snapshot or delta) fetched, bytes.
+    pub max_list_bytes: usize,
+    /// Time allowed for one fetch.
+    pub timeout: Duration,
+    /// Extra CA certificates (PEM) for an HTTPS feed on an internal PKI.
+    pub ca: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// When the state the node starts with was last known current (Unix seconds; 0: never,
+    /// so a node starts stale until its first pull).
+    pub confirmed_at: u64,
+}
+
+impl FeedConfig {
+    /// A feed at `source` with the defaults: pull every 2 s, maximum age 300 s, fail closed,
+    /// readiness follows the age, lists up to 64 MiB, 10 s per fetch.
+    pub fn new(source: FeedSource) -> Self {
+        FeedConfig {
+            source,
+            interval: Duration::from_secs(2),
+            max_age: Duration::from_secs(300),
+            policy: OfflinePolicy::FailClosed,
+            readiness: true,
+            max_list_bytes: 64 * 1024 * 1024,
+            timeout: Duration::from_secs(10),
+            ca: Vec::new(),
+            confirmed_at: 0,
+        }
+    }
+}
+
+/// The feed's pointer object: the latest epoch and the latest snapshot's epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedHead {
+    /// The latest epoch.
+    pub epoch: u64,
+    /// The epoch of the latest snapshot (at most `epoch`).
+    pub snapshot: u64,
+}
+
+/// An object of a feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Object {
+    /// The head.
+    Head,
+    /// The snapshot of this epoch.
+    Snapshot(u64),
+    /// The delta to this epoch.
+    Delta(u64),
+}
+
+impl Object {
+    /// The file name (directory and HTTP feeds).
+    pub fn file_name(self) -> String {
+        match self {
+            Object::Head => "head.json".into(),
+            Object::Snapshot(n) => format!("snapshot-{n}.cose"),
+            Object::Delta(n) => format!("delta-{n}.cose"),
+        }
+    }
+
+    /// The Redis key under `prefix`.
+    pub fn redis_key(self, prefix: &str) -> String {
+        match self {
+            Object::Head => format!("{prefix}:head"),
+            Object::Snapshot(n) => format!("{prefix}:snapshot:{n}"),
+            Object::Delta(n) => format!("{prefix}:delta:{n}"),
+        }
+    }
+}
+
+/// Why a sync did not bring the node to the feed's head. The state in force is unchanged
+/// (or advanced as far as the lists that did apply).
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    /// The feed could not be reached or read.
+    #[error("{object}: {problem}")]
+    Fetch {
+        /// The object.
+        object: String,
+        /// What went wrong.
+        problem: String,
+    },
+    /// The object does not exist.
+    #[error("{0}: not found")]
+    Missing(String),
+    /// The object is larger than the configured limit.
+    #[error("{object}: larger than {limit} bytes")]
+    TooLarge {
+        /// The object.
+        object: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// The head is not `{"epoch": E, "snapshot": S}` with S ≤ E.
+    #[error("head: {0}")]
+    Head(String),
+    /// A list was refused: unsigned, forged, unknown key or malformed.
+    #[error("{object}: {source}")]
+    Refused {
+        /// The object.
+        object: String,
+        /// Why.
+        source: RevocationListError,
+    },
+    /// A list does not apply to the epoch in force.
+    #[error("{object}: {source}")]
+    Apply {
+        /// The object.
+        object: String,
+        /// Why.
+        source: RevocationError,
+    },
+    /// The feed's head is older than the epoch in force (a feed restored from a backup?).
+    #[error("the feed is at epoch {feed} but epoch {node} is in force: keeping it")]
+    Behind {
+        /// The feed's epoch.
+        feed: u64,
+        /// The node's epoch.
+        node: u64,
+    },
+}
+
+const REFUSALS: [&str; 4] = ["unsigned", "malformed", "unknown_key", "bad_signature"];
+
+/// What the feed follower reports, for `/metrics` and `/readyz`.
+#[derive(Debug, Default)]
+pub struct FeedStatus {
+    configured: AtomicBool,
+    readiness: AtomicBool,
+    max_age: AtomicU64,
+    /// Unix seconds of the last time the node found itself current (0: never).
+    confirmed: AtomicU64,
+    /// Whether the node holds an epoch at all (a node started with only a delta does not).
+    established: AtomicBool,
+    head_epoch: AtomicU64,
+    syncs: AtomicU64,
+    errors: AtomicU64,
+    refused: [AtomicU64; 4],
+    snapshots: AtomicU64,
+    deltas: AtomicU64,
+    /// Milliseconds the last snapshot took to fetch and apply.
+    snapshot_ms: AtomicU64,
+}
+
+impl FeedStatus {
+    fn configure(&self, config: &FeedConfig, established: bool, confirmed: u64) {
+        self.configured.store(true, Ordering::Relaxed);
+        self.readiness.store(config.readiness, Ordering::Relaxed);
+        self.max_age
+            .store(config.max_age.as_secs(), Ordering::Relaxed);
+        self.established.store(established, Ordering::Relaxed);
+        self.confirmed.store(confirmed, Ordering::Relaxed);
+    }
+
+    /// Seconds since the node last found itself current, or `None` when it never has.
+    pub fn age(&self, now: u64) -> Option<u64> {
+        match self.confirmed.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(now.saturating_sub(t)),
+        }
+    }
+
+    /// Whether the state is older than the maximum age (or was never established).
+    pub fn stale(&self, now: u64) -> bool {
+        if !self.configured.load(Ordering::Relaxed) {
+            return false;
+        }
+        if !self.established.load(Ordering::Relaxed) {
+            return true;
+        }
+        self.age(now)
+            .is_none_or(|a| a >= self.max_age.load(Ordering::Relaxed))
+    }
+
+    /// Why `/readyz` should fail, if it should.
+    pub fn not_ready(&self, now: u64) -> Option<&'static str> {
+        (self.readiness.load(Ordering::Relaxed) && self.stale(now))
+            .then_some("revocation state older than its maximum age")
+    }
+
+    /// Lists refused for this reason (`unsigned`, `malformed`, `unknown_key`,
+    /// `bad_signature`).
+    pub fn refused(&self, why: &str) -> u64 {
+        REFUSALS
+            .iter()
+            .position(|r| *r == why)
+            .map_or(0, |i| self.refused[i].load(Ordering::Relaxed))
+    }
+
+    /// Snapshots fetched and applied so far.
+    pub fn snapshots(&self) -> u64 {
+        self.snapshots.load(Ordering::Relaxed)
+    }
+
+    fn refuse(&self, e: RevocationListError) {
+        if let Some(i) = REFUSALS.iter().position(|r| *r == e.label()) {
+            self.refused[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The Prometheus lines (only when a feed is configured).
+    pub(crate) fn render(&self, out: &mut String, now: u64) {
+        use std::fmt::Write;
+        if !self.configured.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut gauge = |name: &str, help: &str, kind: &str, value: String| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(out, "{name} {value}");
+        };
+        let age = match self.age(now) {
+            Some(a) if self.established.load(Ordering::Relaxed) => a.to_string(),
+            _ => "+Inf".into(),
+        };
+        gauge(
+            "gatehouse_revocation_age_seconds",
+            "Seconds since the feed last confirmed the revocation epoch in force.",
+            "gauge",
+            age,
+        );
+        gauge(
+            "gatehouse_revocation_max_age_seconds",
+            "Oldest revocation state this node vouches for.",
+            "gauge",
+            self.max_age.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            "gatehouse_revocation_stale",
+            "1 when the revocation state is older than its maximum age (or never established).",
+            "gauge",
+            u8::from(self.stale(now)).to_string(),
+        );
+        gauge(
+            "gatehouse_revocation_feed_epoch",
+            "Latest epoch the feed's head announced.",
+            "gauge",
+            self.head_epoch.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            "gatehouse_revocation_feed_syncs_total",
+            "Pulls that left the node current.",
+            "counter",
+            self.syncs.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            "gatehouse_revocation_feed_errors_total",
+            "Pulls that did not (feed unreachable, list refused or not applicable).",
+            "counter",
+            self.errors.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            "gatehouse_revocation_snapshots_total",
+            "Snapshots fetched and applied.",
+            "counter",
+            self.snapshots.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            "gatehouse_revocation_deltas_total",
+            "Deltas fetched and applied.",
+            "counter",
+            self.deltas.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            "gatehouse_revocation_snapshot_apply_seconds",
+            "Time the last snapshot took to fetch, verify and apply.",
+            "gauge",
+            (self.snapshot_ms.load(Ordering::Relaxed) as f64 / 1000.0).to_string(),
+        );
+        let name = "gatehouse_revocation_lists_refused_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Revocation lists refused (state kept), by why."
+        );
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (i, why) in REFUSALS.iter().enumerate() {
+            let n = self.refused[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}{{why=\"{why}\"}} {n}");
+        }
+    }
+}
+
+/// Reads feed objects from one source, each bounded in size and time.
+pub struct Fetcher {
+    source: FeedSource,
+    http: Option<reqwest::Client>,
+    redis: Option<redis::Client>,
+    redis_conn: Option<redis::aio::MultiplexedConnection>,
+    timeout: Duration,
+}
+
+impl Fetcher {
+    /// A fetcher for `config.source`.
+    pub fn new(config: &FeedConfig) -> Result<Fetcher, FeedError> {
+        let setup = |problem: String| FeedError::Fetch {
+            object: "(feed)".into(),
+            problem,
+        };
+        let (mut http, mut redis) = (None, None);
+        match &config.source {
+            FeedSource::Dir(_) => {}
+            FeedSource::Http(_) => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+                for c in &config.ca {
+                    roots
+                        .add(c.clone())
+                        .map_err(|e| setup(format!("feed CA: {e}")))?;
+                }
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let tls = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| setup(e.to_string()))?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                http = Some(
+                    reqwest::Client::builder()
+                        .use_preconfigured_tls(tls)
+                        .timeout(config.timeout)
+                        .connect_timeout(config.timeout)
+                        .build()
+                        .map_err(|e| setup(e.to_string()))?,
+                );
+            }
+            FeedSource::Redis { url, .. } => {
+                redis = Some(redis::Client::open(url.as_str()).map_err(|e| setup(e.to_string()))?);
+            }
+        }
+        Ok(Fetcher {
+            source: config.source.clone(),
+            http,
+            redis,
+            redis_conn: None,
+            timeout: config.timeout,
+        })
+    }
+
+    /// The object's bytes, at most `limit` of them.
+    pub async fn get(&mut self, object: Object, limit: usize) -> Result<Vec<u8>, FeedError> {
+        let name = object.file_name();
+        let fetch = |problem: String| FeedError::Fetch {
+            object: name.clone(),
+            problem,
+        };
+        let too_large = || FeedError::TooLarge {
+            object: name.clone(),
+            limit,
+        };
+        match &self.source {
+            FeedSource::Dir(dir) => {
+                let path = dir.join(&name);
+                // Plain file reads, off the runtime threads (a snapshot may be tens of MB).
+                let read = tokio::task::spawn_blocking(move || {
+                    use std::io::Read;
+                    let file = match std::fs::File::open(&path) {
+                        Ok(f) => f,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                        Err(e) => return Err(e.to_string()),
+                    };
+                    // Bounded while reading: one byte past the limit says "too large".
+                    let mut bytes = Vec::new();
+                    file.take(limit as u64 + 1)
+                        .read_to_end(&mut bytes)
+                        .map_err(|e| e.to_string())?;
+                    Ok(Some(bytes))
+                });
+                match tokio::time::timeout(self.timeout, read).await {
+                    Err(_) => Err(fetch("timed out".into())),
+                    Ok(Err(e)) => Err(fetch(e.to_string())),
+                    Ok(Ok(Err(e))) => Err(fetch(e)),
+                    Ok(Ok(Ok(None))) => Err(FeedError::Missing(name.clone())),
+                    Ok(Ok(Ok(Some(b)))) if b.len() > limit => Err(too_large()),
+                    Ok(Ok(Ok(Some(b)))) => Ok(b),
+                }
+            }
+            FeedSource::Http(base) => {
+                let Some(client) = &self.http else {
+                    return Err(fetch("no HTTP client".into()));
+                };
+                let url = format!("{base}/{name}");
+                let mut response = client
+                    .get(&url)
+                    .send()
+                    .await
+                    .map_err(|e| fetch(e.to_string()))?;
+                let status = response.status();
+                if status == reqwest::StatusCode::NOT_FOUND {
+                    return Err(FeedError::Missing(name.clone()));
+                }
+                if !status.is_success() {
+                    return Err(fetch(format!("HTTP {status}")));
+                }
+                if response.content_length().is_some_and(|n| n > limit as u64) {
+                    return Err(too_large());
+                }
+                let mut body = Vec::new();
+                while let Some(chunk) = response.chunk().await.map_err(|e| fetch(e.to_string()))? {
+                    if body.len() + chunk.len() > limit {
+                        return Err(too_large());
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(body)
+            }
+            FeedSource::Redis { prefix, .. } => {
+                let key = object.redis_key(prefix);
+                let timeout = self.timeout;
+                if self.redis_conn.is_none() {
+                    let Some(client) = &self.redis else {
+                        return Err(fetch("no Redis client".into()));
+                    };
+                    let conn =
+                        tokio::time::timeout(timeout, client.get_multiplexed_async_connection())
+                            .await
+                            .map_err(|_| fetch("connect timed out".into()))?
+                            .map_err(|e| fetch(e.to_string()))?;
+                    self.redis_conn = Some(conn);
+                }
+                let Some(conn) = self.redis_conn.as_mut() else {
+                    return Err(fetch("no Redis connection".into()));
+                };
+                let result = tokio::time::timeout(timeout, async {
+                    // Bounded before it is read: STRLEN first (0 also for a missing key).
+                    let len: u64 = redis::cmd("STRLEN").arg(&key).query_async(conn).await?;
+                    if len == 0 {
+                        return Ok(None);
+                    }
+                    if len > limit as u64 {
+                        return Ok(Some(Err(())));
+                    }
+                    let bytes: Option<Vec<u8>> =
+                        redis::cmd("GET").arg(&key).query_async(conn).await?;
+                    Ok::<_, redis::RedisError>(bytes.map(Ok))
+                })
+                .await;
+                match result {
+                    Err(_) => {
+                        self.redis_conn = None;
+                        Err(fetch("timed out".into()))
+                    }
+                    Ok(Err(e)) => {
+                        self.redis_conn = None;
+                        Err(fetch(e.to_string()))
+                    }
+                    Ok(Ok(None)) => Err(FeedError::Missing(key)),
+                    Ok(Ok(Some(Err(())))) => Err(too_large()),
+                    Ok(Ok(Some(Ok(b)))) if b.len() > limit => Err(too_large()),
+                    Ok(Ok(Some(Ok(b)))) => Ok(b),
+                }
+            }
+        }
+    }
+
+    /// The feed's head.
+    pub async fn head(&mut self) -> Result<FeedHead, FeedError> {
+        let bytes = self.get(Object::Head, MAX_HEAD_BYTES).await?;
+        parse_head(&bytes)
+    }
+}
+
+/// Parses and checks a head object.
+pub fn parse_head(bytes: &[u8]) -> Result<FeedHead, FeedError> {
+    let head: FeedHead =
+        serde_json::from_slice(bytes).map_err(|e| FeedError::Head(e.to_string()))?;
+    if head.snapshot > head.epoch {
+        return Err(FeedError::Head(format!(
+            "snapshot {} is after epoch {}",
+            head.snapshot, head.epoch
+        )));
+    }
+    Ok(head)
+}
+
+/// Decodes and authenticates a fetched list with the trust list's revocation keys.
+pub fn open_list(bytes: &[u8], trust: &TrustList) -> Result<RevocationList, RevocationListError> {
+    SignedRevocationList::open(bytes, |kid| trust.revocation_key(kid).map(|k| &k.public))
+}
+
+/// Verifies and applies one fetched list off the runtime threads (a snapshot of a million
+/// entries takes a while to build; verification keeps the old epoch meanwhile).
+async fn verify_and_apply(
+    engine: &Arc<Engine>,
+    status: &FeedStatus,
+    object: Object,
+    bytes: Vec<u8>,
+) -> Result<u64, FeedError> {
+    let e = Arc::clone(engine);
+    let result = tokio::task::spawn_blocking(move || {
+        let list = open_list(&bytes, &e.trust()).map_err(Err)?;
+        let wrong_kind = match object {
+            Object::Snapshot(n) => list.base.is_some() || list.epoch != n,
+            Object::Delta(n) => list.base.is_none() || list.epoch != n,
+            Object::Head => true,
+        };
+        if wrong_kind {
+            return Err(Err(RevocationListError::Malformed(
+                gatehouse_protocol::DecodeError::Inconsistent(
+                    "list is not the object it is named as",
+                ),
+            )));
+        }
+        e.apply_revocations(&list).map_err(Ok)
+    })
+    .await
+    .map_err(|e| FeedError::Fetch {
+        object: object.file_name(),
+        problem: format!("apply task failed: {e}"),
+    })?;
+    match result {
+        Ok(epoch) => Ok(epoch),
+        Err(Err(refused)) => {
+            status.refuse(refused);
+            Err(FeedError::Refused {
+                object: object.file_name(),
+                source: refused,
+            })
+        }
+        Err(Ok(source)) => Err(FeedError::Apply {
+            object: object.file_name(),
+            source,
+        }),
+    }
+}
+
+/// One pull: brings the node to the feed's head if it can. Returns the epoch in force.
+pub async fn sync_once(
+    engine: &Arc<Engine>,
+    fetcher: &mut Fetcher,
+    config: &FeedConfig,
+    status: &FeedStatus,
+) -> Result<u64, FeedError> {
+    let head = fetcher.head().await?;
+    status.head_epoch.store(head.epoch, Ordering::Relaxed);
+    let established = status.established.load(Ordering::Relaxed);
+    let (current, _) = engine.revocation_epoch();
+    if established && current == head.epoch {
+        return Ok(current);
+    }
+    if established && current > head.epoch {
+        return Err(FeedError::Behind {
+            feed: head.epoch,
+            node: current,
+        });
+    }
+    let limit = config.max_list_bytes;
+    // Deltas first when there are few: a node a few epochs behind should not rebuild a
+    // million-entry snapshot. The snapshot settles the rest.
+    let mut need_snapshot = !established || head.epoch - current > MAX_DELTAS_PER_SYNC;
+    if !need_snapshot {
+        for n in current + 1..=head.epoch {
+            let result = match fetcher.get(Object::Delta(n), limit).await {
+                Ok(bytes) => verify_and_apply(engine, status, Object::Delta(n), bytes).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(_) => {
+                    status.deltas.fetch_add(1, Ordering::Relaxed);
+                }
+                // A gap (a delta missing, or not on the epoch in force): the snapshot settles
+                // it when it is newer than what the node holds.
+                Err(e @ (FeedError::Missing(_) | FeedError::Apply { .. }))
+                    if engine.revocation_epoch().0 < head.snapshot =>
+                {
+                    info!("revocation feed: {e}; fetching snapshot {}", head.snapshot);
+                    need_snapshot = true;
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    if need_snapshot {
+        let (now_epoch, _) = engine.revocation_epoch();
+        if !established || now_epoch < head.snapshot {
+            let started = Instant::now();
+            let bytes = fetcher.get(Object::Snapshot(head.snapshot), limit).await?;
+            verify_and_apply(engine, status, Object::Snapshot(head.snapshot), bytes).await?;
+            status.established.store(true, Ordering::Relaxed);
+            status.snapshots.fetch_add(1, Ordering::Relaxed);
+            status
+                .snapshot_ms
+                .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
+        let (after, _) = engine.revocation_epoch();
+        for n in after + 1..=head.epoch {
+            let bytes = fetcher.get(Object::Delta(n), limit).await?;
+            verify_and_apply(engine, status, Object::Delta(n), bytes).await?;
+            status.deltas.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let (epoch, _) = engine.revocation_epoch();
+    if epoch != head.epoch {
+        return Err(FeedError::Behind {
+            feed: head.epoch,
+            node: epoch,
+        });
+    }
+    Ok(epoch)
+}
+
+/// The modification time of a local revocation file, as Unix seconds (the file counts as
+/// confirmed when it was written).
+pub fn file_confirmed_at(path: &Path) -> Option<u64> {
+    let modified = std::fs::metadata(path).ok()?.modified().ok()?;
+    modified
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs())
+}
+
+/// Sets the engine's revocation deadline from the node's state and policy.
+fn set_deadline(engine: &Engine, config: &FeedConfig, status: &FeedStatus) {
+    let deadline = if !status.established.load(Ordering::Relaxed) {
+        0
+    } else if config.policy == OfflinePolicy::KeepServing {
+        u64::MAX
+    } else {
+        match status.confirmed.load(Ordering::Relaxed) {
+            0 => 0,
+            t => t.saturating_add(config.max_age.as_secs()),
+        }
+    };
+    engine.revocations().set_fresh_until(deadline);
+}
+
+/// Follows the feed until the task is dropped: pulls every `config.interval`, and after each
+/// pull moves the engine's revocation deadline. A node whose engine holds no epoch yet (epoch
+/// 0, nothing revoked) starts unestablished: it fails closed until the first snapshot.
+pub(crate) async fn follow(engine: Arc<Engine>, config: FeedConfig, status: Arc<FeedStatus>) {
+    let (epoch, entries) = engine.revocation_epoch();
+    status.configure(&config, epoch > 0 || entries > 0, config.confirmed_at);
+    set_deadline(&engine, &config, &status);
+    let mut fetcher = match Fetcher::new(&config) {
+        Ok(f) => f,
+        Err(e) => {
+            // Nothing can be fetched: the age grows and the policy takes over.
+            warn!("revocation feed cannot start: {e}");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(config.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        match sync_once(&engine, &mut fetcher, &config, &status).await {
+            Ok(epoch) => {
+                status.established.store(true, Ordering::Relaxed);
+                status.confirmed.store(unix_now(), Ordering::Relaxed);
+                status.syncs.fetch_add(1, Ordering::Relaxed);
+                if failing {
+                    info!(epoch, "revocation feed reachable again: current");
+                    failing = false;
+                }
+                debug!(epoch, "revocation feed: current");
+            }
+            Err(e) => {
+                status.errors.fetch_add(1, Ordering::Relaxed);
+                // Logged once per outage, then at debug: a dead link must not flood the log.
+                if failing {
+                    debug!("revocation feed: {e}");
+                } else {
+                    warn!(
+                        "revocation feed: {e}; keeping epoch {}",
+                        engine.revocation_epoch().0
+                    );
+                    failing = true;
+                }
+            }
+        }
+        set_deadline(&engine, &config, &status);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_and_heads_parse() {
+        assert_eq!(
+            FeedSource::parse("https://feed.example/rev/", None),
+            FeedSource::Http("https://feed.example/rev".into())
+        );
+        assert_eq!(
+            FeedSource::parse("redis://127.0.0.1/", Some("gh")),
+            FeedSource::Redis {
+                url: "redis://127.0.0.1/".into(),
+                prefix: "gh".into()
+            }
+        );
+        assert_eq!(
+            FeedSource::parse("/var/lib/feed", None),
+            FeedSource::Dir("/var/lib/feed".into())
+        );
+        assert_eq!(
+            parse_head(br#"{"epoch": 7, "snapshot": 5}"#).unwrap(),
+            FeedHead {
+                epoch: 7,
+                snapshot: 5
+            }
+        );
+        assert!(parse_head(br#"{"epoch": 4, "snapshot": 5}"#).is_err());
+        assert!(parse_head(b"7").is_err());
+        assert_eq!(Object::Delta(3).redis_key("p"), "p:delta:3");
+        assert_eq!(Object::Snapshot(3).file_name(), "snapshot-3.cose");
+    }
+
+    #[test]
+    fn staleness_follows_the_age_and_establishment() {
+        let s = FeedStatus::default();
+        assert!(!s.stale(1000), "no feed configured: never stale");
+        let mut c = FeedConfig::new(FeedSource::Dir("x".into()));
+        c.max_age = Duration::from_secs(60);
+        s.configure(&c, true, 1000);
+        assert!(!s.stale(1059));
+        assert!(s.stale(1060));
+        assert!(s.not_ready(1060).is_some());
+        s.configure(&c, false, 1000);
+        assert!(s.stale(1000), "never established: stale from the start");
+        c.readiness = false;
+        s.configure(&c, true, 1000);
+        assert!(s.stale(2000) && s.not_ready(2000).is_none());
+    }
+}
