@@ -511,6 +511,7 @@ async fn one_oversized_token_in_a_batch_is_malformed_and_the_others_are_judged()
             vec![0xa5; MAX_TOKEN_LEN + 1],
             token(&world.holder(2)),
         ],
+        retry: None,
     }
     .encode();
     let responses = gate.send_raw(&frame).await.unwrap();

@@ -124,7 +124,12 @@ impl World {
             population::credential(now(), i),
         )?;
         let mut nonce = [0u8; 16];
-        nonce[..8].copy_from_slice(&self.next_nonce.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+        nonce[..8].copy_from_slice(
+            &self
+                .next_nonce
+                .fetch_add(1, Ordering::Relaxed)
+                .to_be_bytes(),
+        );
         Ok(h.present(now().saturating_sub(1), nonce, None)?)
     }
 }
@@ -199,7 +204,10 @@ pub async fn run(bin: PathBuf) -> Result<bool> {
     let mut rows = Vec::new();
     let mut peak_rss = 0;
     // Baseline.
-    let row = measure(&world, &gate, "baseline", &engine, async { Ok(String::new()) }).await?;
+    let row = measure(&world, &gate, "baseline", &engine, async {
+        Ok(String::new())
+    })
+    .await?;
     let baseline_rss = row.rss;
     rows.push(row);
 
@@ -369,7 +377,11 @@ pub async fn run(bin: PathBuf) -> Result<bool> {
     after.note = format!(
         "peak RSS over the run {:.1} MiB; {} the baseline",
         mib(peak_rss),
-        if back { "back within 32 MB of" } else { "NOT back within 32 MB of" }
+        if back {
+            "back within 32 MB of"
+        } else {
+            "NOT back within 32 MB of"
+        }
     );
     after.pass = after.pass && back && peak_rss <= 256 * 1000 * 1000;
     rows.push(after);

@@ -87,7 +87,10 @@ mod tests {
 
     #[test]
     fn charges_never_pass_the_total_and_come_back_when_dropped() {
-        let b = Budget::new(100, Arc::new(Metrics::new(1)));
+        let b = Budget::new(
+            100,
+            Arc::new(Metrics::new(1, super::super::store::Store::Memory)),
+        );
         let a = b.try_take(60);
         assert!(a.is_some());
         assert!(b.try_take(41).is_none(), "over the total");
