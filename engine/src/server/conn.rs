@@ -583,7 +583,7 @@ async fn read_loop(
             Err(e) => {
                 // SPEC §8.4: the id is echoed whenever it could be read (it is the first key).
                 let mut response = error(WireErrorCode::MalformedFrame, e.to_string());
-                if let Pending::Ready(Response::Error { id, .. }, _) = &mut response {
+                if let (Pending::Ready(Response::Error { id, .. }, _), _) = &mut response {
                     *id = request_id(&body).unwrap_or(0);
                 }
                 let _ = tx.send(response).await;
