@@ -1,6 +1,8 @@
 //! `gatehouse-loadtest`: parse, build, run, judge. Exit 0 when every budget check held, 1 when
 //! one missed (each is named), 2 when the run could not be made.
 
+mod abuse;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -129,6 +131,13 @@ enum Command {
         /// Arguments for goose (after `--`).
         #[arg(last = true)]
         goose_args: Vec<String>,
+    },
+    /// Hostile traffic: floods against an engine started on loopback while a gate scanner
+    /// measures; prints the table and fails when a target is missed.
+    Abuse {
+        /// The `gatehouse` binary (default: as for the other commands).
+        #[arg(long)]
+        bin: Option<PathBuf>,
     },
     /// Compare two JSON reports (the second against the first). Refused when their plans
     /// differ (mode, population, plan shape or rate, sweep step), since the figures then
@@ -741,6 +750,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             report.goose = Some(g);
             finish(report, &common, &budget, &budget_file, checks)
+        }
+        Command::Abuse { bin } => {
+            let bin = match bin {
+                Some(b) => b,
+                None => find_gatehouse()?,
+            };
+            Ok(if abuse::run(bin).await? {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_MISSED)
+            })
         }
         Command::Compare {
             baseline,

@@ -2,16 +2,22 @@
 //! reused for another meaning.
 
 macro_rules! reasons {
-    ( $( $(#[$doc:meta])* $variant:ident = $num:literal, $label:literal, $text:literal; )* ) => {
+    (
+        $( $(#[$doc:meta])* $variant:ident = $num:literal, $label:literal, $text:literal; )*
+        @reserved
+        $(#[$rdoc:meta])* $rvariant:ident = $rnum:literal, $rlabel:literal, $rtext:literal;
+    ) => {
         /// Why a token was accepted or denied.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         #[repr(u8)]
         pub enum Reason {
             $( $(#[$doc])* $variant = $num, )*
+            $(#[$rdoc])* $rvariant = $rnum,
         }
 
         impl Reason {
-            /// Every reason, in number order.
+            /// Every reason this version defines, in number order (not the reserved
+            /// [`Reason::Unrecognized`], which no engine sends).
             pub const ALL: &'static [Reason] = &[$(Reason::$variant),*];
 
             /// The number on the wire.
@@ -31,6 +37,7 @@ macro_rules! reasons {
             pub fn label(self) -> &'static str {
                 match self {
                     $( Reason::$variant => $label, )*
+                    Reason::$rvariant => $rlabel,
                 }
             }
 
@@ -38,6 +45,7 @@ macro_rules! reasons {
             pub fn describe(self) -> &'static str {
                 match self {
                     $( Reason::$variant => $text, )*
+                    Reason::$rvariant => $rtext,
                 }
             }
         }
@@ -97,9 +105,21 @@ reasons! {
     /// The revocation state is older than the node's maximum age (its feed is unreachable or
     /// refused): the engine fails closed rather than accept on revocations it cannot vouch for.
     RevocationsStale = 23, "revocations_stale", "revocation state too old to vouch for, failing closed";
+    @reserved
+    /// What a reader makes of a reason code its version does not define (a newer engine's):
+    /// a deny, not retryable (SPEC §9). Never sent by an engine; 255 is reserved for it.
+    Unrecognized = 255, "unrecognized", "reason code not known to this version: a deny";
 }
 
 impl Reason {
+    /// The reason a reader takes from the wire: the one with this number, or, for a number this
+    /// version does not define, [`Reason::Unrecognized`] (a deny, not retryable). This is the
+    /// forward-compatible rule of SPEC §9: an older scanner keeps reading the verdicts of a
+    /// newer engine, and never takes an unknown code for an acceptance or a "retry".
+    pub fn from_wire(code: u64) -> Reason {
+        Reason::from_code(code).unwrap_or(Reason::Unrecognized)
+    }
+
     /// Whether the token was accepted.
     pub fn is_accept(self) -> bool {
         self == Reason::Accepted

@@ -203,7 +203,15 @@ impl Request {
                     let len = r.array("batch", MAX_BATCH)?;
                     let mut v = Vec::with_capacity(len);
                     for _ in 0..len {
-                        v.push(r.bytes("token", MAX_TOKEN_LEN)?.to_vec());
+                        // A token over the limit is that token's problem, not the batch's: it
+                        // becomes an empty token, which the engine judges `malformed` (SPEC
+                        // §8.3). Its bytes are skipped, never copied.
+                        let token = r.bytes("token", usize::MAX)?;
+                        v.push(if token.len() > MAX_TOKEN_LEN {
+                            Vec::new()
+                        } else {
+                            token.to_vec()
+                        });
                     }
                     tokens = Some(v);
                 }
@@ -505,9 +513,9 @@ impl Response {
                         if fields < 2 {
                             return Err(DecodeError::BadLength("verdict"));
                         }
-                        let code = r.uint("reason")?;
-                        let reason =
-                            Reason::from_code(code).ok_or(DecodeError::UnknownValue("reason"))?;
+                        // An unknown code is a newer engine's reason: a deny (SPEC §9), not
+                        // an unreadable frame.
+                        let reason = Reason::from_wire(r.uint("reason")?);
                         let attributes = Attributes::decode(&mut r)?;
                         // Deterministic: the marker is present only as `true`.
                         let repeat = fields == 3;

@@ -7,15 +7,17 @@
 //! checks run on the engine's rayon pool ([`Engine::submit`]), and each request's verdicts go
 //! back to its stream through a oneshot channel.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gatehouse_protocol::{Reason, Verdict};
 use tokio::sync::oneshot;
 
+use super::fair::Fair;
 use super::metrics::Metrics;
 use super::store::Store;
 use super::Batching;
@@ -35,6 +37,8 @@ pub(crate) fn unix_now() -> u64 {
 struct Permit {
     tokens: usize,
     metrics: Arc<Metrics>,
+    /// Counted in its scanner's share too, once admitted.
+    share: Option<(Arc<Shares>, Arc<Scanner>)>,
 }
 
 impl Drop for Permit {
@@ -42,6 +46,43 @@ impl Drop for Permit {
         self.metrics
             .queue_depth
             .fetch_sub(self.tokens, Ordering::Relaxed);
+        if let Some((shares, scanner)) = self.share.take() {
+            shares.release(&scanner.id, self.tokens);
+        }
+    }
+}
+
+/// Tokens admitted and not yet answered, per scanner id: one scanner cannot take the whole
+/// queue. Only scanners with tokens in flight have an entry, so it is bounded by the registry.
+#[derive(Default)]
+struct Shares(parking_lot::Mutex<HashMap<String, usize>>);
+
+impl Shares {
+    /// Counts `n` tokens for `id` unless that takes it past `max` (a scanner with nothing in
+    /// flight is always admitted once, however large its request).
+    fn try_admit(&self, id: &str, n: usize, max: usize) -> bool {
+        let mut m = self.0.lock();
+        match m.get_mut(id) {
+            Some(held) if *held > 0 && *held + n > max => false,
+            Some(held) => {
+                *held += n;
+                true
+            }
+            None => {
+                m.insert(id.to_owned(), n);
+                true
+            }
+        }
+    }
+
+    fn release(&self, id: &str, n: usize) {
+        let mut m = self.0.lock();
+        if let Some(held) = m.get_mut(id) {
+            *held = held.saturating_sub(n);
+            if *held == 0 {
+                m.remove(id);
+            }
+        }
     }
 }
 
@@ -51,7 +92,6 @@ struct Job {
     tokens: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     retry: Option<[u8; gatehouse_protocol::RETRY_KEY_LEN]>,
     reply: oneshot::Sender<Vec<Verdict>>,
-    enqueued: Instant,
     permit: Permit,
 }
 
@@ -78,9 +118,18 @@ pub(crate) struct Queue {
     tx: SyncSender<Job>,
     capacity: usize,
     metrics: Arc<Metrics>,
+    shares: Arc<Shares>,
+    /// Most tokens of one scanner admitted at once.
+    per_scanner: usize,
 }
 
 impl Queue {
+    /// Sets the most tokens one scanner may have admitted and not yet answered.
+    pub fn with_scanner_share(mut self, per_scanner: usize) -> Queue {
+        self.per_scanner = per_scanner.max(1);
+        self
+    }
+
     /// Queues one request's tokens (each with its challenge); the verdicts, in order, arrive on
     /// the returned channel. Never blocks.
     pub fn submit(
@@ -91,22 +140,27 @@ impl Queue {
     ) -> Result<oneshot::Receiver<Vec<Verdict>>, Refused> {
         let n = tokens.len();
         let before = self.metrics.queue_depth.fetch_add(n, Ordering::Relaxed);
-        let permit = Permit {
+        let mut permit = Permit {
             tokens: n,
             metrics: Arc::clone(&self.metrics),
+            share: None,
         };
         // An idle server takes any one request, so a batch larger than a tiny queue still
         // makes progress.
         if before > 0 && before + n > self.capacity {
             return Err(Refused::Busy);
         }
+        // A scanner past its share is busy, however much room the queue has for the others.
+        if !self.shares.try_admit(&scanner.id, n, self.per_scanner) {
+            return Err(Refused::Busy);
+        }
+        permit.share = Some((Arc::clone(&self.shares), Arc::clone(&scanner)));
         let (reply, rx) = oneshot::channel();
         let job = Job {
             scanner,
             tokens,
             retry,
             reply,
-            enqueued: Instant::now(),
             permit,
         };
         match self.tx.try_send(job) {
@@ -140,6 +194,8 @@ pub(crate) fn spawn(
             tx,
             capacity: config.queue,
             metrics,
+            shares: Arc::default(),
+            per_scanner: usize::MAX,
         },
         thread,
     ))
@@ -162,9 +218,11 @@ fn collect(
     metrics: &Arc<Metrics>,
 ) {
     // While the verification pool has an idle thread, a batch goes at once with whatever is
-    // already queued: at low load a token waits for nobody. Only when every thread is busy does
-    // the batcher hold a batch open (up to max_batch tokens or max_wait), so work accumulates
-    // into larger batches exactly when batching pays.
+    // already queued: at low load a token waits for nobody. When every thread is busy, work
+    // waits here, not in the pool's queue: at most one batch more than there are threads is
+    // handed over, so the order of everything else is still ours to choose. Waiting requests
+    // are taken scanner by scanner (deficit round robin, [`Fair`]), so a scanner with a deep
+    // backlog delays another's token by one turn, not by its backlog.
     let threads = match engine.config().threads {
         0 => std::thread::available_parallelism()
             .map(|n| n.get())
@@ -172,43 +230,78 @@ fn collect(
         n => n,
     };
     let in_flight: InFlight = Arc::default();
-    while let Ok(first) = rx.recv() {
-        let deadline = first.enqueued + config.max_wait;
-        let mut tokens = first.tokens.len();
-        let mut jobs = vec![first];
-        let mut disconnected = false;
-        while tokens < config.max_batch {
-            let job = match rx.try_recv() {
-                Ok(job) => job,
+    let mut waiting: Fair<Job> = Fair::new(config.max_batch);
+    let mut disconnected = false;
+    loop {
+        if waiting.is_empty() {
+            if disconnected {
+                break;
+            }
+            match rx.recv() {
+                Ok(job) => push(&mut waiting, job),
+                Err(_) => break,
+            }
+        }
+        // Everything already sent joins the fair queue.
+        loop {
+            match rx.try_recv() {
+                Ok(job) => push(&mut waiting, job),
+                Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     disconnected = true;
                     break;
                 }
-                Err(TryRecvError::Empty) => {
-                    if in_flight.load(Ordering::Acquire) < threads {
-                        break;
-                    }
-                    let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                        break;
-                    };
-                    match rx.recv_timeout(left) {
-                        Ok(job) => job,
-                        Err(RecvTimeoutError::Timeout) => break,
-                        Err(RecvTimeoutError::Disconnected) => {
-                            disconnected = true;
-                            break;
-                        }
-                    }
-                }
-            };
-            tokens += job.tokens.len();
-            jobs.push(job);
+            }
         }
-        dispatch(engine, shell, jobs, tokens, metrics, &in_flight);
-        if disconnected {
-            break;
+        // A free verification thread (or one about to be): until then, keep collecting. The
+        // pool gives no wake-up, so the wait polls the channel at a fine grain.
+        while !disconnected && in_flight.load(Ordering::Acquire) > threads {
+            match rx.recv_timeout(POOL_POLL) {
+                Ok(job) => push(&mut waiting, job),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => disconnected = true,
+            }
+        }
+        // Every thread busy and one batch may still go ahead: hold it open for up to max_wait
+        // (from its oldest request) or max_batch tokens, so work accumulates into larger
+        // batches exactly when batching pays. (From now, not from the oldest request: those may
+        // have waited for a thread already, and holding them longer would not help.)
+        if in_flight.load(Ordering::Acquire) >= threads {
+            let deadline = Instant::now() + config.max_wait;
+            while !disconnected && waiting.weight() < config.max_batch {
+                let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                    break;
+                };
+                match rx.recv_timeout(left) {
+                    Ok(job) => push(&mut waiting, job),
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => disconnected = true,
+                }
+            }
+        }
+        let mut jobs = Vec::new();
+        let mut tokens = 0;
+        while tokens < config.max_batch {
+            match waiting.pop() {
+                Some(job) => {
+                    tokens += job.tokens.len();
+                    jobs.push(job);
+                }
+                None => break,
+            }
+        }
+        if !jobs.is_empty() {
+            dispatch(engine, shell, jobs, tokens, metrics, &in_flight);
         }
     }
+}
+
+/// How often the batcher looks for a free verification thread while every one is busy.
+const POOL_POLL: Duration = Duration::from_micros(50);
+
+fn push(waiting: &mut Fair<Job>, job: Job) {
+    let key = Arc::clone(&job.scanner);
+    waiting.push(&key.id, job.tokens.len(), job);
 }
 
 fn dispatch(

@@ -64,6 +64,22 @@ max_frame_body = 131072
 body_timeout_secs = 5
 # How long a shutdown waits for requests in flight.
 drain_timeout_secs = 10
+# Hostile traffic. Handshakes in progress: at most max_handshakes, at most
+# max_handshakes_per_source from one IP address; from retry_threshold on, an address not yet
+# validated gets a QUIC Retry and handshakes get the shorter timeout.
+max_handshakes = 1024
+retry_threshold = 64
+max_handshakes_per_source = 32
+handshake_timeout_ms = 10000
+pressure_handshake_timeout_ms = 1000
+# One scanner (certificate): most connections, and most tokens queued (beyond: busy).
+max_connections_per_scanner = 16
+max_queued_per_scanner = 1024
+# Request-body bytes one connection may hold read and unanswered (beyond: its streams wait).
+max_buffered_per_connection = 1048576
+# One memory budget for handshakes, connections and request bodies (bytes); over it new work
+# is refused, memory does not grow.
+memory_budget = 167772160
 
 [replay]
 # Where one-time use is recorded. "memory": this node only; a node restarted on the memory
@@ -260,6 +276,24 @@ pub struct LimitsSection {
     pub body_timeout_secs: u64,
     /// Drain wait on shutdown, seconds.
     pub drain_timeout_secs: u64,
+    /// Most handshakes in progress.
+    pub max_handshakes: usize,
+    /// Handshakes in progress from which unvalidated addresses get a QUIC Retry.
+    pub retry_threshold: usize,
+    /// Most handshakes in progress from one IP address.
+    pub max_handshakes_per_source: usize,
+    /// Handshake timeout, milliseconds.
+    pub handshake_timeout_ms: u64,
+    /// Handshake timeout under pressure, milliseconds.
+    pub pressure_handshake_timeout_ms: u64,
+    /// Most connections of one scanner.
+    pub max_connections_per_scanner: usize,
+    /// Most tokens of one scanner queued.
+    pub max_queued_per_scanner: usize,
+    /// Most request-body bytes one connection holds unanswered.
+    pub max_buffered_per_connection: usize,
+    /// The memory budget, bytes.
+    pub memory_budget: usize,
 }
 
 impl Default for LimitsSection {
@@ -272,6 +306,15 @@ impl Default for LimitsSection {
             max_frame_body: d.max_frame_body,
             body_timeout_secs: d.body_timeout.as_secs(),
             drain_timeout_secs: d.drain_timeout.as_secs(),
+            max_handshakes: d.max_handshakes,
+            retry_threshold: d.retry_threshold,
+            max_handshakes_per_source: d.max_handshakes_per_source,
+            handshake_timeout_ms: d.handshake_timeout.as_millis() as u64,
+            pressure_handshake_timeout_ms: d.pressure_handshake_timeout.as_millis() as u64,
+            max_connections_per_scanner: d.max_connections_per_scanner,
+            max_queued_per_scanner: d.max_queued_per_scanner,
+            max_buffered_per_connection: d.max_buffered_per_connection,
+            memory_budget: d.memory_budget,
         }
     }
 }
@@ -286,6 +329,15 @@ impl LimitsSection {
             max_frame_body: self.max_frame_body,
             body_timeout: Duration::from_secs(self.body_timeout_secs),
             drain_timeout: Duration::from_secs(self.drain_timeout_secs),
+            max_handshakes: self.max_handshakes,
+            retry_threshold: self.retry_threshold,
+            max_handshakes_per_source: self.max_handshakes_per_source,
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+            pressure_handshake_timeout: Duration::from_millis(self.pressure_handshake_timeout_ms),
+            max_connections_per_scanner: self.max_connections_per_scanner,
+            max_queued_per_scanner: self.max_queued_per_scanner,
+            max_buffered_per_connection: self.max_buffered_per_connection,
+            memory_budget: self.memory_budget,
         }
     }
 }

@@ -1,5 +1,8 @@
 //! One scanner connection and its request streams.
 
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,18 +11,18 @@ use gatehouse_protocol::{
     kind, request_id, DecodeError, FrameHeader, Reason, Request, Response, Verdict, WireErrorCode,
     FRAME_HEADER_LEN, RETRY_KEY_LEN,
 };
+use parking_lot::Mutex;
 use quinn::{Connection, Incoming, ReadExactError, RecvStream, SendStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::batcher::{Queue, Refused};
+use super::budget::{Budget, Charge, CONNECTION_COST, HANDSHAKE_COST};
 use super::metrics::{Kind, Metrics};
 use super::{codes, tls, Limits};
 use crate::{Engine, Scanner};
 
-/// How long a handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often an idle connection checks that its scanner is still registered.
 const REGISTRY_CHECK: Duration = Duration::from_secs(1);
 /// How long a finished stream waits for the peer to acknowledge its responses.
@@ -37,6 +40,121 @@ pub(crate) struct Shared {
     pub queue: Queue,
     /// Becomes `true` when the drain starts.
     pub drain: watch::Receiver<bool>,
+    /// The memory budget.
+    pub budget: Arc<Budget>,
+    /// Handshakes in progress per source address.
+    pub sources: Counts<IpAddr>,
+    /// Open connections per scanner.
+    pub scanners: Counts<Arc<str>>,
+}
+
+/// How many of something each key holds; a key holding none has no entry, so the map is as
+/// large as the keys in use, never larger.
+pub(crate) struct Counts<K>(Arc<Mutex<HashMap<K, usize>>>);
+
+impl<K> Default for Counts<K> {
+    fn default() -> Self {
+        Counts(Arc::default())
+    }
+}
+
+impl<K: Hash + Eq + Clone> Counts<K> {
+    /// One more for `key`, unless it already holds `max`.
+    fn try_enter(&self, key: &K, max: usize) -> Option<Slot<K>> {
+        let mut m = self.0.lock();
+        let n = m.entry(key.clone()).or_insert(0);
+        if *n >= max {
+            if *n == 0 {
+                m.remove(key);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            counts: Arc::clone(&self.0),
+            key: key.clone(),
+        })
+    }
+}
+
+/// One unit of a [`Counts`], given back when dropped.
+pub(crate) struct Slot<K: Hash + Eq> {
+    counts: Arc<Mutex<HashMap<K, usize>>>,
+    key: K,
+}
+
+impl<K: Hash + Eq> Drop for Slot<K> {
+    fn drop(&mut self) {
+        let mut m = self.counts.lock();
+        if let Some(n) = m.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// A handshake in progress: counted in the handshake gauge and against its source address, and
+/// charged to the budget, until dropped (when the handshake ends, however it ends).
+pub(crate) struct Handshake {
+    _source: Slot<IpAddr>,
+    _charge: Charge,
+    _gauge: Held,
+}
+
+/// Decides on a connection attempt before any state is spent on it: over the handshake cap, the
+/// per-source cap or the budget it is refused; under pressure an address not yet validated gets
+/// a QUIC Retry (stateless: a flood from spoofed or unresponsive sources ends there).
+pub(crate) fn admit(shared: &Arc<Shared>, incoming: Incoming) -> Option<(Incoming, Handshake)> {
+    let limits = &shared.limits;
+    let metrics = &shared.metrics;
+    let in_progress = metrics.handshakes.load(Ordering::Relaxed).max(0) as usize;
+    // Counted, not logged one by one: a flood would flood the log.
+    if in_progress >= limits.max_handshakes {
+        metrics.refused_handshakes.fetch_add(1, Ordering::Relaxed);
+        incoming.refuse();
+        return None;
+    }
+    if in_progress >= limits.retry_threshold
+        && !incoming.remote_address_validated()
+        && incoming.may_retry()
+    {
+        match incoming.retry() {
+            Ok(()) => {
+                metrics.retries.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            Err(e) => {
+                // Cannot happen after `may_retry`; refuse rather than guess.
+                e.into_incoming().refuse();
+                metrics.refused_handshakes.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        }
+    }
+    let Some(source) = shared.sources.try_enter(
+        &incoming.remote_address().ip(),
+        limits.max_handshakes_per_source,
+    ) else {
+        metrics.refused_source.fetch_add(1, Ordering::Relaxed);
+        incoming.refuse();
+        return None;
+    };
+    let Some(charge) = shared.budget.try_take(HANDSHAKE_COST) else {
+        metrics.refused_budget.fetch_add(1, Ordering::Relaxed);
+        incoming.refuse();
+        return None;
+    };
+    let gauge = Held::new(metrics, Gauge::Handshakes);
+    Some((
+        incoming,
+        Handshake {
+            _source: source,
+            _charge: charge,
+            _gauge: gauge,
+        },
+    ))
 }
 
 /// A gauge a task counts itself in.
@@ -44,6 +162,7 @@ pub(crate) struct Shared {
 pub(crate) enum Gauge {
     Connections,
     Streams,
+    Handshakes,
 }
 
 /// One unit of a gauge, taken before a task is spawned and moved into it: released when the
@@ -66,6 +185,7 @@ impl Held {
         match gauge {
             Gauge::Connections => &metrics.connections,
             Gauge::Streams => &metrics.streams,
+            Gauge::Handshakes => &metrics.handshakes,
         }
     }
 }
@@ -77,35 +197,56 @@ impl Drop for Held {
 }
 
 /// Serves one connection: handshake, scanner lookup, then its streams, until the peer closes,
-/// the scanner is removed, or the drain ends it. `_held` counts it in the connection gauge.
-pub(crate) async fn connection(shared: Arc<Shared>, incoming: Incoming, _held: Held) {
+/// the scanner is removed, or the drain ends it. `_held` counts it in the connection gauge;
+/// `handshake` holds its handshake's share of the limits until the handshake is over.
+pub(crate) async fn connection(
+    shared: Arc<Shared>,
+    incoming: Incoming,
+    handshake: Handshake,
+    _held: Held,
+) {
     let remote = incoming.remote_address();
+    let failed = |what: &str| {
+        shared
+            .metrics
+            .handshake_failures
+            .fetch_add(1, Ordering::Relaxed);
+        debug!(%remote, "handshake failed: {what}");
+    };
     let connecting = match incoming.accept() {
         Ok(c) => c,
         Err(e) => {
-            debug!(%remote, "incoming connection failed: {e}");
+            // The first flight already failed (no common ALPN, for example): a failed
+            // handshake too.
+            failed(&e.to_string());
             return;
         }
     };
-    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => {
-            // Certificate refusals were also logged by the verifier, with their cause.
-            shared
-                .metrics
-                .handshake_failures
-                .fetch_add(1, Ordering::Relaxed);
-            debug!(%remote, "handshake failed: {e}");
-            return;
-        }
-        Err(_) => {
-            shared
-                .metrics
-                .handshake_failures
-                .fetch_add(1, Ordering::Relaxed);
-            debug!(%remote, "handshake timed out");
-            return;
-        }
+    tokio::pin!(connecting);
+    let limits = &shared.limits;
+    // Under pressure a handshake gets the short timeout: a half-open connection holds a slot
+    // for a second, not ten. A scanner on a working network finishes in milliseconds.
+    let result =
+        match tokio::time::timeout(limits.pressure_handshake_timeout, &mut connecting).await {
+            Ok(r) => Some(r),
+            Err(_) => {
+                let in_progress = shared.metrics.handshakes.load(Ordering::Relaxed).max(0) as usize;
+                if in_progress >= limits.retry_threshold {
+                    None
+                } else {
+                    let rest = limits
+                        .handshake_timeout
+                        .saturating_sub(limits.pressure_handshake_timeout);
+                    tokio::time::timeout(rest, &mut connecting).await.ok()
+                }
+            }
+        };
+    drop(handshake);
+    let conn = match result {
+        Some(Ok(conn)) => conn,
+        // Certificate refusals were also logged by the verifier, with their cause.
+        Some(Err(e)) => return failed(&e.to_string()),
+        None => return failed("timed out"),
     };
     let Some(id) = tls::scanner_id(&conn) else {
         // The verifier insists on a usable CN, so this is only reachable if that changes.
@@ -118,6 +259,31 @@ pub(crate) async fn connection(shared: Arc<Shared>, incoming: Incoming, _held: H
         refuse(&shared, &conn, &id);
         return;
     }
+    let Some(_scanner_slot) = shared
+        .scanners
+        .try_enter(&id, limits.max_connections_per_scanner)
+    else {
+        shared
+            .metrics
+            .refused_scanner_limit
+            .fetch_add(1, Ordering::Relaxed);
+        debug!(scanner = %id, "connection refused: the scanner is at its connection limit");
+        conn.close(
+            codes::TOO_MANY_CONNECTIONS,
+            b"too many connections for this scanner",
+        );
+        return;
+    };
+    let Some(_charge) = shared.budget.try_take(CONNECTION_COST) else {
+        shared
+            .metrics
+            .refused_budget
+            .fetch_add(1, Ordering::Relaxed);
+        conn.close(codes::OVER_BUDGET, b"server over its memory budget");
+        return;
+    };
+    // Request bodies this connection holds, read and not yet answered.
+    let buffered = Arc::new(Semaphore::new(limits.max_buffered_per_connection));
     info!(scanner = %id, %remote, "scanner connected");
 
     let mut streams = JoinSet::new();
@@ -133,8 +299,8 @@ pub(crate) async fn connection(shared: Arc<Shared>, incoming: Incoming, _held: H
                         Arc::clone(&shared),
                         conn.clone(),
                         Arc::clone(&id),
-                        send,
-                        recv,
+                        Arc::clone(&buffered),
+                        (send, recv),
                         held,
                     ));
                 }
@@ -226,15 +392,17 @@ async fn stream(
     shared: Arc<Shared>,
     conn: Connection,
     id: Arc<str>,
-    mut send: SendStream,
-    mut recv: RecvStream,
+    buffered: Arc<Semaphore>,
+    (mut send, mut recv): (SendStream, RecvStream),
     _held: Held,
 ) {
-    let (tx, mut rx) = mpsc::channel::<Pending>(PIPELINE_DEPTH);
-    let reader = read_requests(&shared, &conn, &id, &mut recv, tx);
+    let (tx, mut rx) = mpsc::channel::<(Pending, Option<Hold>)>(PIPELINE_DEPTH);
+    let reader = read_requests(&shared, &conn, &id, &buffered, &mut recv, tx);
     let writer = async {
-        while let Some(p) = rx.recv().await {
+        while let Some((p, hold)) = rx.recv().await {
             let (response, started) = p.resolve(&shared.metrics).await;
+            // The request's bytes are gone once its verdicts are back.
+            drop(hold);
             if let Err(e) = send.write_all(&response.encode()).await {
                 debug!("response not delivered: {e}");
                 break;
@@ -259,14 +427,21 @@ enum End {
     Stop(quinn::VarInt),
 }
 
+/// A request body's hold on the connection's buffer and on the global budget.
+struct Hold {
+    _buffered: OwnedSemaphorePermit,
+    _charge: Charge,
+}
+
 async fn read_requests(
     shared: &Shared,
     conn: &Connection,
     id: &str,
+    buffered: &Arc<Semaphore>,
     recv: &mut RecvStream,
-    tx: mpsc::Sender<Pending>,
+    tx: mpsc::Sender<(Pending, Option<Hold>)>,
 ) {
-    let end = read_loop(shared, conn, id, recv, &tx).await;
+    let end = read_loop(shared, conn, id, buffered, recv, &tx).await;
     if let End::Stop(code) = end {
         let _ = recv.stop(code);
     }
@@ -276,20 +451,24 @@ async fn read_loop(
     shared: &Shared,
     conn: &Connection,
     id: &str,
+    buffered: &Arc<Semaphore>,
     recv: &mut RecvStream,
-    tx: &mpsc::Sender<Pending>,
+    tx: &mpsc::Sender<(Pending, Option<Hold>)>,
 ) -> End {
     let metrics = &shared.metrics;
     let mut drain = shared.drain.clone();
     let error = |code: WireErrorCode, message: String| {
         metrics.wire_error(code);
-        Pending::Ready(
-            Response::Error {
-                id: 0,
-                code,
-                message,
-            },
-            Instant::now(),
+        (
+            Pending::Ready(
+                Response::Error {
+                    id: 0,
+                    code,
+                    message,
+                },
+                Instant::now(),
+            ),
+            None,
         )
     };
     loop {
@@ -360,6 +539,26 @@ async fn read_loop(
             return End::Stop(codes::BAD_FRAME);
         }
 
+        // Room for the body before reading it: in this connection's buffer (waiting for it
+        // holds the peer back through flow control), then in the global budget (none left:
+        // the request is refused unread, the peer may retry).
+        let room = tokio::time::timeout(
+            shared.limits.body_timeout,
+            Arc::clone(buffered).acquire_many_owned(h.len as u32),
+        )
+        .await;
+        let Ok(Ok(in_buffer)) = room else {
+            return End::Stop(codes::STREAM_TIMEOUT);
+        };
+        let Some(charge) = shared.budget.try_take(h.len) else {
+            metrics.budget_busy.fetch_add(1, Ordering::Relaxed);
+            debug!("memory budget spent: refusing a request unread");
+            return End::Stop(codes::OVER_BUDGET);
+        };
+        let hold = Hold {
+            _buffered: in_buffer,
+            _charge: charge,
+        };
         let body =
             match tokio::time::timeout(shared.limits.body_timeout, read_body(recv, h.len)).await {
                 Ok(Ok(body)) => body,
@@ -384,7 +583,7 @@ async fn read_loop(
             Err(e) => {
                 // SPEC §8.4: the id is echoed whenever it could be read (it is the first key).
                 let mut response = error(WireErrorCode::MalformedFrame, e.to_string());
-                if let Pending::Ready(Response::Error { id, .. }, _) = &mut response {
+                if let (Pending::Ready(Response::Error { id, .. }, _), _) = &mut response {
                     *id = request_id(&body).unwrap_or(0);
                 }
                 let _ = tx.send(response).await;
@@ -424,7 +623,7 @@ async fn read_loop(
                 submit(shared, scanner, id, tokens, retry, started)
             }
         };
-        if tx.send(pending).await.is_err() {
+        if tx.send((pending, Some(hold))).await.is_err() {
             return End::Done;
         }
     }

@@ -101,6 +101,23 @@ pub(crate) struct Metrics {
     pub refused_limit: AtomicU64,
     pub refused_unknown_scanner: AtomicU64,
     pub handshake_failures: AtomicU64,
+    /// Handshakes in progress.
+    pub handshakes: AtomicI64,
+    /// Initials answered with a QUIC Retry (address validation under pressure).
+    pub retries: AtomicU64,
+    /// Connections refused at the handshake cap, the per-source cap, the per-scanner cap, or the
+    /// memory budget.
+    pub refused_handshakes: AtomicU64,
+    pub refused_source: AtomicU64,
+    pub refused_scanner_limit: AtomicU64,
+    pub refused_budget: AtomicU64,
+    /// Requests refused (answered `busy`) because the memory budget was spent.
+    pub budget_busy: AtomicU64,
+    /// Bytes of the memory budget in use, and the budget.
+    pub budget_used: AtomicUsize,
+    pub budget_total: AtomicUsize,
+    /// Operations connections closed to make room for a new one.
+    pub ops_evicted: AtomicU64,
     requests: [AtomicU64; 3],
     wire_errors: [AtomicU64; 4],
     /// Tokens answered by the shell, not the engine (queue full, engine gone), by role.
@@ -162,6 +179,16 @@ impl Metrics {
             refused_limit: AtomicU64::new(0),
             refused_unknown_scanner: AtomicU64::new(0),
             handshake_failures: AtomicU64::new(0),
+            handshakes: AtomicI64::new(0),
+            retries: AtomicU64::new(0),
+            refused_handshakes: AtomicU64::new(0),
+            refused_source: AtomicU64::new(0),
+            refused_scanner_limit: AtomicU64::new(0),
+            refused_budget: AtomicU64::new(0),
+            budget_busy: AtomicU64::new(0),
+            budget_used: AtomicUsize::new(0),
+            budget_total: AtomicUsize::new(0),
+            ops_evicted: AtomicU64::new(0),
             requests: Default::default(),
             wire_errors: Default::default(),
             busy: Default::default(),
@@ -352,11 +379,15 @@ impl Metrics {
             self.streams.load(Ordering::Relaxed),
         );
         let name = "gatehouse_connections_refused_total";
-        let _ = writeln!(out, "# HELP {name} Connections refused: at the connection limit, or scanner not registered.");
+        let _ = writeln!(out, "# HELP {name} Connections refused: at the connection limit, scanner not registered, at the handshake cap, at the per-source or per-scanner cap, or over the memory budget.");
         let _ = writeln!(out, "# TYPE {name} counter");
         for (cause, n) in [
             ("limit", &self.refused_limit),
             ("unknown_scanner", &self.refused_unknown_scanner),
+            ("handshakes", &self.refused_handshakes),
+            ("source", &self.refused_source),
+            ("scanner_limit", &self.refused_scanner_limit),
+            ("budget", &self.refused_budget),
         ] {
             let _ = writeln!(
                 out,
@@ -409,6 +440,42 @@ impl Metrics {
                 h.round_trip_nanos.load(Ordering::Relaxed) as f64 / 1e9
             );
         }
+        gauge(
+            &mut out,
+            "gatehouse_handshakes",
+            "TLS handshakes in progress.",
+            self.handshakes.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "gatehouse_quic_retries_total",
+            "Connection attempts answered with a QUIC Retry (address validation under pressure).",
+            self.retries.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "gatehouse_budget_busy_total",
+            "Requests answered busy because the memory budget was spent.",
+            self.budget_busy.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "gatehouse_memory_budget_used_bytes",
+            "Bytes of the memory budget held by handshakes, connections and request bodies.",
+            self.budget_used.load(Ordering::Relaxed) as i64,
+        );
+        gauge(
+            &mut out,
+            "gatehouse_memory_budget_bytes",
+            "The memory budget.",
+            self.budget_total.load(Ordering::Relaxed) as i64,
+        );
+        counter(
+            &mut out,
+            "gatehouse_ops_connections_evicted_total",
+            "Operations-port connections closed to make room for a new one.",
+            self.ops_evicted.load(Ordering::Relaxed),
+        );
 
         let ((hits, misses), replay_live, replay_capacity) = engine.occupancy();
         counter(

@@ -33,8 +33,10 @@
 //! them to fix a misconfigured device.
 
 mod batcher;
+mod budget;
 mod config;
 mod conn;
+mod fair;
 pub mod feed;
 pub mod files;
 mod metrics;
@@ -84,6 +86,12 @@ pub mod codes {
     pub const BAD_FRAME: VarInt = VarInt::from_u32(2);
     /// Stream stopped: a frame body did not arrive in time, or the stream stayed idle.
     pub const STREAM_TIMEOUT: VarInt = VarInt::from_u32(3);
+    /// Connection closed: this scanner already has its most connections open
+    /// (`max_connections_per_scanner`).
+    pub const TOO_MANY_CONNECTIONS: VarInt = VarInt::from_u32(4);
+    /// Stream stopped, or connection closed: the server's memory budget is spent; retry
+    /// shortly. The request on the stream was not read.
+    pub const OVER_BUDGET: VarInt = VarInt::from_u32(5);
     /// The TLS alert a scanner gets at the handshake when it is not registered
     /// (`access_denied`; the QUIC transport error is `0x100 + 49`).
     pub const TLS_ACCESS_DENIED: u8 = 49;
@@ -104,6 +112,27 @@ pub struct Limits {
     pub body_timeout: Duration,
     /// How long the drain on shutdown waits for requests in flight.
     pub drain_timeout: Duration,
+    /// Most TLS handshakes in progress at once; more connection attempts are refused.
+    pub max_handshakes: usize,
+    /// Handshakes in progress from which a connection attempt from an address not yet
+    /// validated is answered with a QUIC Retry: a spoofed source never gets server state.
+    pub retry_threshold: usize,
+    /// Most handshakes in progress from one source IP address.
+    pub max_handshakes_per_source: usize,
+    /// How long a handshake may take.
+    pub handshake_timeout: Duration,
+    /// … and how long while handshakes in progress are at or above `retry_threshold`.
+    pub pressure_handshake_timeout: Duration,
+    /// Most connections of one scanner (one certificate) at once.
+    pub max_connections_per_scanner: usize,
+    /// Most tokens of one scanner admitted and not yet answered; beyond it that scanner's
+    /// tokens are answered `busy`, whatever room the queue has for others.
+    pub max_queued_per_scanner: usize,
+    /// Most request-body bytes one connection may have read and not yet answered; beyond it
+    /// its streams wait (QUIC flow control then holds the peer back).
+    pub max_buffered_per_connection: usize,
+    /// The global memory budget, bytes: handshakes, connections and request bodies.
+    pub memory_budget: usize,
 }
 
 impl Default for Limits {
@@ -115,6 +144,15 @@ impl Default for Limits {
             max_frame_body: MAX_FRAME_BODY,
             body_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
+            max_handshakes: 1024,
+            retry_threshold: 64,
+            max_handshakes_per_source: 32,
+            handshake_timeout: Duration::from_secs(10),
+            pressure_handshake_timeout: Duration::from_secs(1),
+            max_connections_per_scanner: 16,
+            max_queued_per_scanner: 1024,
+            max_buffered_per_connection: 1024 * 1024,
+            memory_budget: 160 * 1024 * 1024,
         }
     }
 }
@@ -144,6 +182,45 @@ impl Limits {
         }
         if self.drain_timeout > Duration::from_secs(600) {
             return Err(("drain_timeout", "must be at most 600 s".into()));
+        }
+        if self.max_handshakes == 0 {
+            return Err(("max_handshakes", "must be at least 1".into()));
+        }
+        if self.max_handshakes_per_source == 0 {
+            return Err(("max_handshakes_per_source", "must be at least 1".into()));
+        }
+        if self.handshake_timeout < Duration::from_millis(100)
+            || self.handshake_timeout > Duration::from_secs(60)
+        {
+            return Err(("handshake_timeout", "must be 0.1 s to 60 s".into()));
+        }
+        if self.pressure_handshake_timeout < Duration::from_millis(100)
+            || self.pressure_handshake_timeout > self.handshake_timeout
+        {
+            return Err((
+                "pressure_handshake_timeout",
+                "must be 0.1 s to handshake_timeout".into(),
+            ));
+        }
+        if self.max_connections_per_scanner == 0 {
+            return Err(("max_connections_per_scanner", "must be at least 1".into()));
+        }
+        if self.max_queued_per_scanner == 0 {
+            return Err(("max_queued_per_scanner", "must be at least 1".into()));
+        }
+        if self.max_buffered_per_connection < self.max_frame_body
+            || self.max_buffered_per_connection > u32::MAX as usize
+        {
+            return Err((
+                "max_buffered_per_connection",
+                "must be at least max_frame_body, at most 4 GiB".into(),
+            ));
+        }
+        if self.memory_budget < 4 * self.max_buffered_per_connection {
+            return Err((
+                "memory_budget",
+                "must hold at least 4 connections' max_buffered_per_connection".into(),
+            ));
         }
         Ok(())
     }
@@ -345,6 +422,8 @@ pub async fn run(
         Store::Redis(r) => Some(tokio::spawn(r.probe().run())),
         Store::Memory => None,
     };
+    let queue = queue.with_scanner_share(config.limits.max_queued_per_scanner);
+    let budget = budget::Budget::new(config.limits.memory_budget, Arc::clone(&metrics));
     let (drain_tx, drain_rx) = watch::channel(false);
     let shared = Arc::new(conn::Shared {
         engine: Arc::clone(&engine),
@@ -352,6 +431,9 @@ pub async fn run(
         metrics: Arc::clone(&metrics),
         queue,
         drain: drain_rx.clone(),
+        budget,
+        sources: conn::Counts::default(),
+        scanners: conn::Counts::default(),
     });
 
     let ops_task = match ops {
@@ -408,9 +490,18 @@ pub async fn run(
                         incoming.refuse();
                         continue;
                     }
-                    // Counted here, before the task runs, so a burst cannot overshoot the limit.
+                    // Handshake caps, Retry and the budget; counted here, before the task
+                    // runs, so a burst cannot overshoot a limit.
+                    let Some((incoming, handshake)) = conn::admit(&shared, incoming) else {
+                        continue;
+                    };
                     let held = conn::Held::new(&metrics, conn::Gauge::Connections);
-                    connections.spawn(conn::connection(Arc::clone(&shared), incoming, held));
+                    connections.spawn(conn::connection(
+                        Arc::clone(&shared),
+                        incoming,
+                        handshake,
+                        held,
+                    ));
                 }
                 None => {
                     error!("QUIC endpoint closed unexpectedly");

@@ -1,30 +1,58 @@
-//! The operations endpoint: a deliberately tiny HTTP/1.1 server (GET only, one request per
-//! connection, bounded request size and time) for `/metrics`, `/healthz` and `/readyz`. It
-//! should listen on an internal address only.
+//! The operations endpoint: `/metrics`, `/healthz` and `/readyz` over HTTP/1.1 (hyper), GET only.
+//! It should listen on an internal address only.
+//!
+//! A liveness probe must get its answer whatever the port's other clients do, or an orchestrator
+//! restarts a healthy node at the worst moment. So a connection that has not sent its request
+//! head within [`HEADER_TIMEOUT`] is closed, none lives longer than [`MAX_LIFETIME`], and at
+//! [`MAX_CONNECTIONS`] a new connection is never refused: the oldest one is closed instead. A
+//! probe is the newest connection and is answered in microseconds; idle or slow clients are the
+//! oldest.
 
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use super::metrics::Metrics;
 use crate::Engine;
 
-/// Largest request head read.
-const MAX_REQUEST: usize = 8 * 1024;
-/// Time allowed to send the request head.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long, and how much, a closing connection's remaining input is read and dropped.
-const LINGER: Duration = Duration::from_secs(1);
-const LINGER_BYTES: usize = 64 * 1024;
-/// Concurrent operations connections.
-const MAX_CONNECTIONS: usize = 64;
+/// Time allowed to send a request head (also between requests on a kept-alive connection).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest life of one connection, however busy.
+const MAX_LIFETIME: Duration = Duration::from_secs(30);
+/// How long a connection told to close may take to finish its response.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Connections held at once; at the limit the oldest is closed to make room.
+pub(crate) const MAX_CONNECTIONS: usize = 256;
+/// Read buffer per connection (hyper's minimum): a request head is a few hundred bytes.
+const MAX_BUF: usize = 8192;
+
+/// Open connections, oldest first, each with the signal that closes it.
+#[derive(Default)]
+struct Open {
+    next: u64,
+    by_age: BTreeMap<u64, Arc<Notify>>,
+}
 
 pub(crate) async fn serve(listener: TcpListener, engine: Arc<Engine>, metrics: Arc<Metrics>) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let open = Arc::new(Mutex::new(Open::default()));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_BUF)
+        // One request per connection, as probes and scrapers use it: nothing idles between.
+        .keep_alive(false);
     loop {
         let (socket, _) = match listener.accept().await {
             Ok(s) => s,
@@ -35,117 +63,99 @@ pub(crate) async fn serve(listener: TcpListener, engine: Arc<Engine>, metrics: A
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            drop(socket);
-            continue;
+        let close = Arc::new(Notify::new());
+        let id = {
+            let mut o = open.lock();
+            if o.by_age.len() >= MAX_CONNECTIONS {
+                if let Some((_, oldest)) = o.by_age.pop_first() {
+                    // `notify_one` keeps the signal even if the task is not waiting yet.
+                    oldest.notify_one();
+                    metrics.ops_evicted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            let id = o.next;
+            o.next += 1;
+            o.by_age.insert(id, Arc::clone(&close));
+            id
         };
         let engine = Arc::clone(&engine);
-        let metrics = Arc::clone(&metrics);
+        let m = Arc::clone(&metrics);
+        let open = Arc::clone(&open);
+        let conn = http.serve_connection(
+            TokioIo::new(socket),
+            hyper::service::service_fn(move |req| {
+                let response = route(&req, &engine, &m);
+                async move { Ok::<_, Infallible>(response) }
+            }),
+        );
         tokio::spawn(async move {
-            if let Err(e) = handle(socket, &engine, &metrics).await {
-                debug!("operations request failed: {e}");
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                r = conn.as_mut() => Some(r),
+                () = close.notified() => None,
+                () = tokio::time::sleep(MAX_LIFETIME) => None,
+            };
+            let result = match ended {
+                Some(r) => r,
+                None => {
+                    // Finish a response being written, then close.
+                    conn.as_mut().graceful_shutdown();
+                    tokio::time::timeout(CLOSE_GRACE, conn.as_mut())
+                        .await
+                        .unwrap_or(Ok(()))
+                }
+            };
+            if let Err(e) = result {
+                debug!("operations connection ended: {e}");
             }
-            drop(permit);
+            open.lock().by_age.remove(&id);
         });
     }
 }
 
-async fn handle(mut socket: TcpStream, engine: &Engine, metrics: &Metrics) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let head = tokio::time::timeout(READ_TIMEOUT, async {
-        let mut chunk = [0u8; 1024];
-        loop {
-            if let Some(end) = find_head_end(&buf) {
-                return Ok(Some(end));
-            }
-            if buf.len() >= MAX_REQUEST {
-                return Ok(None);
-            }
-            let n = socket.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(None);
-            }
-            buf.extend_from_slice(&chunk[..n]);
+fn route(req: &Request<Incoming>, engine: &Engine, metrics: &Metrics) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET"));
+        // The body, if any, is not read: close rather than resynchronise.
+        r.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        return r;
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            let mut r = Response::new(Full::new(Bytes::from(metrics.render(engine))));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
         }
-    })
-    .await;
-    let (status, content_type, body) = match head {
-        Err(_) | Ok(Ok(None)) => (400, "text/plain", "bad request\n".to_string()),
-        Ok(Err(e)) => return Err(e),
-        Ok(Ok(Some(end))) => route(&buf[..end], engine, metrics),
-    };
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Service Unavailable",
-    };
-    let mut response = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    if status == 405 {
-        response.push_str("Allow: GET\r\n");
-    }
-    response.push_str("\r\n");
-    response.push_str(&body);
-    socket.write_all(response.as_bytes()).await?;
-    socket.shutdown().await?;
-    // Lingering close: read (and drop) what the client still sends, briefly, so closing with
-    // unread input does not reset the connection before the client has read the response.
-    let _ = tokio::time::timeout(LINGER, async {
-        let mut sink = [0u8; 4096];
-        let mut left = LINGER_BYTES;
-        while left > 0 {
-            match socket.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => left = left.saturating_sub(n),
-            }
-        }
-    })
-    .await;
-    Ok(())
-}
-
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n")
-}
-
-fn route(head: &[u8], engine: &Engine, metrics: &Metrics) -> (u16, &'static str, String) {
-    let Ok(head) = std::str::from_utf8(head) else {
-        return (400, "text/plain", "bad request\n".into());
-    };
-    let mut parts = head.lines().next().unwrap_or("").split(' ');
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return (400, "text/plain", "bad request\n".into());
-    };
-    if !version.starts_with("HTTP/1.") {
-        return (400, "text/plain", "bad request\n".into());
-    }
-    if method != "GET" {
-        return (405, "text/plain", "only GET\n".into());
-    }
-    let path = target.split('?').next().unwrap_or(target);
-    match path {
-        "/metrics" => (
-            200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            metrics.render(engine),
-        ),
-        "/healthz" => (200, "text/plain", "ok\n".into()),
+        "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
             // The reload lines follow the status line (see `Metrics::reload_detail`). A refused
             // reload does not make the server unready: the previous files stay in force and
             // valid, and one bad push must not take a whole fleet out of its load balancer.
-            // `gatehouse reload` and `gatehouse_reload_success` report it instead.
             let detail = metrics.reload_detail();
-            match metrics.ready() {
-                Ok(()) => (200, "text/plain", format!("ready\n{detail}")),
-                Err(why) => (503, "text/plain", format!("{why}\n{detail}")),
-            }
+            let (status, body) = match metrics.ready() {
+                Ok(()) => (StatusCode::OK, format!("ready\n{detail}")),
+                Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n{detail}")),
+            };
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            *r.status_mut() = status;
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            r
         }
-        _ => (404, "text/plain", "not found\n".into()),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
 }

@@ -22,6 +22,11 @@ use crate::Engine;
 
 /// Bytes a connection may have in flight towards the server, over all its streams.
 const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
+/// Connection attempts quinn holds before the accept loop has decided on them.
+const INCOMING_MAX: usize = 4096;
+/// Bytes of further packets quinn holds per undecided attempt, and over all of them.
+const INCOMING_BUFFER: u64 = 16 * 1024;
+const INCOMING_BUFFER_TOTAL: u64 = 4 * 1024 * 1024;
 
 /// The quinn server configuration: TLS 1.3 only, ALPN `gatehouse/1`, client certificates
 /// required and checked against the CA and the scanner registry, no 0-RTT, no resumption.
@@ -59,6 +64,13 @@ pub(crate) fn quinn_server_config(
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| ServerError::Quic(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(transport(config)?));
+    // Connection attempts not yet handed to the accept loop, and the packets that follow their
+    // first one, are held by quinn: bound them well below its generous defaults (65,536 and
+    // 100 MiB). The accept loop decides on each attempt at once, so few ever wait.
+    server
+        .max_incoming(INCOMING_MAX)
+        .incoming_buffer_size(INCOMING_BUFFER)
+        .incoming_buffer_size_total(INCOMING_BUFFER_TOTAL);
     Ok(server)
 }
 

@@ -1,0 +1,587 @@
+//! `gatehouse-loadtest abuse`: the heavier hostile-traffic floods against a `gatehouse serve`
+//! this harness starts on loopback, while a well-behaved gate scanner sends 100 valid verifies a
+//! second (open loop) and measures. Prints one row per attack: the gate's p99, errors and wrong
+//! verdicts, the engine's RSS, and whether the row meets the targets (p99 ≤ 10 ms, no errors,
+//! no wrong verdicts, `/healthz` answers every probe; over the whole run peak RSS ≤ 256 MB and
+//! back within 32 MB of the baseline after it).
+//!
+//! Attackers use other loopback addresses (127.0.0.2 and up) or other scanner certificates;
+//! every attack is bounded in count and time and stops what it started. TEST PKI ONLY.
+
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use gatehouse_engine::client::{ClientIdentity, ClientOptions, ScannerClient};
+use gatehouse_engine::dev::pki::DevPki;
+use gatehouse_engine::dev::population::{self, derive_key, Holder};
+use gatehouse_engine::{Role, Scanner, ScannerRegistry, DEFAULT_GATE_ADMITS};
+use gatehouse_protocol::{Reason, UnitPath, FRAME_HEADER_LEN};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The scanners: the measuring gate, the queue flooder, the slow-body sender.
+const IDS: [&str; 3] = ["gate-a", "flood-1", "slow-1"];
+/// Seconds each attack runs while the gate measures.
+const ATTACK_SECS: u64 = 6;
+/// The gate's rate, verifies per second.
+const GATE_RPS: u64 = 100;
+
+/// One row of the table.
+struct Row {
+    attack: &'static str,
+    p99: Duration,
+    max: Duration,
+    sent: usize,
+    errors: usize,
+    wrong: usize,
+    rss: u64,
+    note: String,
+    pass: bool,
+}
+
+/// The engine process, stopped (SIGTERM, then kill) on drop.
+struct Engine {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Engine {
+    fn rss(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+struct World {
+    pki: DevPki,
+    issuer: gatehouse_protocol::PrivateKey,
+    next_holder: AtomicU64,
+    next_nonce: AtomicU64,
+}
+
+impl World {
+    fn identity(&self, id: &str) -> Result<ClientIdentity> {
+        let s = self.pki.scanner(id).context("scanner certificate")?;
+        Ok(ClientIdentity {
+            roots: vec![self.pki.ca.cert_der.clone()],
+            chain: s.chain(),
+            key: s.key(),
+        })
+    }
+
+    /// A fresh valid token of a fresh holder (the gate admits it).
+    fn token(&self) -> Result<Vec<u8>> {
+        let i = self.next_holder.fetch_add(1, Ordering::Relaxed);
+        let h = Holder::issue(
+            &self.issuer,
+            derive_key("abuse device", i),
+            population::credential(now(), i),
+        )?;
+        let mut nonce = [0u8; 16];
+        nonce[..8].copy_from_slice(
+            &self
+                .next_nonce
+                .fetch_add(1, Ordering::Relaxed)
+                .to_be_bytes(),
+        );
+        Ok(h.present(now().saturating_sub(1), nonce, None)?)
+    }
+}
+
+/// Runs the suite against `bin`; the exit code says whether every row passed.
+pub async fn run(bin: PathBuf) -> Result<bool> {
+    let dir = std::env::temp_dir().join(format!("gatehouse-abuse-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let ids: Vec<String> = IDS.iter().map(|s| s.to_string()).collect();
+    let world = Arc::new(World {
+        pki: DevPki::generate(&ids)?,
+        issuer: population::issuer_key(21),
+        next_holder: AtomicU64::new(1),
+        next_nonce: AtomicU64::new(1),
+    });
+    world.pki.write_to(&dir.join("pki"))?;
+    std::fs::write(
+        dir.join("trust.toml"),
+        population::trust_list(&world.issuer).to_toml(),
+    )?;
+    let mut registry = ScannerRegistry::new();
+    for id in IDS {
+        registry.insert(Scanner {
+            id: id.into(),
+            role: Role::Gate {
+                unit: UnitPath::new(&[1, 12])?,
+                admits: DEFAULT_GATE_ADMITS.to_vec(),
+            },
+        });
+    }
+    std::fs::write(dir.join("scanners.toml"), registry.to_toml())?;
+    let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let ops: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    std::fs::write(
+        dir.join("gatehouse.toml"),
+        format!(
+            "# Written by gatehouse-loadtest abuse (TEST PKI ONLY).\n\
+             listen = \"{addr}\"\nmetrics_listen = \"{ops}\"\n\n\
+             [tls]\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\nclient_ca = \"pki/ca.pem\"\n\n\
+             [files]\ntrust = \"trust.toml\"\nscanners = \"scanners.toml\"\n"
+        ),
+    )?;
+    let log = std::fs::File::create(dir.join("engine.log"))?;
+    let child = Command::new(&bin)
+        .args(["serve", "--config"])
+        .arg(dir.join("gatehouse.toml"))
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let engine = Engine { child, dir };
+
+    // Ready when the gate connects (bounded).
+    let options = ClientOptions {
+        connect_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(2),
+        ..ClientOptions::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let gate = loop {
+        match ScannerClient::connect_with(addr, "localhost", world.identity("gate-a")?, options)
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) if Instant::now() > deadline => bail!("the engine is not ready: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+
+    let mut rows = Vec::new();
+    let mut peak_rss = 0;
+    // Baseline.
+    let row = measure(&world, &gate, "baseline", &engine, async {
+        Ok(String::new())
+    })
+    .await?;
+    let baseline_rss = row.rss;
+    rows.push(row);
+
+    // 1. Half-open handshake flood: 2,000 Initials/s from eight addresses, never answered.
+    let initials = capture_initials((ATTACK_SECS * 2000) as usize).await?;
+    let flood = {
+        let world = Arc::clone(&world);
+        let initials = Arc::new(initials);
+        async move {
+            let initials = Arc::clone(&initials);
+            let sender = tokio::task::spawn_blocking(move || send_initials(&initials, addr));
+            // Meanwhile, fresh connections of the gate, each timed.
+            let mut worst = Duration::ZERO;
+            for _ in 0..(ATTACK_SECS * 2) {
+                let t = Instant::now();
+                let c = ScannerClient::connect_with(
+                    addr,
+                    "localhost",
+                    world.identity("gate-a")?,
+                    options,
+                )
+                .await;
+                worst = worst.max(t.elapsed());
+                if let Ok(c) = c {
+                    c.close().await;
+                } else {
+                    worst = Duration::from_secs(99);
+                }
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
+            let sent = sender.await??;
+            if worst >= Duration::from_secs(1) {
+                bail!("a scanner took {worst:?} to connect");
+            }
+            Ok(format!("{sent} Initials; slowest connect {worst:.1?}"))
+        }
+    };
+    rows.push(measure(&world, &gate, "handshake flood", &engine, flood).await?);
+
+    // 2. One scanner keeps 48 batches of 128 in flight on 3 connections.
+    let queue = {
+        let world = Arc::clone(&world);
+        async move {
+            let batch: Arc<Vec<Vec<u8>>> =
+                Arc::new((0..128).map(|_| world.token()).collect::<Result<_>>()?);
+            let busy = Arc::new(AtomicU64::new(0));
+            let mut tasks = Vec::new();
+            for _ in 0..3 {
+                let c = ScannerClient::connect_with(
+                    addr,
+                    "localhost",
+                    world.identity("flood-1")?,
+                    options,
+                )
+                .await?;
+                for _ in 0..16 {
+                    let (c, batch, busy) = (c.clone(), Arc::clone(&batch), Arc::clone(&busy));
+                    tasks.push(tokio::spawn(async move {
+                        let end = Instant::now() + Duration::from_secs(ATTACK_SECS);
+                        for _ in 0..100_000 {
+                            if Instant::now() > end {
+                                break;
+                            }
+                            if let Ok(v) = c.verify_batch(&batch).await {
+                                let b = v.iter().filter(|v| v.reason == Reason::Busy).count();
+                                busy.fetch_add(b as u64, Ordering::Relaxed);
+                            }
+                        }
+                    }));
+                }
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+            Ok(format!(
+                "flooder told busy for {} tokens",
+                busy.load(Ordering::Relaxed)
+            ))
+        }
+    };
+    rows.push(measure(&world, &gate, "queue flood (1 scanner)", &engine, queue).await?);
+
+    // 3. Slow bodies: 16 connections x 64 streams, each announcing 128 KiB and sending 100 KiB.
+    let slow = {
+        let world = Arc::clone(&world);
+        async move {
+            let mut held = Vec::new();
+            let mut conns = Vec::new();
+            let mut opened = 0;
+            for _ in 0..16 {
+                let Ok(c) = ScannerClient::connect_with(
+                    addr,
+                    "localhost",
+                    world.identity("slow-1")?,
+                    options,
+                )
+                .await
+                else {
+                    continue;
+                };
+                for _ in 0..64 {
+                    let Ok(Ok((mut send, recv))) =
+                        tokio::time::timeout(Duration::from_millis(200), c.connection().open_bi())
+                            .await
+                    else {
+                        break;
+                    };
+                    let mut head = [0u8; FRAME_HEADER_LEN];
+                    head[0] = gatehouse_protocol::WIRE_VERSION;
+                    head[1] = gatehouse_protocol::kind::VERIFY_BATCH;
+                    head[2..].copy_from_slice(&(128u32 * 1024).to_be_bytes());
+                    let _ = tokio::time::timeout(Duration::from_millis(200), async {
+                        send.write_all(&head).await?;
+                        send.write_all(&vec![0u8; 100 * 1024]).await
+                    })
+                    .await;
+                    opened += 1;
+                    held.push((send, recv));
+                }
+                conns.push(c);
+            }
+            tokio::time::sleep(Duration::from_secs(ATTACK_SECS.saturating_sub(3))).await;
+            drop(held);
+            for c in conns {
+                c.close().await;
+            }
+            Ok(format!("{opened} stalled bodies"))
+        }
+    };
+    rows.push(measure(&world, &gate, "slow bodies", &engine, slow).await?);
+
+    // 4. The operations port held open by 300 idle connections; /healthz probed 10 times a
+    //    second.
+    let idle = async move {
+        let mut idle = Vec::new();
+        for _ in 0..300 {
+            if let Ok(Ok(s)) =
+                tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(ops)).await
+            {
+                idle.push(s);
+            }
+        }
+        let (mut ok, mut probes) = (0, 0);
+        for _ in 0..(ATTACK_SECS * 10) {
+            probes += 1;
+            if healthz(ops).await {
+                ok += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        drop(idle);
+        if ok != probes {
+            bail!("/healthz answered {ok} of {probes}");
+        }
+        Ok(format!("/healthz {ok}/{probes}"))
+    };
+    rows.push(measure(&world, &gate, "ops port held open", &engine, idle).await?);
+
+    // After: memory back near the baseline (the half-open state and buffers are freed).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut after = measure(&world, &gate, "after", &engine, async { Ok(String::new()) }).await?;
+    for r in &rows {
+        peak_rss = peak_rss.max(r.rss);
+    }
+    peak_rss = peak_rss.max(engine.rss("VmHWM:"));
+    let back = after.rss.saturating_sub(baseline_rss) <= 32 * 1024 * 1024;
+    after.note = format!(
+        "peak RSS over the run {:.1} MiB; {} the baseline",
+        mib(peak_rss),
+        if back {
+            "back within 32 MB of"
+        } else {
+            "NOT back within 32 MB of"
+        }
+    );
+    after.pass = after.pass && back && peak_rss <= 256 * 1000 * 1000;
+    rows.push(after);
+    gate.close().await;
+    drop(engine);
+
+    println!(
+        "| attack | gate p99 | gate max | gate requests | errors | wrong verdicts | engine RSS | pass | notes |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut all = true;
+    for r in &rows {
+        all &= r.pass;
+        println!(
+            "| {} | {:.2} ms | {:.2} ms | {} | {} | {} | {:.1} MiB | {} | {} |",
+            r.attack,
+            r.p99.as_secs_f64() * 1e3,
+            r.max.as_secs_f64() * 1e3,
+            r.sent,
+            r.errors,
+            r.wrong,
+            mib(r.rss),
+            if r.pass { "pass" } else { "FAIL" },
+            r.note
+        );
+    }
+    Ok(all)
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+/// Runs `attack` while the gate sends 100 verifies a second (open loop: each at its time,
+/// whatever the answers do), for the attack's duration or ATTACK_SECS, whichever is longer.
+async fn measure(
+    world: &Arc<World>,
+    gate: &ScannerClient,
+    attack: &'static str,
+    engine: &Engine,
+    run: impl std::future::Future<Output = Result<String>>,
+) -> Result<Row> {
+    let n = (ATTACK_SECS * GATE_RPS) as usize;
+    // Signed ahead: the gate's own CPU must not slow its sending.
+    let tokens: Vec<Vec<u8>> = (0..n).map(|_| world.token()).collect::<Result<_>>()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let rss_peak = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (stop, peak) = (Arc::clone(&stop), Arc::clone(&rss_peak));
+        let pid = engine.child.id();
+        tokio::spawn(async move {
+            for _ in 0..10_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                if let Some(kb) = s
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                {
+                    peak.fetch_max(kb * 1024, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let attack_task = run;
+    let start = Instant::now() + Duration::from_millis(200);
+    let mut sends = Vec::with_capacity(n);
+    for (i, t) in tokens.into_iter().enumerate() {
+        let gate = gate.clone();
+        let at = start + Duration::from_micros(1_000_000 / GATE_RPS * i as u64);
+        sends.push(tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            let r = gate.verify(&t, None).await;
+            (at.elapsed(), r.map(|v| v.reason))
+        }));
+    }
+    let attack_result = attack_task.await;
+    let mut latencies = Vec::with_capacity(n);
+    let (mut errors, mut wrong) = (0, 0);
+    for s in sends {
+        match s.await {
+            Ok((d, Ok(Reason::Accepted))) => latencies.push(d),
+            Ok((d, Ok(_))) => {
+                latencies.push(d);
+                wrong += 1;
+            }
+            _ => errors += 1,
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.await;
+    latencies.sort();
+    let p99 = latencies
+        .get((latencies.len() * 99 / 100).saturating_sub(1))
+        .copied()
+        .unwrap_or(Duration::MAX);
+    let max = latencies.last().copied().unwrap_or(Duration::MAX);
+    let (note, attack_ok) = match attack_result {
+        Ok(note) => (note, true),
+        Err(e) => (format!("{e:#}"), false),
+    };
+    Ok(Row {
+        attack,
+        p99,
+        max,
+        sent: n,
+        errors,
+        wrong,
+        rss: rss_peak.load(Ordering::Relaxed),
+        pass: attack_ok && errors == 0 && wrong == 0 && p99 <= Duration::from_millis(10),
+        note,
+    })
+}
+
+async fn healthz(ops: SocketAddr) -> bool {
+    let exchange = async {
+        let mut s = TcpStream::connect(ops).await?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: probe\r\n\r\n")
+            .await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), exchange).await,
+        Ok(Ok(b)) if b.starts_with(b"HTTP/1.1 200")
+    )
+}
+
+/// `count` distinct client Initial datagrams (no client certificate), as a QUIC client sends
+/// them: captured on a socket of ours, never sent anywhere by quinn.
+async fn capture_initials(count: usize) -> Result<Vec<Vec<u8>>> {
+    let sink = UdpSocket::bind("127.0.0.1:0")?;
+    sink.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let target = sink.local_addr()?;
+    let pki = DevPki::generate(&[])?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca.cert_der.clone())?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![gatehouse_protocol::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+    let mut endpoint = quinn::Endpoint::client((Ipv4Addr::LOCALHOST, 0).into())?;
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let mut out = Vec::with_capacity(count);
+    // In rounds, so the client's own state stays small.
+    while out.len() < count {
+        let round = (count - out.len()).min(1000);
+        let mut pending = Vec::with_capacity(round);
+        for _ in 0..round {
+            pending.push(endpoint.connect(target, "localhost")?);
+        }
+        let sink = sink.try_clone()?;
+        let got = tokio::task::spawn_blocking(move || {
+            let mut got = Vec::with_capacity(round);
+            let mut buf = [0u8; 2048];
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while got.len() < round && Instant::now() < deadline {
+                if let Ok(n) = sink.recv(&mut buf) {
+                    got.push(buf[..n].to_vec());
+                }
+            }
+            got
+        })
+        .await?;
+        drop(pending);
+        if got.is_empty() {
+            bail!("no Initials captured");
+        }
+        out.extend(got);
+    }
+    endpoint.close(0u32.into(), b"");
+    out.truncate(count);
+    Ok(out)
+}
+
+/// Sends the Initials at 2,000 a second from 127.0.0.2–127.0.0.9; returns how many went.
+fn send_initials(initials: &[Vec<u8>], target: SocketAddr) -> Result<usize> {
+    let sockets = (2..10)
+        .map(|i| UdpSocket::bind((Ipv4Addr::new(127, 0, 0, i), 0)))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let start = Instant::now();
+    let mut sent = 0;
+    for (i, d) in initials.iter().enumerate() {
+        let due = start + Duration::from_micros(500 * i as u64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        if start.elapsed() > Duration::from_secs(ATTACK_SECS + 5) {
+            break;
+        }
+        if sockets[i % sockets.len()].send_to(d, target).is_ok() {
+            sent += 1;
+        }
+    }
+    Ok(sent)
+}
