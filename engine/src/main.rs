@@ -114,9 +114,11 @@ enum Command {
     /// Send one token to a server and print the verdict (the reference scanner). Exits 0
     /// accepted, 1 denied, 2 usage error, 3 server unreachable.
     Scan {
-        /// Server address, HOST:PORT; HOST is an IP address or a DNS name.
-        #[arg(long, default_value = "127.0.0.1:4433")]
-        server: String,
+        /// Server address, HOST:PORT; HOST is an IP address or a DNS name. Repeat it for a
+        /// fleet: the scan starts at a random server and fails over to the others, with one
+        /// retry key for all attempts (SPEC §8.6).
+        #[arg(long = "server", default_values_t = ["127.0.0.1:4433".to_string()])]
+        servers: Vec<String>,
         /// Name on the server certificate (default: HOST of --server).
         #[arg(long)]
         server_name: Option<String>,
@@ -599,7 +601,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Scan {
-            server,
+            servers,
             server_name,
             timeout_secs,
             ca,
@@ -607,7 +609,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             scanner_key,
             token,
         } => Ok(scan(ScanArgs {
-            server,
+            servers,
             server_name,
             timeout: Duration::from_secs(timeout_secs.max(1)),
             ca,
@@ -632,7 +634,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 struct ScanArgs {
-    server: String,
+    servers: Vec<String>,
     server_name: Option<String>,
     timeout: Duration,
     ca: PathBuf,
@@ -664,21 +666,24 @@ fn scan(a: ScanArgs) -> ExitCode {
             Err(_) => return usage("token: neither QR text (GH1:…) nor hex".into()),
         }
     };
-    // HOST:PORT, HOST an IP address ([v6] in brackets) or a DNS name, resolved here.
-    let Some((host, _)) = a.server.rsplit_once(':') else {
-        return usage(format!("--server {:?}: expected HOST:PORT", a.server));
-    };
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let addrs: Vec<std::net::SocketAddr> =
-        match std::net::ToSocketAddrs::to_socket_addrs(a.server.as_str()) {
-            Ok(addrs) => addrs.collect(),
-            Err(e) => return unreachable(format!("--server {}: cannot resolve: {e}", a.server)),
+    // HOST:PORT each, HOST an IP address ([v6] in brackets) or a DNS name (resolved at
+    // connect time by the fleet client).
+    let mut first_host = None;
+    for server in &a.servers {
+        let Some((host, port)) = server.rsplit_once(':') else {
+            return usage(format!("--server {server:?}: expected HOST:PORT"));
         };
-    let Some(addr) = addrs.first().copied() else {
-        return unreachable(format!("--server {}: no address", a.server));
+        if port.parse::<u16>().is_err() || host.is_empty() {
+            return usage(format!("--server {server:?}: expected HOST:PORT"));
+        }
+        first_host.get_or_insert_with(|| {
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string()
+        });
+    }
+    let Some(host) = first_host else {
+        return usage("--server: at least one HOST:PORT".into());
     };
     let server_name = a.server_name.unwrap_or(host);
     let identity = match client::ClientIdentity::from_files(&a.ca, &a.scanner_cert, &a.scanner_key)
@@ -686,35 +691,47 @@ fn scan(a: ScanArgs) -> ExitCode {
         Ok(i) => i,
         Err(e) => return usage(format!("--ca/--scanner-cert/--scanner-key: {e}")),
     };
+    let options = client::FleetOptions {
+        deadline: a.timeout,
+        ..client::FleetOptions::default()
+    };
+    let fleet = match client::FleetClient::new(&a.servers, &server_name, identity, options) {
+        Ok(f) => f,
+        Err(e) => return usage(format!("{e}")),
+    };
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => return unreachable(format!("{e:#}")),
     };
-    let result = rt.block_on(async move {
-        tokio::time::timeout(a.timeout, async move {
-            let c = client::ScannerClient::connect(addr, &server_name, identity).await?;
-            let v = c.verify(&bytes, None).await;
-            c.close().await;
-            v
-        })
-        .await
-    });
+    let servers = a.servers.join(", ");
+    let result = rt
+        .block_on(async move { tokio::time::timeout(a.timeout, fleet.verify(&bytes, None)).await });
     let verdict = match result {
         Err(_) => {
             return unreachable(format!(
-                "{addr}: no answer within {} s",
+                "{servers}: no answer within {} s",
                 a.timeout.as_secs()
             ))
         }
-        Ok(Err(e)) => return unreachable(format!("{addr}: {e}")),
+        Ok(Err(e)) => return unreachable(format!("{servers}: {e}")),
         Ok(Ok(v)) => v,
     };
+    if verdict.reason.is_retryable() {
+        // busy / unavailable on every node tried: no judgement of the token was made.
+        eprintln!(
+            "gatehouse scan: no node could judge the token ({}); retry",
+            verdict.reason.label()
+        );
+    }
     println!(
         "{} ({}): {}",
         verdict.reason.label(),
         verdict.reason.code(),
         verdict.reason.describe()
     );
+    if verdict.repeat {
+        println!("  (repeat: the first verdict of this scan, given again to its retry)");
+    }
     let at = verdict.attributes;
     if let Some(t) = at.credential_type {
         println!("  credential type: {t}");
