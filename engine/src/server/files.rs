@@ -87,19 +87,7 @@ pub fn subject_common_name(cert: &[u8]) -> Option<String> {
     const OID: u8 = 0x06;
     const CN_OID: &[u8] = &[0x55, 0x04, 0x03];
 
-    let (tag, cert_body, _) = der_tlv(cert)?;
-    if tag != SEQUENCE {
-        return None;
-    }
-    let (tag, tbs, _) = der_tlv(cert_body)?;
-    if tag != SEQUENCE {
-        return None;
-    }
-    let mut rest = tbs;
-    // [0] EXPLICIT version, optional.
-    if rest.first() == Some(&0xA0) {
-        rest = der_tlv(rest)?.2;
-    }
+    let mut rest = tbs_fields(cert)?;
     // serialNumber, signature, issuer, validity: skip.
     for _ in 0..4 {
         rest = der_tlv(rest)?.2;
@@ -140,18 +128,7 @@ pub fn subject_common_name(cert: &[u8]) -> Option<String> {
 /// read.
 pub fn certificate_not_after(cert: &[u8]) -> Option<u64> {
     const SEQUENCE: u8 = 0x30;
-    let (tag, cert_body, _) = der_tlv(cert)?;
-    if tag != SEQUENCE {
-        return None;
-    }
-    let (tag, tbs, _) = der_tlv(cert_body)?;
-    if tag != SEQUENCE {
-        return None;
-    }
-    let mut rest = tbs;
-    if rest.first() == Some(&0xA0) {
-        rest = der_tlv(rest)?.2;
-    }
+    let mut rest = tbs_fields(cert)?;
     // serialNumber, signature, issuer: skip.
     for _ in 0..3 {
         rest = der_tlv(rest)?.2;
@@ -191,6 +168,24 @@ pub fn certificate_not_after(cert: &[u8]) -> Option<u64> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     u64::try_from(days * 86_400 + h * 3600 + m * 60 + sec).ok()
+}
+
+/// The fields of a DER certificate's TBSCertificate, from serialNumber on (the optional
+/// `[0] EXPLICIT` version skipped); `None` when the outer structure is not two SEQUENCEs.
+fn tbs_fields(cert: &[u8]) -> Option<&[u8]> {
+    const SEQUENCE: u8 = 0x30;
+    let (tag, cert_body, _) = der_tlv(cert)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let (tag, tbs, _) = der_tlv(cert_body)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    if tbs.first() == Some(&0xA0) {
+        return Some(der_tlv(tbs)?.2);
+    }
+    Some(tbs)
 }
 
 /// One DER tag-length-value: (tag, contents, rest). Single-byte tags, definite lengths up to
