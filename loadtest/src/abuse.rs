@@ -200,6 +200,11 @@ pub async fn run(bin: PathBuf) -> Result<bool> {
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     };
+    // Past the memory store's start fence (`node_restarted`), as in `SpawnedEngine::start`.
+    tokio::time::sleep(gatehouse_loadtest::target::until_next_second(
+        SystemTime::now(),
+    ))
+    .await;
 
     let mut rows = Vec::new();
     let mut peak_rss = 0;

@@ -6,7 +6,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
 use gatehouse_engine::client::{ClientIdentity, ClientOptions, ScannerClient};
@@ -183,6 +183,11 @@ impl SpawnedEngine {
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
+        // A node on the memory store denies tokens signed before the whole second after it
+        // built its engine (`node_restarted`, SPEC §8.6): it cannot know which of them the
+        // process it replaces accepted. The engine is built before it binds, so the fence is
+        // at most the second after this one; the first token is signed once it has passed.
+        tokio::time::sleep(until_next_second(SystemTime::now())).await;
         Ok((engine, pki))
     }
 
@@ -230,6 +235,15 @@ impl SpawnedEngine {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// How long from `now` until the next whole Unix second begins.
+pub fn until_next_second(now: SystemTime) -> Duration {
+    let frac = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    Duration::from_nanos(1_000_000_000 - u64::from(frac))
 }
 
 impl Drop for SpawnedEngine {
@@ -355,4 +369,21 @@ pub async fn verify(conns: &Connections, scanner: usize, token: &[u8]) -> Result
         .get(scanner)
         .context("no connection for this scanner")?;
     Ok(c.verify(token, None).await?.reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wait_ends_at_the_next_whole_second() {
+        let at = |s: u64, ns: u32| UNIX_EPOCH + Duration::new(s, ns);
+        assert_eq!(until_next_second(at(100, 0)), Duration::from_secs(1));
+        assert_eq!(
+            until_next_second(at(100, 250_000_000)),
+            Duration::from_millis(750)
+        );
+        let end = at(100, 999_999_999) + until_next_second(at(100, 999_999_999));
+        assert_eq!(end, at(101, 0));
+    }
 }
