@@ -20,9 +20,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use gatehouse_engine::client::{ClientIdentity, ScannerClient};
 use gatehouse_engine::dev::pki::DevPki;
 use gatehouse_engine::dev::population;
 use gatehouse_engine::server::{self, ReloadControl, ServeConfig, SAMPLE_CONFIG};
+use gatehouse_protocol::Reason;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
@@ -340,6 +342,12 @@ fn the_systemd_unit_notifies_reloads_with_the_command_and_is_hardened() {
 }
 
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let (status, _, body) = fetch(addr, path).await;
+    (status, body)
+}
+
+/// One GET on the operations endpoint: (status, response head, body).
+async fn fetch(addr: SocketAddr, path: &str) -> (u16, String, String) {
     let exchange = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
         s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
@@ -353,7 +361,8 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
         .unwrap()
         .unwrap();
     let status = text.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, text.split_once("\r\n\r\n").unwrap().1.to_string())
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (status, head.to_string(), body.to_string())
 }
 
 /// Metric names (before `{` or a space) of every sample line of an exposition.
@@ -410,48 +419,98 @@ fn metric_names(expr: &str) -> Vec<String> {
     names
 }
 
+/// The sample configuration served on loopback (without a revocation file), with its
+/// operations endpoint, a reload trigger and the scanner `gate-1`.
+struct SampleServer {
+    dir: PathBuf,
+    pki: DevPki,
+    addr: SocketAddr,
+    ops_addr: SocketAddr,
+    trigger: Arc<tokio::sync::Notify>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), server::ServerError>>,
+}
+
+impl SampleServer {
+    async fn start(name: &str) -> SampleServer {
+        let dir = std::env::temp_dir().join(format!("gatehouse-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let pki = DevPki::generate(&["gate-1".into()]).unwrap();
+        pki.write_to(&dir.join("pki")).unwrap();
+        let issuer = population::issuer_key(5);
+        std::fs::write(
+            dir.join("trust.toml"),
+            population::trust_list(&issuer).to_toml(),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("scanners.toml"),
+            "[[scanner]]\nid = \"gate-1\"\nrole = \"gate\"\nunit = \"1\"\n",
+        )
+        .unwrap();
+        let text = SAMPLE_CONFIG
+            .replace("0.0.0.0:4433", "127.0.0.1:0")
+            .replace("revocations = \"revocations.cbor\"\n", "")
+            .replace("threads = 0", "threads = 1")
+            .replace("replay_capacity = 750000", "replay_capacity = 1000");
+        let parts = ServeConfig::parse(&dir.join("gatehouse.toml"), &text)
+            .unwrap()
+            .into_parts()
+            .unwrap();
+        let engine = parts.build_engine().unwrap();
+        let trigger = Arc::new(tokio::sync::Notify::new());
+        let mut config = parts.server;
+        config.reload = Some(ReloadControl {
+            files: parts.files.clone(),
+            trigger: Arc::clone(&trigger),
+        });
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ops_addr = ops.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server::run(engine, config, socket, Some(ops), async move {
+            let _ = stopped.await;
+        }));
+        SampleServer {
+            dir,
+            pki,
+            addr,
+            ops_addr,
+            trigger,
+            stop,
+            task,
+        }
+    }
+
+    async fn client(&self) -> ScannerClient {
+        let s = self.pki.scanner("gate-1").unwrap();
+        let identity = ClientIdentity {
+            roots: vec![self.pki.ca.cert_der.clone()],
+            chain: s.chain(),
+            key: s.key(),
+        };
+        ScannerClient::connect(self.addr, "localhost", identity)
+            .await
+            .unwrap()
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        timeout(Duration::from_secs(20), self.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_query_names_metrics_a_real_server_exports() {
-    let dir = std::env::temp_dir().join(format!("gatehouse-deploy-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let pki = DevPki::generate(&["gate-1".into()]).unwrap();
-    pki.write_to(&dir.join("pki")).unwrap();
-    let issuer = population::issuer_key(5);
-    std::fs::write(
-        dir.join("trust.toml"),
-        population::trust_list(&issuer).to_toml(),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("scanners.toml"),
-        "[[scanner]]\nid = \"gate-1\"\nrole = \"gate\"\nunit = \"1\"\n",
-    )
-    .unwrap();
-    // The sample configuration, on loopback, without a revocation file.
-    let text = SAMPLE_CONFIG
-        .replace("0.0.0.0:4433", "127.0.0.1:0")
-        .replace("revocations = \"revocations.cbor\"\n", "")
-        .replace("threads = 0", "threads = 1")
-        .replace("replay_capacity = 750000", "replay_capacity = 1000");
-    let parts = ServeConfig::parse(&dir.join("gatehouse.toml"), &text)
-        .unwrap()
-        .into_parts()
-        .unwrap();
-    let engine = parts.build_engine().unwrap();
-    let trigger = Arc::new(tokio::sync::Notify::new());
-    let mut config = parts.server;
-    config.reload = Some(ReloadControl {
-        files: parts.files.clone(),
-        trigger: Arc::clone(&trigger),
-    });
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ops_addr = ops.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server::run(engine, config, socket, Some(ops), async move {
-        let _ = stopped.await;
-    }));
+    let server = SampleServer::start("deploy").await;
+    let (ops_addr, trigger) = (server.ops_addr, &server.trigger);
 
     // A reload, so that the per-file reload series exist.
     trigger.notify_one();
@@ -497,11 +556,241 @@ async fn every_dashboard_query_names_metrics_a_real_server_exports() {
         ["gatehouse_nope_total"]
     );
 
-    let _ = stop.send(());
-    timeout(Duration::from_secs(20), task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    server.stop().await;
+}
+
+/// One sample line: its name, its labels in order, its value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+fn is_metric_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+fn is_label_name(s: &str) -> bool {
+    is_metric_name(s) && !s.contains(':')
+}
+
+/// Parses `name{a="x",b="y"} value` (Prometheus text format 0.0.4), undoing the label-value
+/// escapes.
+fn parse_sample(line: &str) -> Result<Sample, String> {
+    let end = line.find(['{', ' ']).ok_or("no value")?;
+    let name = &line[..end];
+    if !is_metric_name(name) {
+        return Err(format!("bad metric name {name:?}"));
+    }
+    let mut labels = Vec::new();
+    let mut rest = &line[end..];
+    if let Some(mut inner) = rest.strip_prefix('{') {
+        loop {
+            if let Some(after) = inner.strip_prefix('}') {
+                rest = after;
+                break;
+            }
+            let (key, after) = inner.split_once("=\"").ok_or("label without =\"")?;
+            if !is_label_name(key) {
+                return Err(format!("bad label name {key:?}"));
+            }
+            let mut value = String::new();
+            let mut chars = after.char_indices();
+            let close = loop {
+                match chars.next().ok_or("unterminated label value")? {
+                    (i, '"') => break i,
+                    (_, '\\') => match chars.next().ok_or("dangling escape")?.1 {
+                        'n' => value.push('\n'),
+                        c @ ('\\' | '"') => value.push(c),
+                        c => return Err(format!("bad escape \\{c}")),
+                    },
+                    (_, c) => value.push(c),
+                }
+            };
+            labels.push((key.to_string(), value));
+            inner = &after[close + 1..];
+            if let Some(next) = inner.strip_prefix(',') {
+                inner = next;
+            } else if !inner.starts_with('}') {
+                return Err("labels not separated by ,".into());
+            }
+        }
+    }
+    let value = rest.strip_prefix(' ').ok_or("no space before the value")?;
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        "NaN" => f64::NAN,
+        v => v.parse().map_err(|_| format!("bad value {v:?}"))?,
+    };
+    Ok((name.to_string(), labels, value))
+}
+
+/// Checks a whole exposition as Prometheus text format 0.0.4 and returns its samples: every
+/// family has one HELP then one TYPE line before its samples; every sample belongs to the
+/// family above it (a histogram's `_bucket`, `_sum` and `_count`); counters end in `_total`
+/// (once); no series is repeated; a histogram's buckets are cumulative, end at `+Inf` and equal
+/// its count.
+fn check_exposition(body: &str) -> Result<Vec<Sample>, String> {
+    if !body.ends_with('\n') {
+        return Err("no final newline".into());
+    }
+    let mut families = BTreeSet::new();
+    let mut series = BTreeSet::new();
+    let mut samples = Vec::new();
+    let (mut help, mut family): (Option<String>, Option<(String, String)>) = (None, None);
+    // A histogram's buckets so far (le, cumulative count), checked at its `_count`.
+    let mut buckets: Vec<(f64, f64)> = Vec::new();
+    for (n, line) in body.lines().enumerate() {
+        let fail = |why: String| format!("line {}: {why}: {line:?}", n + 1);
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, text) = rest
+                .split_once(' ')
+                .ok_or_else(|| fail("empty HELP".into()))?;
+            if text.trim().is_empty() || !is_metric_name(name) {
+                return Err(fail("bad HELP".into()));
+            }
+            if !families.insert(name.to_string()) {
+                return Err(fail("family described twice".into()));
+            }
+            (help, family) = (Some(name.to_string()), None);
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest
+                .split_once(' ')
+                .ok_or_else(|| fail("bad TYPE".into()))?;
+            if help.as_deref() != Some(name) {
+                return Err(fail("TYPE without its HELP just before".into()));
+            }
+            if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
+                return Err(fail("unknown type".into()));
+            }
+            if kind == "counter" && (!name.ends_with("_total") || name.ends_with("_total_total")) {
+                return Err(fail("counter not named …_total".into()));
+            }
+            family = Some((name.to_string(), kind.to_string()));
+            buckets.clear();
+        } else if line.starts_with('#') || line.is_empty() {
+            return Err(fail("unexpected line".into()));
+        } else {
+            let (name, kind) = family
+                .clone()
+                .ok_or_else(|| fail("sample before any TYPE".into()))?;
+            let (sample_name, labels, value) = parse_sample(line).map_err(fail)?;
+            let suffix = sample_name
+                .strip_prefix(name.as_str())
+                .ok_or_else(|| fail(format!("sample outside its family {name}")))?;
+            let allowed: &[&str] = match kind.as_str() {
+                "histogram" => &["_bucket", "_sum", "_count"],
+                "summary" => &["", "_sum", "_count"],
+                _ => &[""],
+            };
+            if !allowed.contains(&suffix) {
+                return Err(fail(format!("sample outside its family {name}")));
+            }
+            if !series.insert(line.rsplit_once(' ').map(|(s, _)| s.to_string())) {
+                return Err(fail("series repeated".into()));
+            }
+            if kind == "histogram" {
+                match suffix {
+                    "_bucket" => {
+                        let le = labels
+                            .iter()
+                            .find(|(k, _)| k == "le")
+                            .ok_or_else(|| fail("bucket without le".into()))?;
+                        let le: f64 = match le.1.as_str() {
+                            "+Inf" => f64::INFINITY,
+                            v => v.parse().map_err(|_| fail("bad le".into()))?,
+                        };
+                        if let Some(&(last_le, last)) = buckets.last() {
+                            if le <= last_le || value < last {
+                                return Err(fail("buckets not cumulative".into()));
+                            }
+                        }
+                        buckets.push((le, value));
+                    }
+                    "_count" => match buckets.last() {
+                        Some(&(le, inf)) if le == f64::INFINITY && inf == value => {}
+                        _ => return Err(fail("+Inf bucket missing or not the count".into())),
+                    },
+                    _ => {}
+                }
+            }
+            samples.push((sample_name, labels, value));
+        }
+    }
+    Ok(samples)
+}
+
+/// The value of the series written exactly as `series` (name and labels) in `body`.
+fn value(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_serves_valid_exposition_text_that_moves_with_requests() {
+    let server = SampleServer::start("exposition").await;
+    let (status, head, before) = fetch(server.ops_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-type").then(|| v.trim())
+        })
+        .unwrap_or_else(|| panic!("no content type in {head}"));
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    let samples = check_exposition(&before).unwrap_or_else(|e| panic!("{e}\n{before}"));
+    assert!(samples.len() > 100, "{} samples", samples.len());
+
+    // The checker itself: each defect is caught.
+    for bad in [
+        "x 1\n",
+        "# HELP x h\n# TYPE x counter\nx_total 1\n",
+        "# HELP x_total h\n# TYPE x_total counter\nx_total 1\nx_total 2\n",
+        "# HELP x_total_total h\n# TYPE x_total_total counter\nx_total_total 1\n",
+        "# HELP h h\n# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\nh_count 1\n",
+        "# HELP h h\n# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_count 2\n",
+        "# HELP g h\n# TYPE g gauge\ng{a=\"1} 1\n",
+        "# HELP g h\n# TYPE g gauge\ng one\n",
+        "# HELP g h\n# TYPE g gauge\ng 1",
+    ] {
+        assert!(check_exposition(bad).is_err(), "accepted: {bad}");
+    }
+
+    // Requests move the counters: a ping, and a token that is not one (denied malformed).
+    let client = server.client().await;
+    client.ping().await.unwrap();
+    let verdict = client.verify(b"not a token", None).await.unwrap();
+    assert_eq!(verdict.reason, Reason::Malformed);
+    let (ping, verify) = (
+        "gatehouse_requests_total{kind=\"ping\"}",
+        "gatehouse_requests_total{kind=\"verify\"}",
+    );
+    let malformed = "gatehouse_verdicts_total{role=\"gate\",reason=\"malformed\"}";
+    let latency = "gatehouse_request_duration_seconds_count";
+    // The latency is recorded just after the response is written: wait for it.
+    let mut after = String::new();
+    for _ in 0..200 {
+        after = get(server.ops_addr, "/metrics").await.1;
+        if value(&after, latency) >= value(&before, latency) + 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    check_exposition(&after).unwrap_or_else(|e| panic!("{e}\n{after}"));
+    for (series, moved) in [(ping, 1.0), (verify, 1.0), (malformed, 1.0), (latency, 2.0)] {
+        assert_eq!(
+            value(&after, series) - value(&before, series),
+            moved,
+            "{series}\n{after}"
+        );
+    }
+    assert_eq!(value(&after, "gatehouse_connections"), 1.0, "{after}");
+    assert!(value(&after, "process_cpu_seconds_total") > 0.0, "{after}");
+    assert!(value(&after, "process_open_fds") > 0.0, "{after}");
+
+    client.close().await;
+    server.stop().await;
 }

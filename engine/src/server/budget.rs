@@ -29,7 +29,7 @@ pub(crate) struct Budget {
 impl Budget {
     /// A budget of `total` bytes, reported through `metrics`.
     pub fn new(total: usize, metrics: Arc<Metrics>) -> Arc<Budget> {
-        metrics.budget_total.store(total, Ordering::Relaxed);
+        metrics.budget_total.set(total as u64);
         Arc::new(Budget {
             total,
             used: AtomicUsize::new(0),
@@ -47,7 +47,7 @@ impl Budget {
                 .compare_exchange_weak(used, after, Ordering::AcqRel, Ordering::Relaxed)
             {
                 Ok(_) => {
-                    self.metrics.budget_used.store(after, Ordering::Relaxed);
+                    self.metrics.budget_used.set(after as u64);
                     return Some(Charge {
                         budget: Arc::clone(self),
                         bytes,
@@ -77,7 +77,7 @@ impl Drop for Charge {
         self.budget
             .metrics
             .budget_used
-            .store(before.saturating_sub(self.bytes), Ordering::Relaxed);
+            .set(before.saturating_sub(self.bytes) as u64);
     }
 }
 

@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -109,10 +108,10 @@ pub(crate) struct Handshake {
 pub(crate) fn admit(shared: &Arc<Shared>, incoming: Incoming) -> Option<(Incoming, Handshake)> {
     let limits = &shared.limits;
     let metrics = &shared.metrics;
-    let in_progress = metrics.handshakes.load(Ordering::Relaxed).max(0) as usize;
+    let in_progress = metrics.handshakes.get().max(0) as usize;
     // Counted, not logged one by one: a flood would flood the log.
     if in_progress >= limits.max_handshakes {
-        metrics.refused_handshakes.fetch_add(1, Ordering::Relaxed);
+        metrics.refused_handshakes.inc();
         incoming.refuse();
         return None;
     }
@@ -122,13 +121,13 @@ pub(crate) fn admit(shared: &Arc<Shared>, incoming: Incoming) -> Option<(Incomin
     {
         match incoming.retry() {
             Ok(()) => {
-                metrics.retries.fetch_add(1, Ordering::Relaxed);
+                metrics.retries.inc();
                 return None;
             }
             Err(e) => {
                 // Cannot happen after `may_retry`; refuse rather than guess.
                 e.into_incoming().refuse();
-                metrics.refused_handshakes.fetch_add(1, Ordering::Relaxed);
+                metrics.refused_handshakes.inc();
                 return None;
             }
         }
@@ -137,12 +136,12 @@ pub(crate) fn admit(shared: &Arc<Shared>, incoming: Incoming) -> Option<(Incomin
         &incoming.remote_address().ip(),
         limits.max_handshakes_per_source,
     ) else {
-        metrics.refused_source.fetch_add(1, Ordering::Relaxed);
+        metrics.refused_source.inc();
         incoming.refuse();
         return None;
     };
     let Some(charge) = shared.budget.try_take(HANDSHAKE_COST) else {
-        metrics.refused_budget.fetch_add(1, Ordering::Relaxed);
+        metrics.refused_budget.inc();
         incoming.refuse();
         return None;
     };
@@ -174,14 +173,14 @@ pub(crate) struct Held {
 
 impl Held {
     pub fn new(metrics: &Arc<Metrics>, gauge: Gauge) -> Held {
-        Self::counter(metrics, gauge).fetch_add(1, Ordering::Relaxed);
+        Self::counter(metrics, gauge).inc();
         Held {
             metrics: Arc::clone(metrics),
             gauge,
         }
     }
 
-    fn counter(metrics: &Metrics, gauge: Gauge) -> &AtomicI64 {
+    fn counter(metrics: &Metrics, gauge: Gauge) -> &prometheus_client::metrics::gauge::Gauge {
         match gauge {
             Gauge::Connections => &metrics.connections,
             Gauge::Streams => &metrics.streams,
@@ -192,7 +191,7 @@ impl Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        Self::counter(&self.metrics, self.gauge).fetch_sub(1, Ordering::Relaxed);
+        Self::counter(&self.metrics, self.gauge).dec();
     }
 }
 
@@ -207,10 +206,7 @@ pub(crate) async fn connection(
 ) {
     let remote = incoming.remote_address();
     let failed = |what: &str| {
-        shared
-            .metrics
-            .handshake_failures
-            .fetch_add(1, Ordering::Relaxed);
+        shared.metrics.handshake_failures.inc();
         debug!(%remote, "handshake failed: {what}");
     };
     let connecting = match incoming.accept() {
@@ -230,7 +226,7 @@ pub(crate) async fn connection(
         match tokio::time::timeout(limits.pressure_handshake_timeout, &mut connecting).await {
             Ok(r) => Some(r),
             Err(_) => {
-                let in_progress = shared.metrics.handshakes.load(Ordering::Relaxed).max(0) as usize;
+                let in_progress = shared.metrics.handshakes.get().max(0) as usize;
                 if in_progress >= limits.retry_threshold {
                     None
                 } else {
@@ -263,10 +259,7 @@ pub(crate) async fn connection(
         .scanners
         .try_enter(&id, limits.max_connections_per_scanner)
     else {
-        shared
-            .metrics
-            .refused_scanner_limit
-            .fetch_add(1, Ordering::Relaxed);
+        shared.metrics.refused_scanner_limit.inc();
         debug!(scanner = %id, "connection refused: the scanner is at its connection limit");
         conn.close(
             codes::TOO_MANY_CONNECTIONS,
@@ -275,10 +268,7 @@ pub(crate) async fn connection(
         return;
     };
     let Some(_charge) = shared.budget.try_take(CONNECTION_COST) else {
-        shared
-            .metrics
-            .refused_budget
-            .fetch_add(1, Ordering::Relaxed);
+        shared.metrics.refused_budget.inc();
         conn.close(codes::OVER_BUDGET, b"server over its memory budget");
         return;
     };
@@ -339,10 +329,7 @@ pub(crate) async fn connection(
 /// Closes a connection whose scanner is not registered.
 fn refuse(shared: &Shared, conn: &Connection, id: &str) {
     if conn.close_reason().is_none() {
-        shared
-            .metrics
-            .refused_unknown_scanner
-            .fetch_add(1, Ordering::Relaxed);
+        shared.metrics.refused_unknown_scanner.inc();
         warn!(scanner = %id, "scanner not registered: closing its connection");
         conn.close(codes::UNKNOWN_SCANNER, b"unknown scanner");
     }
@@ -551,7 +538,7 @@ async fn read_loop(
             return End::Stop(codes::STREAM_TIMEOUT);
         };
         let Some(charge) = shared.budget.try_take(h.len) else {
-            metrics.budget_busy.fetch_add(1, Ordering::Relaxed);
+            metrics.budget_busy.inc();
             debug!("memory budget spent: refusing a request unread");
             return End::Stop(codes::OVER_BUDGET);
         };

@@ -20,10 +20,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gatehouse_protocol::{RevocationList, RevocationListError, SignedRevocationList};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use super::batcher::unix_now;
+use super::metrics::WhyLabel;
 use crate::{Engine, RevocationError, TrustList};
 
 /// Most deltas a node applies in one sync before it prefers the snapshot.
@@ -288,85 +293,76 @@ impl FeedStatus {
         }
     }
 
-    /// The Prometheus lines (only when a feed is configured).
-    pub(crate) fn render(&self, out: &mut String, now: u64) {
-        use std::fmt::Write;
+    /// Its metrics, read now into `scrape` (none when no feed is configured).
+    pub(crate) fn register_metrics(&self, scrape: &mut Registry, now: u64) {
         if !self.configured.load(Ordering::Relaxed) {
             return;
         }
-        let mut gauge = |name: &str, help: &str, kind: &str, value: String| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            let _ = writeln!(out, "{name} {value}");
-        };
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        // Help texts are registered without their final full stop: the registry adds it.
         let age = match self.age(now) {
-            Some(a) if self.established.load(Ordering::Relaxed) => a.to_string(),
-            _ => "+Inf".into(),
+            Some(a) if self.established.load(Ordering::Relaxed) => a as f64,
+            _ => f64::INFINITY,
         };
-        gauge(
+        scrape.register(
             "gatehouse_revocation_age_seconds",
-            "Seconds since the feed last confirmed the revocation epoch in force.",
-            "gauge",
-            age,
+            "Seconds since the feed last confirmed the revocation epoch in force",
+            ConstGauge::new(age),
         );
-        gauge(
+        scrape.register(
             "gatehouse_revocation_max_age_seconds",
-            "Oldest revocation state this node vouches for.",
-            "gauge",
-            self.max_age.load(Ordering::Relaxed).to_string(),
+            "Oldest revocation state this node vouches for",
+            ConstGauge::new(load(&self.max_age)),
         );
-        gauge(
+        scrape.register(
             "gatehouse_revocation_stale",
-            "1 when the revocation state is older than its maximum age (or never established).",
-            "gauge",
-            u8::from(self.stale(now)).to_string(),
+            "1 when the revocation state is older than its maximum age (or never established)",
+            ConstGauge::new(u64::from(self.stale(now))),
         );
-        gauge(
+        scrape.register(
             "gatehouse_revocation_feed_epoch",
-            "Latest epoch the feed's head announced.",
-            "gauge",
-            self.head_epoch.load(Ordering::Relaxed).to_string(),
+            "Latest epoch the feed's head announced",
+            ConstGauge::new(load(&self.head_epoch)),
         );
-        gauge(
-            "gatehouse_revocation_feed_syncs_total",
-            "Pulls that left the node current.",
-            "counter",
-            self.syncs.load(Ordering::Relaxed).to_string(),
-        );
-        gauge(
-            "gatehouse_revocation_feed_errors_total",
-            "Pulls that did not (feed unreachable, list refused or not applicable).",
-            "counter",
-            self.errors.load(Ordering::Relaxed).to_string(),
-        );
-        gauge(
-            "gatehouse_revocation_snapshots_total",
-            "Snapshots fetched and applied.",
-            "counter",
-            self.snapshots.load(Ordering::Relaxed).to_string(),
-        );
-        gauge(
-            "gatehouse_revocation_deltas_total",
-            "Deltas fetched and applied.",
-            "counter",
-            self.deltas.load(Ordering::Relaxed).to_string(),
-        );
-        gauge(
-            "gatehouse_revocation_snapshot_apply_seconds",
-            "Time the last snapshot took to fetch, verify and apply.",
-            "gauge",
-            (self.snapshot_ms.load(Ordering::Relaxed) as f64 / 1000.0).to_string(),
-        );
-        let name = "gatehouse_revocation_lists_refused_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Revocation lists refused (state kept), by why."
-        );
-        let _ = writeln!(out, "# TYPE {name} counter");
-        for (i, why) in REFUSALS.iter().enumerate() {
-            let n = self.refused[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}{{why=\"{why}\"}} {n}");
+        // Counters are named without `_total`: the encoder appends it.
+        for (name, help, value) in [
+            (
+                "gatehouse_revocation_feed_syncs",
+                "Pulls that left the node current",
+                &self.syncs,
+            ),
+            (
+                "gatehouse_revocation_feed_errors",
+                "Pulls that did not (feed unreachable, list refused or not applicable)",
+                &self.errors,
+            ),
+            (
+                "gatehouse_revocation_snapshots",
+                "Snapshots fetched and applied",
+                &self.snapshots,
+            ),
+            (
+                "gatehouse_revocation_deltas",
+                "Deltas fetched and applied",
+                &self.deltas,
+            ),
+        ] {
+            scrape.register(name, help, ConstCounter::new(load(value)));
         }
+        scrape.register(
+            "gatehouse_revocation_snapshot_apply_seconds",
+            "Time the last snapshot took to fetch, verify and apply",
+            ConstGauge::new(load(&self.snapshot_ms) as f64 / 1000.0),
+        );
+        let refused = Family::<WhyLabel, Counter>::default();
+        for (why, n) in REFUSALS.iter().zip(&self.refused) {
+            refused.get_or_create(&WhyLabel { why }).inc_by(load(n));
+        }
+        scrape.register(
+            "gatehouse_revocation_lists_refused",
+            "Revocation lists refused (state kept), by why",
+            refused,
+        );
     }
 }
 

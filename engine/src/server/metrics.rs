@@ -1,16 +1,36 @@
-//! Service counters and their Prometheus text form. Counters are by kind, role and reason only:
-//! no scanner, credential or holder identifier is ever a label.
+//! Service counters and their Prometheus text form, through `prometheus-client`: the shell's own
+//! counters, gauges and histograms live in one registry built at start, and what the engine, the
+//! one-time-use store, the revocation feed and the reload state hold is read at scrape time into
+//! a second one. Counters are by kind, role and reason only: no scanner, credential or holder
+//! identifier is ever a label.
+//!
+//! Names are registered without the `_total` (counters) and `_info` (build info) suffixes: the
+//! encoder appends them, so the exported names are the ones the dashboard and the docs use.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use gatehouse_protocol::{Reason, WireErrorCode};
 use parking_lot::Mutex;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    prometheus_text, DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
 
 use super::reload::{unix_now, FileResult, ReloadFile, ReloadReport};
 use super::store::Store;
 use crate::Engine;
+
+/// The `Content-Type` of `/metrics`: the Prometheus text format, version 0.0.4.
+pub(crate) const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// Latency buckets (seconds): from frame received to response written.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -21,61 +41,173 @@ const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256
 
 const ROLES: [&str; 3] = ["gate", "partner", "age_check"];
 
-/// A fixed-bucket histogram of non-negative values, lock-free.
-pub(crate) struct Histogram {
+/// A gauge of a byte or token count.
+pub(crate) type CountGauge = Gauge<u64, AtomicU64>;
+
+/// A fixed-bucket histogram of non-negative values, lock-free, encoded by `prometheus-client`.
+/// Not the crate's own `Histogram`: that one takes a mutex on every observation, and this one is
+/// observed once per request on every tokio worker.
+#[derive(Clone, Debug)]
+pub(crate) struct Histogram(Arc<HistogramCells>);
+
+#[derive(Debug)]
+struct HistogramCells {
     bounds: &'static [f64],
     /// Non-cumulative counts per bucket; the last one is +Inf.
     counts: Box<[AtomicU64]>,
     /// Sum of observations, in units of `1 / scale`.
     sum: AtomicU64,
-    count: AtomicU64,
     scale: f64,
 }
 
 impl Histogram {
     fn new(bounds: &'static [f64], scale: f64) -> Self {
-        Histogram {
+        Histogram(Arc::new(HistogramCells {
             bounds,
             counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
             sum: AtomicU64::new(0),
-            count: AtomicU64::new(0),
             scale,
-        }
+        }))
     }
 
     fn observe(&self, value: f64) {
-        let i = self
+        let h = &self.0;
+        let i = h
             .bounds
             .iter()
             .position(|b| value <= *b)
-            .unwrap_or(self.bounds.len());
-        if let Some(c) = self.counts.get(i) {
+            .unwrap_or(h.bounds.len());
+        if let Some(c) = h.counts.get(i) {
             c.fetch_add(1, Ordering::Relaxed);
         }
-        self.sum
-            .fetch_add((value * self.scale).round() as u64, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
+        h.sum
+            .fetch_add((value * h.scale).round() as u64, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for Histogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Histogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let h = &self.0;
+        // The +Inf bucket is passed explicitly and the count is the buckets' total, so a
+        // scrape racing an observation still reads a histogram whose +Inf bucket equals its
+        // count (the crate would otherwise write `count` for +Inf, possibly below a bucket).
+        let buckets: Vec<(f64, u64)> = h
+            .bounds
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(h.counts.iter().map(|c| c.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = h.sum.load(Ordering::Relaxed) as f64 / h.scale;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (i, c) in self.counts.iter().enumerate() {
-            cumulative += c.load(Ordering::Relaxed);
-            match self.bounds.get(i) {
-                Some(b) => {
-                    let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
-                }
-                None => {
-                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-                }
-            }
-        }
-        let sum = self.sum.load(Ordering::Relaxed) as f64 / self.scale;
-        let _ = writeln!(out, "{name}_sum {sum}");
-        let _ = writeln!(out, "{name}_count {}", self.count.load(Ordering::Relaxed));
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
     }
+}
+
+/// A histogram known only by its sum and count (the store keeps no buckets): its one bucket is
+/// +Inf, so `_sum` and `_count` are exported as they were when it was typed a summary.
+#[derive(Debug)]
+struct Totals {
+    sum: f64,
+    count: u64,
+}
+
+impl TypedMetric for Totals {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Totals {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<NoLabelSet>(self.sum, self.count, &[], None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// Values read at scrape time, one per label set, encoded in the order given (a `Family` would
+/// hash them into a map on every scrape and write them in no fixed order).
+#[derive(Debug)]
+struct Rows<L, M>(Vec<(L, M)>);
+
+impl<L: EncodeLabelSet, M: EncodeMetric + TypedMetric> EncodeMetric for Rows<L, M> {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, metric) in &self.0 {
+            metric.encode(encoder.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        M::TYPE
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabel {
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabel {
+    cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabels {
+    role: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreLabel {
+    store: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FileLabel {
+    file: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    file: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabel {
+    certificate: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+/// Why a revocation list was refused (`gatehouse_revocation_lists_refused_total`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct WhyLabel {
+    /// `unsigned`, `malformed`, `unknown_key` or `bad_signature`.
+    pub why: &'static str,
 }
 
 /// Request kinds, for counters.
@@ -94,39 +226,40 @@ const WIRE_ERRORS: [(WireErrorCode, &str); 4] = [
     (WireErrorCode::UnknownKind, "unknown_kind"),
 ];
 
-/// Everything the shell counts.
+/// Everything the shell counts. The counters and gauges are `prometheus-client` handles (an
+/// `Arc` around one atomic each): counting is one relaxed atomic add, as before.
 pub(crate) struct Metrics {
-    pub connections: AtomicI64,
-    pub streams: AtomicI64,
-    pub refused_limit: AtomicU64,
-    pub refused_unknown_scanner: AtomicU64,
-    pub handshake_failures: AtomicU64,
+    pub connections: Gauge,
+    pub streams: Gauge,
+    pub refused_limit: Counter,
+    pub refused_unknown_scanner: Counter,
+    pub handshake_failures: Counter,
     /// Handshakes in progress.
-    pub handshakes: AtomicI64,
+    pub handshakes: Gauge,
     /// Initials answered with a QUIC Retry (address validation under pressure).
-    pub retries: AtomicU64,
+    pub retries: Counter,
     /// Connections refused at the handshake cap, the per-source cap, the per-scanner cap, or the
     /// memory budget.
-    pub refused_handshakes: AtomicU64,
-    pub refused_source: AtomicU64,
-    pub refused_scanner_limit: AtomicU64,
-    pub refused_budget: AtomicU64,
+    pub refused_handshakes: Counter,
+    pub refused_source: Counter,
+    pub refused_scanner_limit: Counter,
+    pub refused_budget: Counter,
     /// Requests refused (answered `busy`) because the memory budget was spent.
-    pub budget_busy: AtomicU64,
+    pub budget_busy: Counter,
     /// Bytes of the memory budget in use, and the budget.
-    pub budget_used: AtomicUsize,
-    pub budget_total: AtomicUsize,
+    pub budget_used: CountGauge,
+    pub budget_total: CountGauge,
     /// Operations connections closed to make room for a new one.
-    pub ops_evicted: AtomicU64,
-    requests: [AtomicU64; 3],
-    wire_errors: [AtomicU64; 4],
-    /// Tokens answered by the shell, not the engine (queue full, engine gone), by role.
+    pub ops_evicted: Counter,
+    requests: [Counter; 3],
+    wire_errors: [Counter; 4],
+    /// Tokens answered by the shell, not the engine (queue full, engine gone), by role; added to
+    /// the engine's own verdict counts at scrape time.
     busy: [AtomicU64; 3],
     unavailable: [AtomicU64; 3],
-    /// Tokens admitted to the batcher and not yet answered.
+    /// Tokens admitted to the batcher and not yet answered. The batcher's admission control,
+    /// so a plain atomic; exported at scrape time.
     pub queue_depth: AtomicUsize,
-    pub queue_capacity: usize,
-    pub batches: AtomicU64,
     latency: Histogram,
     batch_size: Histogram,
     /// False once draining starts.
@@ -135,10 +268,10 @@ pub(crate) struct Metrics {
     pub store: Store,
     /// Reload results, certificate expiry and the revocation epoch's age.
     pub reload: Mutex<ReloadState>,
-    /// When this server started, Unix seconds.
-    pub started: u64,
     /// The revocation feed's state (all zero when no feed is configured).
     pub feed: std::sync::Arc<super::feed::FeedStatus>,
+    /// The metrics above (and the build and process metrics), for encoding.
+    registry: Registry,
 }
 
 /// What the last reloads did, for `/metrics`, `/readyz` and `gatehouse reload`.
@@ -173,36 +306,151 @@ impl ReloadState {
 
 impl Metrics {
     pub fn new(queue_capacity: usize, store: Store) -> Self {
+        let mut registry = Registry::default();
+        // Help texts are registered without their final full stop: the registry adds it.
+        let connections = Gauge::default();
+        registry.register(
+            "gatehouse_connections",
+            "Open scanner connections",
+            connections.clone(),
+        );
+        let streams = Gauge::default();
+        registry.register("gatehouse_streams", "Open request streams", streams.clone());
+        let handshakes = Gauge::default();
+        registry.register(
+            "gatehouse_handshakes",
+            "TLS handshakes in progress",
+            handshakes.clone(),
+        );
+        registry.register(
+            "gatehouse_queue_capacity",
+            "Most tokens admitted at once; more are answered busy",
+            ConstGauge::new(queue_capacity as u64),
+        );
+
+        // Each label value's counter is created once here and kept: counting never goes through
+        // the family's map and lock.
+        let requests = Family::<KindLabel, Counter>::default();
+        let request_counters = KINDS.map(|kind| requests.get_or_create_owned(&KindLabel { kind }));
+        registry.register(
+            "gatehouse_requests",
+            "Request frames read, by kind",
+            requests,
+        );
+        let wire_errors = Family::<CodeLabel, Counter>::default();
+        let wire_error_counters =
+            WIRE_ERRORS.map(|(_, code)| wire_errors.get_or_create_owned(&CodeLabel { code }));
+        registry.register(
+            "gatehouse_wire_errors",
+            "Error responses to unreadable frames, by code",
+            wire_errors,
+        );
+        let refused = Family::<CauseLabel, Counter>::default();
+        let cause = |cause| refused.get_or_create_owned(&CauseLabel { cause });
+        let (refused_limit, refused_unknown_scanner, refused_handshakes) = (
+            cause("limit"),
+            cause("unknown_scanner"),
+            cause("handshakes"),
+        );
+        let (refused_source, refused_scanner_limit, refused_budget) =
+            (cause("source"), cause("scanner_limit"), cause("budget"));
+        registry.register(
+            "gatehouse_connections_refused",
+            "Connections refused: at the connection limit, scanner not registered, at the \
+             handshake cap, at the per-source or per-scanner cap, or over the memory budget",
+            refused,
+        );
+
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let handshake_failures = counter(
+            &mut registry,
+            "gatehouse_handshake_failures",
+            "Failed or timed-out TLS handshakes, any cause (unknown scanners included)",
+        );
+        let retries = counter(
+            &mut registry,
+            "gatehouse_quic_retries",
+            "Connection attempts answered with a QUIC Retry (address validation under pressure)",
+        );
+        let budget_busy = counter(
+            &mut registry,
+            "gatehouse_budget_busy",
+            "Requests answered busy because the memory budget was spent",
+        );
+        let ops_evicted = counter(
+            &mut registry,
+            "gatehouse_ops_connections_evicted",
+            "Operations-port connections closed to make room for a new one",
+        );
+        let budget_used = CountGauge::default();
+        registry.register(
+            "gatehouse_memory_budget_used_bytes",
+            "Bytes of the memory budget held by handshakes, connections and request bodies",
+            budget_used.clone(),
+        );
+        let budget_total = CountGauge::default();
+        registry.register(
+            "gatehouse_memory_budget_bytes",
+            "The memory budget",
+            budget_total.clone(),
+        );
+
+        let latency = Histogram::new(LATENCY_BUCKETS, 1e9);
+        registry.register(
+            "gatehouse_request_duration_seconds",
+            "Time from a request frame received to its response written",
+            latency.clone(),
+        );
+        let batch_size = Histogram::new(BATCH_BUCKETS, 1.0);
+        registry.register(
+            "gatehouse_batch_size",
+            "Tokens per batch handed to the verification pool",
+            batch_size.clone(),
+        );
+
+        registry.register(
+            "gatehouse_build",
+            "The running build; the value is always 1",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            }),
+        );
+        registry.register_collector(Box::new(ProcessCollector {
+            started: unix_now(),
+        }));
+
         Metrics {
-            connections: AtomicI64::new(0),
-            streams: AtomicI64::new(0),
-            refused_limit: AtomicU64::new(0),
-            refused_unknown_scanner: AtomicU64::new(0),
-            handshake_failures: AtomicU64::new(0),
-            handshakes: AtomicI64::new(0),
-            retries: AtomicU64::new(0),
-            refused_handshakes: AtomicU64::new(0),
-            refused_source: AtomicU64::new(0),
-            refused_scanner_limit: AtomicU64::new(0),
-            refused_budget: AtomicU64::new(0),
-            budget_busy: AtomicU64::new(0),
-            budget_used: AtomicUsize::new(0),
-            budget_total: AtomicUsize::new(0),
-            ops_evicted: AtomicU64::new(0),
-            requests: Default::default(),
-            wire_errors: Default::default(),
+            connections,
+            streams,
+            refused_limit,
+            refused_unknown_scanner,
+            handshake_failures,
+            handshakes,
+            retries,
+            refused_handshakes,
+            refused_source,
+            refused_scanner_limit,
+            refused_budget,
+            budget_busy,
+            budget_used,
+            budget_total,
+            ops_evicted,
+            requests: request_counters,
+            wire_errors: wire_error_counters,
             busy: Default::default(),
             unavailable: Default::default(),
             queue_depth: AtomicUsize::new(0),
-            queue_capacity,
-            batches: AtomicU64::new(0),
-            latency: Histogram::new(LATENCY_BUCKETS, 1e9),
-            batch_size: Histogram::new(BATCH_BUCKETS, 1.0),
+            latency,
+            batch_size,
             accepting: AtomicBool::new(true),
             store,
             reload: Mutex::new(ReloadState::default()),
-            started: unix_now(),
             feed: Default::default(),
+            registry,
         }
     }
 
@@ -253,12 +501,12 @@ impl Metrics {
     }
 
     pub fn request(&self, kind: Kind) {
-        self.requests[kind as usize].fetch_add(1, Ordering::Relaxed);
+        self.requests[kind as usize].inc();
     }
 
     pub fn wire_error(&self, code: WireErrorCode) {
         if let Some(i) = WIRE_ERRORS.iter().position(|(c, _)| *c == code) {
-            self.wire_errors[i].fetch_add(1, Ordering::Relaxed);
+            self.wire_errors[i].inc();
         }
     }
 
@@ -277,30 +525,28 @@ impl Metrics {
     }
 
     pub fn batch(&self, tokens: usize) {
-        self.batches.fetch_add(1, Ordering::Relaxed);
         self.batch_size.observe(tokens as f64);
     }
 
-    /// The Prometheus text exposition (format 0.0.4).
-    pub fn render(&self, engine: &Engine) -> String {
-        let mut out = String::with_capacity(8192);
-        let counter = |out: &mut String, name: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
-        };
-        let gauge = |out: &mut String, name: &str, help: &str, value: i64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-            );
-        };
+    /// The Prometheus text exposition (format 0.0.4, [`CONTENT_TYPE`]): the live metrics, then
+    /// what is read now from the engine, the store, the feed and the reload state.
+    pub fn render(&self, engine: &Engine) -> Result<String, std::fmt::Error> {
+        let mut scrape = Registry::default();
+        let epoch = self.read_engine(&mut scrape, engine);
+        self.read_store(&mut scrape);
+        self.feed
+            .register_metrics(&mut scrape, super::batcher::unix_now());
+        self.read_operations(&mut scrape, epoch);
+        let mut out = String::with_capacity(16 * 1024);
+        prometheus_text::encode(&mut out, &self.registry)?;
+        prometheus_text::encode(&mut out, &scrape)?;
+        Ok(out)
+    }
 
-        let name = "gatehouse_verdicts_total";
-        let _ = writeln!(out, "# HELP {name} Verdicts by scanner role and reason (engine verdicts, plus busy/unavailable answered by the server).");
-        let _ = writeln!(out, "# TYPE {name} counter");
+    /// Verdicts, queue, caches and revocation state; returns the revocation epoch in force.
+    fn read_engine(&self, scrape: &mut Registry, engine: &Engine) -> u64 {
         let stats = engine.stats();
+        let mut verdicts = Vec::with_capacity(ROLES.len() * Reason::ALL.len());
         for (ri, role) in ROLES.iter().enumerate() {
             for reason in Reason::ALL {
                 let mut n = stats.verdicts(ri, *reason);
@@ -310,340 +556,318 @@ impl Metrics {
                 if *reason == Reason::Unavailable {
                     n += self.unavailable[ri].load(Ordering::Relaxed);
                 }
-                let _ = writeln!(
-                    out,
-                    "{name}{{role=\"{role}\",reason=\"{}\"}} {n}",
-                    reason.label()
-                );
+                let labels = VerdictLabels {
+                    role,
+                    reason: reason.label(),
+                };
+                verdicts.push((labels, ConstCounter::new(n)));
             }
         }
-
-        let name = "gatehouse_requests_total";
-        let _ = writeln!(out, "# HELP {name} Request frames read, by kind.");
-        let _ = writeln!(out, "# TYPE {name} counter");
-        for (i, kind) in KINDS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{name}{{kind=\"{kind}\"}} {}",
-                self.requests[i].load(Ordering::Relaxed)
-            );
-        }
-
-        let name = "gatehouse_wire_errors_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Error responses to unreadable frames, by code."
+        scrape.register(
+            "gatehouse_verdicts",
+            "Verdicts by scanner role and reason (engine verdicts, plus busy/unavailable \
+             answered by the server)",
+            Rows(verdicts),
         );
-        let _ = writeln!(out, "# TYPE {name} counter");
-        for (i, (_, label)) in WIRE_ERRORS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{name}{{code=\"{label}\"}} {}",
-                self.wire_errors[i].load(Ordering::Relaxed)
-            );
-        }
-
-        self.latency.render(
-            &mut out,
-            "gatehouse_request_duration_seconds",
-            "Time from a request frame received to its response written.",
-        );
-        self.batch_size.render(
-            &mut out,
-            "gatehouse_batch_size",
-            "Tokens per batch handed to the verification pool.",
-        );
-
-        gauge(
-            &mut out,
+        scrape.register(
             "gatehouse_queue_depth",
-            "Tokens admitted and not yet answered (queued or verifying).",
-            self.queue_depth.load(Ordering::Relaxed) as i64,
-        );
-        gauge(
-            &mut out,
-            "gatehouse_queue_capacity",
-            "Most tokens admitted at once; more are answered busy.",
-            self.queue_capacity as i64,
-        );
-        gauge(
-            &mut out,
-            "gatehouse_connections",
-            "Open scanner connections.",
-            self.connections.load(Ordering::Relaxed),
-        );
-        gauge(
-            &mut out,
-            "gatehouse_streams",
-            "Open request streams.",
-            self.streams.load(Ordering::Relaxed),
-        );
-        let name = "gatehouse_connections_refused_total";
-        let _ = writeln!(out, "# HELP {name} Connections refused: at the connection limit, scanner not registered, at the handshake cap, at the per-source or per-scanner cap, or over the memory budget.");
-        let _ = writeln!(out, "# TYPE {name} counter");
-        for (cause, n) in [
-            ("limit", &self.refused_limit),
-            ("unknown_scanner", &self.refused_unknown_scanner),
-            ("handshakes", &self.refused_handshakes),
-            ("source", &self.refused_source),
-            ("scanner_limit", &self.refused_scanner_limit),
-            ("budget", &self.refused_budget),
-        ] {
-            let _ = writeln!(
-                out,
-                "{name}{{cause=\"{cause}\"}} {}",
-                n.load(Ordering::Relaxed)
-            );
-        }
-
-        counter(
-            &mut out,
-            "gatehouse_handshake_failures_total",
-            "Failed or timed-out TLS handshakes, any cause (unknown scanners included).",
-            self.handshake_failures.load(Ordering::Relaxed),
-        );
-
-        let name = "gatehouse_replay_store_up";
-        let _ = writeln!(out, "# HELP {name} 1 when the one-time-use store answers (memory: always), by store.\n# TYPE {name} gauge");
-        let _ = writeln!(
-            out,
-            "{name}{{store=\"{}\"}} {}",
-            self.store.label(),
-            u8::from(self.store.is_up())
-        );
-        if let Store::Redis(r) = &self.store {
-            let h = r.health();
-            counter(
-                &mut out,
-                "gatehouse_replay_store_marks_total",
-                "Tokens marked used in the shared store.",
-                h.marks.load(Ordering::Relaxed),
-            );
-            counter(
-                &mut out,
-                "gatehouse_replay_store_failures_total",
-                "Batches whose marks failed, timed out, or met the store down (their tokens were answered unavailable).",
-                h.failures.load(Ordering::Relaxed),
-            );
-            counter(
-                &mut out,
-                "gatehouse_replay_store_outages_total",
-                "Times the shared store went down.",
-                h.outages.load(Ordering::Relaxed),
-            );
-            let rt = h.round_trips.load(Ordering::Relaxed);
-            let name = "gatehouse_replay_store_round_trip_seconds";
-            let _ = writeln!(out, "# HELP {name} Round trips to the shared store (one per batch) and their total time.\n# TYPE {name} summary");
-            let _ = writeln!(
-                out,
-                "{name}_sum {}\n{name}_count {rt}",
-                h.round_trip_nanos.load(Ordering::Relaxed) as f64 / 1e9
-            );
-        }
-        gauge(
-            &mut out,
-            "gatehouse_handshakes",
-            "TLS handshakes in progress.",
-            self.handshakes.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "gatehouse_quic_retries_total",
-            "Connection attempts answered with a QUIC Retry (address validation under pressure).",
-            self.retries.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "gatehouse_budget_busy_total",
-            "Requests answered busy because the memory budget was spent.",
-            self.budget_busy.load(Ordering::Relaxed),
-        );
-        gauge(
-            &mut out,
-            "gatehouse_memory_budget_used_bytes",
-            "Bytes of the memory budget held by handshakes, connections and request bodies.",
-            self.budget_used.load(Ordering::Relaxed) as i64,
-        );
-        gauge(
-            &mut out,
-            "gatehouse_memory_budget_bytes",
-            "The memory budget.",
-            self.budget_total.load(Ordering::Relaxed) as i64,
-        );
-        counter(
-            &mut out,
-            "gatehouse_ops_connections_evicted_total",
-            "Operations-port connections closed to make room for a new one.",
-            self.ops_evicted.load(Ordering::Relaxed),
+            "Tokens admitted and not yet answered (queued or verifying)",
+            ConstGauge::new(self.queue_depth.load(Ordering::Relaxed) as u64),
         );
 
         let ((hits, misses), replay_live, replay_capacity) = engine.occupancy();
-        counter(
-            &mut out,
-            "gatehouse_issuer_cache_hits_total",
-            "Issuer signatures found already verified.",
-            hits,
+        scrape.register(
+            "gatehouse_issuer_cache_hits",
+            "Issuer signatures found already verified",
+            ConstCounter::new(hits),
         );
-        counter(
-            &mut out,
-            "gatehouse_issuer_cache_misses_total",
-            "Issuer signatures verified and remembered.",
-            misses,
+        scrape.register(
+            "gatehouse_issuer_cache_misses",
+            "Issuer signatures verified and remembered",
+            ConstCounter::new(misses),
         );
-        gauge(
-            &mut out,
+        scrape.register(
             "gatehouse_replay_entries",
-            "Live one-time-use entries.",
-            replay_live as i64,
+            "Live one-time-use entries",
+            ConstGauge::new(replay_live as u64),
         );
-        gauge(
-            &mut out,
+        scrape.register(
             "gatehouse_replay_capacity",
-            "One-time-use table capacity.",
-            replay_capacity as i64,
+            "One-time-use table capacity",
+            ConstGauge::new(replay_capacity as u64),
         );
         let (epoch, size) = engine.revocation_epoch();
-        gauge(
-            &mut out,
+        scrape.register(
             "gatehouse_revocation_epoch",
-            "Revocation epoch in force.",
-            epoch as i64,
+            "Revocation epoch in force",
+            ConstGauge::new(epoch),
         );
-        gauge(
-            &mut out,
+        scrape.register(
             "gatehouse_revocation_entries",
-            "Revoked identifiers in force.",
-            size as i64,
+            "Revoked identifiers in force",
+            ConstGauge::new(size as u64),
         );
-        self.feed.render(&mut out, super::batcher::unix_now());
-        gauge(
-            &mut out,
+        scrape.register(
             "gatehouse_ready",
-            "1 while accepting connections, 0 while draining.",
-            i64::from(self.accepting.load(Ordering::Relaxed)),
+            "1 while accepting connections, 0 while draining",
+            ConstGauge::new(u64::from(self.accepting.load(Ordering::Relaxed))),
         );
-        self.render_operations(&mut out, epoch);
-        out
+        epoch
     }
 
-    /// Build, process, reload, certificate and revocation-age metrics.
-    fn render_operations(&self, out: &mut String, epoch: u64) {
-        let now = unix_now();
-        let name = "gatehouse_build_info";
-        let _ = writeln!(
-            out,
-            "# HELP {name} The running build; the value is always 1."
+    /// The one-time-use store: whether it answers, and the shared store's counters.
+    fn read_store(&self, scrape: &mut Registry) {
+        let labels = StoreLabel {
+            store: self.store.label(),
+        };
+        scrape.register(
+            "gatehouse_replay_store_up",
+            "1 when the one-time-use store answers (memory: always), by store",
+            Rows(vec![(
+                labels,
+                ConstGauge::new(u64::from(self.store.is_up())),
+            )]),
         );
-        let _ = writeln!(out, "# TYPE {name} gauge");
-        let _ = writeln!(out, "{name}{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
-        process_metrics(out, self.started);
-
-        let mut state = self.reload.lock();
-        let age = state.observe_epoch(epoch, now);
-        let _ = writeln!(out, "# HELP gatehouse_revocation_epoch_age_seconds Seconds since the revocation epoch in force was put in force.\n# TYPE gatehouse_revocation_epoch_age_seconds gauge\ngatehouse_revocation_epoch_age_seconds {age}");
-        let _ = writeln!(out, "# HELP gatehouse_reloads_completed_total Reloads completed (all files).\n# TYPE gatehouse_reloads_completed_total counter\ngatehouse_reloads_completed_total {}", state.generation);
-        let name = "gatehouse_reloads_total";
-        let _ = writeln!(out, "# HELP {name} File reloads by file and result.");
-        let _ = writeln!(out, "# TYPE {name} counter");
-        for file in ReloadFile::ALL {
-            for (j, result) in ["ok", "failed"].iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "{name}{{file=\"{}\",result=\"{result}\"}} {}",
-                    file.label(),
-                    state.counts[file.index()][j]
-                );
-            }
-        }
-        let name = "gatehouse_reload_success";
-        let _ = writeln!(out, "# HELP {name} 1 when the file's last reload succeeded, 0 when it was refused (previous state kept).");
-        let _ = writeln!(out, "# TYPE {name} gauge");
-        for f in state.last.iter().flatten() {
-            let _ = writeln!(
-                out,
-                "{name}{{file=\"{}\"}} {}",
-                f.file.label(),
-                u8::from(f.ok)
+        if let Store::Redis(r) = &self.store {
+            let h = r.health();
+            scrape.register(
+                "gatehouse_replay_store_marks",
+                "Tokens marked used in the shared store",
+                ConstCounter::new(h.marks.load(Ordering::Relaxed)),
+            );
+            scrape.register(
+                "gatehouse_replay_store_failures",
+                "Batches whose marks failed, timed out, or met the store down (their tokens \
+                 were answered unavailable)",
+                ConstCounter::new(h.failures.load(Ordering::Relaxed)),
+            );
+            scrape.register(
+                "gatehouse_replay_store_outages",
+                "Times the shared store went down",
+                ConstCounter::new(h.outages.load(Ordering::Relaxed)),
+            );
+            scrape.register(
+                "gatehouse_replay_store_round_trip_seconds",
+                "Round trips to the shared store (one per batch) and their total time",
+                Totals {
+                    sum: h.round_trip_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+                    count: h.round_trips.load(Ordering::Relaxed),
+                },
             );
         }
-        let name = "gatehouse_reload_timestamp_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} When the file's last reload was attempted, Unix seconds."
+    }
+
+    /// Reload, certificate and revocation-age metrics.
+    fn read_operations(&self, scrape: &mut Registry, epoch: u64) {
+        let now = unix_now();
+        let mut state = self.reload.lock();
+        let age = state.observe_epoch(epoch, now);
+        scrape.register(
+            "gatehouse_revocation_epoch_age_seconds",
+            "Seconds since the revocation epoch in force was put in force",
+            ConstGauge::new(age),
         );
-        let _ = writeln!(out, "# TYPE {name} gauge");
-        for f in state.last.iter().flatten() {
-            let _ = writeln!(out, "{name}{{file=\"{}\"}} {}", f.file.label(), f.at);
+        scrape.register(
+            "gatehouse_reloads_completed",
+            "Reloads completed (all files)",
+            ConstCounter::new(state.generation),
+        );
+        let mut counts = Vec::with_capacity(ReloadFile::ALL.len() * 2);
+        for file in ReloadFile::ALL {
+            for (j, result) in ["ok", "failed"].into_iter().enumerate() {
+                let labels = ReloadLabels {
+                    file: file.label(),
+                    result,
+                };
+                counts.push((labels, ConstCounter::new(state.counts[file.index()][j])));
+            }
         }
-        let name = "gatehouse_certificate_expiry_timestamp_seconds";
-        let _ = writeln!(out, "# HELP {name} When the TLS certificate in force expires, Unix seconds (client_ca: the earliest CA certificate).");
-        let _ = writeln!(out, "# TYPE {name} gauge");
-        for (which, t) in [
+        scrape.register(
+            "gatehouse_reloads",
+            "File reloads by file and result",
+            Rows(counts),
+        );
+        let last = || state.last.iter().flatten();
+        let by_file = |f: &FileResult, value: u64| {
+            let labels = FileLabel {
+                file: f.file.label(),
+            };
+            (labels, ConstGauge::new(value))
+        };
+        scrape.register(
+            "gatehouse_reload_success",
+            "1 when the file's last reload succeeded, 0 when it was refused (previous state \
+             kept)",
+            Rows(last().map(|f| by_file(f, u64::from(f.ok))).collect()),
+        );
+        scrape.register(
+            "gatehouse_reload_timestamp_seconds",
+            "When the file's last reload was attempted, Unix seconds",
+            Rows(last().map(|f| by_file(f, f.at)).collect()),
+        );
+        let expiry = [
             ("server", state.server_cert_expiry),
             ("client_ca", state.client_ca_expiry),
-        ] {
-            if let Some(t) = t {
-                let _ = writeln!(out, "{name}{{certificate=\"{which}\"}} {t}");
-            }
+        ]
+        .into_iter()
+        .filter_map(|(certificate, t)| {
+            Some((CertificateLabel { certificate }, ConstGauge::new(t?)))
+        })
+        .collect();
+        scrape.register(
+            "gatehouse_certificate_expiry_timestamp_seconds",
+            "When the TLS certificate in force expires, Unix seconds (client_ca: the earliest \
+             CA certificate)",
+            Rows(expiry),
+        );
+    }
+}
+
+/// The standard Prometheus process metrics, read from `/proc/self` at each scrape (Linux;
+/// elsewhere only the start time). `prometheus-client` has no process collector of its own.
+#[derive(Debug)]
+struct ProcessCollector {
+    /// When this server started, Unix seconds.
+    started: u64,
+}
+
+/// What `/proc/self` says about this process; `None` where a file was unreadable.
+#[derive(Debug, Default, PartialEq)]
+struct ProcessStats {
+    cpu_seconds: Option<f64>,
+    resident_bytes: Option<u64>,
+    virtual_bytes: Option<u64>,
+    open_fds: Option<u64>,
+    max_fds: Option<u64>,
+}
+
+impl ProcessStats {
+    fn read() -> Self {
+        let read = |path| std::fs::read_to_string(path).unwrap_or_default();
+        let mut stats = ProcessStats::parse(
+            &read("/proc/self/stat"),
+            &read("/proc/self/status"),
+            &read("/proc/self/limits"),
+        );
+        // Bounded: a process near its descriptor limit must not make every scrape walk it all.
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            stats.open_fds = Some(dir.take(1_000_000).count() as u64);
+        }
+        stats
+    }
+
+    /// Parses the texts of `/proc/self/stat`, `status` and `limits`. CPU time is in the
+    /// kernel's USER_HZ ticks, 100 per second on Linux.
+    fn parse(stat: &str, status: &str, limits: &str) -> Self {
+        const USER_HZ: f64 = 100.0;
+        // Fields after the command name (which is in parentheses and may hold spaces).
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        // utime and stime are fields 14 and 15 of stat(5); `fields` starts at field 3.
+        let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+        let cpu_seconds = match (tick(11), tick(12)) {
+            (Some(u), Some(s)) => Some((u + s) / USER_HZ),
+            _ => None,
+        };
+        let kb = |key: &str| {
+            status.lines().find_map(|l| {
+                l.strip_prefix(key)?
+                    .trim()
+                    .strip_suffix("kB")?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+        };
+        let max_fds = limits.lines().find_map(|l| {
+            l.strip_prefix("Max open files")?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        });
+        ProcessStats {
+            cpu_seconds,
+            resident_bytes: kb("VmRSS:").map(|v| v.saturating_mul(1024)),
+            virtual_bytes: kb("VmSize:").map(|v| v.saturating_mul(1024)),
+            open_fds: None,
+            max_fds,
         }
     }
 }
 
-/// The standard Prometheus process metrics, read from `/proc/self` (Linux; elsewhere only the
-/// start time). CPU time is in the kernel's USER_HZ ticks, 100 per second on Linux.
-fn process_metrics(out: &mut String, started: u64) {
-    const USER_HZ: f64 = 100.0;
-    let _ = writeln!(out, "# HELP process_start_time_seconds Start time of the process since the Unix epoch, seconds.\n# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {started}");
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    // utime and stime are fields 14 and 15 of stat(5); `fields` starts at field 3.
-    if let (Some(u), Some(s)) = (
-        fields.get(11).and_then(|v| v.parse::<f64>().ok()),
-        fields.get(12).and_then(|v| v.parse::<f64>().ok()),
-    ) {
-        let _ = writeln!(out, "# HELP process_cpu_seconds_total Total user and system CPU time spent, seconds.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}", (u + s) / USER_HZ);
-    }
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb = |key: &str| {
-        status.lines().find_map(|l| {
-            l.strip_prefix(key)?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-    };
-    if let Some(rss) = kb("VmRSS:") {
-        let _ = writeln!(out, "# HELP process_resident_memory_bytes Resident memory size, bytes.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}", rss * 1024);
-    }
-    if let Some(vm) = kb("VmSize:") {
-        let _ = writeln!(out, "# HELP process_virtual_memory_bytes Virtual memory size, bytes.\n# TYPE process_virtual_memory_bytes gauge\nprocess_virtual_memory_bytes {}", vm * 1024);
-    }
-    // Bounded: a process near its descriptor limit must not make every scrape walk it all.
-    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
-        let open = dir.take(1_000_000).count();
-        let _ = writeln!(out, "# HELP process_open_fds Open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {open}");
-    }
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-    if let Some(max) = limits.lines().find_map(|l| {
-        l.strip_prefix("Max open files")?
-            .split_whitespace()
-            .next()?
-            .parse::<u64>()
-            .ok()
-    }) {
-        let _ = writeln!(out, "# HELP process_max_fds Most open file descriptors allowed.\n# TYPE process_max_fds gauge\nprocess_max_fds {max}");
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // Help texts end in a full stop here: a collector's descriptors are written as given.
+        fn put(
+            encoder: &mut DescriptorEncoder,
+            name: &str,
+            help: &str,
+            metric: impl EncodeMetric,
+        ) -> Result<(), std::fmt::Error> {
+            let kind = metric.metric_type();
+            metric.encode(encoder.encode_descriptor(name, help, None, kind)?)
+        }
+        let p = ProcessStats::read();
+        let e = &mut encoder;
+        put(
+            e,
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch, seconds.",
+            ConstGauge::new(self.started),
+        )?;
+        if let Some(cpu) = p.cpu_seconds {
+            put(
+                e,
+                "process_cpu_seconds",
+                "Total user and system CPU time spent, seconds.",
+                ConstCounter::new(cpu),
+            )?;
+        }
+        for (value, name, help) in [
+            (
+                p.resident_bytes,
+                "process_resident_memory_bytes",
+                "Resident memory size, bytes.",
+            ),
+            (
+                p.virtual_bytes,
+                "process_virtual_memory_bytes",
+                "Virtual memory size, bytes.",
+            ),
+            (p.open_fds, "process_open_fds", "Open file descriptors."),
+            (
+                p.max_fds,
+                "process_max_fds",
+                "Most open file descriptors allowed.",
+            ),
+        ] {
+            if let Some(v) = value {
+                put(e, name, help, ConstGauge::new(v))?;
+            }
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{EngineConfig, ScannerRegistry, TrustList};
+
+    fn encode(registry: &Registry) -> String {
+        let mut out = String::new();
+        prometheus_text::encode(&mut out, registry).unwrap();
+        out
+    }
+
+    /// The value of the one sample named exactly `series` (name and labels).
+    fn sample(body: &str, series: &str) -> Option<f64> {
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative() {
@@ -651,12 +875,114 @@ mod tests {
         for v in [0.5, 1.0, 1.5, 3.0] {
             h.observe(v);
         }
-        let mut s = String::new();
-        h.render(&mut s, "x", "help");
+        let mut registry = Registry::default();
+        registry.register("x", "help", h);
+        let s = encode(&registry);
+        assert!(s.contains("# TYPE x histogram\n"), "{s}");
         assert!(s.contains("x_bucket{le=\"1\"} 2\n"), "{s}");
         assert!(s.contains("x_bucket{le=\"2\"} 3\n"), "{s}");
         assert!(s.contains("x_bucket{le=\"+Inf\"} 4\n"), "{s}");
-        assert!(s.contains("x_sum 6\n"), "{s}");
+        assert_eq!(sample(&s, "x_sum"), Some(6.0), "{s}");
         assert!(s.contains("x_count 4\n"), "{s}");
+    }
+
+    #[test]
+    fn a_sum_and_count_histogram_has_one_inf_bucket() {
+        let mut registry = Registry::default();
+        registry.register("rt", "help", Totals { sum: 1.5, count: 3 });
+        let s = encode(&registry);
+        assert!(s.contains("# TYPE rt histogram\n"), "{s}");
+        assert!(s.contains("rt_bucket{le=\"+Inf\"} 3\n"), "{s}");
+        assert_eq!(sample(&s, "rt_sum"), Some(1.5), "{s}");
+        assert!(s.contains("rt_count 3\n"), "{s}");
+    }
+
+    #[test]
+    fn names_keep_their_suffixes_and_counts_move() {
+        let engine = Engine::new(
+            EngineConfig::default(),
+            TrustList::new(),
+            ScannerRegistry::new(),
+        )
+        .unwrap();
+        let m = Metrics::new(64, Store::Memory);
+        let before = m.render(&engine).unwrap();
+        // The encoder appends `_total` and `_info` itself: registering a name that already
+        // had one would export `_total_total`.
+        assert!(!before.contains("_total_total"), "{before}");
+        assert!(!before.contains("_info_info"), "{before}");
+        for family in [
+            "# TYPE gatehouse_verdicts_total counter\n",
+            "# TYPE gatehouse_requests_total counter\n",
+            "# TYPE gatehouse_connections_refused_total counter\n",
+            "# TYPE gatehouse_build_info gauge\n",
+            "# TYPE gatehouse_reloads_completed_total counter\n",
+            "# TYPE process_start_time_seconds gauge\n",
+            "# TYPE gatehouse_queue_capacity gauge\n",
+        ] {
+            assert!(before.contains(family), "{family}\n{before}");
+        }
+        assert_eq!(sample(&before, "gatehouse_queue_capacity"), Some(64.0));
+        let build = format!(
+            "gatehouse_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(before.contains(&build), "{before}");
+
+        let busy = "gatehouse_verdicts_total{role=\"gate\",reason=\"busy\"}";
+        let verify = "gatehouse_requests_total{kind=\"verify\"}";
+        let limit = "gatehouse_connections_refused_total{cause=\"limit\"}";
+        let code = "gatehouse_wire_errors_total{code=\"frame_too_large\"}";
+        for series in [busy, verify, limit, code] {
+            assert_eq!(sample(&before, series), Some(0.0), "{series}\n{before}");
+        }
+        m.shed(0, Reason::Busy, 3);
+        m.request(Kind::Verify);
+        m.request(Kind::Verify);
+        m.refused_limit.inc();
+        m.wire_error(WireErrorCode::FrameTooLarge);
+        m.connections.inc();
+        m.latency(Duration::from_micros(300));
+        m.batch(5);
+        m.queue_depth.store(7, Ordering::Relaxed);
+        let after = m.render(&engine).unwrap();
+        for (series, value) in [
+            (busy, 3.0),
+            (verify, 2.0),
+            (limit, 1.0),
+            (code, 1.0),
+            ("gatehouse_connections", 1.0),
+            ("gatehouse_queue_depth", 7.0),
+            (
+                "gatehouse_request_duration_seconds_bucket{le=\"0.0005\"}",
+                1.0,
+            ),
+            ("gatehouse_request_duration_seconds_count", 1.0),
+            ("gatehouse_batch_size_bucket{le=\"4\"}", 0.0),
+            ("gatehouse_batch_size_bucket{le=\"8\"}", 1.0),
+            ("gatehouse_batch_size_sum", 5.0),
+        ] {
+            assert_eq!(sample(&after, series), Some(value), "{series}\n{after}");
+        }
+    }
+
+    #[test]
+    fn process_stats_are_parsed_from_proc_texts() {
+        let stat = "1234 (gate house) S 1 1234 1234 0 -1 4194560 500 0 0 0 250 50 0 0 20 0";
+        let status = "Name:\tgatehouse\nVmSize:\t  20000 kB\nVmRSS:\t    3000 kB\n";
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max open files            1024                 524288               files\n";
+        let p = ProcessStats::parse(stat, status, limits);
+        assert_eq!(
+            p,
+            ProcessStats {
+                cpu_seconds: Some(3.0),
+                resident_bytes: Some(3000 * 1024),
+                virtual_bytes: Some(20000 * 1024),
+                open_fds: None,
+                max_fds: Some(1024),
+            }
+        );
+        assert_eq!(ProcessStats::parse("", "", ""), ProcessStats::default());
     }
 }

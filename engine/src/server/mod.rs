@@ -482,10 +482,10 @@ pub async fn run(
             () = &mut shutdown => break,
             incoming = endpoint.accept() => match incoming {
                 Some(incoming) => {
-                    let open = metrics.connections.load(Ordering::Relaxed);
+                    let open = metrics.connections.get();
                     if open >= config.limits.max_connections as i64 {
                         // Counted, not logged one by one: a flood would flood the log.
-                        metrics.refused_limit.fetch_add(1, Ordering::Relaxed);
+                        metrics.refused_limit.inc();
                         debug!(open, "connection refused: at the connection limit");
                         incoming.refuse();
                         continue;

@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-use super::metrics::Metrics;
+use super::metrics::{self, Metrics};
 use crate::Engine;
 
 /// Time allowed to send a request head (also between requests on a kept-alive connection).
@@ -70,7 +69,7 @@ pub(crate) async fn serve(listener: TcpListener, engine: Arc<Engine>, metrics: A
                 if let Some((_, oldest)) = o.by_age.pop_first() {
                     // `notify_one` keeps the signal even if the task is not waiting yet.
                     oldest.notify_one();
-                    metrics.ops_evicted.fetch_add(1, Ordering::Relaxed);
+                    metrics.ops_evicted.inc();
                 }
             }
             let id = o.next;
@@ -124,14 +123,25 @@ fn route(req: &Request<Incoming>, engine: &Engine, metrics: &Metrics) -> Respons
         return r;
     }
     match req.uri().path() {
-        "/metrics" => {
-            let mut r = Response::new(Full::new(Bytes::from(metrics.render(engine))));
-            r.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            r
-        }
+        "/metrics" => match metrics.render(engine) {
+            Ok(body) => {
+                let mut r = Response::new(Full::new(Bytes::from(body)));
+                r.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static(metrics::CONTENT_TYPE),
+                );
+                r
+            }
+            // Only a bug in a name or label could fail the encoder: a scraper told so beats
+            // a truncated exposition it would take as whole.
+            Err(_) => {
+                warn!("metrics exposition failed to encode");
+                text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "metrics encoding failed\n",
+                )
+            }
+        },
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
             // The reload lines follow the status line (see `Metrics::reload_detail`). A refused

@@ -1,6 +1,5 @@
 //! TLS and QUIC transport configuration of the server.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use gatehouse_protocol::ALPN;
@@ -132,9 +131,7 @@ impl ClientCertVerifier for ScannerVerifier {
         match subject_common_name(end_entity) {
             Some(id) if self.engine.scanner(&id).is_some() => Ok(verified),
             Some(id) => {
-                self.metrics
-                    .refused_unknown_scanner
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.refused_unknown_scanner.inc();
                 warn!(scanner = %id, "handshake refused: valid certificate, but the scanner is not registered");
                 Err(rustls::Error::InvalidCertificate(
                     CertificateError::ApplicationVerificationFailure,
