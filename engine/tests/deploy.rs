@@ -10,7 +10,9 @@
 //! - the systemd unit is `Type=notify` and reloads with `gatehouse reload`; `systemd-analyze
 //!   security` rates it at most 2.0 where systemd-analyze is installed;
 //! - every query of the Grafana dashboard names only metrics that a real server, scraped
-//!   after a reload, exports.
+//!   after a reload, exports;
+//! - that server's `/metrics` is valid Prometheus text (0.0.4, with its content type) from
+//!   first line to last, and its counters move with requests.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
