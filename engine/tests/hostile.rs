@@ -386,8 +386,13 @@ async fn one_scanner_flooding_the_queue_gets_busy_and_the_gate_keeps_its_latency
         busy.load(Ordering::Relaxed) > 0,
         "the flooder was never told busy"
     );
-    // Fair, the gate waits for the batches already verifying (at most threads + 1 = 2) and one
-    // turn of the flooder: about 3 batch times. Without fairness it waited behind the whole
+    // At its share, the flooder's requests were held unread before being refused.
+    assert!(
+        server.metric("gatehouse_busy_holds_total").await > 0.0,
+        "the flooder's requests were never held"
+    );
+    // Fair, the gate waits for the batches already verifying (at most one per thread, each of
+    // small pieces) and one turn of the flooder: well under 3 flood-batch times. Without fairness it waited behind the whole
     // queue, 4,096 tokens: 32 batch times.
     eprintln!("flood batch alone {batch_time:?}, gate p99 {p99:?}");
     assert!(
@@ -504,13 +509,15 @@ async fn one_oversized_token_in_a_batch_is_malformed_and_the_others_are_judged()
     let world = World::new();
     let server = start(world.engine(), world.server_config()).await;
     let gate = server.client(&world, "gate-a").await;
+    // 40 tokens: the server verifies a large request in pieces of 16, and the verdicts must
+    // come back in request order across them. Oversized at 1 and 33; 20 is garbage.
+    let mut tokens: Vec<Vec<u8>> = (0..40).map(|i| token(&world.holder(1 + i))).collect();
+    tokens[1] = vec![0xa5; MAX_TOKEN_LEN + 1];
+    tokens[33] = vec![0xa5; MAX_TOKEN_LEN + 1];
+    tokens[20] = vec![0x00; 8];
     let frame = Request::VerifyBatch {
         id: 9,
-        tokens: vec![
-            token(&world.holder(1)),
-            vec![0xa5; MAX_TOKEN_LEN + 1],
-            token(&world.holder(2)),
-        ],
+        tokens,
         retry: None,
     }
     .encode();
@@ -520,10 +527,13 @@ async fn one_oversized_token_in_a_batch_is_malformed_and_the_others_are_judged()
     };
     assert_eq!(*id, 9);
     let reasons: Vec<Reason> = verdicts.iter().map(|v| v.reason).collect();
-    assert_eq!(
-        reasons,
-        [Reason::Accepted, Reason::Malformed, Reason::Accepted]
-    );
+    let expected: Vec<Reason> = (0..40)
+        .map(|i| match i {
+            1 | 20 | 33 => Reason::Malformed,
+            _ => Reason::Accepted,
+        })
+        .collect();
+    assert_eq!(reasons, expected);
     server.shutdown().await;
 }
 

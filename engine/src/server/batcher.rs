@@ -75,6 +75,11 @@ impl Shares {
         }
     }
 
+    /// Tokens `id` has admitted and unanswered.
+    fn held(&self, id: &str) -> usize {
+        self.0.lock().get(id).copied().unwrap_or(0)
+    }
+
     fn release(&self, id: &str, n: usize) {
         let mut m = self.0.lock();
         if let Some(held) = m.get_mut(id) {
@@ -83,6 +88,55 @@ impl Shares {
                 m.remove(id);
             }
         }
+    }
+}
+
+/// The most tokens of one request in one job: larger requests are queued in pieces.
+const PIECE: usize = 16;
+
+impl Permit {
+    /// `n` of this permit's tokens as a permit of their own (released on its own).
+    fn split(&mut self, n: usize) -> Permit {
+        let n = n.min(self.tokens);
+        self.tokens -= n;
+        Permit {
+            tokens: n,
+            metrics: Arc::clone(&self.metrics),
+            share: self
+                .share
+                .as_ref()
+                .map(|(s, scanner)| (Arc::clone(s), Arc::clone(scanner))),
+        }
+    }
+}
+
+/// A request's verdicts on their way back, a piece at a time.
+pub(crate) struct Receipt(Vec<(usize, Option<oneshot::Receiver<Vec<Verdict>>>)>);
+
+impl Receipt {
+    /// The verdicts in request order, and how many tokens were answered `busy` (a piece the
+    /// queue had no room for) or `unavailable` (a piece whose work was lost).
+    pub async fn verdicts(self) -> (Vec<Verdict>, usize, usize) {
+        let (mut verdicts, mut busy, mut lost) = (Vec::new(), 0, 0);
+        for (n, rx) in self.0 {
+            match rx {
+                None => {
+                    busy += n;
+                    verdicts.extend(std::iter::repeat_n(Verdict::deny(Reason::Busy), n));
+                }
+                Some(rx) => match rx.await {
+                    Ok(mut v) => {
+                        v.resize(n, Verdict::deny(Reason::Unavailable));
+                        verdicts.append(&mut v);
+                    }
+                    Err(_) => {
+                        lost += n;
+                        verdicts.extend(std::iter::repeat_n(Verdict::deny(Reason::Unavailable), n));
+                    }
+                },
+            }
+        }
+        (verdicts, busy, lost)
     }
 }
 
@@ -132,12 +186,18 @@ impl Queue {
 
     /// Queues one request's tokens (each with its challenge); the verdicts, in order, arrive on
     /// the returned channel. Never blocks.
+    /// Whether scanner `id` is at its share: a largest batch more would be refused `busy`.
+    pub fn saturated(&self, id: &str) -> bool {
+        let held = self.shares.held(id);
+        held > 0 && held.saturating_add(gatehouse_protocol::MAX_BATCH) > self.per_scanner
+    }
+
     pub fn submit(
         &self,
         scanner: Arc<Scanner>,
-        tokens: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        mut tokens: Vec<(Vec<u8>, Option<Vec<u8>>)>,
         retry: Option<[u8; gatehouse_protocol::RETRY_KEY_LEN]>,
-    ) -> Result<oneshot::Receiver<Vec<Verdict>>, Refused> {
+    ) -> Result<Receipt, Refused> {
         let n = tokens.len();
         let before = self.metrics.queue_depth.fetch_add(n, Ordering::Relaxed);
         let mut permit = Permit {
@@ -155,19 +215,36 @@ impl Queue {
             return Err(Refused::Busy);
         }
         permit.share = Some((Arc::clone(&self.shares), Arc::clone(&scanner)));
-        let (reply, rx) = oneshot::channel();
-        let job = Job {
-            scanner,
-            tokens,
-            retry,
-            reply,
-            permit,
-        };
-        match self.tx.try_send(job) {
-            Ok(()) => Ok(rx),
-            Err(TrySendError::Full(_)) => Err(Refused::Busy),
-            Err(TrySendError::Disconnected(_)) => Err(Refused::Unavailable),
+        // Admitted whole, queued in pieces: a large request is verified as several small jobs,
+        // so no batch in the pool is large and a single token of another scanner waits for
+        // at most a small batch ahead of it.
+        let mut pieces = Vec::with_capacity(n.div_ceil(PIECE));
+        let mut start = 0;
+        while start < n {
+            let len = PIECE.min(n - start);
+            let rest = tokens.split_off(len);
+            let piece = std::mem::replace(&mut tokens, rest);
+            let (reply, rx) = oneshot::channel();
+            let job = Job {
+                scanner: Arc::clone(&scanner),
+                tokens: piece,
+                retry,
+                reply,
+                permit: permit.split(len),
+            };
+            match self.tx.try_send(job) {
+                Ok(()) => pieces.push((len, Some(rx))),
+                // A piece that cannot be queued is answered like a refused request; the
+                // pieces already queued are verified.
+                Err(TrySendError::Full(_)) => pieces.push((len, None)),
+                Err(TrySendError::Disconnected(_)) => return Err(Refused::Unavailable),
+            }
+            start += len;
         }
+        if pieces.iter().all(|(_, rx)| rx.is_none()) {
+            return Err(Refused::Busy);
+        }
+        Ok(Receipt(pieces))
     }
 }
 
@@ -219,8 +296,10 @@ fn collect(
 ) {
     // While the verification pool has an idle thread, a batch goes at once with whatever is
     // already queued: at low load a token waits for nobody. When every thread is busy, work
-    // waits here, not in the pool's queue: at most one batch more than there are threads is
-    // handed over, so the order of everything else is still ours to choose. Waiting requests
+    // waits here, not in the pool's queue: at most one batch per thread is handed over, so a
+    // token that arrives waits for no batch queued in the pool, only for those verifying, and
+    // the order of everything else is still ours to choose. (Requests are queued in pieces of
+    // at most `PIECE` tokens, so those batches are small.) Waiting requests
     // are taken scanner by scanner (deficit round robin, [`Fair`]), so a scanner with a deep
     // backlog delays another's token by one turn, not by its backlog.
     let threads = match engine.config().threads {
@@ -255,18 +334,19 @@ fn collect(
         }
         // A free verification thread (or one about to be): until then, keep collecting. The
         // pool gives no wake-up, so the wait polls the channel at a fine grain.
-        while !disconnected && in_flight.load(Ordering::Acquire) > threads {
+        while !disconnected && in_flight.load(Ordering::Acquire) >= threads {
             match rx.recv_timeout(POOL_POLL) {
                 Ok(job) => push(&mut waiting, job),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => disconnected = true,
             }
         }
-        // Every thread busy and one batch may still go ahead: hold it open for up to max_wait
-        // (from its oldest request) or max_batch tokens, so work accumulates into larger
-        // batches exactly when batching pays. (From now, not from the oldest request: those may
-        // have waited for a thread already, and holding them longer would not help.)
-        if in_flight.load(Ordering::Acquire) >= threads {
+        // Every thread but this last one busy: hold the batch open for up to max_wait or
+        // max_batch tokens, so work accumulates into larger batches exactly when batching pays.
+        // (From now, not from the oldest request: those may have waited for a thread already,
+        // and holding them longer would not help. With one thread, it is always the last: a
+        // token at low load would wait for nothing, so it goes at once.)
+        if threads > 1 && in_flight.load(Ordering::Acquire) + 1 >= threads {
             let deadline = Instant::now() + config.max_wait;
             while !disconnected && waiting.weight() < config.max_batch {
                 let Some(left) = deadline.checked_duration_since(Instant::now()) else {

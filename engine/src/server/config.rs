@@ -75,6 +75,9 @@ pressure_handshake_timeout_ms = 1000
 # One scanner (certificate): most connections, and most tokens queued (beyond: busy).
 max_connections_per_scanner = 16
 max_queued_per_scanner = 1024
+# A request of a scanner at that share waits this long unread before it is read (then busy if
+# the share is still full): a flooder that resends at once is slowed, not served faster.
+busy_hold_ms = 100
 # Request-body bytes one connection may hold read and unanswered (beyond: its streams wait).
 max_buffered_per_connection = 1048576
 # One memory budget for handshakes, connections and request bodies (bytes); over it new work
@@ -290,6 +293,8 @@ pub struct LimitsSection {
     pub max_connections_per_scanner: usize,
     /// Most tokens of one scanner queued.
     pub max_queued_per_scanner: usize,
+    /// How long a request of a scanner at its share waits unread, milliseconds.
+    pub busy_hold_ms: u64,
     /// Most request-body bytes one connection holds unanswered.
     pub max_buffered_per_connection: usize,
     /// The memory budget, bytes.
@@ -313,6 +318,7 @@ impl Default for LimitsSection {
             pressure_handshake_timeout_ms: d.pressure_handshake_timeout.as_millis() as u64,
             max_connections_per_scanner: d.max_connections_per_scanner,
             max_queued_per_scanner: d.max_queued_per_scanner,
+            busy_hold_ms: d.busy_hold.as_millis() as u64,
             max_buffered_per_connection: d.max_buffered_per_connection,
             memory_budget: d.memory_budget,
         }
@@ -336,6 +342,7 @@ impl LimitsSection {
             pressure_handshake_timeout: Duration::from_millis(self.pressure_handshake_timeout_ms),
             max_connections_per_scanner: self.max_connections_per_scanner,
             max_queued_per_scanner: self.max_queued_per_scanner,
+            busy_hold: Duration::from_millis(self.busy_hold_ms),
             max_buffered_per_connection: self.max_buffered_per_connection,
             memory_budget: self.memory_budget,
         }

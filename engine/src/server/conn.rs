@@ -12,11 +12,11 @@ use gatehouse_protocol::{
 };
 use parking_lot::Mutex;
 use quinn::{Connection, Incoming, ReadExactError, RecvStream, SendStream};
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use super::batcher::{Queue, Refused};
+use super::batcher::{Queue, Receipt, Refused};
 use super::budget::{Budget, Charge, CONNECTION_COST, HANDSHAKE_COST};
 use super::metrics::{Kind, Metrics};
 use super::{codes, tls, Limits};
@@ -344,7 +344,7 @@ enum Pending {
         id: u64,
         tokens: usize,
         role: usize,
-        rx: oneshot::Receiver<Vec<Verdict>>,
+        rx: Receipt,
         started: Instant,
     },
 }
@@ -360,13 +360,14 @@ impl Pending {
                 rx,
                 started,
             } => {
-                let verdicts = match rx.await {
-                    Ok(v) => v,
-                    Err(_) => {
-                        metrics.shed(role, Reason::Unavailable, tokens);
-                        vec![Verdict::deny(Reason::Unavailable); tokens]
-                    }
-                };
+                let (verdicts, busy, lost) = rx.verdicts().await;
+                if busy > 0 {
+                    metrics.shed(role, Reason::Busy, busy);
+                }
+                if lost > 0 {
+                    metrics.shed(role, Reason::Unavailable, lost);
+                }
+                debug_assert_eq!(verdicts.len(), tokens);
                 (Response::Verdicts { id, verdicts }, started)
             }
         }
@@ -524,6 +525,18 @@ async fn read_loop(
                 ))
                 .await;
             return End::Stop(codes::BAD_FRAME);
+        }
+
+        // A scanner at its share of the queue waits, its request unread (flow control holds
+        // it back), before the request is read and perhaps refused: answering `busy` at once
+        // would let a flooder make the server read and refuse as fast as it can resend.
+        if h.kind != kind::PING && shared.queue.saturated(id) {
+            metrics.busy_holds.inc();
+            tokio::select! {
+                biased;
+                _ = drain.wait_for(|d| *d) => {}
+                _ = tokio::time::sleep(shared.limits.busy_hold) => {}
+            }
         }
 
         // Room for the body before reading it: in this connection's buffer (waiting for it

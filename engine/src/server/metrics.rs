@@ -246,6 +246,8 @@ pub(crate) struct Metrics {
     pub refused_budget: Counter,
     /// Requests refused (answered `busy`) because the memory budget was spent.
     pub budget_busy: Counter,
+    /// Requests held unread because their scanner was at its share of the queue.
+    pub busy_holds: Counter,
     /// Bytes of the memory budget in use, and the budget.
     pub budget_used: CountGauge,
     pub budget_total: CountGauge,
@@ -381,6 +383,11 @@ impl Metrics {
             "gatehouse_budget_busy",
             "Requests answered busy because the memory budget was spent",
         );
+        let busy_holds = counter(
+            &mut registry,
+            "gatehouse_busy_holds",
+            "Requests held unread for busy_hold_ms because their scanner had its share of the queue",
+        );
         let ops_evicted = counter(
             &mut registry,
             "gatehouse_ops_connections_evicted",
@@ -436,6 +443,7 @@ impl Metrics {
             refused_scanner_limit,
             refused_budget,
             budget_busy,
+            busy_holds,
             budget_used,
             budget_total,
             ops_evicted,

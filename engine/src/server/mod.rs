@@ -128,6 +128,12 @@ pub struct Limits {
     /// Most tokens of one scanner admitted and not yet answered; beyond it that scanner's
     /// tokens are answered `busy`, whatever room the queue has for others.
     pub max_queued_per_scanner: usize,
+    /// How long a request of a scanner at its `max_queued_per_scanner` share waits, unread,
+    /// before it is read (and, if the share is still full, answered `busy`). Without it a
+    /// flooding scanner that resends at once makes the server read, decrypt and refuse its
+    /// requests as fast as it can send them, at the expense of every other scanner; held, it
+    /// is slowed to `max_streams_per_connection` requests per hold and per connection.
+    pub busy_hold: Duration,
     /// Most request-body bytes one connection may have read and not yet answered; beyond it
     /// its streams wait (QUIC flow control then holds the peer back).
     pub max_buffered_per_connection: usize,
@@ -151,6 +157,7 @@ impl Default for Limits {
             pressure_handshake_timeout: Duration::from_secs(1),
             max_connections_per_scanner: 16,
             max_queued_per_scanner: 1024,
+            busy_hold: Duration::from_millis(100),
             max_buffered_per_connection: 1024 * 1024,
             memory_budget: 160 * 1024 * 1024,
         }
@@ -207,6 +214,9 @@ impl Limits {
         }
         if self.max_queued_per_scanner == 0 {
             return Err(("max_queued_per_scanner", "must be at least 1".into()));
+        }
+        if self.busy_hold > Duration::from_secs(1) {
+            return Err(("busy_hold_ms", "must be at most 1000".into()));
         }
         if self.max_buffered_per_connection < self.max_frame_body
             || self.max_buffered_per_connection > u32::MAX as usize
