@@ -13,6 +13,7 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use gatehouse_engine::client::ClientOptions;
 use gatehouse_engine::dev::pki::DevPki;
+use gatehouse_engine::dev::progress::ProgressMode;
 use gatehouse_loadtest::budget::BudgetResult;
 use gatehouse_loadtest::closed::{self, ClosedOptions};
 use gatehouse_loadtest::fleet::default_cache_dir;
@@ -303,7 +304,19 @@ fn fleet_spec(f: &FleetArgs) -> FleetSpec {
     }
 }
 
-async fn load_fleet(f: &FleetArgs) -> Result<(Fleet, PopulationInfo)> {
+/// Progress on stderr: none with --quiet; plain lines beside --json (whose reader is a
+/// program); otherwise a bar on a terminal and plain lines elsewhere.
+fn progress_mode(quiet: bool, json: bool) -> ProgressMode {
+    if quiet {
+        ProgressMode::Off
+    } else if json {
+        ProgressMode::Lines
+    } else {
+        ProgressMode::Auto
+    }
+}
+
+async fn load_fleet(f: &FleetArgs, progress: ProgressMode) -> Result<(Fleet, PopulationInfo)> {
     let spec = fleet_spec(f);
     let (dir, age, quiet) = (
         f.cache_dir.clone(),
@@ -314,7 +327,7 @@ async fn load_fleet(f: &FleetArgs) -> Result<(Fleet, PopulationInfo)> {
         eprintln!("population: {} holders, seed {}", spec.holders, spec.seed);
     }
     let (fleet, origin, secs) = tokio::task::spawn_blocking(move || {
-        Fleet::load_or_generate(&dir, spec, now_unix(), age, !quiet)
+        Fleet::load_or_generate(&dir, spec, now_unix(), age, progress)
     })
     .await??;
     let info = PopulationInfo::new(&fleet, origin, secs);
@@ -407,7 +420,7 @@ async fn connect(common: &Common, fleet: Fleet, replay_capacity: usize) -> Resul
             request_timeout: options.request_timeout,
             utc_offset_secs: common.utc_offset_secs,
             salt: 0,
-            progress: !common.fleet.quiet,
+            progress: progress_mode(common.fleet.quiet, common.json),
         },
         mix: Mix::default(),
         max_requests: common.max_requests,
@@ -518,7 +531,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             export,
             dev_pki,
         } => {
-            let (f, info) = load_fleet(&fleet).await?;
+            let (f, info) = load_fleet(&fleet, progress_mode(fleet.quiet, false)).await?;
             println!(
                 "{} holders ({} valid, {} revoked, {} expired; {} revocation entries), {} in {:.1} s, cached under {}",
                 info.holders,
@@ -580,7 +593,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .clone()
                 .unwrap_or_else(|| default_budget("default.toml"));
             let budget = Budget::load(&budget_file)?;
-            let (fleet, info) = load_fleet(&common.fleet).await?;
+            let (fleet, info) = load_fleet(
+                &common.fleet,
+                progress_mode(common.fleet.quiet, common.json),
+            )
+            .await?;
             let h = connect(&common, fleet, replay_capacity_for(plan.peak_rps)).await?;
             if !common.fleet.quiet {
                 eprintln!(
@@ -635,7 +652,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 opts.max_rps * opts.step_secs <= common.max_requests as f64,
                 "--max-rps × --step-secs exceeds --max-requests"
             );
-            let (fleet, info) = load_fleet(&common.fleet).await?;
+            let (fleet, info) = load_fleet(
+                &common.fleet,
+                progress_mode(common.fleet.quiet, common.json),
+            )
+            .await?;
             let h = connect(&common, fleet, replay_capacity_for(max_rps)).await?;
             if !common.fleet.quiet {
                 eprintln!("sweep: {}", m.explain());
@@ -683,7 +704,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .clone()
                 .unwrap_or_else(|| default_budget("default.toml"));
             let budget = Budget::load(&budget_file)?;
-            let (fleet, info) = load_fleet(&common.fleet).await?;
+            let (fleet, info) = load_fleet(
+                &common.fleet,
+                progress_mode(common.fleet.quiet, common.json),
+            )
+            .await?;
             let peak = model.run_peak(&m).max(users as f64 / mean_think.max(0.001));
             let h = connect(&common, fleet, replay_capacity_for(peak * 2.0)).await?;
             let addr: SocketAddr = h.target.address.parse()?;
