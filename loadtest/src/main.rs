@@ -140,6 +140,14 @@ enum Command {
         #[arg(long)]
         bin: Option<PathBuf>,
     },
+    /// Render a JSON report (from `--report`) as the offline HTML report.
+    Html {
+        /// The JSON report.
+        report: PathBuf,
+        /// Where to write the HTML page.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Compare two JSON reports (the second against the first). Refused when their plans
     /// differ (mode, population, plan shape or rate, sweep step), since the figures then
     /// describe the plans rather than the engine.
@@ -235,6 +243,10 @@ struct Common {
     /// Write the JSON summary here.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Write the offline HTML report here: one self-contained page with inline SVG charts
+    /// (latency over time, per phase, per sweep step with the knee; verdicts; the budget).
+    #[arg(long)]
+    html: Option<PathBuf>,
     /// Compare with this earlier JSON summary.
     #[arg(long)]
     baseline: Option<PathBuf>,
@@ -480,6 +492,15 @@ fn finish(
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    if let Some(path) = &common.html {
+        write_html(&report, path)?;
+        if !common.fleet.quiet {
+            eprintln!(
+                "gatehouse-loadtest: HTML report written to {}",
+                path.display()
+            );
+        }
+    }
     if common.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -494,6 +515,18 @@ fn finish(
         Ok(ExitCode::from(EXIT_MISSED))
     }
 }
+
+fn write_html(report: &Report, path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let page = gatehouse_loadtest::html::render(report)?;
+    std::fs::write(path, page).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The largest JSON report `html` reads: a report is kilobytes (a long rush's timeline a few
+/// megabytes), so anything larger is not one.
+const MAX_REPORT_BYTES: u64 = 64 << 20;
 
 fn base_report(mode: &str, h: &Harness, population: PopulationInfo, model: ModelInfo) -> Report {
     Report {
@@ -786,6 +819,29 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::from(EXIT_MISSED)
             })
+        }
+        Command::Html { report, out } => {
+            let len = std::fs::metadata(&report)
+                .with_context(|| format!("reading {}", report.display()))?
+                .len();
+            ensure!(
+                len <= MAX_REPORT_BYTES,
+                "{} is {len} bytes: larger than any report ({MAX_REPORT_BYTES} bytes at most)",
+                report.display()
+            );
+            let parsed: Report = serde_json::from_str(
+                &std::fs::read_to_string(&report)
+                    .with_context(|| format!("reading {}", report.display()))?,
+            )
+            .with_context(|| {
+                format!(
+                    "{} is not a gatehouse-loadtest JSON report",
+                    report.display()
+                )
+            })?;
+            write_html(&parsed, &out)?;
+            println!("wrote {}", out.display());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Compare {
             baseline,

@@ -490,6 +490,7 @@ pub async fn run(
                     answered: 0,
                     errors: 0,
                     mismatches: 0,
+                    p50_us: 0,
                     p99_us: 0,
                 },
                 histogram_with(2),
@@ -603,6 +604,7 @@ pub async fn run(
     stats.timeline = per_second
         .into_iter()
         .map(|(mut s, h)| {
+            s.p50_us = h.value_at_quantile(0.50);
             s.p99_us = h.value_at_quantile(0.99);
             s
         })
