@@ -580,7 +580,13 @@ pub async fn run(
             }
         }
     }
-    bar.set_position(received as u64);
+    // The bar keeps its last message: the whole run's counts, not the last second's.
+    bar.set_position_with(received as u64, || {
+        format!(
+            "answered {}  errors {}  mismatches {}",
+            stats.answered, stats.errors, stats.mismatches
+        )
+    });
     bar.finish();
     shared.abort.store(true, Ordering::Relaxed);
     let missing = (n - received) as u64;
