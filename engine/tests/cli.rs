@@ -453,3 +453,76 @@ fn json_logs_are_one_object_a_line() {
     assert!(text.contains("\"issuers\":1"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `gatehouse demo` with stderr to a pipe (as under CI or in a log): its progress is a few
+/// plain lines, with no carriage return and no escape sequence, and the summary still prints.
+#[test]
+fn demo_progress_on_a_pipe_is_plain_lines() {
+    let t0 = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args([
+            "demo",
+            "--holders",
+            "2000",
+            "--seconds",
+            "2",
+            "--rate",
+            "200",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run gatehouse demo");
+    assert!(
+        t0.elapsed() < Duration::from_secs(120),
+        "{:?}",
+        t0.elapsed()
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}{err}", stdout(&out));
+    assert!(
+        stdout(&out).contains("mismatches      0"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!err.contains('\r'), "a carriage return on a pipe: {err:?}");
+    assert!(
+        !err.contains('\u{1b}'),
+        "an escape sequence on a pipe: {err:?}"
+    );
+    for line in [
+        "  issuing credentials: 0/2000 holders",
+        "  issuing credentials: 50% (",
+        "  issuing credentials: done, 2000/2000 holders in ",
+        "  rush: done, ",
+    ] {
+        assert!(err.contains(line), "no {line:?} in:\n{err}");
+    }
+    for label in ["  issuing credentials: ", "  rush: "] {
+        let n = err.lines().filter(|l| l.starts_with(label)).count();
+        assert!((2..=11).contains(&n), "{n} lines of {label:?}:\n{err}");
+    }
+
+    // --json: the summary on stdout, and no progress at all.
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args([
+            "demo",
+            "--holders",
+            "2000",
+            "--seconds",
+            "1",
+            "--rate",
+            "100",
+            "--json",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run gatehouse demo --json");
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("issuing credentials") && !err.contains("rush: "),
+        "{err}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["mismatches"], 0);
+}

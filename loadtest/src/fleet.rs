@@ -22,14 +22,13 @@ use std::collections::HashSet;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use gatehouse_engine::dev::population::{
     issuer_key, standard_scanners, trust_list, Population, PopulationSpec, Status,
 };
+use gatehouse_engine::dev::progress::{Progress, ProgressMode};
 use gatehouse_engine::{ScannerRegistry, TrustList};
 use gatehouse_protocol::{Credential, RevocationKind, RevocationList, SignedCredential};
 use rayon::prelude::*;
@@ -120,36 +119,19 @@ impl std::fmt::Debug for Fleet {
 }
 
 impl Fleet {
-    /// Generates a fleet on every core, printing progress to stderr when `progress` is set.
-    pub fn generate(spec: FleetSpec, now: u64, progress: bool) -> Result<Fleet> {
+    /// Generates a fleet on every core, showing progress on stderr as `progress` says.
+    pub fn generate(spec: FleetSpec, now: u64, progress: ProgressMode) -> Result<Fleet> {
         ensure!(spec.holders >= 2, "a fleet needs at least 2 holders");
         ensure!(
             spec.holders <= 20_000_000,
             "at most 20,000,000 holders (the cache addresses holders with u32)"
         );
-        let done = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let reporter = progress.then(|| {
-            let (done, stop, total) = (done.clone(), stop.clone(), spec.holders as u64);
-            std::thread::spawn(move || {
-                let t0 = Instant::now();
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(500));
-                    let d = done.load(Ordering::Relaxed);
-                    let secs = t0.elapsed().as_secs_f64();
-                    let eta = if d > 0 {
-                        secs * (total - d.min(total)) as f64 / d as f64
-                    } else {
-                        0.0
-                    };
-                    eprint!(
-                        "\r  issuing credentials: {d}/{total} ({:.0}%)  {secs:.0} s, ETA {eta:.0} s   ",
-                        d as f64 * 100.0 / total as f64
-                    );
-                }
-                eprintln!();
-            })
-        });
+        let bar = Progress::new(
+            progress,
+            "issuing credentials",
+            spec.holders as u64,
+            "holders",
+        );
         let pop = Population::generate(
             &PopulationSpec {
                 holders: spec.holders,
@@ -158,14 +140,9 @@ impl Fleet {
                 revoked_per_mille: spec.revoked_per_mille,
                 expired_per_mille: spec.expired_per_mille,
             },
-            &|n| {
-                done.fetch_add(n as u64, Ordering::Relaxed);
-            },
+            &|n| bar.inc(n as u64),
         );
-        stop.store(true, Ordering::Relaxed);
-        if let Some(r) = reporter {
-            let _ = r.join();
-        }
+        bar.finish();
         let pop = pop.map_err(|e| anyhow::anyhow!("issuing credentials: {e}"))?;
         let mut issued = Vec::with_capacity(pop.holders.iter().map(|h| h.issued.len()).sum());
         let mut offsets = Vec::with_capacity(pop.holders.len() + 1);
@@ -378,7 +355,7 @@ impl Fleet {
         spec: FleetSpec,
         now: u64,
         max_age: Duration,
-        progress: bool,
+        progress: ProgressMode,
     ) -> Result<(Fleet, Origin, f64)> {
         let t0 = Instant::now();
         let path = Self::cache_path(dir, &spec);
@@ -388,7 +365,7 @@ impl Fleet {
                     return Ok((f, Origin::Cache, t0.elapsed().as_secs_f64()));
                 }
                 Ok(Some(f)) => {
-                    if progress {
+                    if progress.is_on() {
                         eprintln!(
                             "  cached population {} is {} h old (limit {} h): regenerating",
                             path.display(),
@@ -399,13 +376,13 @@ impl Fleet {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    if progress {
+                    if progress.is_on() {
                         eprintln!("  cached population unusable ({e:#}): regenerating");
                     }
                 }
             }
         }
-        if progress {
+        if progress.is_on() {
             eprintln!(
                 "  generating {} holders (seed {}) on {} threads …",
                 spec.holders,
@@ -416,7 +393,7 @@ impl Fleet {
         let fleet = Self::generate(spec, now, progress)?;
         let secs = t0.elapsed().as_secs_f64();
         fleet.save(&path)?;
-        if progress {
+        if progress.is_on() {
             eprintln!(
                 "  generated in {secs:.1} s, cached at {} ({} MB)",
                 path.display(),
@@ -525,7 +502,7 @@ mod tests {
             revoked_per_mille: 100,
             expired_per_mille: 50,
         };
-        let fleet = Fleet::generate(spec, 1_800_000_000, false).unwrap();
+        let fleet = Fleet::generate(spec, 1_800_000_000, ProgressMode::Off).unwrap();
         let dir = std::env::temp_dir().join(format!("gh-fleet-{}", std::process::id()));
         let path = Fleet::cache_path(&dir, &spec);
         fleet.save(&path).unwrap();

@@ -16,7 +16,9 @@
 //!   until the [`Budget`] breaks.
 //! - [`closed::run`]: the same traffic as goose scenarios (closed loop), with goose's test
 //!   plans, thresholds and HTML/JSON/Markdown reports.
-//! - [`Report`]: the JSON summary CI reads, with a comparison against a baseline.
+//! - [`Report`]: the JSON summary CI reads, with a comparison against a baseline;
+//!   [`html::render`] draws it as one self-contained HTML page (inline SVG charts, nothing
+//!   loaded from the network).
 //!
 //! It does not run on a network of its choosing: requests go to an engine it started on
 //! loopback, or to the address the operator names. Every run is bounded in time and in
@@ -28,6 +30,7 @@ mod cpu;
 pub mod expect;
 pub mod fleet;
 mod harness;
+pub mod html;
 pub mod model;
 pub mod openloop;
 pub mod report;

@@ -13,6 +13,7 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use gatehouse_engine::client::ClientOptions;
 use gatehouse_engine::dev::pki::DevPki;
+use gatehouse_engine::dev::progress::ProgressMode;
 use gatehouse_loadtest::budget::BudgetResult;
 use gatehouse_loadtest::closed::{self, ClosedOptions};
 use gatehouse_loadtest::fleet::default_cache_dir;
@@ -139,6 +140,14 @@ enum Command {
         #[arg(long)]
         bin: Option<PathBuf>,
     },
+    /// Render a JSON report (from `--report`) as the offline HTML report.
+    Html {
+        /// The JSON report.
+        report: PathBuf,
+        /// Where to write the HTML page.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Compare two JSON reports (the second against the first). Refused when their plans
     /// differ (mode, population, plan shape or rate, sweep step), since the figures then
     /// describe the plans rather than the engine.
@@ -234,6 +243,10 @@ struct Common {
     /// Write the JSON summary here.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Write the offline HTML report here: one self-contained page with inline SVG charts
+    /// (latency over time, per phase, per sweep step with the knee; verdicts; the budget).
+    #[arg(long)]
+    html: Option<PathBuf>,
     /// Compare with this earlier JSON summary.
     #[arg(long)]
     baseline: Option<PathBuf>,
@@ -303,7 +316,19 @@ fn fleet_spec(f: &FleetArgs) -> FleetSpec {
     }
 }
 
-async fn load_fleet(f: &FleetArgs) -> Result<(Fleet, PopulationInfo)> {
+/// Progress on stderr: none with --quiet; plain lines beside --json (whose reader is a
+/// program); otherwise a bar on a terminal and plain lines elsewhere.
+fn progress_mode(quiet: bool, json: bool) -> ProgressMode {
+    if quiet {
+        ProgressMode::Off
+    } else if json {
+        ProgressMode::Lines
+    } else {
+        ProgressMode::Auto
+    }
+}
+
+async fn load_fleet(f: &FleetArgs, progress: ProgressMode) -> Result<(Fleet, PopulationInfo)> {
     let spec = fleet_spec(f);
     let (dir, age, quiet) = (
         f.cache_dir.clone(),
@@ -314,7 +339,7 @@ async fn load_fleet(f: &FleetArgs) -> Result<(Fleet, PopulationInfo)> {
         eprintln!("population: {} holders, seed {}", spec.holders, spec.seed);
     }
     let (fleet, origin, secs) = tokio::task::spawn_blocking(move || {
-        Fleet::load_or_generate(&dir, spec, now_unix(), age, !quiet)
+        Fleet::load_or_generate(&dir, spec, now_unix(), age, progress)
     })
     .await??;
     let info = PopulationInfo::new(&fleet, origin, secs);
@@ -407,7 +432,7 @@ async fn connect(common: &Common, fleet: Fleet, replay_capacity: usize) -> Resul
             request_timeout: options.request_timeout,
             utc_offset_secs: common.utc_offset_secs,
             salt: 0,
-            progress: !common.fleet.quiet,
+            progress: progress_mode(common.fleet.quiet, common.json),
         },
         mix: Mix::default(),
         max_requests: common.max_requests,
@@ -467,6 +492,15 @@ fn finish(
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    if let Some(path) = &common.html {
+        write_html(&report, path)?;
+        if !common.fleet.quiet {
+            eprintln!(
+                "gatehouse-loadtest: HTML report written to {}",
+                path.display()
+            );
+        }
+    }
     if common.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -481,6 +515,18 @@ fn finish(
         Ok(ExitCode::from(EXIT_MISSED))
     }
 }
+
+fn write_html(report: &Report, path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let page = gatehouse_loadtest::html::render(report)?;
+    std::fs::write(path, page).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The largest JSON report `html` reads: a report is kilobytes (a long rush's timeline a few
+/// megabytes), so anything larger is not one.
+const MAX_REPORT_BYTES: u64 = 64 << 20;
 
 fn base_report(mode: &str, h: &Harness, population: PopulationInfo, model: ModelInfo) -> Report {
     Report {
@@ -518,7 +564,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             export,
             dev_pki,
         } => {
-            let (f, info) = load_fleet(&fleet).await?;
+            let (f, info) = load_fleet(&fleet, progress_mode(fleet.quiet, false)).await?;
             println!(
                 "{} holders ({} valid, {} revoked, {} expired; {} revocation entries), {} in {:.1} s, cached under {}",
                 info.holders,
@@ -580,7 +626,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .clone()
                 .unwrap_or_else(|| default_budget("default.toml"));
             let budget = Budget::load(&budget_file)?;
-            let (fleet, info) = load_fleet(&common.fleet).await?;
+            let (fleet, info) = load_fleet(
+                &common.fleet,
+                progress_mode(common.fleet.quiet, common.json),
+            )
+            .await?;
             let h = connect(&common, fleet, replay_capacity_for(plan.peak_rps)).await?;
             if !common.fleet.quiet {
                 eprintln!(
@@ -635,7 +685,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 opts.max_rps * opts.step_secs <= common.max_requests as f64,
                 "--max-rps × --step-secs exceeds --max-requests"
             );
-            let (fleet, info) = load_fleet(&common.fleet).await?;
+            let (fleet, info) = load_fleet(
+                &common.fleet,
+                progress_mode(common.fleet.quiet, common.json),
+            )
+            .await?;
             let h = connect(&common, fleet, replay_capacity_for(max_rps)).await?;
             if !common.fleet.quiet {
                 eprintln!("sweep: {}", m.explain());
@@ -683,7 +737,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .clone()
                 .unwrap_or_else(|| default_budget("default.toml"));
             let budget = Budget::load(&budget_file)?;
-            let (fleet, info) = load_fleet(&common.fleet).await?;
+            let (fleet, info) = load_fleet(
+                &common.fleet,
+                progress_mode(common.fleet.quiet, common.json),
+            )
+            .await?;
             let peak = model.run_peak(&m).max(users as f64 / mean_think.max(0.001));
             let h = connect(&common, fleet, replay_capacity_for(peak * 2.0)).await?;
             let addr: SocketAddr = h.target.address.parse()?;
@@ -761,6 +819,29 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::from(EXIT_MISSED)
             })
+        }
+        Command::Html { report, out } => {
+            let len = std::fs::metadata(&report)
+                .with_context(|| format!("reading {}", report.display()))?
+                .len();
+            ensure!(
+                len <= MAX_REPORT_BYTES,
+                "{} is {len} bytes: larger than any report ({MAX_REPORT_BYTES} bytes at most)",
+                report.display()
+            );
+            let parsed: Report = serde_json::from_str(
+                &std::fs::read_to_string(&report)
+                    .with_context(|| format!("reading {}", report.display()))?,
+            )
+            .with_context(|| {
+                format!(
+                    "{} is not a gatehouse-loadtest JSON report",
+                    report.display()
+                )
+            })?;
+            write_html(&parsed, &out)?;
+            println!("wrote {}", out.display());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Compare {
             baseline,

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use gatehouse_engine::dev::population::{derive_id, derive_key};
+use gatehouse_engine::dev::progress::{Progress, ProgressMode};
 use gatehouse_protocol::{Presentation, PrivateKey, Reason};
 use hdrhistogram::Histogram;
 
@@ -44,8 +45,8 @@ pub struct OpenLoopOptions {
     pub utc_offset_secs: i32,
     /// Mixed into every nonce, so runs against the same engine never repeat a token.
     pub salt: u64,
-    /// Print progress to stderr each second.
-    pub progress: bool,
+    /// Progress on stderr, updated each second: a bar on a terminal, else a line per tenth.
+    pub progress: ProgressMode,
 }
 
 /// The longest signing lead.
@@ -489,6 +490,7 @@ pub async fn run(
                     answered: 0,
                     errors: 0,
                     mismatches: 0,
+                    p50_us: 0,
                     p99_us: 0,
                 },
                 histogram_with(2),
@@ -503,6 +505,7 @@ pub async fn run(
     let deadline =
         start + Duration::from_secs_f64(plan.duration()) + timeout * 2 + Duration::from_secs(15);
     let mut received = 0usize;
+    let bar = Progress::new(progress, "run", n as u64, "requests");
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     let mut last_answered = 0u64;
     let mut last_p99 = histogram();
@@ -558,18 +561,17 @@ pub async fn run(
                 }
             }
             _ = ticker.tick() => {
-                if progress {
-                    let t = start.elapsed().as_secs_f64();
-                    eprintln!(
-                        "  t={t:6.1}s  rate {:7.0}/s  answered {:8} (+{:6})  p99(1s) {:7.2} ms  errors {}  mismatches {}",
-                        plan.rate_at(t),
-                        stats.answered,
-                        stats.answered - last_answered,
-                        last_p99.value_at_quantile(0.99) as f64 / 1e3,
-                        stats.errors,
-                        stats.mismatches
-                    );
-                }
+                let t = start.elapsed().as_secs_f64();
+                bar.set_position_with(received as u64, || format!(
+                    "{} t={t:.0}s  rate {:.0}/s  answered {} (+{})  p99(1s) {:.2} ms  errors {}  mismatches {}",
+                    plan.phase_at(t).label(),
+                    plan.rate_at(t),
+                    stats.answered,
+                    stats.answered - last_answered,
+                    last_p99.value_at_quantile(0.99) as f64 / 1e3,
+                    stats.errors,
+                    stats.mismatches
+                ));
                 last_answered = stats.answered;
                 last_p99.reset();
             }
@@ -578,6 +580,14 @@ pub async fn run(
             }
         }
     }
+    // The bar keeps its last message: the whole run's counts, not the last second's.
+    bar.set_position_with(received as u64, || {
+        format!(
+            "answered {}  errors {}  mismatches {}",
+            stats.answered, stats.errors, stats.mismatches
+        )
+    });
+    bar.finish();
     shared.abort.store(true, Ordering::Relaxed);
     let missing = (n - received) as u64;
     if missing > 0 {
@@ -600,6 +610,7 @@ pub async fn run(
     stats.timeline = per_second
         .into_iter()
         .map(|(mut s, h)| {
+            s.p50_us = h.value_at_quantile(0.50);
             s.p99_us = h.value_at_quantile(0.99);
             s
         })

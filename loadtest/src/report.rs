@@ -45,6 +45,10 @@ pub struct Second {
     pub errors: u64,
     /// Of those, mismatches.
     pub mismatches: u64,
+    /// Median latency of those answered, µs (two significant digits; 0 in reports written
+    /// before it was recorded).
+    #[serde(default)]
+    pub p50_us: u64,
     /// 99th percentile latency of those answered, µs (two significant digits).
     pub p99_us: u64,
 }

@@ -7,7 +7,7 @@
 //! verdict is compared with the one the population implies; a mismatch fails the run.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ use gatehouse_engine::dev::population::{
     derive_id, derive_key, effective_revoked, expected, repeated, Population, PopulationSpec,
     Presented,
 };
+use gatehouse_engine::dev::progress::{Progress, ProgressMode};
 use gatehouse_engine::Role;
 
 /// Knobs of the demo.
@@ -328,7 +329,6 @@ pub async fn rush(
 ) -> Result<DemoReport> {
     let planned = Arc::new(planned);
     let total = planned.len();
-    let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now() + Duration::from_millis(50);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Result<Reason>, Duration)>();
     let answered: Arc<Vec<tokio::sync::Notify>> =
@@ -339,35 +339,21 @@ pub async fn rush(
             .collect(),
     );
 
-    let progress = if opts.progress {
-        let done = done.clone();
-        Some(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let d = done.load(Ordering::Relaxed) as usize;
-                let pct = d * 100 / total.max(1);
-                let bar: String = (0..40)
-                    .map(|i| if i * 100 / 40 < pct { '#' } else { '.' })
-                    .collect();
-                eprint!("\r  [{bar}] {pct:3}%  {d}/{total} requests");
-                if d >= total {
-                    eprintln!();
-                    break;
-                }
-            }
-        }))
-    } else {
-        None
-    };
+    let progress = Arc::new(Progress::new(
+        ProgressMode::enabled(opts.progress),
+        "rush",
+        total as u64,
+        "requests",
+    ));
 
     for i in 0..total {
         let p = &planned[i];
         tokio::time::sleep_until((start + p.at).into()).await;
-        let (transport, planned, tx, done, answered, flags) = (
+        let (transport, planned, tx, progress, answered, flags) = (
             transport.clone(),
             planned.clone(),
             tx.clone(),
-            done.clone(),
+            progress.clone(),
             answered.clone(),
             flags.clone(),
         );
@@ -393,7 +379,7 @@ pub async fn rush(
             let latency = intended.elapsed();
             flags[i].store(true, Ordering::Release);
             answered[i].notify_waiters();
-            done.fetch_add(1, Ordering::Relaxed);
+            progress.inc(1);
             let _ = tx.send((i, r, latency));
         });
     }
@@ -429,10 +415,7 @@ pub async fn rush(
         }
     }
     let elapsed = start.elapsed().as_secs_f64().max(opts.seconds);
-    if let Some(p) = progress {
-        p.abort();
-        eprintln!();
-    }
+    progress.finish();
     Ok(DemoReport {
         requests,
         throughput_rps: requests as f64 / elapsed,
@@ -455,9 +438,12 @@ pub async fn rush(
 
 /// Generates the demo's population.
 pub fn population(opts: &DemoOptions, now: u64) -> Result<Population> {
-    let counter = AtomicU64::new(0);
-    let total = opts.holders as u64;
-    let show = opts.progress;
+    let progress = Progress::new(
+        ProgressMode::enabled(opts.progress),
+        "issuing credentials",
+        opts.holders as u64,
+        "holders",
+    );
     let pop = Population::generate(
         &PopulationSpec {
             holders: opts.holders,
@@ -466,17 +452,10 @@ pub fn population(opts: &DemoOptions, now: u64) -> Result<Population> {
             revoked_per_mille: 30,
             expired_per_mille: 20,
         },
-        &|n| {
-            let c = counter.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
-            if show && (c % 10_000 == 0 || c == total) {
-                eprint!("\r  issuing credentials: {c}/{total}");
-            }
-        },
+        &|n| progress.inc(n as u64),
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
-    if show {
-        eprintln!();
-    }
+    progress.finish();
     Ok(pop)
 }
 

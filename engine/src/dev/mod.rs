@@ -3,4 +3,5 @@
 
 pub mod pki;
 pub mod population;
+pub mod progress;
 pub mod redis;
