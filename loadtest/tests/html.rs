@@ -11,28 +11,15 @@
 //! Needs the `gatehouse` binary as `tests/rush.rs` does.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-fn harness() -> &'static str {
-    env!("CARGO_BIN_EXE_gatehouse-loadtest")
-}
-
-fn gatehouse() -> PathBuf {
-    if let Some(p) = std::env::var_os("GATEHOUSE_BIN") {
-        return PathBuf::from(p);
-    }
-    let beside = Path::new(harness()).with_file_name("gatehouse");
-    assert!(
-        beside.is_file(),
-        "no gatehouse binary at {}: run `cargo build -p gatehouse-engine --bin gatehouse` (same profile) or set GATEHOUSE_BIN",
-        beside.display()
-    );
-    beside
-}
+use support::{gatehouse, harness};
 
 fn work_dir() -> PathBuf {
     let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("html-{}", std::process::id()));

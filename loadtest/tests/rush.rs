@@ -12,30 +12,17 @@
 //! `loadtest/cache/` (about 12 s to generate the first time, in a debug build).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use support::{gatehouse, harness};
+
 /// The runs share two cores: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn harness() -> &'static str {
-    env!("CARGO_BIN_EXE_gatehouse-loadtest")
-}
-
-fn gatehouse() -> PathBuf {
-    if let Some(p) = std::env::var_os("GATEHOUSE_BIN") {
-        return PathBuf::from(p);
-    }
-    let beside = Path::new(harness()).with_file_name("gatehouse");
-    assert!(
-        beside.is_file(),
-        "no gatehouse binary at {}: run `cargo build -p gatehouse-engine --bin gatehouse` (same profile) or set GATEHOUSE_BIN",
-        beside.display()
-    );
-    beside
-}
 
 fn budget(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
