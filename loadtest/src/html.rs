@@ -548,6 +548,20 @@ fn draw_err<E: std::error::Error>(e: E) -> anyhow::Error {
     anyhow!("drawing a chart: {e}")
 }
 
+/// The series legend, the same on every chart: upper left, on a light panel.
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font((FONT, 13))
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(180, 180, 180))
+        .draw()
+        .map_err(draw_err)
+}
+
 /// The upper end of a value axis: a little above the largest value, never empty.
 fn top(max: f64) -> f64 {
     if max.is_finite() && max > 0.0 {
@@ -633,14 +647,7 @@ fn line_chart(
                 )))
                 .map_err(draw_err)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .label_font((FONT, 13))
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(180, 180, 180))
-            .draw()
-            .map_err(draw_err)?;
+        legend(&mut chart)?;
         root.present().map_err(draw_err)?;
     }
     Ok(inline(svg))
@@ -699,14 +706,7 @@ fn percentile_bars(title: &str, groups: &[(String, Latency)]) -> Result<String> 
             ))
             .map_err(draw_err)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .label_font((FONT, 13))
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(180, 180, 180))
-            .draw()
-            .map_err(draw_err)?;
+        legend(&mut chart)?;
         root.present().map_err(draw_err)?;
     }
     Ok(inline(svg))
