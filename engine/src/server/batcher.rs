@@ -92,7 +92,7 @@ impl Shares {
 }
 
 /// The most tokens of one request in one job: larger requests are queued in pieces.
-const PIECE: usize = 16;
+const PIECE: usize = 8;
 
 impl Permit {
     /// `n` of this permit's tokens as a permit of their own (released on its own).
@@ -296,10 +296,11 @@ fn collect(
 ) {
     // While the verification pool has an idle thread, a batch goes at once with whatever is
     // already queued: at low load a token waits for nobody. When every thread is busy, work
-    // waits here, not in the pool's queue: at most one batch per thread is handed over, so a
-    // token that arrives waits for no batch queued in the pool, only for those verifying, and
-    // the order of everything else is still ours to choose. (Requests are queued in pieces of
-    // at most `PIECE` tokens, so those batches are small.) Waiting requests
+    // waits here, not in the pool's queue: at most one batch more than there are threads is
+    // handed over (so a thread that finishes finds its next batch at once), and the order of
+    // everything else is still ours to choose. Batches are small (max_batch, default 8, of
+    // requests queued in pieces of at most `PIECE` tokens), so a token that arrives waits for
+    // little work ahead of it. Waiting requests
     // are taken scanner by scanner (deficit round robin, [`Fair`]), so a scanner with a deep
     // backlog delays another's token by one turn, not by its backlog.
     let threads = match engine.config().threads {
@@ -334,19 +335,18 @@ fn collect(
         }
         // A free verification thread (or one about to be): until then, keep collecting. The
         // pool gives no wake-up, so the wait polls the channel at a fine grain.
-        while !disconnected && in_flight.load(Ordering::Acquire) >= threads {
+        while !disconnected && in_flight.load(Ordering::Acquire) > threads {
             match rx.recv_timeout(POOL_POLL) {
                 Ok(job) => push(&mut waiting, job),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => disconnected = true,
             }
         }
-        // Every thread but this last one busy: hold the batch open for up to max_wait or
-        // max_batch tokens, so work accumulates into larger batches exactly when batching pays.
-        // (From now, not from the oldest request: those may have waited for a thread already,
-        // and holding them longer would not help. With one thread, it is always the last: a
-        // token at low load would wait for nothing, so it goes at once.)
-        if threads > 1 && in_flight.load(Ordering::Acquire) + 1 >= threads {
+        // Every thread busy and one batch may still go ahead: hold it open for up to max_wait
+        // (from its oldest request) or max_batch tokens, so work accumulates into larger
+        // batches exactly when batching pays. (From now, not from the oldest request: those may
+        // have waited for a thread already, and holding them longer would not help.)
+        if in_flight.load(Ordering::Acquire) >= threads {
             let deadline = Instant::now() + config.max_wait;
             while !disconnected && waiting.weight() < config.max_batch {
                 let Some(left) = deadline.checked_duration_since(Instant::now()) else {

@@ -102,7 +102,9 @@ store = "memory"
 
 [batching]
 # A batch goes to the verification pool at max_batch tokens or max_wait_us after its first.
-max_batch = 64
+# Small batches keep a token's wait short when another scanner has a backlog (signatures are
+# checked one by one, so larger batches gain little).
+max_batch = 8
 max_wait_us = 200
 # Tokens admitted and not yet answered; beyond it scanners get "busy" at once.
 queue = 4096
@@ -876,7 +878,7 @@ mod tests {
         let d = EngineConfig::default();
         assert_eq!(e.params, d.params);
         assert_eq!(e.replay_capacity, d.replay_capacity);
-        assert_eq!(c.batching.to_batching().max_batch, 64);
+        assert_eq!(c.batching.to_batching().max_batch, 8);
         assert_eq!(
             c.batching.to_batching().max_wait,
             Duration::from_micros(200)

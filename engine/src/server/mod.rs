@@ -239,8 +239,8 @@ impl Limits {
 /// Micro-batching and admission.
 #[derive(Debug, Clone, Copy)]
 pub struct Batching {
-    /// A batch closes when it holds this many tokens (a batch request larger than this goes
-    /// whole, in one batch).
+    /// A batch closes when it holds this many tokens (a request larger than this is queued in
+    /// pieces of at most 8 tokens, and a batch may exceed it by less than one piece).
     pub max_batch: usize,
     /// … or this long after its first token arrived, whichever comes first.
     pub max_wait: Duration,
@@ -252,7 +252,7 @@ pub struct Batching {
 impl Default for Batching {
     fn default() -> Self {
         Batching {
-            max_batch: 64,
+            max_batch: 8,
             max_wait: Duration::from_micros(200),
             queue: 4096,
         }
