@@ -14,11 +14,14 @@
 //! Every wait is bounded by a deadline, every loop by a count; every server is stopped.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "support/tokens.rs"]
+mod tokens;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use gatehouse_engine::client::{ClientIdentity, ScannerClient};
 use gatehouse_engine::dev::pki::DevPki;
@@ -42,24 +45,11 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
+use tokens::{nonce, now};
+
 const LONG: Duration = Duration::from_secs(20);
 /// The feed interval of these tests' nodes.
 const INTERVAL: Duration = Duration::from_millis(500);
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn nonce() -> [u8; 16] {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    let mut n = [0u8; 16];
-    n[..8].copy_from_slice(&NEXT.fetch_add(1, Ordering::Relaxed).to_be_bytes());
-    n[8..].copy_from_slice(b"feedtest");
-    n
-}
 
 /// The feed as a publisher keeps it, served over HTTP on loopback by the test itself.
 #[derive(Clone)]

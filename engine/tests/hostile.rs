@@ -16,10 +16,13 @@
 //! traffic goes to loopback only.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "support/tokens.rs"]
+mod tokens;
+
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use gatehouse_engine::client::{ClientIdentity, ScannerClient};
 use gatehouse_engine::dev::pki::DevPki;
@@ -33,23 +36,10 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
+use tokens::{nonce, now};
+
 const IDS: &[&str] = &["gate-a", "flood-1"];
 const LONG: Duration = Duration::from_secs(20);
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn nonce() -> [u8; 16] {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    let mut n = [0u8; 16];
-    n[..8].copy_from_slice(&NEXT.fetch_add(1, Ordering::Relaxed).to_be_bytes());
-    n[8..].copy_from_slice(b"hostile!");
-    n
-}
 
 struct World {
     pki: DevPki,

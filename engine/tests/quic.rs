@@ -15,11 +15,13 @@
 //! Every wait is bounded by `tokio::time::timeout`, every loop by a count.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "support/tokens.rs"]
+mod tokens;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use gatehouse_engine::client::{ClientError, ClientIdentity, ScannerClient};
 use gatehouse_engine::dev::pki::DevPki;
@@ -40,26 +42,12 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
+use tokens::{nonce, now};
+
 /// Scanner ids with client certificates: `rogue` is never registered, `temp` is removed by a
 /// reload in one test.
 const IDS: &[&str] = &["gate-a", "gate-b", "partner-1", "age-1", "rogue", "temp"];
 const LONG: Duration = Duration::from_secs(20);
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// A fresh nonce for every token of the process.
-fn nonce() -> [u8; 16] {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    let mut n = [0u8; 16];
-    n[..8].copy_from_slice(&NEXT.fetch_add(1, Ordering::Relaxed).to_be_bytes());
-    n[8..].copy_from_slice(b"quictest");
-    n
-}
 
 struct World {
     pki: DevPki,
