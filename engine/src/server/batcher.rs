@@ -99,13 +99,18 @@ impl Permit {
     fn split(&mut self, n: usize) -> Permit {
         let n = n.min(self.tokens);
         self.tokens -= n;
+        // The last piece takes the share itself: the emptied permit then releases nothing.
+        let share = if self.tokens == 0 {
+            self.share.take()
+        } else {
+            self.share
+                .as_ref()
+                .map(|(s, scanner)| (Arc::clone(s), Arc::clone(scanner)))
+        };
         Permit {
             tokens: n,
             metrics: Arc::clone(&self.metrics),
-            share: self
-                .share
-                .as_ref()
-                .map(|(s, scanner)| (Arc::clone(s), Arc::clone(scanner))),
+            share,
         }
     }
 }
