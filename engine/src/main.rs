@@ -364,6 +364,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             };
             init_logging(parsed.log.format, &parsed.log.level);
+            for warning in parsed.warnings() {
+                tracing::warn!("{warning}");
+            }
             let parts = match parsed.into_parts() {
                 Ok(p) => p,
                 Err(e) => {

@@ -939,10 +939,9 @@ async fn garbage_on_one_connection_does_not_disturb_another() {
 async fn a_full_queue_answers_busy_at_once() {
     let world = World::new();
     let mut config = world.server_config();
-    // Four tokens admitted at a time, and a batch that waits 50 ms for company.
+    // Four tokens admitted at a time.
     config.batching = Batching {
         max_batch: 4096,
-        max_wait: Duration::from_millis(50),
         queue: 4,
     };
     let server = start(world.engine(|_| {}), config).await;

@@ -298,13 +298,32 @@ impl Engine {
         self.complete(prepared, &outcomes, items)
     }
 
+    /// [`Engine::verify_batch`] with every check on the calling thread, one after another: for
+    /// a shell that runs one batch per verification thread itself (a thread waiting for its
+    /// batch's parallel parts could otherwise be handed another batch meanwhile).
+    pub fn verify_batch_serial(&self, items: &[Item], now: u64) -> Vec<Verdict> {
+        let prepared = self.prepare_serial(items, now);
+        let outcomes = self.replay.mark_all(prepared.marks(), now);
+        self.complete(prepared, &outcomes, items)
+    }
+
     /// Everything up to one-time use, for a store of the caller's ([`Prepared::marks`] says
     /// what to mark; [`Engine::complete`] takes the answers). The signature checks of a batch
     /// of more than one run in parallel on the verification pool: call it from a plain thread.
     pub fn prepare(&self, items: &[Item], now: u64) -> Prepared {
+        self.prepare_with(items, now, true)
+    }
+
+    /// [`Engine::prepare`] with every check on the calling thread (see
+    /// [`Engine::verify_batch_serial`]).
+    pub fn prepare_serial(&self, items: &[Item], now: u64) -> Prepared {
+        self.prepare_with(items, now, false)
+    }
+
+    fn prepare_with(&self, items: &[Item], now: u64, parallel: bool) -> Prepared {
         let trust = self.trust.load();
         let rev = self.revocations.load();
-        let checked: Vec<Result<Checked, Reason>> = if items.len() > 1 {
+        let checked: Vec<Result<Checked, Reason>> = if parallel && items.len() > 1 {
             self.pool.install(|| {
                 items
                     .par_iter()

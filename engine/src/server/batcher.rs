@@ -1,18 +1,19 @@
 //! The micro-batcher: tokens from every connection, through one bounded queue, to the engine in
 //! batches.
 //!
-//! It runs on a dedicated OS thread rather than a runtime task: tokio's timer wheel has a
-//! 1 ms resolution, so a 200 µs deadline could only be kept by spinning; a blocking
-//! `recv_timeout` on a thread keeps it for free. The thread only moves requests; the signature
-//! checks run on the engine's rayon pool ([`Engine::submit`]), and each request's verdicts go
-//! back to its stream through a oneshot channel.
+//! A dedicated OS thread moves requests from the queue's channel into a fair queue (deficit
+//! round robin over scanners, [`Fair`]) and starts a batch on every idle verification thread.
+//! A verification thread that finishes a batch takes the next one itself, so work waits in
+//! the fair queue, in an order that is still ours to choose, until a thread is actually free,
+//! and no thread idles while work waits. Each request's verdicts go back to its stream through
+//! a oneshot channel.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use gatehouse_protocol::{Reason, Verdict};
 use tokio::sync::oneshot;
@@ -189,14 +190,14 @@ impl Queue {
         self
     }
 
-    /// Queues one request's tokens (each with its challenge); the verdicts, in order, arrive on
-    /// the returned channel. Never blocks.
     /// Whether scanner `id` is at its share: a largest batch more would be refused `busy`.
     pub fn saturated(&self, id: &str) -> bool {
         let held = self.shares.held(id);
         held > 0 && held.saturating_add(gatehouse_protocol::MAX_BATCH) > self.per_scanner
     }
 
+    /// Queues one request's tokens (each with its challenge); the verdicts, in order, arrive
+    /// through the returned receipt. Never blocks.
     pub fn submit(
         &self,
         scanner: Arc<Scanner>,
@@ -253,24 +254,47 @@ impl Queue {
     }
 }
 
-/// Starts the batcher thread. It ends when the last [`Queue`] is dropped, after handing over
-/// what it holds.
+/// Starts the batcher thread. It ends when the last [`Queue`] is dropped; what it had handed
+/// over is still verified and answered.
 pub(crate) fn spawn(
     engine: Arc<Engine>,
     config: Batching,
     metrics: Arc<Metrics>,
     store: Store,
 ) -> std::io::Result<(Queue, JoinHandle<()>)> {
-    let shell = Shell {
+    start(engine, config, metrics, store).map(|(queue, thread, _)| (queue, thread))
+}
+
+fn start(
+    engine: Arc<Engine>,
+    config: Batching,
+    metrics: Arc<Metrics>,
+    store: Store,
+) -> std::io::Result<(Queue, JoinHandle<()>, Arc<Pool>)> {
+    let threads = match engine.config().threads {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        n => n,
+    };
+    let pool = Arc::new(Pool {
+        waiting: parking_lot::Mutex::new(Waiting {
+            fair: Fair::new(config.max_batch),
+            busy: 0,
+        }),
+        threads,
+        max_batch: config.max_batch,
+        engine,
         store,
         runtime: tokio::runtime::Handle::current(),
-    };
+        metrics: Arc::clone(&metrics),
+    });
     // Jobs never outnumber admitted tokens, so the channel fills only if admission is wrong.
     let (tx, rx) = mpsc::sync_channel(config.queue.max(1));
-    let m = Arc::clone(&metrics);
+    let shared = Arc::clone(&pool);
     let thread = std::thread::Builder::new()
         .name("gatehouse-batcher".into())
-        .spawn(move || collect(rx, &engine, &shell, config, &m))?;
+        .spawn(move || collect(&rx, &shared))?;
     Ok((
         Queue {
             tx,
@@ -280,94 +304,46 @@ pub(crate) fn spawn(
             per_scanner: usize::MAX,
         },
         thread,
+        pool,
     ))
 }
 
-/// Batches in the engine's hands and not yet answered.
-type InFlight = Arc<std::sync::atomic::AtomicUsize>;
-
-/// Where a batch's marks go, and the runtime that performs those that are IO.
-struct Shell {
-    store: Store,
-    runtime: tokio::runtime::Handle,
+/// Requests waiting for a verification thread, and how many threads are on a batch.
+struct Waiting {
+    fair: Fair<Job>,
+    busy: usize,
 }
 
-fn collect(
-    rx: Receiver<Job>,
-    engine: &Arc<Engine>,
-    shell: &Shell,
-    config: Batching,
-    metrics: &Arc<Metrics>,
-) {
-    // While the verification pool has an idle thread, a batch goes at once with whatever is
-    // already queued: at low load a token waits for nobody. When every thread is busy, work
-    // waits here, not in the pool's queue: at most one batch more than there are threads is
-    // handed over (so a thread that finishes finds its next batch at once), and the order of
-    // everything else is still ours to choose. Batches are small (max_batch, default 8, of
-    // requests queued in pieces of at most `PIECE` tokens), so a token that arrives waits for
-    // little work ahead of it. Waiting requests
-    // are taken scanner by scanner (deficit round robin, [`Fair`]), so a scanner with a deep
-    // backlog delays another's token by one turn, not by its backlog.
-    let threads = match engine.config().threads {
-        0 => std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
-        n => n,
-    };
-    let in_flight: InFlight = Arc::default();
-    let mut waiting: Fair<Job> = Fair::new(config.max_batch);
-    let mut disconnected = false;
-    loop {
-        if waiting.is_empty() {
-            if disconnected {
-                break;
-            }
-            match rx.recv() {
-                Ok(job) => push(&mut waiting, job),
-                Err(_) => break,
-            }
-        }
-        // Everything already sent joins the fair queue.
-        loop {
-            match rx.try_recv() {
-                Ok(job) => push(&mut waiting, job),
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    disconnected = true;
-                    break;
-                }
-            }
-        }
-        // A free verification thread (or one about to be): until then, keep collecting. The
-        // pool gives no wake-up, so the wait polls the channel at a fine grain.
-        while !disconnected && in_flight.load(Ordering::Acquire) > threads {
-            match rx.recv_timeout(POOL_POLL) {
-                Ok(job) => push(&mut waiting, job),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => disconnected = true,
-            }
-        }
-        // Every thread busy and one batch may still go ahead: hold it open for up to max_wait
-        // (from its oldest request) or max_batch tokens, so work accumulates into larger
-        // batches exactly when batching pays. (From now, not from the oldest request: those may
-        // have waited for a thread already, and holding them longer would not help.)
-        if in_flight.load(Ordering::Acquire) >= threads {
-            let deadline = Instant::now() + config.max_wait;
-            while !disconnected && waiting.weight() < config.max_batch {
-                let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                    break;
-                };
-                match rx.recv_timeout(left) {
-                    Ok(job) => push(&mut waiting, job),
-                    Err(RecvTimeoutError::Timeout) => break,
-                    Err(RecvTimeoutError::Disconnected) => disconnected = true,
-                }
-            }
-        }
+/// What the batcher thread and the verification threads share.
+///
+/// Work waits here, not in the pool's queue, so its order stays ours to choose until a thread
+/// is actually free: a thread that finishes a batch takes the next one itself, under the same
+/// lock the batcher uses to see whether a thread is idle. No thread idles while work waits, no
+/// batch is handed out before a thread can start it, and nothing polls.
+struct Pool {
+    waiting: parking_lot::Mutex<Waiting>,
+    threads: usize,
+    max_batch: usize,
+    engine: Arc<Engine>,
+    /// Where a batch's marks go, and the runtime that performs those that are IO.
+    store: Store,
+    runtime: tokio::runtime::Handle,
+    metrics: Arc<Metrics>,
+}
+
+/// Requests taken for one batch, and their tokens.
+type Batch = (Vec<Job>, usize);
+
+impl Pool {
+    /// The next batch, taken scanner by scanner (deficit round robin, [`Fair`]): a scanner with
+    /// a deep backlog delays another's token by one turn, not by its backlog. Batches are small
+    /// (max_batch, default 8, of requests queued in pieces of at most `PIECE` tokens), so a
+    /// token that arrives waits for little work ahead of it.
+    fn take(&self, waiting: &mut Waiting) -> Option<Batch> {
         let mut jobs = Vec::new();
         let mut tokens = 0;
-        while tokens < config.max_batch {
-            match waiting.pop() {
+        while tokens < self.max_batch {
+            match waiting.fair.pop() {
                 Some(job) => {
                     tokens += job.tokens.len();
                     jobs.push(job);
@@ -375,78 +351,182 @@ fn collect(
                 None => break,
             }
         }
-        if !jobs.is_empty() {
-            dispatch(engine, shell, jobs, tokens, metrics, &in_flight);
+        (!jobs.is_empty()).then_some((jobs, tokens))
+    }
+
+    /// Queues `jobs` and starts a batch on every idle verification thread.
+    fn offer(self: &Arc<Self>, jobs: Vec<Job>) {
+        let mut starts = Vec::new();
+        {
+            let mut w = self.waiting.lock();
+            for job in jobs {
+                let key = Arc::clone(&job.scanner);
+                w.fair.push(&key.id, job.tokens.len(), job);
+            }
+            debug_assert!(w.busy <= self.threads);
+            while w.busy < self.threads {
+                let Some(batch) = self.take(&mut w) else {
+                    break;
+                };
+                w.busy += 1;
+                starts.push(batch);
+            }
+        }
+        for batch in starts {
+            let pool = Arc::clone(self);
+            self.engine.spawn(move || pool.work(batch));
         }
     }
-}
 
-/// How often the batcher looks for a free verification thread while every one is busy.
-const POOL_POLL: Duration = Duration::from_micros(50);
-
-fn push(waiting: &mut Fair<Job>, job: Job) {
-    let key = Arc::clone(&job.scanner);
-    waiting.push(&key.id, job.tokens.len(), job);
-}
-
-fn dispatch(
-    engine: &Arc<Engine>,
-    shell: &Shell,
-    jobs: Vec<Job>,
-    tokens: usize,
-    metrics: &Metrics,
-    in_flight: &InFlight,
-) {
-    metrics.batch(tokens);
-    in_flight.fetch_add(1, Ordering::AcqRel);
-    let in_flight = Arc::clone(in_flight);
-    let mut items = Vec::with_capacity(tokens);
-    let mut replies = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        let n = job.tokens.len();
-        for (token, challenge) in job.tokens {
-            items.push(Item {
-                scanner: Arc::clone(&job.scanner),
-                token,
-                challenge,
-                retry: job.retry,
-            });
-        }
-        replies.push((n, job.reply, job.permit));
-    }
-    let deliver = move |verdicts: Vec<Verdict>| {
-        let mut verdicts = verdicts.into_iter();
-        for (n, reply, permit) in replies {
-            let mut v: Vec<Verdict> = verdicts.by_ref().take(n).collect();
-            // The engine answers every item; should it not, the rest are not judged.
-            v.resize(n, Verdict::deny(Reason::Unavailable));
-            drop(permit);
-            let _ = reply.send(v);
-        }
-    };
-    let now = unix_now();
-    match &shell.store {
-        Store::Memory => engine.submit(items, now, move |verdicts| {
-            in_flight.fetch_sub(1, Ordering::AcqRel);
-            deliver(verdicts);
-        }),
-        Store::Redis(redis) => {
-            let e = Arc::clone(engine);
-            let redis = redis.clone();
-            let runtime = shell.runtime.clone();
-            engine.spawn(move || {
-                let prepared = e.prepare(&items, now);
-                // The pool thread is free again: the marks are IO, on the runtime.
-                in_flight.fetch_sub(1, Ordering::AcqRel);
-                if prepared.marks().is_empty() {
-                    deliver(e.complete(prepared, &[], &items));
+    /// One verification thread's turn: this batch, then whatever is waiting, until nothing is.
+    fn work(&self, mut batch: Batch) {
+        loop {
+            self.run(batch);
+            let mut w = self.waiting.lock();
+            match self.take(&mut w) {
+                Some(next) => batch = next,
+                None => {
+                    w.busy -= 1;
                     return;
                 }
-                runtime.spawn(async move {
-                    let outcomes = redis.mark(prepared.marks(), now).await;
-                    deliver(e.complete(prepared, &outcomes, &items));
-                });
-            });
+            }
         }
+    }
+
+    /// Verifies one batch on this thread and answers its requests (or, with Redis, hands its
+    /// marks to the runtime, which answers them).
+    fn run(&self, (jobs, tokens): Batch) {
+        self.metrics.batch(tokens);
+        let mut items = Vec::with_capacity(tokens);
+        let mut replies = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let n = job.tokens.len();
+            for (token, challenge) in job.tokens {
+                items.push(Item {
+                    scanner: Arc::clone(&job.scanner),
+                    token,
+                    challenge,
+                    retry: job.retry,
+                });
+            }
+            replies.push((n, job.reply, job.permit));
+        }
+        let deliver = move |verdicts: Vec<Verdict>| {
+            let mut verdicts = verdicts.into_iter();
+            for (n, reply, permit) in replies {
+                let mut v: Vec<Verdict> = verdicts.by_ref().take(n).collect();
+                // The engine answers every item; should it not, the rest are not judged.
+                v.resize(n, Verdict::deny(Reason::Unavailable));
+                drop(permit);
+                let _ = reply.send(v);
+            }
+        };
+        let now = unix_now();
+        // One batch per thread, its checks in order: a thread waiting on parallel parts of
+        // its batch could be handed another batch meanwhile and answer its own late.
+        match &self.store {
+            Store::Memory => deliver(self.engine.verify_batch_serial(&items, now)),
+            Store::Redis(redis) => {
+                let prepared = self.engine.prepare_serial(&items, now);
+                if prepared.marks().is_empty() {
+                    deliver(self.engine.complete(prepared, &[], &items));
+                    return;
+                }
+                // The marks are IO, on the runtime; this thread goes on to the next batch.
+                let engine = Arc::clone(&self.engine);
+                let redis = redis.clone();
+                self.runtime.spawn(async move {
+                    let outcomes = redis.mark(prepared.marks(), now).await;
+                    deliver(engine.complete(prepared, &outcomes, &items));
+                });
+            }
+        }
+    }
+}
+
+/// The batcher thread: moves requests from the channel to the verification threads.
+fn collect(rx: &Receiver<Job>, pool: &Arc<Pool>) {
+    // While a verification thread is idle, a batch goes at once with whatever is already
+    // queued: at low load a token waits for nobody. When every thread is busy, requests wait
+    // in `Pool`, and a thread that finishes takes the next batch fairly from there.
+    while let Ok(job) = rx.recv() {
+        let mut jobs = vec![job];
+        // Everything already sent joins the fair queue at once.
+        jobs.extend(rx.try_iter());
+        pool.offer(jobs);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{EngineConfig, Role, ScannerRegistry, TrustList};
+
+    fn scanner(id: &str) -> Arc<Scanner> {
+        Arc::new(Scanner {
+            id: id.into(),
+            role: Role::Partner,
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_request_is_answered_whole_and_the_threads_come_back_idle() {
+        let engine = Engine::new(
+            EngineConfig {
+                threads: 2,
+                ..EngineConfig::default()
+            },
+            TrustList::new(),
+            ScannerRegistry::new(),
+        )
+        .unwrap();
+        let metrics = Arc::new(Metrics::new(10_000, Store::Memory));
+        let config = Batching {
+            max_batch: 8,
+            queue: 10_000,
+        };
+        let (queue, thread, pool) = start(
+            Arc::new(engine),
+            config,
+            Arc::clone(&metrics),
+            Store::Memory,
+        )
+        .unwrap();
+        // Three scanners, requests of 1 to 40 tokens (6,150 in all, many more than the two
+        // threads take at once): every token is garbage, so every verdict is `malformed`.
+        // (Verdict order within a request is checked end to end in tests/hostile.rs.)
+        let mut receipts = Vec::new();
+        for i in 0..300usize {
+            let n = 1 + i % 40;
+            let tokens = (0..n).map(|_| (vec![0u8; 3], None)).collect();
+            let who = scanner(["a", "b", "c"][i % 3]);
+            receipts.push((n, queue.submit(who, tokens, None).unwrap()));
+        }
+        let mut answered = 0;
+        for (n, receipt) in receipts {
+            // A request the threads never took would hang here: bounded.
+            let (verdicts, busy, lost) =
+                tokio::time::timeout(std::time::Duration::from_secs(30), receipt.verdicts())
+                    .await
+                    .expect("every request is answered");
+            assert_eq!(verdicts.len(), n);
+            assert_eq!((busy, lost), (0, 0));
+            assert!(verdicts.iter().all(|v| v.reason == Reason::Malformed));
+            answered += n;
+        }
+        assert_eq!(answered, (0..300).map(|i| 1 + i % 40).sum::<usize>());
+        // Every permit came back, and every thread gave its turn back (a thread marks itself
+        // idle just after answering its last batch).
+        assert_eq!(metrics.queue_depth.load(Ordering::Relaxed), 0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while pool.waiting.lock().busy > 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let w = pool.waiting.lock();
+        assert_eq!(w.busy, 0);
+        assert!(w.fair.is_empty());
+        drop(w);
+        drop(queue);
+        thread.join().unwrap();
     }
 }

@@ -101,11 +101,10 @@ store = "memory"
 # probe_interval_ms = 500
 
 [batching]
-# A batch goes to the verification pool at max_batch tokens or max_wait_us after its first.
-# Small batches keep a token's wait short when another scanner has a backlog (signatures are
-# checked one by one, so larger batches gain little).
+# A verification thread that is free takes the waiting requests, scanner by scanner, up to
+# max_batch tokens. Small batches keep a token's wait short when another scanner has a backlog
+# (signatures are checked one by one, so larger batches gain little).
 max_batch = 8
-max_wait_us = 200
 # Tokens admitted and not yet answered; beyond it scanners get "busy" at once.
 queue = 4096
 
@@ -357,8 +356,9 @@ impl LimitsSection {
 pub struct BatchingSection {
     /// Tokens per batch.
     pub max_batch: usize,
-    /// Longest wait after a batch's first token, microseconds.
-    pub max_wait_us: u64,
+    /// No longer used (a batch starts as soon as a verification thread is free); accepted so
+    /// that older configuration files still load, with a warning.
+    pub max_wait_us: Option<u64>,
     /// Tokens admitted and not yet answered.
     pub queue: usize,
 }
@@ -368,7 +368,7 @@ impl Default for BatchingSection {
         let d = Batching::default();
         BatchingSection {
             max_batch: d.max_batch,
-            max_wait_us: d.max_wait.as_micros() as u64,
+            max_wait_us: None,
             queue: d.queue,
         }
     }
@@ -379,7 +379,6 @@ impl BatchingSection {
     pub fn to_batching(&self) -> Batching {
         Batching {
             max_batch: self.max_batch,
-            max_wait: Duration::from_micros(self.max_wait_us),
             queue: self.queue,
         }
     }
@@ -583,6 +582,19 @@ impl ServeConfig {
         Ok(config)
     }
 
+    /// Settings that are accepted but have no effect, one sentence each (the server logs them
+    /// at start).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.batching.max_wait_us.is_some() {
+            w.push(format!(
+                "{}: batching.max_wait_us no longer has an effect (a batch starts as soon as a verification thread is free); remove it",
+                self.source.display()
+            ));
+        }
+        w
+    }
+
     fn error(&self, field: &str, problem: impl Into<String>) -> ConfigError {
         ConfigError {
             file: self.source.clone(),
@@ -680,14 +692,7 @@ impl ServeConfig {
         self.batching
             .to_batching()
             .check()
-            .map_err(|(field, problem)| {
-                let field = if field == "max_wait" {
-                    "max_wait_us"
-                } else {
-                    field
-                };
-                self.error(&format!("batching.{field}"), problem)
-            })?;
+            .map_err(|(field, problem)| self.error(&format!("batching.{field}"), problem))?;
         Ok(())
     }
 
@@ -879,10 +884,26 @@ mod tests {
         assert_eq!(e.params, d.params);
         assert_eq!(e.replay_capacity, d.replay_capacity);
         assert_eq!(c.batching.to_batching().max_batch, 8);
-        assert_eq!(
-            c.batching.to_batching().max_wait,
-            Duration::from_micros(200)
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    }
+
+    #[test]
+    fn a_retired_setting_still_loads_with_a_warning() {
+        let minimal = "listen = \"127.0.0.1:1\"\n[tls]\ncert = \"a\"\nkey = \"b\"\nclient_ca = \"c\"\n[files]\ntrust = \"t\"\nscanners = \"s\"\n";
+        let f = Path::new("old.toml");
+        assert!(ServeConfig::parse(f, minimal)
+            .unwrap()
+            .warnings()
+            .is_empty());
+        let old =
+            ServeConfig::parse(f, &format!("{minimal}[batching]\nmax_wait_us = 200\n")).unwrap();
+        let w = old.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("old.toml") && w[0].contains("batching.max_wait_us"),
+            "{w:?}"
         );
+        assert_eq!(old.batching.to_batching().max_batch, 8);
     }
 
     #[test]

@@ -20,7 +20,6 @@ pub(crate) struct Fair<T> {
     /// Keys with items, in turn order; the front one is being served.
     order: VecDeque<String>,
     len: usize,
-    weight: usize,
 }
 
 impl<T> Fair<T> {
@@ -31,7 +30,6 @@ impl<T> Fair<T> {
             lanes: HashMap::new(),
             order: VecDeque::new(),
             len: 0,
-            weight: 0,
         }
     }
 
@@ -41,12 +39,8 @@ impl<T> Fair<T> {
         self.len
     }
 
-    /// Tokens queued (the sum of the weights).
-    pub fn weight(&self) -> usize {
-        self.weight
-    }
-
     /// Whether nothing is queued.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -64,7 +58,6 @@ impl<T> Fair<T> {
             }
         }
         self.len += 1;
-        self.weight += weight;
     }
 
     /// The next item in fair order.
@@ -93,7 +86,6 @@ impl<T> Fair<T> {
                     }
                 }
                 self.len -= 1;
-                self.weight -= weight;
                 return item;
             }
             lane.deficit += self.quantum;

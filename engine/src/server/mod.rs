@@ -14,10 +14,9 @@
 //!   frame gets a `Response::Error` and the stream is closed; other streams and connections are
 //!   not affected.
 //! - **Micro-batching**: tokens from every connection go through one bounded queue to a
-//!   batcher, which hands a batch to [`Engine::submit`] when it holds
-//!   [`Batching::max_batch`] tokens or [`Batching::max_wait`] after its first token, whichever
-//!   comes first. When the queue is full a token is answered `busy` at once: a gate queue in the
-//!   morning rush gets a fast "retry" rather than a slow answer.
+//!   batcher; a verification thread that is free takes what waits, scanner by scanner, up to
+//!   [`Batching::max_batch`] tokens. When the queue is full a token is answered `busy` at once:
+//!   a gate queue in the morning rush gets a fast "retry" rather than a slow answer.
 //! - **Operations**: `/metrics` (Prometheus), `/healthz`, `/readyz` on a separate TCP listener;
 //!   reload of trust list, scanner registry, revocations and TLS files, each on its own merits
 //!   and without dropping connections ([`ReloadControl`], [`reload_files`]), with every file's
@@ -239,11 +238,9 @@ impl Limits {
 /// Micro-batching and admission.
 #[derive(Debug, Clone, Copy)]
 pub struct Batching {
-    /// A batch closes when it holds this many tokens (a request larger than this is queued in
-    /// pieces of at most 8 tokens, and a batch may exceed it by less than one piece).
+    /// Most tokens a verification thread takes at once (a request larger than this is queued
+    /// in pieces of at most 8 tokens, and a batch may exceed it by less than one piece).
     pub max_batch: usize,
-    /// … or this long after its first token arrived, whichever comes first.
-    pub max_wait: Duration,
     /// Most tokens admitted and not yet answered; beyond it tokens are answered `busy`. An idle
     /// server always admits one request, however large.
     pub queue: usize,
@@ -253,7 +250,6 @@ impl Default for Batching {
     fn default() -> Self {
         Batching {
             max_batch: 8,
-            max_wait: Duration::from_micros(200),
             queue: 4096,
         }
     }
@@ -264,9 +260,6 @@ impl Batching {
     pub fn check(&self) -> Result<(), (&'static str, String)> {
         if !(1..=4096).contains(&self.max_batch) {
             return Err(("max_batch", "must be 1 to 4096".into()));
-        }
-        if self.max_wait > Duration::from_millis(100) {
-            return Err(("max_wait", "must be at most 100 ms".into()));
         }
         if !(1..=10_000_000).contains(&self.queue) {
             return Err(("queue", "must be 1 to 10000000".into()));
