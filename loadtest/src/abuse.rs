@@ -206,10 +206,14 @@ pub async fn run(bin: PathBuf) -> Result<bool> {
     ))
     .await;
 
+    // Each row's gate gets its own connection on its own thread (see `measure`).
+    gate.close().await;
+    let probe = Probe { addr, options };
+
     let mut rows = Vec::new();
     let mut peak_rss = 0;
     // Baseline.
-    let row = measure(&world, &gate, "baseline", &engine, async {
+    let row = measure(&world, &probe, "baseline", &engine, async {
         Ok(String::new())
     })
     .await?;
@@ -250,7 +254,7 @@ pub async fn run(bin: PathBuf) -> Result<bool> {
             Ok(format!("{sent} Initials; slowest connect {worst:.1?}"))
         }
     };
-    rows.push(measure(&world, &gate, "handshake flood", &engine, flood).await?);
+    rows.push(measure(&world, &probe, "handshake flood", &engine, flood).await?);
 
     // 2. One scanner keeps 48 batches of 128 in flight on 3 connections.
     let queue = {
@@ -293,7 +297,7 @@ pub async fn run(bin: PathBuf) -> Result<bool> {
             ))
         }
     };
-    rows.push(measure(&world, &gate, "queue flood (1 scanner)", &engine, queue).await?);
+    rows.push(measure(&world, &probe, "queue flood (1 scanner)", &engine, queue).await?);
 
     // 3. Slow bodies: 16 connections x 64 streams, each announcing 128 KiB and sending 100 KiB.
     let slow = {
@@ -342,7 +346,7 @@ pub async fn run(bin: PathBuf) -> Result<bool> {
             Ok(format!("{opened} stalled bodies"))
         }
     };
-    rows.push(measure(&world, &gate, "slow bodies", &engine, slow).await?);
+    rows.push(measure(&world, &probe, "slow bodies", &engine, slow).await?);
 
     // 4. The operations port held open by 300 idle connections; /healthz probed 10 times a
     //    second.
@@ -369,11 +373,14 @@ pub async fn run(bin: PathBuf) -> Result<bool> {
         }
         Ok(format!("/healthz {ok}/{probes}"))
     };
-    rows.push(measure(&world, &gate, "ops port held open", &engine, idle).await?);
+    rows.push(measure(&world, &probe, "ops port held open", &engine, idle).await?);
 
     // After: memory back near the baseline (the half-open state and buffers are freed).
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut after = measure(&world, &gate, "after", &engine, async { Ok(String::new()) }).await?;
+    let mut after = measure(&world, &probe, "after", &engine, async {
+        Ok(String::new())
+    })
+    .await?;
     for r in &rows {
         peak_rss = peak_rss.max(r.rss);
     }
@@ -390,7 +397,6 @@ pub async fn run(bin: PathBuf) -> Result<bool> {
     );
     after.pass = after.pass && back && peak_rss <= 256 * 1000 * 1000;
     rows.push(after);
-    gate.close().await;
     drop(engine);
 
     println!(
@@ -420,11 +426,24 @@ fn mib(b: u64) -> f64 {
     b as f64 / (1024.0 * 1024.0)
 }
 
+/// Where the measuring gate connects, and how.
+struct Probe {
+    addr: SocketAddr,
+    options: ClientOptions,
+}
+
+/// The gate's answers: latency and reason of each verify (`None`: no answer).
+type GateAnswers = Vec<(Duration, Option<Reason>)>;
+
 /// Runs `attack` while the gate sends 100 verifies a second (open loop: each at its time,
 /// whatever the answers do), for the attack's duration or ATTACK_SECS, whichever is longer.
+///
+/// The gate runs on a thread and runtime of its own, on a connection of its own: a real gate
+/// is another device, so its latency must be the server's, not the time its requests wait
+/// behind the attacker's tasks in this process's runtime.
 async fn measure(
     world: &Arc<World>,
-    gate: &ScannerClient,
+    probe: &Probe,
     attack: &'static str,
     engine: &Engine,
     run: impl std::future::Future<Output = Result<String>>,
@@ -454,29 +473,56 @@ async fn measure(
             }
         })
     };
-    let attack_task = run;
-    let start = Instant::now() + Duration::from_millis(200);
-    let mut sends = Vec::with_capacity(n);
-    for (i, t) in tokens.into_iter().enumerate() {
-        let gate = gate.clone();
-        let at = start + Duration::from_micros(1_000_000 / GATE_RPS * i as u64);
-        sends.push(tokio::spawn(async move {
-            tokio::time::sleep_until(at.into()).await;
-            let r = gate.verify(&t, None).await;
-            (at.elapsed(), r.map(|v| v.reason))
-        }));
-    }
-    let attack_result = attack_task.await;
+    let drops_before = udp_receive_drops();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let identity = world.identity("gate-a")?;
+    let (addr, options) = (probe.addr, probe.options);
+    let gate = std::thread::Builder::new()
+        .name("abuse-gate".into())
+        .spawn(move || -> Result<GateAnswers> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let gate = ScannerClient::connect_with(addr, "localhost", identity, options)
+                    .await
+                    .context("the gate cannot connect")?;
+                let start = Instant::now() + Duration::from_millis(200);
+                let _ = ready_tx.send(());
+                let mut sends = Vec::with_capacity(n);
+                for (i, t) in tokens.into_iter().enumerate() {
+                    let gate = gate.clone();
+                    let at = start + Duration::from_micros(1_000_000 / GATE_RPS * i as u64);
+                    sends.push(tokio::spawn(async move {
+                        tokio::time::sleep_until(at.into()).await;
+                        let r = gate.verify(&t, None).await;
+                        (at.elapsed(), r.ok().map(|v| v.reason))
+                    }));
+                }
+                let mut answers = Vec::with_capacity(n);
+                for s in sends {
+                    answers.push(s.await.unwrap_or((Duration::MAX, None)));
+                }
+                gate.close().await;
+                Ok(answers)
+            })
+        })?;
+    // The attack starts once the gate is connected (a failed connect ends the gate thread).
+    let _ = ready_rx.await;
+    let attack_result = run.await;
+    let answers = tokio::task::spawn_blocking(move || gate.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the gate thread panicked"))??;
     let mut latencies = Vec::with_capacity(n);
     let (mut errors, mut wrong) = (0, 0);
-    for s in sends {
-        match s.await {
-            Ok((d, Ok(Reason::Accepted))) => latencies.push(d),
-            Ok((d, Ok(_))) => {
+    for (d, reason) in answers {
+        match reason {
+            Some(Reason::Accepted) => latencies.push(d),
+            Some(_) => {
                 latencies.push(d);
                 wrong += 1;
             }
-            _ => errors += 1,
+            None => errors += 1,
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -487,10 +533,17 @@ async fn measure(
         .copied()
         .unwrap_or(Duration::MAX);
     let max = latencies.last().copied().unwrap_or(Duration::MAX);
-    let (note, attack_ok) = match attack_result {
+    let (mut note, attack_ok) = match attack_result {
         Ok(note) => (note, true),
         Err(e) => (format!("{e:#}"), false),
     };
+    if let (Some(a), Some(b)) = (drops_before, udp_receive_drops()) {
+        let sep = if note.is_empty() { "" } else { "; " };
+        note = format!(
+            "{note}{sep}{} UDP datagrams dropped (host)",
+            b.saturating_sub(a)
+        );
+    }
     Ok(Row {
         attack,
         p99,
@@ -502,6 +555,16 @@ async fn measure(
         pass: attack_ok && errors == 0 && wrong == 0 && p99 <= Duration::from_millis(10),
         note,
     })
+}
+
+/// Datagrams this host dropped for a full socket receive buffer (`RcvbufErrors` in
+/// `/proc/net/snmp`; every socket of the host, so other traffic counts too).
+fn udp_receive_drops() -> Option<u64> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next()?, udp.next()?);
+    let at = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
+    values.split_whitespace().nth(at)?.parse().ok()
 }
 
 async fn healthz(ops: SocketAddr) -> bool {
