@@ -48,8 +48,9 @@ backend = "ring"
 strict_signatures = false
 # One-time-use entries: peak tokens per second x window, with headroom.
 replay_capacity = 750000
-# Credentials whose issuer signature is remembered.
-issuer_cache_capacity = 131072
+# Credentials whose issuer signature is remembered (about 89 bytes each, allocated at start):
+# the whole population, with headroom (the default holds 1,000,000 holders and a quarter more).
+issuer_cache_capacity = 1310720
 # Offset of local civil time from UTC, for age checks (Korea: +9 h).
 utc_offset_secs = 32400
 # Signature-verification threads (0: one per core).
@@ -883,6 +884,7 @@ mod tests {
         let d = EngineConfig::default();
         assert_eq!(e.params, d.params);
         assert_eq!(e.replay_capacity, d.replay_capacity);
+        assert_eq!(e.issuer_cache_capacity, d.issuer_cache_capacity);
         assert_eq!(c.batching.to_batching().max_batch, 8);
         assert!(c.warnings().is_empty(), "{:?}", c.warnings());
     }
