@@ -78,6 +78,9 @@ pub struct Check {
     pub passed: bool,
 }
 
+/// The name of the check that replays sent to another node came back `replayed`.
+pub const CROSS_NODE_CHECK: &str = "cross-node replays";
+
 /// The name of the harness's own send-lag check.
 pub const SEND_LAG_CHECK: &str = "harness send lag p99";
 
@@ -176,6 +179,16 @@ impl Budget {
             observed: r.answered.to_string(),
             passed: r.answered >= 1,
         });
+        if let Some(c) = &r.cross_node_replays {
+            // Several nodes: the run proves they agree only if replays crossed nodes and
+            // each came back `replayed` (a wrong one is also a mismatch).
+            checks.push(Check {
+                name: CROSS_NODE_CHECK.into(),
+                limit: "≥ 1, every one replayed".into(),
+                observed: format!("{} of {} replayed", c.replayed, c.expected_replayed),
+                passed: c.expected_replayed >= 1 && c.replayed == c.expected_replayed,
+            });
+        }
         if let Some(lag) = latency_check(
             SEND_LAG_CHECK,
             self.max_send_lag_p99_ms,
@@ -272,6 +285,7 @@ impl Budget {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
+    use crate::report::CrossNodeReplays;
 
     #[test]
     fn shipped_budgets_parse() {
@@ -326,8 +340,11 @@ mod tests {
             cpu: crate::report::Cpu {
                 harness_secs: None,
                 engine_secs: None,
+                redis_secs: None,
                 wall_secs: 1.0,
             },
+            nodes: vec![],
+            cross_node_replays: None,
             timeline: vec![],
         }
     }
@@ -357,6 +374,37 @@ mod tests {
             .all(|m| m.contains("harness-limited")));
         // Both fine: passes.
         assert!(BudgetResult::new("d", b.check_run(&run_with(2_000, 1_000))).passed);
+    }
+
+    #[test]
+    fn several_nodes_pass_only_when_cross_node_replays_came_back_replayed() {
+        let b = Budget::default();
+        let with = |c: Option<CrossNodeReplays>| {
+            let mut r = run_with(2_000, 1_000);
+            r.cross_node_replays = c;
+            BudgetResult::new("d", b.check_run(&r))
+        };
+        // One node: no such check.
+        let one = with(None);
+        assert!(one.passed && one.checks.iter().all(|c| c.name != CROSS_NODE_CHECK));
+        // Nodes sharing one-time use: every cross-node replay is `replayed`.
+        let shared = with(Some(CrossNodeReplays {
+            judged: 40,
+            expected_replayed: 31,
+            replayed: 31,
+        }));
+        assert!(shared.passed, "{:?}", shared.missed());
+        // Nodes on separate stores accept what another node accepted: the check misses
+        // (besides the mismatches those verdicts are).
+        let split = with(Some(CrossNodeReplays {
+            judged: 40,
+            expected_replayed: 31,
+            replayed: 0,
+        }));
+        assert!(!split.passed);
+        assert!(split.missed()[0].starts_with("cross-node replays: 0 of 31"));
+        // No replay crossed nodes: nothing was shown, so the run does not pass.
+        assert!(!with(Some(CrossNodeReplays::default())).passed);
     }
 
     #[test]

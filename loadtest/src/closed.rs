@@ -246,7 +246,12 @@ impl Ctx {
         let started = Instant::now();
         let answer = tokio::time::timeout(
             self.request_timeout,
-            target::verify(&self.conns, scanner as usize, &token),
+            target::verify(
+                &self.conns,
+                self.conns.home(scanner as usize),
+                scanner as usize,
+                &token,
+            ),
         )
         .await;
         let took = started.elapsed();

@@ -1,5 +1,5 @@
-//! Everything one invocation needs: the fleet, the engine (named or spawned), the scanner
-//! connections, and the knobs of open-loop runs. [`Harness::run_plan`] runs one plan (a rush,
+//! Everything one invocation needs: the fleet, the engine (named, or one or more nodes
+//! spawned), the scanner connections, and the knobs of open-loop runs. [`Harness::run_plan`] runs one plan (a rush,
 //! or one step of a sweep) and summarises it; [`sweep`] steps the rate up to the knee.
 
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use crate::fleet::Fleet;
 use crate::model::{schedule, Mix, Plan, ScannerSet};
 use crate::openloop::{self, OpenLoopOptions};
 use crate::report::{RunSummary, SweepStep, SweepSummary, TargetInfo};
-use crate::target::{Connections, SpawnedEngine};
+use crate::target::{Connections, SpawnedSite};
 
 /// A fleet, connected to an engine.
 pub struct Harness {
@@ -22,8 +22,8 @@ pub struct Harness {
     pub scanners: Arc<ScannerSet>,
     /// Connections, per scanner.
     pub conns: Arc<Connections>,
-    /// The engine, when the harness started it.
-    pub engine: Option<SpawnedEngine>,
+    /// The nodes (and their Redis), when the harness started them.
+    pub site: Option<SpawnedSite>,
     /// Where requests go.
     pub target: TargetInfo,
     /// Open-loop knobs (the salt is replaced per run).
@@ -77,7 +77,8 @@ impl Harness {
             )
         })
         .await??;
-        let engine_cpu0 = self.engine.as_ref().and_then(SpawnedEngine::cpu_secs);
+        let node_cpu0 = self.node_cpu_secs();
+        let redis_cpu0 = self.site.as_ref().and_then(SpawnedSite::redis_cpu_secs);
         let opts = OpenLoopOptions {
             sign_lead,
             salt,
@@ -92,14 +93,24 @@ impl Harness {
             opts,
         )
         .await?;
-        let engine_cpu = match (
-            engine_cpu0,
-            self.engine.as_ref().and_then(SpawnedEngine::cpu_secs),
-        ) {
-            (Some(a), Some(b)) => Some(b - a),
-            _ => None,
-        };
-        Ok(RunSummary::from_stats(&stats, engine_cpu))
+        let node_cpu: Vec<Option<f64>> = node_cpu0
+            .iter()
+            .zip(self.node_cpu_secs())
+            .map(|(a, b)| Some(b? - (*a)?))
+            .collect();
+        let mut summary = RunSummary::from_stats(&stats, &node_cpu);
+        summary.cpu.redis_secs = redis_cpu0
+            .zip(self.site.as_ref().and_then(SpawnedSite::redis_cpu_secs))
+            .map(|(a, b)| b - a);
+        Ok(summary)
+    }
+
+    /// CPU seconds each spawned node has used so far (empty: the harness started none).
+    fn node_cpu_secs(&self) -> Vec<Option<f64>> {
+        self.site
+            .as_ref()
+            .map(SpawnedSite::cpu_secs)
+            .unwrap_or_default()
     }
 }
 

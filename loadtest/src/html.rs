@@ -767,8 +767,11 @@ mod tests {
             cpu: Cpu {
                 harness_secs: Some(4.0),
                 engine_secs: Some(6.0),
+                redis_secs: None,
                 wall_secs: 10.5,
             },
+            nodes: Vec::new(),
+            cross_node_replays: None,
             timeline: (0..10)
                 .map(|t| Second {
                     t,
@@ -797,6 +800,9 @@ mod tests {
                 spawned: true,
                 revocations_loaded: Some(true),
                 connections: 36,
+                nodes: vec!["127.0.0.1:4433".into()],
+                store: Some("memory".into()),
+                pins: Vec::new(),
             },
             population: PopulationInfo {
                 holders: 10_000,

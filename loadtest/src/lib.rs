@@ -12,8 +12,8 @@
 //! - [`openloop::run`]: sends each arrival at its time whatever the engine does, signs tokens
 //!   just ahead of their send time on a pool of threads, times each request from its intended
 //!   send time into HDR histograms, and compares each verdict with [`expected`].
-//! - [`Harness`] and [`sweep`]: one engine, many runs; the capacity sweep steps the rate up
-//!   until the [`Budget`] breaks.
+//! - [`Harness`] and [`sweep`]: one engine (or a fleet of nodes, [`SpawnedSite`]), many
+//!   runs; the capacity sweep steps the rate up until the [`Budget`] breaks.
 //! - [`closed::run`]: the same traffic as goose scenarios (closed loop), with goose's test
 //!   plans, thresholds and HTML/JSON/Markdown reports.
 //! - [`Report`]: the JSON summary CI reads, with a comparison against a baseline;
@@ -42,4 +42,6 @@ pub use fleet::{Fleet, FleetSpec, Origin};
 pub use harness::{sweep, Harness, SweepOptions};
 pub use model::{schedule, Arrival, Mix, Phase, Plan, RushModel, ScannerSet, Scenario};
 pub use report::{compare, plan_differences, Report, RunSummary, SweepSummary};
-pub use target::{find_gatehouse, Connections, SpawnOptions, SpawnedEngine};
+pub use target::{
+    find_gatehouse, Connections, SpawnOptions, SpawnedEngine, SpawnedSite, StoreKind,
+};

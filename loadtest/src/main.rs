@@ -1,5 +1,5 @@
 //! `gatehouse-loadtest`: parse, build, run, judge. Exit 0 when every budget check held, 1 when
-//! one missed (each is named), 2 when the run could not be made.
+//! one missed (each is named), 2 when the run could not be made, 130 when interrupted.
 
 mod abuse;
 
@@ -22,11 +22,14 @@ use gatehouse_loadtest::report::{ModelInfo, PopulationInfo, TargetInfo};
 use gatehouse_loadtest::target::{identities_from_dir, identities_from_pki};
 use gatehouse_loadtest::{
     compare, find_gatehouse, plan_differences, sweep, Budget, Connections, Fleet, FleetSpec,
-    Harness, Mix, Plan, Report, RushModel, ScannerSet, SpawnOptions, SpawnedEngine, SweepOptions,
+    Harness, Mix, Plan, Report, RushModel, ScannerSet, SpawnOptions, SpawnedSite, StoreKind,
+    SweepOptions,
 };
 
 const EXIT_MISSED: u8 = 1;
 const EXIT_ERROR: u8 = 2;
+/// 128 + SIGINT, as a shell reports an interrupted command.
+const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Parser)]
 #[command(
@@ -212,6 +215,32 @@ struct Common {
     /// With --spawn: keep the engine's working directory (config, PKI, log).
     #[arg(long, requires = "spawn")]
     keep_engine_dir: bool,
+    /// With --spawn: engine nodes to start on loopback (more than one need --store redis).
+    /// Scanner i sends to node i % N; every replay goes to another node than its original.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// With --spawn: where the nodes record one-time use: `memory` (each node its own table:
+    /// one node only) or `redis` (a loopback Redis the harness starts and stops, shared by
+    /// every node) [default: memory].
+    #[arg(long, value_enum, requires = "spawn")]
+    store: Option<StoreArg>,
+    /// With --spawn: pin each node to cores with `taskset -c`, one entry per node, separated
+    /// by commas: `--pin 0,1` puts node 0 on core 0 and node 1 on core 1 (`--pin 0-1`: one
+    /// node on both).
+    #[arg(long, requires = "spawn", value_delimiter = ',')]
+    pin: Vec<String>,
+    /// With --store redis: move the Redis server to these cores (`taskset -p -c`); by default
+    /// it runs wherever the harness may.
+    #[arg(long, requires = "store")]
+    redis_pin: Option<String>,
+    /// With --store redis: the nodes' `[replay] timeout_ms`; slower marks are answered
+    /// `unavailable` (an error here).
+    #[arg(long, default_value_t = 50)]
+    redis_timeout_ms: u64,
+    /// With --store redis and several nodes: give each node its OWN Redis, a fleet that does
+    /// not agree (to prove cross-node replays then fail the run).
+    #[arg(long, requires = "store")]
+    split_store: bool,
     /// A running engine's QUIC address (loaded with the population's trust list, scanners
     /// and revocations: see `population --export`).
     #[arg(long)]
@@ -256,6 +285,15 @@ struct Common {
     /// Most requests one run may schedule.
     #[arg(long, default_value_t = 5_000_000)]
     max_requests: usize,
+}
+
+/// `--store`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum StoreArg {
+    /// Each node's own table.
+    Memory,
+    /// A loopback Redis shared by the nodes.
+    Redis,
 }
 
 #[derive(Args, Clone)]
@@ -352,6 +390,38 @@ async fn load_fleet(f: &FleetArgs, progress: ProgressMode) -> Result<(Fleet, Pop
     Ok((fleet, info))
 }
 
+/// How `--spawn` starts the nodes.
+fn spawn_options(common: &Common, bin: PathBuf, replay_capacity: usize) -> SpawnOptions {
+    SpawnOptions {
+        bin,
+        revocations: !common.no_revocations,
+        replay_capacity,
+        utc_offset_secs: common.utc_offset_secs,
+        keep: common.keep_engine_dir,
+        nodes: common.nodes,
+        store: match common.store {
+            Some(StoreArg::Redis) => StoreKind::Redis,
+            Some(StoreArg::Memory) | None => StoreKind::Memory,
+        },
+        pins: common.pin.clone(),
+        redis_pin: common.redis_pin.clone(),
+        redis_timeout_ms: common.redis_timeout_ms,
+        split_store: common.split_store,
+    }
+}
+
+/// Refuses node options that cannot work, before the population is loaded.
+fn check_spawn(common: &Common) -> Result<()> {
+    ensure!(
+        common.spawn || (common.nodes == 1 && common.pin.is_empty()),
+        "--nodes and --pin start engines: they need --spawn"
+    );
+    if common.spawn {
+        spawn_options(common, PathBuf::new(), 0).validate()?;
+    }
+    Ok(())
+}
+
 /// Connects to the named engine or starts one; returns the harness.
 async fn connect(common: &Common, fleet: Fleet, replay_capacity: usize) -> Result<Harness> {
     let fleet = Arc::new(fleet);
@@ -360,28 +430,31 @@ async fn connect(common: &Common, fleet: Fleet, replay_capacity: usize) -> Resul
         request_timeout: Duration::from_millis(common.request_timeout_ms),
         ..ClientOptions::default()
     };
-    let (engine, addr, identities, server_name, revocations_loaded) = if common.spawn {
+    check_spawn(common)?;
+    let (site, addrs, identities, server_name, revocations_loaded) = if common.spawn {
         let bin = match &common.gatehouse_bin {
             Some(b) => b.clone(),
             None => find_gatehouse()?,
         };
+        let opts = spawn_options(common, bin, replay_capacity);
         if !common.fleet.quiet {
-            eprintln!("engine: starting {} serve on loopback …", bin.display());
+            eprintln!(
+                "engine: starting {} × {} serve on loopback (one-time use: {}) …",
+                opts.nodes,
+                opts.bin.display(),
+                opts.store.label()
+            );
         }
-        let opts = SpawnOptions {
-            bin,
-            revocations: !common.no_revocations,
-            replay_capacity,
-            utc_offset_secs: common.utc_offset_secs,
-            keep: common.keep_engine_dir,
-        };
-        let (engine, pki): (SpawnedEngine, DevPki) =
-            SpawnedEngine::start(&fleet, &scanners, &opts).await?;
+        let (site, pki): (SpawnedSite, DevPki) =
+            SpawnedSite::start(&fleet, &scanners, &opts).await?;
+        if !common.fleet.quiet {
+            eprintln!("  one-time use: {}", site.store);
+        }
         let ids = identities_from_pki(&pki, &scanners)?;
-        let addr = engine.addr;
+        let addrs = site.addrs();
         (
-            Some(engine),
-            addr,
+            Some(site),
+            addrs,
             ids,
             "localhost".to_string(),
             Some(!common.no_revocations),
@@ -394,26 +467,34 @@ async fn connect(common: &Common, fleet: Fleet, replay_capacity: usize) -> Resul
             .context("--target needs --cert-dir (scanner certificates and keys)")?;
         let ca = common.ca.clone().unwrap_or_else(|| cert_dir.join("ca.pem"));
         let ids = identities_from_dir(&ca, &cert_dir, &scanners)?;
-        (None, addr, ids, common.server_name.clone(), None)
+        (None, vec![addr], ids, common.server_name.clone(), None)
     } else {
         bail!("say where the engine is: --spawn (start one on loopback) or --target ADDR");
     };
     let conns = Connections::connect(
-        addr,
+        &addrs,
         &server_name,
         identities,
         common.connections_per_scanner,
         options,
     )
     .await?;
+    let shown: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
     if !common.fleet.quiet {
-        eprintln!("  {} scanner connections to {addr}", conns.count());
+        eprintln!(
+            "  {} scanner connections to {}",
+            conns.count(),
+            shown.join(", ")
+        );
     }
     let target = TargetInfo {
-        address: addr.to_string(),
-        spawned: engine.is_some(),
+        address: shown.join(","),
+        spawned: site.is_some(),
         revocations_loaded,
         connections: conns.count(),
+        nodes: shown,
+        store: site.as_ref().map(|s| s.store.clone()),
+        pins: site.as_ref().map(SpawnedSite::pins).unwrap_or_default(),
     };
     let signers = common.signers.unwrap_or_else(|| {
         std::thread::available_parallelism()
@@ -424,7 +505,7 @@ async fn connect(common: &Common, fleet: Fleet, replay_capacity: usize) -> Resul
         fleet,
         scanners,
         conns: Arc::new(conns),
-        engine,
+        site,
         target,
         opts: OpenLoopOptions {
             sign_lead: Duration::from_secs(3),
@@ -552,8 +633,8 @@ fn base_report(mode: &str, h: &Harness, population: PopulationInfo, model: Model
 
 async fn shutdown(mut h: Harness) {
     h.conns.close().await;
-    if let Some(mut e) = h.engine.take() {
-        let _ = tokio::task::spawn_blocking(move || e.stop()).await;
+    if let Some(mut site) = h.site.take() {
+        let _ = tokio::task::spawn_blocking(move || site.stop()).await;
     }
 }
 
@@ -602,6 +683,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             sign_lead_secs,
         } => {
             let m = model.model(common.fleet.holders)?;
+            check_spawn(&common)?;
             let plan = Plan {
                 ramp_up_secs,
                 peak_secs,
@@ -661,6 +743,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             refine,
         } => {
             let m = model.model(common.fleet.holders)?;
+            check_spawn(&common)?;
             ensure!(
                 step_secs > 0.0 && step_secs <= MAX_SIGN_LEAD.as_secs_f64(),
                 "--step-secs must be in (0, {}]",
@@ -720,6 +803,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             goose_args,
         } => {
             let m = model.model(common.fleet.holders)?;
+            check_spawn(&common)?;
             ensure!(
                 think_min_ms <= think_max_ms && think_max_ms > 0,
                 "--think-min-ms must not exceed --think-max-ms"
@@ -744,7 +828,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             .await?;
             let peak = model.run_peak(&m).max(users as f64 / mean_think.max(0.001));
             let h = connect(&common, fleet, replay_capacity_for(peak * 2.0)).await?;
-            let addr: SocketAddr = h.target.address.parse()?;
+            let addr: SocketAddr = h.conns.addr(0).context("no engine address")?;
             let opts = ClosedOptions {
                 users,
                 ramp_up_secs,
@@ -902,11 +986,25 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_ERROR);
         }
     };
-    match runtime.block_on(run(cli)) {
-        Ok(code) => code,
-        Err(e) => {
+    // Ctrl-C (or SIGINT from a supervisor) drops the run: the engines and Redis it started
+    // are stopped by their guards before the process exits.
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            r = run(cli) => Some(r),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    });
+    // A stop in progress (SIGTERM, drain, kill) finishes; nothing waits longer than that.
+    runtime.shutdown_timeout(Duration::from_secs(20));
+    match outcome {
+        Some(Ok(code)) => code,
+        Some(Err(e)) => {
             eprintln!("gatehouse-loadtest: {e:#}");
             ExitCode::from(EXIT_ERROR)
+        }
+        None => {
+            eprintln!("gatehouse-loadtest: interrupted; the processes it started were stopped");
+            ExitCode::from(EXIT_INTERRUPTED)
         }
     }
 }

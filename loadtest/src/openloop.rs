@@ -14,6 +14,10 @@
 //!
 //! A replay waits until its original was answered (otherwise it would not be a replay) and is
 //! timed from the later of its intended time and that answer.
+//!
+//! With several nodes, scanner `i` sends to node `i % nodes` and a replay goes to another node
+//! than its original: a fleet that agrees answers it `replayed` (one-time use is shared), a
+//! fleet that does not accepts it, and the run counts a mismatch.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
@@ -29,7 +33,7 @@ use hdrhistogram::Histogram;
 use crate::expect::{expected, is_retry, repeated, Presented};
 use crate::fleet::Fleet;
 use crate::model::{Arrival, Kind, Phase, Plan, ScannerSet, Scenario};
-use crate::report::{Latency, Second};
+use crate::report::{CrossNodeReplays, Latency, Second};
 use crate::target::{self, Connections};
 
 /// Knobs of one open-loop run.
@@ -101,6 +105,29 @@ pub struct RunStats {
     pub timeline: Vec<Second>,
     /// CPU seconds the harness used during the run (Linux).
     pub harness_cpu_secs: Option<f64>,
+    /// Per node, in index order.
+    pub nodes: Vec<NodeStats>,
+    /// Replays sent to another node than their original (several nodes only).
+    pub cross_node: Option<CrossNodeReplays>,
+}
+
+/// What one node was sent and answered.
+#[derive(Debug)]
+pub struct NodeStats {
+    /// Where it listens.
+    pub addr: String,
+    /// Requests sent to it (answered or not).
+    pub requests: u64,
+    /// Of those, answered with a verdict that judged the token.
+    pub answered: u64,
+    /// Of those, without such a verdict.
+    pub errors: u64,
+    /// Verdicts that differ from the expected one.
+    pub mismatches: u64,
+    /// Verdicts received, by reason label.
+    pub verdicts: BTreeMap<String, u64>,
+    /// Latency of its answered requests, µs from intended send time.
+    pub latency: Histogram<u64>,
 }
 
 impl RunStats {
@@ -141,6 +168,10 @@ enum Outcome {
 
 struct Done {
     i: usize,
+    /// The node it was sent to (`None`: not sent).
+    node: Option<usize>,
+    /// A replay sent to another node than its original's.
+    cross_node: bool,
     outcome: Outcome,
     latency_us: u64,
     lag_us: u64,
@@ -300,6 +331,15 @@ async fn send_one(
     let a = shared.schedule[i];
     let lag_us = intended.elapsed().as_micros() as u64;
     let mut from = intended;
+    let conns = &shared.conns;
+    let node = match a.kind {
+        Kind::Replay { of } => {
+            conns.other(conns.home(shared.schedule[of as usize].scanner as usize))
+        }
+        _ => conns.home(a.scanner as usize),
+    };
+    let cross_node = matches!(a.kind, Kind::Replay { .. }) && conns.nodes() > 1;
+    let mut sent = false;
     let prepared: Result<(Arc<[u8]>, Reason), String> = match a.kind {
         Kind::Replay { of } => {
             let of = of as usize;
@@ -336,9 +376,10 @@ async fn send_one(
         Err(e) if matches!(a.kind, Kind::Replay { .. }) => Outcome::Skipped(e),
         Err(e) => Outcome::Error(format!("harness: {e}")),
         Ok((token, expect)) => {
+            sent = true;
             let r = tokio::time::timeout(
                 shared.opts.request_timeout,
-                target::verify(&shared.conns, a.scanner as usize, &token),
+                target::verify(&shared.conns, node, a.scanner as usize, &token),
             )
             .await;
             match r {
@@ -362,6 +403,8 @@ async fn send_one(
     );
     let _ = tx.send(Done {
         i,
+        node: sent.then_some(node),
+        cross_node,
         outcome,
         latency_us,
         lag_us,
@@ -478,6 +521,21 @@ pub async fn run(
         prefill_secs,
         timeline: Vec::new(),
         harness_cpu_secs: None,
+        nodes: shared
+            .conns
+            .addrs()
+            .iter()
+            .map(|addr| NodeStats {
+                addr: addr.to_string(),
+                requests: 0,
+                answered: 0,
+                errors: 0,
+                mismatches: 0,
+                verdicts: BTreeMap::new(),
+                latency: histogram(),
+            })
+            .collect(),
+        cross_node: (shared.conns.nodes() > 1).then(CrossNodeReplays::default),
     };
     let seconds = plan.duration().ceil() as usize + 1;
     let mut per_second: Vec<(Second, Histogram<u64>)> = (0..seconds)
@@ -517,9 +575,26 @@ pub async fn run(
                 let a = &schedule[d.i];
                 let _ = stats.send_lag.record(d.lag_us.max(1));
                 let sec = per_second.get_mut(a.at as usize);
+                let mut node = d.node.and_then(|n| stats.nodes.get_mut(n));
+                if let Some(n) = node.as_mut() {
+                    n.requests += 1;
+                }
                 match d.outcome {
                     Outcome::Verdict { got, expect } => {
                         stats.answered += 1;
+                        if let Some(n) = node {
+                            n.answered += 1;
+                            n.mismatches += u64::from(got != expect);
+                            *n.verdicts.entry(got.label().to_string()).or_default() += 1;
+                            let _ = n.latency.record(d.latency_us);
+                        }
+                        if let (true, Some(c)) = (d.cross_node, stats.cross_node.as_mut()) {
+                            c.judged += 1;
+                            if expect == Reason::Replayed {
+                                c.expected_replayed += 1;
+                                c.replayed += u64::from(got == Reason::Replayed);
+                            }
+                        }
                         let us = d.latency_us;
                         let _ = stats.all.record(us);
                         let _ = last_p99.record(us);
@@ -546,6 +621,7 @@ pub async fn run(
                     }
                     Outcome::Error(e) => {
                         stats.errors += 1;
+                        if let Some(n) = node { n.errors += 1; }
                         if stats.error_examples.len() < 10 {
                             stats.error_examples.push(format!("request {}: {e}", d.i));
                         }

@@ -58,10 +58,48 @@ pub struct Second {
 pub struct Cpu {
     /// The harness process.
     pub harness_secs: Option<f64>,
-    /// The engine process, when the harness started it.
+    /// The engine process, when the harness started it (with several nodes, their sum).
     pub engine_secs: Option<f64>,
+    /// The Redis server(s) the harness started for the nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_secs: Option<f64>,
     /// Wall-clock seconds over which they were measured.
     pub wall_secs: f64,
+}
+
+/// What one node was sent and answered during a run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NodeSummary {
+    /// Index of the node (scanner `i` sends to node `i % nodes`).
+    pub node: usize,
+    /// Where it listens.
+    pub address: String,
+    /// Requests sent to it (answered or not).
+    pub requests: u64,
+    /// Of those, answered with a verdict that judged the token.
+    pub answered: u64,
+    /// Of those, transport errors, timeouts and retry answers.
+    pub errors: u64,
+    /// Verdicts it gave that differ from the expected one.
+    pub mismatches: u64,
+    /// Verdicts it gave, by reason.
+    pub verdicts: BTreeMap<String, u64>,
+    /// Latency of its answered requests, from their intended send time.
+    pub latency_us: Latency,
+    /// CPU seconds the node used during the run, when the harness started it.
+    pub cpu_secs: Option<f64>,
+}
+
+/// Replays sent to another node than the one that answered their original (several nodes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrossNodeReplays {
+    /// Such replays answered with a verdict.
+    pub judged: u64,
+    /// Of those, the ones whose original reached one-time use, so must come back `replayed`
+    /// (a revoked or forged token is denied earlier, the same way on every node).
+    pub expected_replayed: u64,
+    /// Of those, how many came back `replayed`: every one when the nodes share one-time use.
+    pub replayed: u64,
 }
 
 /// What one open-loop run measured.
@@ -106,13 +144,26 @@ pub struct RunSummary {
     pub error_examples: Vec<String>,
     /// CPU used.
     pub cpu: Cpu,
+    /// Per node, in index order (one entry with one node; absent in reports written before
+    /// fleet runs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeSummary>,
+    /// Replays sent across nodes (several nodes only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cross_node_replays: Option<CrossNodeReplays>,
     /// Per second of the plan.
     pub timeline: Vec<Second>,
 }
 
 impl RunSummary {
-    /// From the raw statistics of a run.
-    pub fn from_stats(s: &RunStats, engine_cpu_secs: Option<f64>) -> RunSummary {
+    /// From the raw statistics of a run and, per node it started, the CPU seconds each node
+    /// used (empty for an engine the harness did not start). The engine total is their sum.
+    pub fn from_stats(s: &RunStats, node_cpu_secs: &[Option<f64>]) -> RunSummary {
+        let engine_cpu_secs = if node_cpu_secs.is_empty() {
+            None
+        } else {
+            node_cpu_secs.iter().copied().sum::<Option<f64>>()
+        };
         RunSummary {
             planned: s.planned,
             answered: s.answered,
@@ -145,8 +196,26 @@ impl RunSummary {
             cpu: Cpu {
                 harness_secs: s.harness_cpu_secs,
                 engine_secs: engine_cpu_secs,
+                redis_secs: None,
                 wall_secs: s.elapsed_secs + s.prefill_secs,
             },
+            nodes: s
+                .nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| NodeSummary {
+                    node: i,
+                    address: n.addr.clone(),
+                    requests: n.requests,
+                    answered: n.answered,
+                    errors: n.errors,
+                    mismatches: n.mismatches,
+                    verdicts: n.verdicts.clone(),
+                    latency_us: latency(&n.latency),
+                    cpu_secs: node_cpu_secs.get(i).copied().flatten(),
+                })
+                .collect(),
+            cross_node_replays: s.cross_node,
             timeline: s.timeline.clone(),
         }
     }
@@ -236,6 +305,16 @@ pub struct TargetInfo {
     pub revocations_loaded: Option<bool>,
     /// Scanner connections.
     pub connections: usize,
+    /// Every node's address, in index order (one for a single engine).
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// Where spawned nodes record one-time use ("memory", "redis redis://…"); absent for an
+    /// engine the harness did not start.
+    #[serde(default)]
+    pub store: Option<String>,
+    /// Per node, the cores it was pinned to (`taskset -c`; empty: not pinned).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pins: Vec<String>,
 }
 
 /// The rush model and the plan drawn from it.
@@ -431,6 +510,21 @@ pub fn plan_differences(before: &serde_json::Value, now: &serde_json::Value) -> 
         .collect()
 }
 
+/// The engine CPU of a sweep step: the total, and per node when there are several.
+fn engine_cpu(r: &RunSummary) -> String {
+    let one = |x: Option<f64>| x.map_or("-".to_string(), |s| format!("{s:.1}"));
+    let engine = if r.nodes.len() > 1 {
+        let per: Vec<String> = r.nodes.iter().map(|n| one(n.cpu_secs)).collect();
+        format!("{} ({})", one(r.cpu.engine_secs), per.join("+"))
+    } else {
+        one(r.cpu.engine_secs)
+    };
+    match r.cpu.redis_secs {
+        Some(s) => format!("{engine} redis {s:.1}"),
+        None => engine,
+    }
+}
+
 fn ms(us: u64) -> String {
     format!("{:.2} ms", us as f64 / 1e3)
 }
@@ -492,11 +586,72 @@ fn render_run(out: &mut String, r: &RunSummary) {
     let cpu = |x: Option<f64>| x.map_or("n/a".to_string(), |s| format!("{s:.1} s"));
     let _ = writeln!(
         out,
-        "  cpu        harness {}, engine {} over {:.1} s wall",
+        "  cpu        harness {}, engine {}{} over {:.1} s wall",
         cpu(r.cpu.harness_secs),
         cpu(r.cpu.engine_secs),
+        r.cpu
+            .redis_secs
+            .map_or(String::new(), |s| format!(", redis {s:.1} s")),
         r.cpu.wall_secs
     );
+    if r.nodes.len() > 1 {
+        render_nodes(out, r);
+    }
+}
+
+/// Per node and in total: requests, verdicts, p50/p99, CPU; then the cross-node replays.
+fn render_nodes(out: &mut String, r: &RunSummary) {
+    let _ = writeln!(out, "  per node (scanner i → node i % {}):", r.nodes.len());
+    let row = |out: &mut String,
+               name: &str,
+               requests: u64,
+               answered: u64,
+               errors: u64,
+               mismatches: u64,
+               l: &Latency,
+               cpu: Option<f64>,
+               verdicts: &BTreeMap<String, u64>| {
+        let v: Vec<String> = verdicts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        let _ = writeln!(
+            out,
+            "    {name:<24} requests {requests:>8}  answered {answered:>8}  errors {errors:>5}  mismatches {mismatches:>3}  p50 {:>9}  p99 {:>9}  cpu {}",
+            ms(l.p50_us),
+            ms(l.p99_us),
+            cpu.map_or("n/a".to_string(), |s| format!("{s:.1} s")),
+        );
+        let _ = writeln!(out, "      verdicts {}", v.join(", "));
+    };
+    for n in &r.nodes {
+        row(
+            out,
+            &format!("node {} {}", n.node, n.address),
+            n.requests,
+            n.answered,
+            n.errors,
+            n.mismatches,
+            &n.latency_us,
+            n.cpu_secs,
+            &n.verdicts,
+        );
+    }
+    row(
+        out,
+        "total",
+        r.nodes.iter().map(|n| n.requests).sum(),
+        r.answered,
+        r.errors,
+        r.mismatches,
+        &r.latency_us,
+        r.cpu.engine_secs,
+        &r.verdicts,
+    );
+    if let Some(c) = &r.cross_node_replays {
+        let _ = writeln!(
+            out,
+            "  cross-node replays {} answered; {} of the {} whose original reached one-time use came back replayed",
+            c.judged, c.replayed, c.expected_replayed
+        );
+    }
 }
 
 impl Report {
@@ -532,6 +687,19 @@ impl Report {
             self.population.origin,
             self.population.secs
         );
+        if let Some(store) = &self.target.store {
+            let pins = if self.target.pins.iter().any(|p| !p.is_empty()) {
+                format!(", pinned to cores {}", self.target.pins.join(" / "))
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                out,
+                "  nodes      {} ({}), one-time use: {store}{pins}",
+                self.target.nodes.len().max(1),
+                self.target.nodes.join(", ")
+            );
+        }
         let _ = writeln!(out, "  model      {}", self.model.explanation);
         if let Some(r) = &self.run {
             let _ = writeln!(
@@ -549,7 +717,7 @@ impl Report {
             for st in &s.steps {
                 let _ = writeln!(
                     out,
-                    "    {:>9.0} req/s  {}  answered {:>8}  p50 {:>9}  p99 {:>9}  p99.9 {:>9}  errors {:>6}  mismatches {}  lag p99 {:>9}  cpu h/e {}/{}{}",
+                    "    {:>9.0} req/s  {}  answered {:>8}  p50 {:>9}  p99 {:>9}  p99.9 {:>9}  errors {:>6}  mismatches {}  lag p99 {:>9}  cpu h/e {}/{}{}{}",
                     st.rate_rps,
                     if st.passed { "held " } else { "BROKE" },
                     st.run.answered,
@@ -560,7 +728,11 @@ impl Report {
                     st.run.mismatches,
                     ms(st.run.send_lag_us.p99_us),
                     st.run.cpu.harness_secs.map_or("-".into(), |s| format!("{s:.1}")),
-                    st.run.cpu.engine_secs.map_or("-".into(), |s| format!("{s:.1}")),
+                    engine_cpu(&st.run),
+                    st.run.cross_node_replays.map_or(String::new(), |c| format!(
+                        "  cross-node replayed {}/{}",
+                        c.replayed, c.expected_replayed
+                    )),
                     if st.failed_checks.is_empty() {
                         String::new()
                     } else {

@@ -19,7 +19,7 @@ use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use support::{gatehouse, harness};
+use support::{gatehouse, harness, report_path, show};
 
 /// The runs share two cores: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -70,22 +70,6 @@ fn rush(extra: &[&str], report: &Path) -> (Output, serde_json::Value) {
         )
     });
     (out, serde_json::from_str(&json).unwrap())
-}
-
-fn report_path(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "gatehouse-loadtest-test-{}-{name}.json",
-        std::process::id()
-    ))
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[test]

@@ -1,6 +1,11 @@
-//! What the harness's integration tests share: the binaries they run.
+//! What the harness's integration tests share: the binaries they run, where their reports go,
+//! and how a failed run is shown.
+
+// Each test file uses some of these, not all.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::Output;
 
 /// The harness binary cargo built for these tests.
 pub fn harness() -> &'static str {
@@ -20,4 +25,22 @@ pub fn gatehouse() -> PathBuf {
         beside.display()
     );
     beside
+}
+
+/// A report file of this test process, named `name`.
+pub fn report_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "gatehouse-loadtest-test-{}-{name}.json",
+        std::process::id()
+    ))
+}
+
+/// A finished run's exit status and output, for an assertion message.
+pub fn show(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }

@@ -1,0 +1,233 @@
+//! Fleet runs of the harness, CI-sized: `rush --spawn --nodes 2 --store redis` starts two
+//! `gatehouse serve` nodes on one loopback Redis, spreads the scanners over them, and sends
+//! every replay to the other node than its original's.
+//!
+//! - two nodes sharing Redis: per-node and total figures are reported, 0 mismatches, and the
+//!   cross-node replays came back `replayed`;
+//! - two nodes each on its own Redis (`--split-store`): they do not agree, so the cross-node
+//!   replays are accepted again and the run fails — the first test would catch a fleet that
+//!   does not share its one-time use;
+//! - two nodes on the memory store are refused before anything starts.
+//!
+//! Needs the `gatehouse` binary as `tests/rush.rs` does, and `redis-server` (`scripts/test`
+//! installs it). Every process a run starts is stopped by the harness when the run ends.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use support::{gatehouse, harness, report_path, show};
+
+/// The runs share two cores: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn budget(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("budgets")
+        .join(name)
+}
+
+/// A 5-second rush (1 s up, 3 s at 500 req/s, 1 s down) against two spawned nodes on Redis.
+fn fleet_rush(extra: &[&str], report: &Path) -> (Output, serde_json::Value) {
+    let t0 = Instant::now();
+    let out = Command::new(harness())
+        .args([
+            "rush",
+            "--holders",
+            "10000",
+            "--model-holders",
+            "1000000",
+            "--ramp-up-secs",
+            "1",
+            "--peak-secs",
+            "3",
+            "--ramp-down-secs",
+            "1",
+            "--spawn",
+            "--nodes",
+            "2",
+            "--store",
+            "redis",
+            // Debug builds on two shared cores: a mark may wait for the CPU longer than the
+            // production default of 50 ms.
+            "--redis-timeout-ms",
+            "1000",
+            "--quiet",
+            "--budget",
+        ])
+        .arg(budget("ci.toml"))
+        .arg("--report")
+        .arg(report)
+        .arg("--gatehouse-bin")
+        .arg(gatehouse())
+        .args(extra)
+        .output()
+        .expect("running gatehouse-loadtest");
+    assert!(
+        t0.elapsed() < Duration::from_secs(120),
+        "a CI-sized fleet rush took {:?}",
+        t0.elapsed()
+    );
+    let json = std::fs::read_to_string(report)
+        .unwrap_or_else(|e| panic!("no report ({e}); {}", show(&out)));
+    (out, serde_json::from_str(&json).unwrap())
+}
+
+fn u(v: &serde_json::Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+#[test]
+fn two_nodes_on_one_redis_agree_and_every_cross_node_replay_is_replayed() {
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let path = report_path("fleet-shared");
+    let (out, r) = fleet_rush(&[], &path);
+    assert!(out.status.success(), "{}", show(&out));
+    let run = &r["run"];
+    assert_eq!(run["mismatches"], 0, "{}", show(&out));
+    assert_eq!(run["errors"], 0, "{}", show(&out));
+    assert_eq!(r["target"]["nodes"].as_array().unwrap().len(), 2);
+    assert!(
+        r["target"]["store"].as_str().unwrap().starts_with("redis "),
+        "{}",
+        r["target"]
+    );
+
+    // Per node: each was sent requests, answered them, gave accepts, and was timed.
+    let nodes = run["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2, "{run}");
+    for (i, n) in nodes.iter().enumerate() {
+        assert_eq!(u(&n["node"]), i as u64);
+        assert!(u(&n["requests"]) > 200, "node {i}: {n}");
+        assert_eq!(n["requests"], n["answered"], "node {i}: {n}");
+        assert_eq!(n["mismatches"], 0, "node {i}: {n}");
+        assert!(u(&n["verdicts"]["accepted"]) > 0, "node {i}: {n}");
+        assert!(u(&n["verdicts"]["replayed"]) > 0, "node {i}: {n}");
+        assert!(u(&n["latency_us"]["p50_us"]) > 0, "node {i}: {n}");
+        assert!(u(&n["latency_us"]["p99_us"]) >= u(&n["latency_us"]["p50_us"]));
+        assert!(n["cpu_secs"].as_f64().unwrap() > 0.0, "node {i}: {n}");
+    }
+    // The total is the nodes' sum.
+    let sum = |k: &str| nodes.iter().map(|n| u(&n[k])).sum::<u64>();
+    assert_eq!(sum("answered"), u(&run["answered"]));
+    assert_eq!(
+        nodes
+            .iter()
+            .map(|n| u(&n["verdicts"]["accepted"]))
+            .sum::<u64>(),
+        u(&run["verdicts"]["accepted"])
+    );
+    let engine_cpu = run["cpu"]["engine_secs"].as_f64().unwrap();
+    let node_cpu: f64 = nodes.iter().map(|n| n["cpu_secs"].as_f64().unwrap()).sum();
+    assert!((engine_cpu - node_cpu).abs() < 1e-6, "{}", run["cpu"]);
+    // The Redis the harness started is accounted for too.
+    assert!(
+        run["cpu"]["redis_secs"].as_f64().is_some_and(|s| s >= 0.0),
+        "{}",
+        run["cpu"]
+    );
+
+    // Replays crossed nodes, and the other node knew the token was used.
+    let c = &run["cross_node_replays"];
+    assert!(u(&c["expected_replayed"]) > 0, "{c}");
+    assert_eq!(c["replayed"], c["expected_replayed"], "{c}");
+    assert!(u(&c["judged"]) >= u(&c["expected_replayed"]));
+    let checks = r["budget"]["checks"].as_array().unwrap();
+    assert!(
+        checks
+            .iter()
+            .any(|k| k["name"] == "cross-node replays" && k["passed"] == true),
+        "{checks:?}"
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("per node"), "{text}");
+    assert!(text.contains("cross-node replays"), "{text}");
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn nodes_on_separate_redis_servers_fail_on_cross_node_replays() {
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let path = report_path("fleet-split");
+    let (out, r) = fleet_rush(&["--split-store"], &path);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("budget missed: cross-node replays"),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        stderr.contains("budget missed: mismatches"),
+        "{}",
+        show(&out)
+    );
+    let run = &r["run"];
+    let c = &run["cross_node_replays"];
+    assert!(u(&c["expected_replayed"]) > 0, "{c}");
+    // Each node saw only its own tokens: the first replay of one on the other node is
+    // accepted (or denied by policy) instead of `replayed`. (A second replay of the same
+    // token finds the first in that node's Redis, so a few do come back `replayed`.)
+    let missed = u(&c["expected_replayed"]) - u(&c["replayed"]);
+    assert!(missed * 2 > u(&c["expected_replayed"]), "{c}");
+    assert!(u(&run["mismatches"]) >= missed, "{run}");
+    assert!(run["mismatch_examples"][0]
+        .as_str()
+        .unwrap()
+        .contains("expected replayed"));
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn several_nodes_on_the_memory_store_are_refused() {
+    let out = Command::new(harness())
+        .args([
+            "rush",
+            "--holders",
+            "10000",
+            "--spawn",
+            "--nodes",
+            "2",
+            "--store",
+            "memory",
+            "--quiet",
+        ])
+        .arg("--gatehouse-bin")
+        .arg(gatehouse())
+        .output()
+        .expect("running gatehouse-loadtest");
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--nodes 2 with --store memory") && stderr.contains("use --store redis"),
+        "{}",
+        show(&out)
+    );
+    // One entry per node for --pin.
+    let out = Command::new(harness())
+        .args([
+            "sweep",
+            "--holders",
+            "10000",
+            "--spawn",
+            "--nodes",
+            "2",
+            "--store",
+            "redis",
+            "--pin",
+            "0",
+            "--quiet",
+        ])
+        .output()
+        .expect("running gatehouse-loadtest");
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("one per node"),
+        "{}",
+        show(&out)
+    );
+}
