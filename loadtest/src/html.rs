@@ -266,12 +266,72 @@ fn run_section(out: &mut String, r: &RunSummary) -> Result<()> {
     latency_table(out, &[("send lag".to_string(), r.send_lag_us)]);
     out.push_str("<h3>Verdicts</h3>\n");
     verdict_table(out, &r.verdicts, &r.expected);
+    if r.nodes.len() > 1 {
+        node_table(out, r);
+    }
     list(out, "Mismatches and errors (examples)", &{
         let mut v = r.mismatch_examples.clone();
         v.extend(r.error_examples.iter().cloned());
         v
     });
     Ok(())
+}
+
+/// Several nodes: per node and in total, and the replays sent across nodes.
+fn node_table(out: &mut String, r: &RunSummary) {
+    let _ = writeln!(
+        out,
+        "<h3>Per node (scanner i sends to node i % {})</h3>",
+        r.nodes.len()
+    );
+    out.push_str(
+        "<table>\n<tr><th class=\"l\">node</th><th>requests</th><th>answered</th>\
+         <th>errors</th><th>mismatches</th><th>accepted</th><th>replayed</th>\
+         <th>p50 ms</th><th>p99 ms</th><th>CPU s</th></tr>\n",
+    );
+    let ms = |us: u64| format!("{:.2}", us as f64 / 1e3);
+    let cpu = |s: Option<f64>| s.map_or("–".to_string(), |s| format!("{s:.1}"));
+    let count = |v: &BTreeMap<String, u64>, k: &str| v.get(k).copied().unwrap_or(0);
+    for n in &r.nodes {
+        let _ = writeln!(
+            out,
+            "<tr><td class=\"l\">{} {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            n.node,
+            esc(&n.address),
+            n.requests,
+            n.answered,
+            n.errors,
+            n.mismatches,
+            count(&n.verdicts, "accepted"),
+            count(&n.verdicts, "replayed"),
+            ms(n.latency_us.p50_us),
+            ms(n.latency_us.p99_us),
+            cpu(n.cpu_secs)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "<tr><td class=\"l\">total</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+         <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n</table>",
+        r.nodes.iter().map(|n| n.requests).sum::<u64>(),
+        r.answered,
+        r.errors,
+        r.mismatches,
+        count(&r.verdicts, "accepted"),
+        count(&r.verdicts, "replayed"),
+        ms(r.latency_us.p50_us),
+        ms(r.latency_us.p99_us),
+        cpu(r.cpu.engine_secs)
+    );
+    if let Some(c) = &r.cross_node_replays {
+        let _ = writeln!(
+            out,
+            "<p>Cross-node replays: {} answered; {} of the {} whose original reached \
+             one-time use came back <code>replayed</code>.</p>",
+            c.judged, c.replayed, c.expected_replayed
+        );
+    }
 }
 
 /// The phases in plan order (the map is alphabetical).
@@ -919,6 +979,44 @@ mod tests {
         // The broken step's failed check and its p99.
         assert!(html.contains("p99 45.60 ms (limit ≤ 20 ms)"));
         assert!(html.contains("<td>45.60</td>"));
+        assert_offline(&html);
+    }
+
+    #[test]
+    fn a_fleet_run_has_a_row_per_node_a_total_and_its_cross_node_replays() {
+        let (mut rush, _) = sample_reports();
+        let one = render(&rush).unwrap();
+        assert!(!one.contains("Per node"), "one node: no node table");
+        let run = rush.run.as_mut().unwrap();
+        let node = |i: usize, requests: u64, replayed: u64| crate::report::NodeSummary {
+            node: i,
+            address: format!("127.0.0.1:{}", 4433 + i),
+            requests,
+            answered: requests,
+            verdicts: [
+                ("accepted".to_string(), requests - replayed),
+                ("replayed".to_string(), replayed),
+            ]
+            .into_iter()
+            .collect(),
+            latency_us: lat(requests, 800, 2_500 + 1_000 * i as u64),
+            cpu_secs: Some(2.5 + i as f64),
+            ..Default::default()
+        };
+        run.nodes = vec![node(0, 2_111, 97), node(1, 2_210, 107)];
+        run.cross_node_replays = Some(crate::report::CrossNodeReplays {
+            judged: 210,
+            expected_replayed: 204,
+            replayed: 204,
+        });
+        let html = render(&rush).unwrap();
+        assert!(html.contains("Per node (scanner i sends to node i % 2)"));
+        assert!(html.contains("<td class=\"l\">0 127.0.0.1:4433</td><td>2111</td>"));
+        assert!(html.contains("<td class=\"l\">1 127.0.0.1:4434</td><td>2210</td>"));
+        // The second node's p99 and CPU; the total row sums the requests.
+        assert!(html.contains("<td>3.50</td><td>3.5</td>"));
+        assert!(html.contains("<td class=\"l\">total</td><td>4321</td>"));
+        assert!(html.contains("204 of the 204 whose original reached"));
         assert_offline(&html);
     }
 
