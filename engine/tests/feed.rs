@@ -51,10 +51,13 @@ const LONG: Duration = Duration::from_secs(20);
 /// The feed interval of these tests' nodes.
 const INTERVAL: Duration = Duration::from_millis(500);
 
-/// The feed as a publisher keeps it, served over HTTP on loopback by the test itself.
+/// The feed as a publisher keeps it, served over HTTP on loopback by the test itself. The
+/// publisher is another machine in a fleet: it serves from a thread and runtime of its own,
+/// and hands out shared bytes (no copy of a snapshot per request), so that serving an 18 MB
+/// snapshot does not run on the node's runtime threads.
 #[derive(Clone)]
 struct Feed {
-    objects: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    objects: Arc<Mutex<HashMap<String, Arc<Vec<u8>>>>>,
     /// While set, every request gets a 503 (the link to the feed is down).
     down: Arc<AtomicBool>,
     /// GET requests per object name.
@@ -64,8 +67,11 @@ struct Feed {
 }
 
 impl Feed {
+    /// Starts serving; the server's thread stops when the returned task is aborted or
+    /// dropped.
     async fn start(key: PrivateKey) -> (Feed, JoinHandle<()>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let feed = Feed {
             objects: Arc::default(),
@@ -75,16 +81,39 @@ impl Feed {
             base: format!("http://{addr}/feed"),
         };
         let served = feed.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((socket, _)) = listener.accept().await else {
-                    continue;
-                };
-                let f = served.clone();
-                tokio::spawn(async move {
-                    let _ = timeout(Duration::from_secs(5), f.answer(socket)).await;
+        let (stop, stopped) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("test-feed".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    let listener = TcpListener::from_std(listener).unwrap();
+                    let serve = async {
+                        loop {
+                            let Ok((socket, _)) = listener.accept().await else {
+                                continue;
+                            };
+                            let f = served.clone();
+                            tokio::spawn(async move {
+                                let _ = timeout(Duration::from_secs(5), f.answer(socket)).await;
+                            });
+                        }
+                    };
+                    tokio::select! {
+                        _ = stopped => {}
+                        () = serve => {}
+                    }
                 });
-            }
+                runtime.shutdown_background();
+            })
+            .unwrap();
+        // Holds the server's thread until the test aborts (or drops) this task.
+        let task = tokio::spawn(async move {
+            let _stop = stop;
+            std::future::pending::<()>().await
         });
         (feed, task)
     }
@@ -105,22 +134,23 @@ impl Feed {
         *self.hits.lock().entry(name.clone()).or_default() += 1;
         let body = self.objects.lock().get(&name).cloned();
         let (status, body) = match body {
-            _ if self.down.load(Ordering::Relaxed) => ("503 Service Unavailable", Vec::new()),
+            _ if self.down.load(Ordering::Relaxed) => ("503 Service Unavailable", Arc::default()),
             Some(b) => ("200 OK", b),
-            None => ("404 Not Found", Vec::new()),
+            None => ("404 Not Found", Arc::default()),
         };
-        let mut out = format!(
+        let head = format!(
             "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
-        )
-        .into_bytes();
-        out.extend_from_slice(&body);
-        socket.write_all(&out).await?;
+        );
+        socket.write_all(head.as_bytes()).await?;
+        socket.write_all(&body).await?;
         socket.shutdown().await
     }
 
     fn put(&self, name: &str, bytes: Vec<u8>) {
-        self.objects.lock().insert(name.to_string(), bytes);
+        self.objects
+            .lock()
+            .insert(name.to_string(), Arc::new(bytes));
     }
 
     fn head(&self) -> Option<FeedHead> {
@@ -461,6 +491,64 @@ async fn a_revocation_published_once_reaches_every_node_and_reinstating_restores
     feed_task.abort();
 }
 
+/// The threads of this process by name, with their scheduling policy read back from the
+/// kernel (field 41 of `/proc/self/task/TID/stat`: SCHED_OTHER 0, SCHED_IDLE 5).
+#[cfg(target_os = "linux")]
+fn threads_and_policies() -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = task.unwrap().path();
+        // A thread may end between the listing and the read.
+        let (Ok(name), Ok(stat)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("stat")),
+        ) else {
+            continue;
+        };
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let policy = after_name.split(' ').nth(41 - 3).unwrap().parse().unwrap();
+        out.push((name.trim().to_string(), policy));
+    }
+    out
+}
+
+/// The feed is fetched, verified, built and freed on a thread of its own at SCHED_IDLE; the
+/// verification, batcher and runtime threads keep the normal policy.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_follows_on_a_thread_of_its_own_at_the_lowest_priority() {
+    let world = World::new();
+    let (feed, feed_task) = Feed::start(world.revocation.clone()).await;
+    feed.publish(vec![], vec![]);
+    let node = start(&world, world.engine(), Some(feed.config())).await;
+    node.reach(1).await;
+    let threads = threads_and_policies();
+    let feed_threads: Vec<_> = threads
+        .iter()
+        .filter(|(name, _)| name == server::feed::FEED_THREAD)
+        .collect();
+    assert!(!feed_threads.is_empty(), "no feed thread in {threads:?}");
+    assert!(
+        feed_threads.iter().all(|(_, policy)| *policy == 5),
+        "feed threads not SCHED_IDLE: {feed_threads:?}"
+    );
+    let serving: Vec<_> = threads
+        .iter()
+        .filter(|(name, _)| name.starts_with("gatehouse-verif") || name == "gatehouse-batch")
+        .chain(threads.iter().filter(|(name, _)| name == "tokio-rt-worker"))
+        .collect();
+    assert!(
+        serving.len() >= 3,
+        "verification and runtime threads: {threads:?}"
+    );
+    assert!(
+        serving.iter().all(|(_, policy)| *policy == 0),
+        "a serving thread lost its normal priority: {serving:?}"
+    );
+    node.stop().await;
+    feed_task.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_was_down_catches_up_from_a_snapshot_and_a_gap_fetches_it_too() {
     let world = World::new();
@@ -691,7 +779,7 @@ async fn a_node_started_with_only_a_delta_on_disk_fetches_what_it_needs() {
     )
     .unwrap();
     let delta_bytes = feed.objects.lock().get("delta-3.cose").cloned().unwrap();
-    std::fs::write(dir.join("revocations.cose"), delta_bytes).unwrap();
+    std::fs::write(dir.join("revocations.cose"), &*delta_bytes).unwrap();
     let base = "listen = \"127.0.0.1:0\"\n[tls]\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\nclient_ca = \"pki/ca.pem\"\n[files]\ntrust = \"trust.toml\"\nscanners = \"scanners.toml\"\nrevocations = \"revocations.cose\"\n";
     // Without a feed a lone delta is still refused, with a clear error.
     let path = dir.join("gatehouse.toml");
@@ -903,6 +991,8 @@ async fn a_million_entry_snapshot_under_open_loop_traffic() {
     };
     let big = big.sign(&world.revocation).unwrap();
     eprintln!("snapshot: {} bytes", big.len());
+    // Published by a move, not a copy: the load loop must not stall on 18 MB of memcpy.
+    let mut big = Some(big);
 
     let start_at = Instant::now();
     let total = RATE * SECONDS;
@@ -912,7 +1002,9 @@ async fn a_million_entry_snapshot_under_open_loop_traffic() {
         let due = start_at + Duration::from_micros(i * 1_000_000 / RATE);
         tokio::time::sleep_until(due.into()).await;
         if published.is_none() && due >= start_at + Duration::from_secs(4) {
-            feed.put("snapshot-2.cose", big.clone());
+            if let Some(big) = big.take() {
+                feed.put("snapshot-2.cose", big);
+            }
             feed.set_head(2, 2);
             published = Some(start_at.elapsed());
         }
@@ -976,6 +1068,24 @@ async fn a_million_entry_snapshot_under_open_loop_traffic() {
             pct(xs, 1.0)
         );
     }
+    // Where the tail is: the slowest requests, by send time from publication.
+    let mut worst = samples.clone();
+    worst.sort_by_key(|(_, l)| std::cmp::Reverse(*l));
+    let worst: Vec<String> = worst
+        .iter()
+        .take(8)
+        .map(|(at, l)| {
+            format!(
+                "{:+.3} s: {:.1} ms",
+                at.as_secs_f64() - published.as_secs_f64(),
+                l.as_secs_f64() * 1000.0
+            )
+        })
+        .collect();
+    eprintln!(
+        "  slowest (send time from publication): {}",
+        worst.join(", ")
+    );
     assert_eq!(node.engine.revocation_epoch(), (2, 1_000_000));
     if let Ok(n) = Arc::try_unwrap(node) {
         n.stop().await;

@@ -315,12 +315,50 @@ impl Revocations {
 
     /// Applies a list: builds the next state aside, then swaps it in. Updates are serialised
     /// among themselves; verification is never blocked. Returns the new epoch.
+    ///
+    /// The previous state is let go here: whichever thread holds its last reference frees it.
+    /// A caller that must keep a large free off the verification threads uses
+    /// [`Revocations::apply_returning_previous`].
     pub fn apply(&self, list: &RevocationList) -> Result<u64, RevocationError> {
+        self.apply_returning_previous(list).map(|(epoch, _)| epoch)
+    }
+
+    /// Like [`Revocations::apply`], and hands the state it replaced back to the caller, who
+    /// decides where it is freed. Verifications that loaded the previous state before the swap
+    /// still hold references to it; were it simply dropped here, the last of them would free
+    /// a million-entry set (tens of MB) on a verification thread. The swap itself is one
+    /// atomic pointer exchange: a reader sees the old epoch or the new one, never a mix.
+    pub fn apply_returning_previous(
+        &self,
+        list: &RevocationList,
+    ) -> Result<(u64, Arc<RevocationState>), RevocationError> {
         let _one_at_a_time = self.update.lock();
         let next = self.current.load().apply(list)?;
         let epoch = next.epoch;
-        self.current.store(Arc::new(next));
-        Ok(epoch)
+        let previous = self.current.swap(Arc::new(next));
+        Ok((epoch, previous))
+    }
+}
+
+// Tests count, per thread, the revocation states freed on it: they show where the last
+// reference to a replaced state goes.
+#[cfg(test)]
+thread_local! {
+    static FREED_HERE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+#[cfg(test)]
+impl Drop for RevocationState {
+    fn drop(&mut self) {
+        FREED_HERE.with(|n| n.set(n.get() + 1));
+    }
+}
+
+#[cfg(test)]
+impl RevocationState {
+    /// Revocation states freed on the calling thread so far (tests only).
+    pub(crate) fn freed_on_this_thread() -> u64 {
+        FREED_HERE.with(std::cell::Cell::get)
     }
 }
 
@@ -451,6 +489,56 @@ mod tests {
                 current: 2
             })
         );
+    }
+
+    #[test]
+    fn the_replaced_state_goes_back_to_the_caller_whole_and_readers_keep_their_epoch() {
+        let r = Revocations::new(RevocationState::empty().unwrap());
+        let snap = RevocationList {
+            epoch: 5,
+            base: None,
+            revoke: (0..100)
+                .map(|n| entry(RevocationKind::Credential, n))
+                .collect(),
+            reinstate: vec![],
+        };
+        r.apply(&snap).unwrap();
+        // A verification that loaded epoch 5 before the swap.
+        let reader = r.load();
+        let delta = RevocationList {
+            epoch: 6,
+            base: Some(5),
+            revoke: vec![],
+            reinstate: vec![entry(RevocationKind::Credential, 7)],
+        };
+        let freed_before = RevocationState::freed_on_this_thread();
+        let (epoch, previous) = r.apply_returning_previous(&delta).unwrap();
+        assert_eq!(epoch, 6);
+        assert!(
+            Arc::ptr_eq(&previous, &reader),
+            "the state replaced is handed back"
+        );
+        // The reader still answers on the whole of epoch 5; new loads see epoch 6.
+        assert_eq!(reader.epoch(), 5);
+        let seven = entry(RevocationKind::Credential, 7).id;
+        assert!(reader.is_revoked(RevocationKind::Credential, &seven));
+        assert_eq!(r.load().epoch(), 6);
+        assert!(!r.load().is_revoked(RevocationKind::Credential, &seven));
+        // Nothing was freed by the swap; the caller's reference outlives the reader's.
+        assert_eq!(RevocationState::freed_on_this_thread(), freed_before);
+        drop(reader);
+        assert_eq!(Arc::strong_count(&previous), 1);
+        drop(previous);
+        assert_eq!(RevocationState::freed_on_this_thread(), freed_before + 1);
+        // A refused list changes nothing and hands nothing back.
+        assert_eq!(
+            r.apply_returning_previous(&delta).map(|(e, _)| e),
+            Err(RevocationError::EpochMismatch {
+                base: 5,
+                current: 6
+            })
+        );
+        assert_eq!(r.load().epoch(), 6);
     }
 
     #[test]

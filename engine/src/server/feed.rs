@@ -1,7 +1,13 @@
 //! Following a revocation feed (SPEC §11.3): every node pulls the feed's head every few
 //! seconds, applies the signed deltas after its epoch in order, and fetches the latest snapshot
-//! when it is behind by more than a few deltas or finds a gap. An update is built aside (off
-//! the runtime threads) and swapped in, so verification goes on with the old epoch meanwhile.
+//! when it is behind by more than a few deltas or finds a gap. An update is built aside and
+//! swapped in, so verification goes on with the old epoch meanwhile.
+//!
+//! The follower runs on a thread of its own ([`FEED_THREAD`]) at the lowest CPU priority
+//! (SCHED_IDLE on Linux), with a small runtime of its own: fetching, verifying and building a
+//! million-entry snapshot, and freeing the state it replaces, take only CPU time that no
+//! verification wants. None of it runs on the server's runtime threads or on a verification
+//! thread.
 //!
 //! A feed is a directory, an HTTP(S) base URL or a Redis key prefix, holding `head.json`,
 //! `snapshot-S.cose` and `delta-N.cose` (Redis: `PREFIX:head`, `PREFIX:snapshot:S`,
@@ -29,12 +35,64 @@ use tracing::{debug, info, warn};
 
 use super::batcher::unix_now;
 use super::metrics::WhyLabel;
-use crate::{Engine, RevocationError, TrustList};
+use crate::{Engine, RevocationError, RevocationState, TrustList};
 
 /// Most deltas a node applies in one sync before it prefers the snapshot.
 pub const MAX_DELTAS_PER_SYNC: u64 = 64;
 /// Largest head object read.
 const MAX_HEAD_BYTES: usize = 4096;
+/// The name of the feed follower's thread (and of its runtime's blocking threads).
+pub const FEED_THREAD: &str = "gatehouse-feed";
+/// How long a replaced revocation state waits for the verifications that still hold it before
+/// the feed lets it go all the same. A verification holds a state for one batch (well under
+/// a millisecond), so this is only reached by a reader stuck for some other reason.
+const RETIRE_WAIT: Duration = Duration::from_secs(2);
+
+/// Why the calling thread could not be given the lowest CPU priority.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot lower the thread's CPU priority: {0}")]
+pub struct PriorityError(#[from] thread_priority::Error);
+
+/// Puts the calling thread, and only it, at the lowest CPU priority: SCHED_IDLE on Linux, the
+/// lowest nice value elsewhere. A SCHED_IDLE thread runs only on a core that nothing else
+/// wants, and a waking verification thread preempts it at once; verification threads keep
+/// their normal priority (lowering theirs made the tail worse).
+pub fn lower_this_thread_priority() -> Result<(), PriorityError> {
+    #[cfg(target_os = "linux")]
+    {
+        use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
+        thread_priority::set_thread_priority_and_policy(
+            thread_priority::thread_native_id(),
+            ThreadPriority::Min,
+            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+        )?;
+    }
+    #[cfg(not(target_os = "linux"))]
+    thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)?;
+    Ok(())
+}
+
+/// Frees a replaced revocation state on the calling thread once no verification holds it:
+/// the last reference to a million-entry state frees tens of MB, which must not fall to a
+/// verification thread that loaded it just before the swap. Returns whether it was freed
+/// here; after `wait` the reference is let go and the last reader frees it.
+pub fn retire(state: Arc<RevocationState>, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    let mut state = state;
+    loop {
+        match Arc::try_unwrap(state) {
+            Ok(unshared) => {
+                drop(unshared);
+                return true;
+            }
+            Err(shared) if Instant::now() < deadline => {
+                state = shared;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(_) => return false,
+        }
+    }
+}
 
 /// Where a feed lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -443,8 +501,10 @@ impl Fetcher {
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                         Err(e) => return Err(e.to_string()),
                     };
-                    // Bounded while reading: one byte past the limit says "too large".
-                    let mut bytes = Vec::new();
+                    // Bounded while reading: one byte past the limit says "too large". Sized
+                    // once from the file's length (bounded too), not grown by doubling.
+                    let expected = file.metadata().map_or(0, |m| m.len()).min(limit as u64 + 1);
+                    let mut bytes = Vec::with_capacity(expected as usize);
                     file.take(limit as u64 + 1)
                         .read_to_end(&mut bytes)
                         .map_err(|e| e.to_string())?;
@@ -479,7 +539,11 @@ impl Fetcher {
                 if response.content_length().is_some_and(|n| n > limit as u64) {
                     return Err(too_large());
                 }
-                let mut body = Vec::new();
+                // Sized once from the announced length (checked against the limit above)
+                // rather than grown by doubling: an 18 MB snapshot would otherwise be copied
+                // and page-faulted several times over.
+                let announced = response.content_length().unwrap_or(0) as usize;
+                let mut body = Vec::with_capacity(announced);
                 while let Some(chunk) = response.chunk().await.map_err(|e| fetch(e.to_string()))? {
                     if body.len() + chunk.len() > limit {
                         return Err(too_large());
@@ -562,53 +626,53 @@ pub fn open_list(bytes: &[u8], trust: &TrustList) -> Result<RevocationList, Revo
     SignedRevocationList::open(bytes, |kid| trust.revocation_key(kid).map(|k| &k.public))
 }
 
-/// Verifies and applies one fetched list off the runtime threads (a snapshot of a million
-/// entries takes a while to build; verification keeps the old epoch meanwhile).
-async fn verify_and_apply(
-    engine: &Arc<Engine>,
+/// Verifies and applies one fetched list, on the calling thread (the feed's own, at the lowest
+/// priority), and frees what it replaces there too. Verification keeps the old epoch until the
+/// swap.
+fn verify_and_apply(
+    engine: &Engine,
     status: &FeedStatus,
     object: Object,
     bytes: Vec<u8>,
 ) -> Result<u64, FeedError> {
-    let e = Arc::clone(engine);
-    let result = tokio::task::spawn_blocking(move || {
-        let list = open_list(&bytes, &e.trust()).map_err(Err)?;
-        let wrong_kind = match object {
-            Object::Snapshot(n) => list.base.is_some() || list.epoch != n,
-            Object::Delta(n) => list.base.is_none() || list.epoch != n,
-            Object::Head => true,
-        };
-        if wrong_kind {
-            return Err(Err(RevocationListError::Malformed(
-                gatehouse_protocol::DecodeError::Inconsistent(
-                    "list is not the object it is named as",
-                ),
-            )));
-        }
-        e.apply_revocations(&list).map_err(Ok)
-    })
-    .await
-    .map_err(|e| FeedError::Fetch {
-        object: object.file_name(),
-        problem: format!("apply task failed: {e}"),
-    })?;
-    match result {
-        Ok(epoch) => Ok(epoch),
-        Err(Err(refused)) => {
-            status.refuse(refused);
-            Err(FeedError::Refused {
-                object: object.file_name(),
-                source: refused,
-            })
-        }
-        Err(Ok(source)) => Err(FeedError::Apply {
+    let refused = |source: RevocationListError| {
+        status.refuse(source);
+        FeedError::Refused {
             object: object.file_name(),
             source,
-        }),
+        }
+    };
+    let list = open_list(&bytes, &engine.trust()).map_err(refused)?;
+    drop(bytes);
+    let wrong_kind = match object {
+        Object::Snapshot(n) => list.base.is_some() || list.epoch != n,
+        Object::Delta(n) => list.base.is_none() || list.epoch != n,
+        Object::Head => true,
+    };
+    if wrong_kind {
+        return Err(refused(RevocationListError::Malformed(
+            gatehouse_protocol::DecodeError::Inconsistent("list is not the object it is named as"),
+        )));
     }
+    let (epoch, previous) = engine
+        .revocations()
+        .apply_returning_previous(&list)
+        .map_err(|source| FeedError::Apply {
+            object: object.file_name(),
+            source,
+        })?;
+    drop(list);
+    if !retire(previous, RETIRE_WAIT) {
+        debug!("a verification held the replaced revocation state: it frees it");
+    }
+    Ok(epoch)
 }
 
 /// One pull: brings the node to the feed's head if it can. Returns the epoch in force.
+///
+/// Lists are verified and applied on the calling thread, which a million-entry snapshot holds
+/// for about a second: call it from the feed's own thread ([`FEED_THREAD`]), never from a
+/// runtime that serves scanners.
 pub async fn sync_once(
     engine: &Arc<Engine>,
     fetcher: &mut Fetcher,
@@ -635,7 +699,7 @@ pub async fn sync_once(
     if !need_snapshot {
         for n in current + 1..=head.epoch {
             let result = match fetcher.get(Object::Delta(n), limit).await {
-                Ok(bytes) => verify_and_apply(engine, status, Object::Delta(n), bytes).await,
+                Ok(bytes) => verify_and_apply(engine, status, Object::Delta(n), bytes),
                 Err(e) => Err(e),
             };
             match result {
@@ -660,7 +724,7 @@ pub async fn sync_once(
         if !established || now_epoch < head.snapshot {
             let started = Instant::now();
             let bytes = fetcher.get(Object::Snapshot(head.snapshot), limit).await?;
-            verify_and_apply(engine, status, Object::Snapshot(head.snapshot), bytes).await?;
+            verify_and_apply(engine, status, Object::Snapshot(head.snapshot), bytes)?;
             status.established.store(true, Ordering::Relaxed);
             status.snapshots.fetch_add(1, Ordering::Relaxed);
             status
@@ -670,7 +734,7 @@ pub async fn sync_once(
         let (after, _) = engine.revocation_epoch();
         for n in after + 1..=head.epoch {
             let bytes = fetcher.get(Object::Delta(n), limit).await?;
-            verify_and_apply(engine, status, Object::Delta(n), bytes).await?;
+            verify_and_apply(engine, status, Object::Delta(n), bytes)?;
             status.deltas.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -712,10 +776,67 @@ fn set_deadline(engine: &Engine, config: &FeedConfig, status: &FeedStatus) {
 /// Follows the feed until the task is dropped: pulls every `config.interval`, and after each
 /// pull moves the engine's revocation deadline. A node whose engine holds no epoch yet (epoch
 /// 0, nothing revoked) starts unestablished: it fails closed until the first snapshot.
+///
+/// The pulls run on the [`FEED_THREAD`] at the lowest CPU priority, with a single-threaded
+/// runtime of their own; this task only holds that thread's lifetime, and dropping (aborting)
+/// it stops the thread at its next await. Should the thread not start, nothing is fetched:
+/// the age grows and the offline policy takes over (fail closed by default), as when the feed
+/// cannot be set up at all.
 pub(crate) async fn follow(engine: Arc<Engine>, config: FeedConfig, status: Arc<FeedStatus>) {
     let (epoch, entries) = engine.revocation_epoch();
     status.configure(&config, epoch > 0 || entries > 0, config.confirmed_at);
     set_deadline(&engine, &config, &status);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name(FEED_THREAD.into())
+        .spawn(move || follow_on_this_thread(engine, config, status, stopped));
+    match spawned {
+        Ok(_detached) => {
+            // Held until this task is dropped: then `stopped` fires on the feed's thread.
+            let _stop = stop;
+            std::future::pending::<()>().await;
+        }
+        Err(err) => warn!("revocation feed cannot start its thread: {err}"),
+    }
+}
+
+/// The feed's thread: lowest priority, then a single-threaded runtime (whose blocking threads,
+/// for directory feeds, get the lowest priority too) that pulls until `stopped`.
+fn follow_on_this_thread(
+    engine: Arc<Engine>,
+    config: FeedConfig,
+    status: Arc<FeedStatus>,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    if let Err(e) = lower_this_thread_priority() {
+        warn!("revocation feed: {e}; it runs at normal priority");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name(FEED_THREAD)
+        .on_thread_start(|| {
+            if let Err(e) = lower_this_thread_priority() {
+                debug!("revocation feed (blocking thread): {e}");
+            }
+        })
+        .build();
+    match runtime {
+        Ok(runtime) => {
+            runtime.block_on(async move {
+                tokio::select! {
+                    _ = stopped => {}
+                    () = pull_forever(engine, config, status) => {}
+                }
+            });
+            // A file read still in flight must not hold the server's shutdown.
+            runtime.shutdown_background();
+        }
+        Err(e) => warn!("revocation feed cannot start its runtime: {e}"),
+    }
+}
+
+/// The pull loop (see [`follow`]): returns only when the feed cannot be set up at all.
+async fn pull_forever(engine: Arc<Engine>, config: FeedConfig, status: Arc<FeedStatus>) {
     let mut fetcher = match Fetcher::new(&config) {
         Ok(f) => f,
         Err(e) => {
@@ -760,7 +881,143 @@ pub(crate) async fn follow(engine: Arc<Engine>, config: FeedConfig, status: Arc<
 
 #[cfg(test)]
 mod tests {
+    use gatehouse_protocol::{RevocationEntry, RevocationKind};
+
     use super::*;
+    use crate::dev::population;
+    use crate::{EngineConfig, RevocationKey, ScannerRegistry};
+
+    /// The scheduling policy of the calling thread, read back from the kernel (field 41 of
+    /// `/proc/thread-self/stat`; SCHED_OTHER is 0, SCHED_IDLE 5).
+    #[cfg(target_os = "linux")]
+    fn policy_of_this_thread() -> u32 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        // The command name may hold spaces: fields are counted after its closing parenthesis.
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        after_name.split(' ').nth(41 - 3).unwrap().parse().unwrap()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_lowered_thread_runs_sched_idle_and_no_other_thread_does() {
+        let caller = policy_of_this_thread();
+        let lowered = std::thread::spawn(|| {
+            let before = policy_of_this_thread();
+            lower_this_thread_priority().unwrap();
+            (before, policy_of_this_thread())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(lowered, (0, 5), "SCHED_OTHER before, SCHED_IDLE after");
+        assert_eq!(
+            policy_of_this_thread(),
+            caller,
+            "the caller's thread is unchanged"
+        );
+        assert_eq!(caller, 0);
+    }
+
+    fn test_engine(key: &gatehouse_protocol::PrivateKey) -> Arc<Engine> {
+        let mut trust = population::trust_list(&population::issuer_key(3));
+        trust.insert_revocation_key(RevocationKey {
+            name: "feed unit test revocations (TEST ONLY)".into(),
+            public: key.public().clone(),
+        });
+        let config = EngineConfig {
+            threads: 1,
+            replay_capacity: 1024,
+            issuer_cache_capacity: 1024,
+            ..EngineConfig::default()
+        };
+        Arc::new(Engine::new(config, trust, ScannerRegistry::new()).unwrap())
+    }
+
+    fn snapshot(key: &gatehouse_protocol::PrivateKey, epoch: u64, n: u64) -> Vec<u8> {
+        RevocationList {
+            epoch,
+            base: None,
+            revoke: (0..n)
+                .map(|i| {
+                    let mut id = [0u8; 16];
+                    id[..8].copy_from_slice(&i.to_le_bytes());
+                    id[8..].copy_from_slice(&epoch.to_le_bytes());
+                    RevocationEntry {
+                        kind: RevocationKind::Credential,
+                        id,
+                    }
+                })
+                .collect(),
+            reinstate: vec![],
+        }
+        .sign(key)
+        .unwrap()
+    }
+
+    /// A verification that loaded the old epoch just before the swap lets go of it after the
+    /// swap: it must not be the one that frees it. The thread that applied the list frees it
+    /// (`Revocations::apply`, which simply drops it, fails this test).
+    #[test]
+    fn the_replaced_state_is_freed_by_the_applying_thread_not_by_the_last_verification() {
+        let key = population::derive_key("feed unit test revocation key (TEST ONLY)", 0);
+        let engine = test_engine(&key);
+        let status = FeedStatus::default();
+        verify_and_apply(
+            &engine,
+            &status,
+            Object::Snapshot(1),
+            snapshot(&key, 1, 5000),
+        )
+        .unwrap();
+        // A verification on this thread holds epoch 1.
+        let held = engine.revocations().load();
+        assert_eq!(held.epoch(), 1);
+        let second = snapshot(&key, 2, 5000);
+        let applier = std::thread::spawn({
+            let engine = Arc::clone(&engine);
+            move || {
+                let freed = RevocationState::freed_on_this_thread();
+                let epoch =
+                    verify_and_apply(&engine, &FeedStatus::default(), Object::Snapshot(2), second);
+                (
+                    epoch.unwrap(),
+                    RevocationState::freed_on_this_thread() - freed,
+                )
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while engine.revocation_epoch().0 != 2 {
+            assert!(Instant::now() < deadline, "epoch 2 was never swapped in");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let freed_here = RevocationState::freed_on_this_thread();
+        drop(held);
+        assert_eq!(
+            RevocationState::freed_on_this_thread(),
+            freed_here,
+            "the verification's thread freed the replaced state"
+        );
+        let (epoch, freed_there) = applier.join().unwrap();
+        assert_eq!(epoch, 2);
+        assert_eq!(
+            freed_there, 1,
+            "the applying thread freed the replaced state"
+        );
+        assert_eq!(engine.revocation_epoch(), (2, 5000));
+    }
+
+    #[test]
+    fn a_state_held_past_the_wait_is_let_go_to_its_last_reader() {
+        let wait = Duration::from_millis(50);
+        let freed = RevocationState::freed_on_this_thread();
+        assert!(retire(Arc::new(RevocationState::empty().unwrap()), wait));
+        assert_eq!(RevocationState::freed_on_this_thread(), freed + 1);
+        let state = Arc::new(RevocationState::empty().unwrap());
+        let reader = Arc::clone(&state);
+        let started = Instant::now();
+        assert!(!retire(state, wait), "a reader still holds it");
+        assert!(started.elapsed() >= wait);
+        assert_eq!(Arc::strong_count(&reader), 1, "the reader frees it");
+    }
 
     #[test]
     fn sources_and_heads_parse() {
