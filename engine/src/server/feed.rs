@@ -3,11 +3,12 @@
 //! when it is behind by more than a few deltas or finds a gap. An update is built aside and
 //! swapped in, so verification goes on with the old epoch meanwhile.
 //!
-//! The follower runs on a thread of its own ([`FEED_THREAD`]) at the lowest CPU priority
-//! (SCHED_IDLE on Linux), with a small runtime of its own: fetching, verifying and building a
-//! million-entry snapshot, and freeing the state it replaces, take only CPU time that no
-//! verification wants. None of it runs on the server's runtime threads or on a verification
-//! thread.
+//! The follower runs on a thread of its own ([`FEED_THREAD`]) with a small runtime of its own,
+//! so fetches never run on the server's runtime threads. A snapshot is verified and built, and
+//! the state it replaces freed, on a further thread ([`SNAPSHOT_THREAD`]) at the lowest CPU
+//! priority (SCHED_IDLE on Linux): that second of CPU is only taken when no verification
+//! wants it. Deltas, the path by which a new revocation is enforced, stay at normal priority,
+//! so a node whose cores are busy still enforces them within the interval.
 //!
 //! A feed is a directory, an HTTP(S) base URL or a Redis key prefix, holding `head.json`,
 //! `snapshot-S.cose` and `delta-N.cose` (Redis: `PREFIX:head`, `PREFIX:snapshot:S`,
@@ -43,6 +44,8 @@ pub const MAX_DELTAS_PER_SYNC: u64 = 64;
 const MAX_HEAD_BYTES: usize = 4096;
 /// The name of the feed follower's thread (and of its runtime's blocking threads).
 pub const FEED_THREAD: &str = "gatehouse-feed";
+/// The name of the thread that verifies and builds a snapshot at the lowest priority.
+pub const SNAPSHOT_THREAD: &str = "gatehouse-snap";
 /// How long a replaced revocation state waits for the verifications that still hold it before
 /// the feed lets it go all the same. A verification holds a state for one batch (well under
 /// a millisecond), so this is only reached by a reader stuck for some other reason.
@@ -70,6 +73,25 @@ pub fn lower_this_thread_priority() -> Result<(), PriorityError> {
     #[cfg(not(target_os = "linux"))]
     thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)?;
     Ok(())
+}
+
+/// Runs `job` on a new [`SNAPSHOT_THREAD`] at the lowest CPU priority and waits for its answer
+/// without holding the caller's runtime.
+pub async fn at_lowest_priority<T: Send + 'static>(
+    job: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<T> {
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(SNAPSHOT_THREAD.into())
+        .spawn(move || {
+            if let Err(e) = lower_this_thread_priority() {
+                warn!("revocation feed: {e}; the snapshot is built at normal priority");
+            }
+            let _ = answer.send(job());
+        })?;
+    answered
+        .await
+        .map_err(|_| std::io::Error::other("the snapshot thread ended without an answer"))
 }
 
 /// Frees a replaced revocation state on the calling thread once no verification holds it:
@@ -626,21 +648,12 @@ pub fn open_list(bytes: &[u8], trust: &TrustList) -> Result<RevocationList, Revo
     SignedRevocationList::open(bytes, |kid| trust.revocation_key(kid).map(|k| &k.public))
 }
 
-/// Verifies and applies one fetched list, on the calling thread (the feed's own, at the lowest
-/// priority), and frees what it replaces there too. Verification keeps the old epoch until the
-/// swap.
-fn verify_and_apply(
-    engine: &Engine,
-    status: &FeedStatus,
-    object: Object,
-    bytes: Vec<u8>,
-) -> Result<u64, FeedError> {
-    let refused = |source: RevocationListError| {
-        status.refuse(source);
-        FeedError::Refused {
-            object: object.file_name(),
-            source,
-        }
+/// Verifies and applies one fetched list, and frees the state it replaces, all on the calling
+/// thread. Verification keeps the old epoch until the swap.
+fn verify_and_apply(engine: &Engine, object: Object, bytes: Vec<u8>) -> Result<u64, FeedError> {
+    let refused = |source: RevocationListError| FeedError::Refused {
+        object: object.file_name(),
+        source,
     };
     let list = open_list(&bytes, &engine.trust()).map_err(refused)?;
     drop(bytes);
@@ -668,11 +681,47 @@ fn verify_and_apply(
     Ok(epoch)
 }
 
+/// Applies a delta on the feed's thread, at normal priority: a delta is how a new revocation
+/// reaches the node, and it is small. Refusals are counted.
+fn apply_delta(
+    engine: &Engine,
+    status: &FeedStatus,
+    n: u64,
+    bytes: Vec<u8>,
+) -> Result<u64, FeedError> {
+    counted(status, verify_and_apply(engine, Object::Delta(n), bytes))
+}
+
+/// Verifies and builds a snapshot on a [`SNAPSHOT_THREAD`] at the lowest priority (a million
+/// entries take about a second of CPU). Refusals are counted.
+async fn apply_snapshot(
+    engine: &Arc<Engine>,
+    status: &FeedStatus,
+    n: u64,
+    bytes: Vec<u8>,
+) -> Result<u64, FeedError> {
+    let e = Arc::clone(engine);
+    let result = at_lowest_priority(move || verify_and_apply(&e, Object::Snapshot(n), bytes))
+        .await
+        .map_err(|e| FeedError::Fetch {
+            object: Object::Snapshot(n).file_name(),
+            problem: format!("snapshot thread: {e}"),
+        })?;
+    counted(status, result)
+}
+
+fn counted(status: &FeedStatus, result: Result<u64, FeedError>) -> Result<u64, FeedError> {
+    if let Err(FeedError::Refused { source, .. }) = &result {
+        status.refuse(*source);
+    }
+    result
+}
+
 /// One pull: brings the node to the feed's head if it can. Returns the epoch in force.
 ///
-/// Lists are verified and applied on the calling thread, which a million-entry snapshot holds
-/// for about a second: call it from the feed's own thread ([`FEED_THREAD`]), never from a
-/// runtime that serves scanners.
+/// Deltas are verified and applied on the calling thread (a delta on a million-entry state
+/// copies it: tens of milliseconds): call it from the feed's own thread ([`FEED_THREAD`]), not
+/// from a runtime that serves scanners. Snapshots go to a [`SNAPSHOT_THREAD`].
 pub async fn sync_once(
     engine: &Arc<Engine>,
     fetcher: &mut Fetcher,
@@ -699,7 +748,7 @@ pub async fn sync_once(
     if !need_snapshot {
         for n in current + 1..=head.epoch {
             let result = match fetcher.get(Object::Delta(n), limit).await {
-                Ok(bytes) => verify_and_apply(engine, status, Object::Delta(n), bytes),
+                Ok(bytes) => apply_delta(engine, status, n, bytes),
                 Err(e) => Err(e),
             };
             match result {
@@ -724,7 +773,7 @@ pub async fn sync_once(
         if !established || now_epoch < head.snapshot {
             let started = Instant::now();
             let bytes = fetcher.get(Object::Snapshot(head.snapshot), limit).await?;
-            verify_and_apply(engine, status, Object::Snapshot(head.snapshot), bytes)?;
+            apply_snapshot(engine, status, head.snapshot, bytes).await?;
             status.established.store(true, Ordering::Relaxed);
             status.snapshots.fetch_add(1, Ordering::Relaxed);
             status
@@ -734,7 +783,7 @@ pub async fn sync_once(
         let (after, _) = engine.revocation_epoch();
         for n in after + 1..=head.epoch {
             let bytes = fetcher.get(Object::Delta(n), limit).await?;
-            verify_and_apply(engine, status, Object::Delta(n), bytes)?;
+            apply_delta(engine, status, n, bytes)?;
             status.deltas.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -777,8 +826,9 @@ fn set_deadline(engine: &Engine, config: &FeedConfig, status: &FeedStatus) {
 /// pull moves the engine's revocation deadline. A node whose engine holds no epoch yet (epoch
 /// 0, nothing revoked) starts unestablished: it fails closed until the first snapshot.
 ///
-/// The pulls run on the [`FEED_THREAD`] at the lowest CPU priority, with a single-threaded
-/// runtime of their own; this task only holds that thread's lifetime, and dropping (aborting)
+/// The pulls run on the [`FEED_THREAD`], with a single-threaded runtime of their own (snapshots
+/// are built at the lowest priority, see [`sync_once`]); this task only holds that thread's
+/// lifetime, and dropping (aborting)
 /// it stops the thread at its next await. Should the thread not start, nothing is fetched:
 /// the age grows and the offline policy takes over (fail closed by default), as when the feed
 /// cannot be set up at all.
@@ -800,25 +850,16 @@ pub(crate) async fn follow(engine: Arc<Engine>, config: FeedConfig, status: Arc<
     }
 }
 
-/// The feed's thread: lowest priority, then a single-threaded runtime (whose blocking threads,
-/// for directory feeds, get the lowest priority too) that pulls until `stopped`.
+/// The feed's thread: a single-threaded runtime that pulls until `stopped`.
 fn follow_on_this_thread(
     engine: Arc<Engine>,
     config: FeedConfig,
     status: Arc<FeedStatus>,
     stopped: tokio::sync::oneshot::Receiver<()>,
 ) {
-    if let Err(e) = lower_this_thread_priority() {
-        warn!("revocation feed: {e}; it runs at normal priority");
-    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name(FEED_THREAD)
-        .on_thread_start(|| {
-            if let Err(e) = lower_this_thread_priority() {
-                debug!("revocation feed (blocking thread): {e}");
-            }
-        })
         .build();
     match runtime {
         Ok(runtime) => {
@@ -917,6 +958,24 @@ mod tests {
         assert_eq!(caller, 0);
     }
 
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn snapshot_jobs_run_at_sched_idle_and_answer_the_caller() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (policy, name) = runtime
+            .block_on(at_lowest_priority(|| {
+                let name = std::thread::current().name().map(str::to_string);
+                (policy_of_this_thread(), name)
+            }))
+            .unwrap();
+        assert_eq!(policy, 5, "SCHED_IDLE");
+        assert_eq!(name.as_deref(), Some(SNAPSHOT_THREAD));
+        assert_eq!(policy_of_this_thread(), 0, "the caller keeps SCHED_OTHER");
+    }
+
     fn test_engine(key: &gatehouse_protocol::PrivateKey) -> Arc<Engine> {
         let mut trust = population::trust_list(&population::issuer_key(3));
         trust.insert_revocation_key(RevocationKey {
@@ -960,14 +1019,7 @@ mod tests {
     fn the_replaced_state_is_freed_by_the_applying_thread_not_by_the_last_verification() {
         let key = population::derive_key("feed unit test revocation key (TEST ONLY)", 0);
         let engine = test_engine(&key);
-        let status = FeedStatus::default();
-        verify_and_apply(
-            &engine,
-            &status,
-            Object::Snapshot(1),
-            snapshot(&key, 1, 5000),
-        )
-        .unwrap();
+        verify_and_apply(&engine, Object::Snapshot(1), snapshot(&key, 1, 5000)).unwrap();
         // A verification on this thread holds epoch 1.
         let held = engine.revocations().load();
         assert_eq!(held.epoch(), 1);
@@ -976,8 +1028,7 @@ mod tests {
             let engine = Arc::clone(&engine);
             move || {
                 let freed = RevocationState::freed_on_this_thread();
-                let epoch =
-                    verify_and_apply(&engine, &FeedStatus::default(), Object::Snapshot(2), second);
+                let epoch = verify_and_apply(&engine, Object::Snapshot(2), second);
                 (
                     epoch.unwrap(),
                     RevocationState::freed_on_this_thread() - freed,
