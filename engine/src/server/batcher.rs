@@ -390,6 +390,11 @@ impl Pool {
                     return;
                 }
             }
+            drop(w);
+            // Under load every core is verifying: let a runtime thread that has a packet to
+            // read (another scanner's request) have the core now, not when this thread's time
+            // slice ends. One batch is about a millisecond of work.
+            std::thread::yield_now();
         }
     }
 
