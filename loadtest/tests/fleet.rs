@@ -15,66 +15,34 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{gatehouse, harness, report_path, show};
+use support::{budget, ci_rush, gatehouse, harness, report_path, show};
 
 /// The runs share two cores: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn budget(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("budgets")
-        .join(name)
-}
-
-/// A 5-second rush (1 s up, 3 s at 500 req/s, 1 s down) against two spawned nodes on Redis.
+/// A CI-sized rush against two spawned nodes on Redis.
 fn fleet_rush(extra: &[&str], report: &Path) -> (Output, serde_json::Value) {
-    let t0 = Instant::now();
-    let out = Command::new(harness())
-        .args([
-            "rush",
-            "--holders",
-            "10000",
-            "--model-holders",
-            "1000000",
-            "--ramp-up-secs",
-            "1",
-            "--peak-secs",
-            "3",
-            "--ramp-down-secs",
-            "1",
-            "--spawn",
-            "--nodes",
-            "2",
-            "--store",
-            "redis",
-            // Debug builds on two shared cores: a mark may wait for the CPU longer than the
-            // production default of 50 ms.
-            "--redis-timeout-ms",
-            "1000",
-            "--quiet",
-            "--budget",
-        ])
-        .arg(budget("ci.toml"))
-        .arg("--report")
-        .arg(report)
-        .arg("--gatehouse-bin")
-        .arg(gatehouse())
-        .args(extra)
-        .output()
-        .expect("running gatehouse-loadtest");
-    assert!(
-        t0.elapsed() < Duration::from_secs(120),
-        "a CI-sized fleet rush took {:?}",
-        t0.elapsed()
-    );
-    let json = std::fs::read_to_string(report)
-        .unwrap_or_else(|e| panic!("no report ({e}); {}", show(&out)));
-    (out, serde_json::from_str(&json).unwrap())
+    let budget = budget("ci.toml");
+    let mut args = vec![
+        "--nodes",
+        "2",
+        "--store",
+        "redis",
+        // Debug builds on two shared cores: a mark may wait for the CPU longer than the
+        // production default of 50 ms.
+        "--redis-timeout-ms",
+        "1000",
+        "--quiet",
+        "--budget",
+        budget.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    ci_rush(&args, report, Duration::from_secs(120))
 }
 
 fn u(v: &serde_json::Value) -> u64 {

@@ -14,62 +14,21 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{gatehouse, harness, report_path, show};
+use support::{budget, ci_rush, gatehouse, harness, report_path, show};
 
 /// The runs share two cores: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn budget(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("budgets")
-        .join(name)
-}
-
-/// A 5-second rush (1 s up, 3 s at 500 req/s, 1 s down) against a spawned engine.
+/// A CI-sized rush against one spawned engine.
 fn rush(extra: &[&str], report: &Path) -> (Output, serde_json::Value) {
-    let t0 = Instant::now();
-    let out = Command::new(harness())
-        .args([
-            "rush",
-            "--holders",
-            "10000",
-            "--model-holders",
-            "1000000",
-            "--ramp-up-secs",
-            "1",
-            "--peak-secs",
-            "3",
-            "--ramp-down-secs",
-            "1",
-            "--spawn",
-            "--quiet",
-            "--report",
-        ])
-        .arg(report)
-        .arg("--gatehouse-bin")
-        .arg(gatehouse())
-        .args(extra)
-        .output()
-        .expect("running gatehouse-loadtest");
-    assert!(
-        t0.elapsed() < Duration::from_secs(90),
-        "a CI-sized rush took {:?}",
-        t0.elapsed()
-    );
-    let json = std::fs::read_to_string(report).unwrap_or_else(|e| {
-        panic!(
-            "no report ({e}); exit {:?}\nstdout:\n{}\nstderr:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out, serde_json::from_str(&json).unwrap())
+    let mut args = vec!["--quiet"];
+    args.extend_from_slice(extra);
+    ci_rush(&args, report, Duration::from_secs(90))
 }
 
 #[test]

@@ -5,7 +5,8 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 /// The harness binary cargo built for these tests.
 pub fn harness() -> &'static str {
@@ -43,4 +44,51 @@ pub fn show(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// A budget file of the harness's own (`loadtest/budgets/NAME`).
+pub fn budget(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("budgets")
+        .join(name)
+}
+
+/// The CI-sized rush: 10,000 holders at the modelled 1,000,000-holder rate, 1 s up, 3 s at the
+/// peak (500 req/s), 1 s down, against engines the harness spawns.
+pub const CI_RUSH: [&str; 12] = [
+    "rush",
+    "--holders",
+    "10000",
+    "--model-holders",
+    "1000000",
+    "--ramp-up-secs",
+    "1",
+    "--peak-secs",
+    "3",
+    "--ramp-down-secs",
+    "1",
+    "--spawn",
+];
+
+/// Runs a CI-sized rush with `args` after [`CI_RUSH`], writing its JSON report to `report`;
+/// fails the test if it takes longer than `limit`. Returns the run's output and its report.
+pub fn ci_rush(args: &[&str], report: &Path, limit: Duration) -> (Output, serde_json::Value) {
+    let t0 = Instant::now();
+    let out = Command::new(harness())
+        .args(CI_RUSH)
+        .args(args)
+        .arg("--report")
+        .arg(report)
+        .arg("--gatehouse-bin")
+        .arg(gatehouse())
+        .output()
+        .expect("running gatehouse-loadtest");
+    assert!(
+        t0.elapsed() < limit,
+        "a CI-sized rush took {:?}",
+        t0.elapsed()
+    );
+    let json = std::fs::read_to_string(report)
+        .unwrap_or_else(|e| panic!("no report ({e}); {}", show(&out)));
+    (out, serde_json::from_str(&json).unwrap())
 }
