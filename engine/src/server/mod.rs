@@ -476,7 +476,6 @@ pub async fn run(
             Arc::clone(&metrics.feed),
         ))
     });
-    info!(addr = %endpoint.local_addr()?, store = config.store.label(), "gatehouse listening (QUIC)");
 
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
