@@ -150,52 +150,49 @@ fn nodes_on_separate_redis_servers_fail_on_cross_node_replays() {
     let _ = std::fs::remove_file(path);
 }
 
-#[test]
-fn several_nodes_on_the_memory_store_are_refused() {
+/// Runs the harness with `args`; it must refuse them (exit 2) before starting anything.
+/// Returns its standard error.
+fn refused(args: &[&str]) -> String {
     let out = Command::new(harness())
-        .args([
-            "rush",
-            "--holders",
-            "10000",
-            "--spawn",
-            "--nodes",
-            "2",
-            "--store",
-            "memory",
-            "--quiet",
-        ])
+        .args(args)
         .arg("--gatehouse-bin")
         .arg(gatehouse())
         .output()
         .expect("running gatehouse-loadtest");
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn several_nodes_on_the_memory_store_are_refused() {
+    let stderr = refused(&[
+        "rush",
+        "--holders",
+        "10000",
+        "--spawn",
+        "--nodes",
+        "2",
+        "--store",
+        "memory",
+        "--quiet",
+    ]);
     assert!(
         stderr.contains("--nodes 2 with --store memory") && stderr.contains("use --store redis"),
-        "{}",
-        show(&out)
+        "{stderr}"
     );
     // One entry per node for --pin.
-    let out = Command::new(harness())
-        .args([
-            "sweep",
-            "--holders",
-            "10000",
-            "--spawn",
-            "--nodes",
-            "2",
-            "--store",
-            "redis",
-            "--pin",
-            "0",
-            "--quiet",
-        ])
-        .output()
-        .expect("running gatehouse-loadtest");
-    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("one per node"),
-        "{}",
-        show(&out)
-    );
+    let stderr = refused(&[
+        "sweep",
+        "--holders",
+        "10000",
+        "--spawn",
+        "--nodes",
+        "2",
+        "--store",
+        "redis",
+        "--pin",
+        "0",
+        "--quiet",
+    ]);
+    assert!(stderr.contains("one per node"), "{stderr}");
 }

@@ -374,17 +374,22 @@ mod tests {
         RevocationEntry { kind, id }
     }
 
-    #[test]
-    fn snapshots_then_deltas_in_order() {
-        let r = Revocations::new(RevocationState::empty().unwrap());
-        let snap = RevocationList {
+    /// A snapshot at epoch 5 revoking credentials 0 to 99.
+    fn hundred_credentials_at_epoch_5() -> RevocationList {
+        RevocationList {
             epoch: 5,
             base: None,
             revoke: (0..100)
                 .map(|n| entry(RevocationKind::Credential, n))
                 .collect(),
             reinstate: vec![],
-        };
+        }
+    }
+
+    #[test]
+    fn snapshots_then_deltas_in_order() {
+        let r = Revocations::new(RevocationState::empty().unwrap());
+        let snap = hundred_credentials_at_epoch_5();
         assert_eq!(r.apply(&snap), Ok(5));
         assert!(r.load().is_revoked(
             RevocationKind::Credential,
@@ -494,14 +499,7 @@ mod tests {
     #[test]
     fn the_replaced_state_goes_back_to_the_caller_whole_and_readers_keep_their_epoch() {
         let r = Revocations::new(RevocationState::empty().unwrap());
-        let snap = RevocationList {
-            epoch: 5,
-            base: None,
-            revoke: (0..100)
-                .map(|n| entry(RevocationKind::Credential, n))
-                .collect(),
-            reinstate: vec![],
-        };
+        let snap = hundred_credentials_at_epoch_5();
         r.apply(&snap).unwrap();
         // A verification that loaded epoch 5 before the swap.
         let reader = r.load();
