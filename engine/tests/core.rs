@@ -20,6 +20,92 @@ fn store() -> support::TestStore {
     support::TestStore::Memory
 }
 
+/// A phone whose clock runs 4 s ahead (inside the 5 s skew) shows a token; the node accepts it
+/// and restarts in the same second on an empty memory table. The fence of the restarted node
+/// (`restart_fence(start, skew)`) denies the same token; the old fence (the second after the
+/// start) accepted it twice.
+#[test]
+fn a_phone_clock_ahead_cannot_replay_across_a_memory_restart() {
+    let start = NOW;
+    let before = world();
+    let h = before.holder();
+    let ahead = before.token(&h, start + 4);
+    assert_eq!(before.reason("gate-1-12", &ahead, start), Reason::Accepted);
+    // The restarted node: a new engine, a new (empty) table, the same clock second.
+    let restarted = world_with(EngineConfig {
+        accept_from: restart_fence(start, 5),
+        ..EngineConfig::default()
+    });
+    assert_eq!(
+        restarted.reason("gate-1-12", &ahead, start),
+        Reason::NodeRestarted
+    );
+    // What the old fence (start + 1) did: the same token accepted a second time.
+    let old = world_with(EngineConfig {
+        accept_from: start + 1,
+        ..EngineConfig::default()
+    });
+    assert_eq!(old.reason("gate-1-12", &ahead, start), Reason::Accepted);
+    // The holder's next token, signed past the fence, passes.
+    let next = restarted.token(&h, start + 6);
+    assert_eq!(
+        restarted.reason("gate-1-12", &next, start + 1),
+        Reason::Accepted
+    );
+}
+
+/// SPEC §6's fence vector: `token` (signed at NOW − 5) under a fence learned at NOW − 10 is
+/// `node_restarted`; under one learned at NOW − 11 it is accepted.
+#[test]
+fn the_spec_fence_vector_holds() {
+    let vectors = gatehouse_protocol::vectors::all().unwrap();
+    let token = vectors.iter().find(|v| v.name == "token").unwrap();
+    let now = gatehouse_protocol::vectors::NOW;
+    for (learned, want) in [
+        (now - 10, Reason::NodeRestarted),
+        (now - 11, Reason::Accepted),
+    ] {
+        let mut trust = TrustList::new();
+        trust.insert(IssuerKey {
+            name: "test".into(),
+            public: gatehouse_protocol::vectors::issuer_key().public().clone(),
+            not_before: 0,
+            not_after: u64::MAX,
+            retired: false,
+        });
+        let mut scanners = ScannerRegistry::new();
+        scanners.insert(Scanner {
+            id: "gate".into(),
+            role: Role::Gate {
+                unit: "1/12".parse().unwrap(),
+                admits: DEFAULT_GATE_ADMITS.to_vec(),
+            },
+        });
+        let engine = Engine::new(EngineConfig::default(), trust, scanners).unwrap();
+        // What a store's new life seen at `learned` does: the fence moves to learned + skew.
+        let book = LifeBook::new(5);
+        book.observe(
+            &[Life {
+                shard: 0,
+                id: "old".into(),
+                fence: 0,
+            }],
+            learned - 100,
+        );
+        let seen = book.observe(
+            &[Life {
+                shard: 0,
+                id: "new".into(),
+                fence: 0,
+            }],
+            learned,
+        );
+        engine.raise_fence(seen.accept_from.unwrap());
+        let gate = engine.scanner("gate").unwrap();
+        assert_eq!(engine.verify(&gate, &token.bytes, None, now).reason, want);
+    }
+}
+
 #[test]
 fn a_full_replay_table_fails_closed() {
     let w = world_with(EngineConfig {

@@ -35,9 +35,11 @@ pub struct EngineConfig {
     pub utc_offset_secs: i32,
     /// Signature-verification threads (0: one per core).
     pub threads: usize,
-    /// Tokens signed before this time (Unix seconds) are denied `node_restarted`. A node whose
-    /// one-time-use table lives in memory sets it to its start time: it cannot know what it
-    /// accepted before it restarted. 0: no such fence (a shared store remembers).
+    /// The fence at start: tokens signed before this time (Unix seconds) are denied
+    /// `node_restarted`. A node whose one-time-use table lives in memory sets it to
+    /// [`restart_fence`](super::restart_fence)`(start, skew)`: it cannot know what it accepted
+    /// before it restarted. 0: no fence at start. The fence only moves forward
+    /// ([`Engine::raise_fence`]): a shared store that may have forgotten moves it.
     pub accept_from: u64,
 }
 
@@ -108,8 +110,9 @@ pub struct Prepared {
 enum Slot {
     /// Denied before one-time use.
     Done(Verdict),
-    /// The verdict if the mark is fresh, and the retry tag of this scan.
-    Mark(Verdict, Option<[u8; 16]>),
+    /// The verdict if the mark is fresh, the retry tag of this scan, and the token's
+    /// timestamp (the fence may move while the mark is made).
+    Mark(Verdict, Option<[u8; 16]>, u64),
 }
 
 impl Prepared {
@@ -133,6 +136,7 @@ impl Prepared {
 /// What survives the stateless checks: enough to mark the token used and apply policy.
 struct Checked {
     replay_id: [u8; 16],
+    timestamp: u64,
     expiry: u64,
     credential: Credential,
     challenge: Option<Vec<u8>>,
@@ -176,6 +180,7 @@ pub struct Engine {
     replay: ReplayGuard,
     pool: rayon::ThreadPool,
     stats: Stats,
+    fence: AtomicU64,
 }
 
 impl Engine {
@@ -198,6 +203,7 @@ impl Engine {
             revocations: Revocations::new(RevocationState::empty()?),
             pool,
             stats: Stats::new(),
+            fence: AtomicU64::new(config.accept_from),
             config,
         })
     }
@@ -241,6 +247,18 @@ impl Engine {
     pub fn revocation_epoch(&self) -> (u64, usize) {
         let r = self.revocations.load();
         (r.epoch(), r.len())
+    }
+
+    /// The first token timestamp this node may accept (Unix seconds): tokens signed before it
+    /// are denied `node_restarted`.
+    pub fn accept_from(&self) -> u64 {
+        self.fence.load(Ordering::Acquire)
+    }
+
+    /// Moves the fence forward to `accept_from` (never back): the node learned that one-time
+    /// use before that moment may have been forgotten. Returns whether it moved.
+    pub fn raise_fence(&self, accept_from: u64) -> bool {
+        self.fence.fetch_max(accept_from, Ordering::AcqRel) < accept_from
     }
 
     /// Drops one-time-use entries whose window has passed.
@@ -355,7 +373,7 @@ impl Engine {
                             retry,
                         },
                     });
-                    Slot::Mark(verdict, retry)
+                    Slot::Mark(verdict, retry, c.timestamp)
                 }
             })
             .collect();
@@ -379,7 +397,14 @@ impl Engine {
             .map(|(slot, it)| {
                 let verdict = match slot {
                     Slot::Done(v) => v,
-                    Slot::Mark(v, retry) => match outcomes.next() {
+                    Slot::Mark(v, retry, timestamp) => match outcomes.next() {
+                        // The store's answer moved the fence past this token (it may have
+                        // forgotten a first use): the fence's denial, for a retry too.
+                        Some(MarkOutcome::Fresh | MarkOutcome::Taken(_))
+                            if timestamp < self.accept_from() =>
+                        {
+                            Verdict::deny(Reason::NodeRestarted)
+                        }
                         Some(MarkOutcome::Fresh) => v,
                         Some(MarkOutcome::Taken(first)) => match (retry, first.retry) {
                             // The same scanner's retry of the same scan: its first answer.
@@ -449,7 +474,7 @@ impl Engine {
         if now.saturating_sub(token.timestamp) >= self.config.params.window_secs {
             return Err(Reason::Stale);
         }
-        if token.timestamp < self.config.accept_from {
+        if token.timestamp < self.accept_from() {
             return Err(Reason::NodeRestarted);
         }
 
@@ -492,6 +517,7 @@ impl Engine {
         } = token;
         Ok(Checked {
             replay_id,
+            timestamp: token.timestamp,
             expiry,
             credential: credential.credential,
             challenge,

@@ -3,6 +3,7 @@
 
 mod cache;
 mod engine;
+mod fence;
 mod policy;
 mod registry;
 mod replay;
@@ -10,6 +11,7 @@ mod revocation;
 
 pub use cache::{CachedCredential, IssuerCache};
 pub use engine::{Engine, EngineConfig, EngineError, Item, Prepared, Stats};
+pub use fence::{restart_fence, Life, LifeBook, Observed};
 pub use policy::{decide, military_discount_eligible};
 pub use registry::{
     ConfigError, IssuerKey, RevocationKey, Role, Scanner, ScannerRegistry, TrustList,

@@ -16,13 +16,13 @@ use proptest::prelude::*;
 
 use crate::support::TestStore;
 
-pub const NOW: u64 = 1_800_000_000;
+pub const NOW: u64 = crate::support::NOW;
 
 pub struct World {
     pub engine: Engine,
     pub issuer: gatehouse_protocol::PrivateKey,
     next: std::cell::Cell<u64>,
-    store: TestStore,
+    pub store: TestStore,
 }
 
 pub fn registry() -> ScannerRegistry {
@@ -57,13 +57,18 @@ pub fn world() -> World {
 }
 
 pub fn world_with(config: EngineConfig) -> World {
+    world_on(config, crate::store())
+}
+
+/// A world on a store of the test's choosing.
+pub fn world_on(config: EngineConfig, store: TestStore) -> World {
     let issuer = issuer_key(7);
     let engine = Engine::new(config, trust_list(&issuer), registry()).unwrap();
     World {
         engine,
         issuer,
         next: std::cell::Cell::new(0),
-        store: crate::store(),
+        store,
     }
 }
 
@@ -785,7 +790,8 @@ fn a_retry_repeats_a_denial_too_and_within_one_batch() {
 
 #[test]
 fn after_a_restart_tokens_signed_before_it_are_not_accepted() {
-    // A node on a memory table sets accept_from to the second after its start.
+    // A node on a memory table sets accept_from past its start plus the skew
+    // (`restart_fence`); here the fence is set directly.
     let w = world_with(EngineConfig {
         accept_from: NOW - 3,
         ..EngineConfig::default()
