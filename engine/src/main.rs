@@ -279,6 +279,11 @@ enum WalletCommand {
         /// Print only the QR text.
         #[arg(long)]
         text_only: bool,
+        /// Sign as a phone whose clock runs this many seconds ahead (negative: behind). A
+        /// phone within the engine's skew (5 s) is still accepted; useful to show the restart
+        /// and store fences (`node_restarted`) without waiting.
+        #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+        clock_offset_secs: i64,
     },
 }
 
@@ -585,13 +590,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     challenge,
                     svg,
                     text_only,
+                    clock_offset_secs,
                 },
         } => {
             let challenge = challenge
                 .map(hex::decode)
                 .transpose()
                 .context("challenge: not hex")?;
-            let token = tools::wallet_present(&wallet, now(), challenge.as_deref())?;
+            let at = now().saturating_add_signed(clock_offset_secs);
+            let token = tools::wallet_present(&wallet, at, challenge.as_deref())?;
             let (text, term, svg_text) = tools::qr_renderings(&token)?;
             if !text_only {
                 println!("{term}");

@@ -31,6 +31,21 @@ fn now() -> u64 {
         .as_secs()
 }
 
+/// The nodes' allowed clock skew (the sample config's).
+const SKEW: u64 = 5;
+
+/// Waits until the second after this one. A node on the memory store, and a new life of a
+/// shared store, deny tokens signed up to the moment they started plus the skew
+/// (`node_restarted`); the phones of these tests run their clocks at the edge of the skew
+/// ([`Site::token`]), so their tokens pass those fences from the next second on.
+fn past_fences() {
+    let into = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_millis();
+    std::thread::sleep(Duration::from_millis(u64::from(1000 - into) + 50));
+}
+
 /// A directory with a dev PKI, trust list, scanner registry and an issuer key, shared by the
 /// nodes of one test.
 struct Site {
@@ -80,10 +95,16 @@ impl Site {
         .unwrap()
     }
 
-    /// A fresh token of `h` (a new nonce each time).
+    /// A fresh token of `h` (a new nonce each time), from a phone whose clock runs the whole
+    /// allowed skew ahead.
     fn token(&self, h: &Holder) -> Vec<u8> {
+        self.token_at(h, now() + SKEW)
+    }
+
+    /// A fresh token of `h` signed at `ts`.
+    fn token_at(&self, h: &Holder, ts: u64) -> Vec<u8> {
         let n = self.next.fetch_add(1, Ordering::Relaxed) as u64;
-        h.present(now(), derive_id("fleet nonce", n), None).unwrap()
+        h.present(ts, derive_id("fleet nonce", n), None).unwrap()
     }
 
     fn identity(&self, scanner: &str) -> ClientIdentity {
@@ -237,6 +258,7 @@ fn a_token_used_on_one_node_is_replayed_on_another_and_a_retry_gets_its_first_ve
     let site = Site::new("two");
     let a = site.node("a", &redis_store(&redis.url()));
     let b = site.node("b", &redis_store(&redis.url()));
+    past_fences();
     let rt = runtime();
     rt.block_on(async {
         let on_a = connect(&site, "gate-a", &a).await;
@@ -289,6 +311,7 @@ fn a_redis_cluster_is_one_truth_too() {
     let store = format!("store = \"redis\"\ncluster = true\nurls = [{urls}]\ntimeout_ms = 1000\nprobe_interval_ms = 100");
     let a = site.node("a", &store);
     let b = site.node("b", &store);
+    past_fences();
     let rt = runtime();
     rt.block_on(async {
         let on_a = connect(&site, "gate-a", &a).await;
@@ -311,7 +334,8 @@ fn a_redis_cluster_is_one_truth_too() {
         .nodes()
         .iter()
         .map(|n| {
-            let r = n.command("DBSIZE").unwrap();
+            // The marks, not the slots' life keys.
+            let r = n.command("EVAL \"return #redis.call('KEYS', 'gatehouse:used:????????????????????????????????')\" 0").unwrap();
             r.trim().trim_start_matches(':').parse().unwrap()
         })
         .collect();
@@ -327,12 +351,14 @@ fn with_redis_down_tokens_are_unavailable_never_accepted_and_the_node_recovers()
     let mut redis = RedisServer::start().unwrap();
     let site = Site::new("outage");
     let a = site.node("a", &redis_store(&redis.url()));
+    past_fences();
     let rt = runtime();
     let h = site.holder();
     rt.block_on(async {
         let c = connect(&site, "gate-a", &a).await;
+        let used = site.token(&h);
         assert_eq!(
-            c.verify(&site.token(&h), None).await.unwrap().reason,
+            c.verify(&used, None).await.unwrap().reason,
             Reason::Accepted
         );
         assert_eq!(a.ready(), Some(200));
@@ -352,19 +378,39 @@ fn with_redis_down_tokens_are_unavailable_never_accepted_and_the_node_recovers()
             c.verify(b"junk", None).await.unwrap().reason,
             Reason::Malformed
         );
+        // Back, empty (no persistence): it forgot the used token.
         redis.restart().unwrap();
-        // Recovers by itself (the probe runs every 100 ms here), within a bounded time.
+        let back = Instant::now();
+        // Recovers by itself (the probe runs every 100 ms here), within a bounded time; once
+        // /readyz says 200 the verdicts agree (the store's life was checked first).
         let deadline = Instant::now() + Duration::from_secs(10);
+        while a.ready() != Some(200) {
+            assert!(Instant::now() < deadline, "not ready again");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The used token is not reopened: the store's new life moved the fence past it.
+        assert_eq!(
+            c.verify(&used, None).await.unwrap().reason,
+            Reason::NodeRestarted
+        );
+        // A token signed after the fence is accepted within 2 s of the store answering.
         let recovered = loop {
             let r = c.verify(&site.token(&h), None).await.unwrap().reason;
             if r == Reason::Accepted || Instant::now() > deadline {
                 break r;
             }
-            assert_eq!(r, Reason::Unavailable);
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(r, Reason::NodeRestarted, "ready, so never unavailable");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         };
         assert_eq!(recovered, Reason::Accepted);
+        let took = back.elapsed();
+        println!("accepted again {took:?} after Redis answered");
+        assert!(took < Duration::from_secs(2), "recovery took {took:?}");
         assert_eq!(a.ready(), Some(200));
+        assert_ne!(
+            c.verify(&used, None).await.unwrap().reason,
+            Reason::Accepted
+        );
     });
     let m = a.metrics();
     assert!(m.contains("gatehouse_replay_store_outages_total 1"), "{m}");
@@ -382,15 +428,19 @@ fn with_redis_down_tokens_are_unavailable_never_accepted_and_the_node_recovers()
     assert!(m.contains("gatehouse_replay_store_failures_total"), "{m}");
 }
 
+/// A phone whose clock runs 4 s ahead (inside the skew) shows a token; the node on the memory
+/// store accepts it and is restarted at once. The restarted node denies the same token
+/// (`node_restarted`): its fence is its start plus the skew, not the second after it.
 #[test]
 fn a_memory_node_restarted_accepts_no_token_from_before_the_restart() {
     let site = Site::new("restart");
     let mut a = site.node("a", "store = \"memory\"");
     let rt = runtime();
     let h = site.holder();
-    // Past the start fence (tokens signed before the second after start are refused).
-    std::thread::sleep(Duration::from_millis(1100));
-    let used = site.token(&h);
+    // Two seconds past the start: a token 4 s ahead passes the first process's fence.
+    past_fences();
+    past_fences();
+    let used = site.token_at(&h, now() + 4);
     rt.block_on(async {
         let c = connect(&site, "gate-a", &a).await;
         assert_eq!(
@@ -409,7 +459,7 @@ fn a_memory_node_restarted_accepts_no_token_from_before_the_restart() {
             Reason::NodeRestarted,
             "a used token is not reopened"
         );
-        std::thread::sleep(Duration::from_millis(1100));
+        past_fences();
         assert_eq!(
             c.verify(&site.token(&h), None).await.unwrap().reason,
             Reason::Accepted
@@ -428,6 +478,7 @@ fn killing_a_node_during_a_rush_loses_no_verdict_and_accepts_no_replay() {
     let mut nodes: Vec<Node> = (0..3)
         .map(|i| site.node(&format!("n{i}"), &redis_store(&redis.url())))
         .collect();
+    past_fences();
     let servers: Vec<String> = nodes.iter().map(Node::addr).collect();
     let rt = runtime();
     let per_scanner = 60;
@@ -506,4 +557,78 @@ fn killing_a_node_during_a_rush_loses_no_verdict_and_accepts_no_replay() {
     }
     assert!(judged >= SCANNERS.len() * per_scanner);
     assert_eq!(wrong, 0, "{report:?}");
+}
+
+/// The settings check. A store that can evict marks silently (`maxmemory` with
+/// `volatile-lru`: our marks have a TTL, so it evicts exactly them) leaves the node not ready
+/// and its tokens `unavailable`, unless the operator accepted that risk by name; the node reads
+/// the settings again while up (here every second), so a change is caught too.
+#[test]
+fn a_store_that_can_evict_marks_is_refused_unless_the_risk_is_accepted() {
+    let redis = RedisServer::start().unwrap();
+    let site = Site::new("settings");
+    let store = format!("{}\nsettings_interval_secs = 1", redis_store(&redis.url()));
+    let a = site.node("a", &store);
+    let b = site.node("b", &format!("{store}\naccept_risk = [\"eviction\"]"));
+    past_fences();
+    assert_eq!(a.ready(), Some(200));
+    for line in [
+        "CONFIG SET maxmemory 64mb",
+        "CONFIG SET maxmemory-policy volatile-lru",
+    ] {
+        assert!(redis.command(line).unwrap().starts_with("+OK"));
+    }
+    // Read again within the interval: A refuses, B runs and says why.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.ready() != Some(503) {
+        assert!(
+            Instant::now() < deadline,
+            "the eviction risk was not caught"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, body) = http_get(a.ops, "/readyz").unwrap();
+    assert!(body.contains("settings can lose marks"), "{body}");
+    assert_eq!(b.ready(), Some(200));
+    let rt = runtime();
+    let h = site.holder();
+    rt.block_on(async {
+        let on_a = connect(&site, "gate-a", &a).await;
+        let on_b = connect(&site, "gate-b", &b).await;
+        assert_eq!(
+            on_a.verify(&site.token(&h), None).await.unwrap().reason,
+            Reason::Unavailable
+        );
+        assert_eq!(
+            on_b.verify(&site.token(&h), None).await.unwrap().reason,
+            Reason::Accepted
+        );
+    });
+    let m = a.metrics();
+    assert!(
+        m.contains("gatehouse_replay_store_risk{risk=\"eviction\",accepted=\"false\"} 1"),
+        "{m}"
+    );
+    // B read the same settings on its own schedule (bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !b
+        .metrics()
+        .contains("gatehouse_replay_store_risk{risk=\"eviction\",accepted=\"true\"} 1")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "B does not show the accepted risk"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Set right again: A is ready by itself.
+    assert!(redis
+        .command("CONFIG SET maxmemory-policy noeviction")
+        .unwrap()
+        .starts_with("+OK"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.ready() != Some(200) {
+        assert!(Instant::now() < deadline, "not ready again after the fix");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

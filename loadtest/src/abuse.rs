@@ -173,6 +173,7 @@ pub async fn run(bin: PathBuf) -> Result<bool> {
         ),
     )?;
     let log = std::fs::File::create(dir.join("engine.log"))?;
+    let launched = SystemTime::now();
     let child = Command::new(&bin)
         .args(["serve", "--config"])
         .arg(dir.join("gatehouse.toml"))
@@ -201,7 +202,8 @@ pub async fn run(bin: PathBuf) -> Result<bool> {
         }
     };
     // Past the memory store's start fence (`node_restarted`), as in `SpawnedEngine::start`.
-    tokio::time::sleep(gatehouse_loadtest::target::until_next_second(
+    tokio::time::sleep(gatehouse_loadtest::target::until_past_fence(
+        launched,
         SystemTime::now(),
     ))
     .await;

@@ -244,6 +244,7 @@ impl SpawnedSite {
                 format!("redis {}", urls.join(", "))
             };
         }
+        let launched = SystemTime::now();
         for i in 0..opts.nodes {
             let redis = site.redis.get(i % site.redis.len().max(1));
             let engine = SpawnedEngine::launch(&dir, i, redis, opts)?;
@@ -259,11 +260,12 @@ impl SpawnedSite {
         for engine in &mut site.engines {
             engine.wait_ready(id, &identity).await?;
         }
-        // A node on the memory store denies tokens signed before the whole second after it
-        // built its engine (`node_restarted`, SPEC §8.6): it cannot know which of them the
-        // process it replaces accepted. The engine is built before it binds, so the fence is
-        // at most the second after this one; the first token is signed once it has passed.
-        tokio::time::sleep(until_next_second(SystemTime::now())).await;
+        // A node on the memory store denies tokens signed up to the moment it built its
+        // engine plus the clock skew (`node_restarted`, SPEC §6): it cannot know which of them
+        // the process it replaces accepted. A new Redis store's first life fences the same
+        // way. The nodes were launched after `launched`, so the first token is signed once
+        // `launched` + skew has passed.
+        tokio::time::sleep(until_past_fence(launched, SystemTime::now())).await;
         Ok((site, pki))
     }
 
@@ -513,6 +515,19 @@ fn node_config(addr: SocketAddr, redis_url: Option<&str>, opts: &SpawnOptions) -
 }
 
 /// How long from `now` until the next whole Unix second begins.
+/// How long from `now` until tokens signed then pass the fence of nodes launched at
+/// `launched`: the whole second after `launched` + the engine's clock skew.
+pub fn until_past_fence(launched: SystemTime, now: SystemTime) -> Duration {
+    let skew = gatehouse_engine::EngineConfig::default().clock_skew_secs;
+    let secs = launched
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let fence = UNIX_EPOCH + Duration::from_secs(secs + skew + 1);
+    fence.duration_since(now).unwrap_or(Duration::ZERO)
+}
+
+/// How long from `now` to the next whole second.
 pub fn until_next_second(now: SystemTime) -> Duration {
     let frac = now
         .duration_since(UNIX_EPOCH)
@@ -702,6 +717,15 @@ mod tests {
     fn the_wait_ends_at_the_next_whole_second() {
         let at = |s: u64, ns: u32| UNIX_EPOCH + Duration::new(s, ns);
         assert_eq!(until_next_second(at(100, 0)), Duration::from_secs(1));
+        // Launched at 100.25 with a 5 s skew: tokens from 106 on.
+        assert_eq!(
+            until_past_fence(at(100, 250_000_000), at(101, 0)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            until_past_fence(at(100, 250_000_000), at(107, 0)),
+            Duration::ZERO
+        );
         assert_eq!(
             until_next_second(at(100, 250_000_000)),
             Duration::from_millis(750)

@@ -101,7 +101,7 @@ reasons! {
     /// The node restarted with a memory one-time-use table and cannot know whether a token
     /// signed before its start was used: the holder's next token (a wallet rotates every 15 s)
     /// passes. Not retryable with the same token.
-    NodeRestarted = 22, "node_restarted", "token predates this node's start, present a fresh one";
+    NodeRestarted = 22, "node_restarted", "token predates this node's start or its store's loss, present a fresh one";
     /// The revocation state is older than the node's maximum age (its feed is unreachable or
     /// refused): the engine fails closed rather than accept on revocations it cannot vouch for.
     RevocationsStale = 23, "revocations_stale", "revocation state too old to vouch for, failing closed";

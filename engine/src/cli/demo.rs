@@ -557,10 +557,12 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     let pki = gatehouse_engine::dev::pki::DevPki::generate(&ids).context("development PKI")?;
     // More than one node: one-time use on a loopback Redis the demo starts (and stops).
     let redis = if opts.nodes > 1 {
-        Some(
-            gatehouse_engine::dev::redis::RedisServer::start()
-                .context("starting a loopback Redis for the nodes (scripts/redis-install)")?,
-        )
+        let r = gatehouse_engine::dev::redis::RedisServer::start()
+            .context("starting a loopback Redis for the nodes (scripts/redis-install)")?;
+        // A server the demo just started holds no marks: its life starts without a fence.
+        r.seed_life("gatehouse-demo:")
+            .context("starting the demo store's life")?;
+        Some(r)
     } else {
         None
     };
@@ -584,9 +586,9 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
                 prefix: "gatehouse-demo:".into(),
                 ..gatehouse_engine::server::RedisConfig::default()
             };
-            let store = gatehouse_engine::server::RedisStore::connect(&config).await?;
+            let store = gatehouse_engine::server::SharedStore::connect(&config).await?;
             anyhow::ensure!(store.health().is_up(), "the demo's Redis does not answer");
-            server_config.store = gatehouse_engine::server::Store::Redis(store);
+            server_config.store = gatehouse_engine::server::Store::Shared(store);
         }
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
         let addr = socket.local_addr()?;

@@ -431,7 +431,9 @@ impl Pool {
         // its batch could be handed another batch meanwhile and answer its own late.
         match &self.store {
             Store::Memory => deliver(self.engine.verify_batch_serial(&items, now)),
-            Store::Redis(redis) => {
+            Store::Shared(store) => {
+                // A fence the store's probe learned applies before anything is marked.
+                self.engine.raise_fence(store.accept_from());
                 let prepared = self.engine.prepare_serial(&items, now);
                 if prepared.marks().is_empty() {
                     deliver(self.engine.complete(prepared, &[], &items));
@@ -439,10 +441,13 @@ impl Pool {
                 }
                 // The marks are IO, on the runtime; this thread goes on to the next batch.
                 let engine = Arc::clone(&self.engine);
-                let redis = redis.clone();
+                let store = store.clone();
                 self.runtime.spawn(async move {
-                    let outcomes = redis.mark(prepared.marks(), now).await;
-                    deliver(engine.complete(prepared, &outcomes, &items));
+                    let marked = store.mark(prepared.marks(), now).await;
+                    // The round trip may have shown a new life: the fence moves first, and
+                    // `complete` denies the batch's tokens it now covers.
+                    engine.raise_fence(marked.accept_from);
+                    deliver(engine.complete(prepared, &marked.outcomes, &items));
                 });
             }
         }

@@ -87,13 +87,19 @@ memory_budget = 167772160
 
 [replay]
 # Where one-time use is recorded. "memory": this node only; a node restarted on the memory
-# store denies tokens signed before it started (node_restarted, 22): it cannot know what it
-# accepted before. "redis": shared by every node of a fleet (Redis 7 or Valkey; one URL, or
-# the seed nodes of a Redis Cluster with cluster = true). When Redis errs or is slower than
-# timeout_ms, the tokens that needed it are denied `unavailable` and /readyz answers 503.
+# store denies tokens signed up to its start + skew_secs (node_restarted, 22): it cannot know
+# what it accepted before. "redis": shared by every node of a fleet (Redis 7 or Valkey; one
+# URL, the Sentinels with sentinel_master, or the seed nodes of a Redis Cluster with
+# cluster = true). When Redis errs or is slower than timeout_ms, the tokens that needed it are
+# denied `unavailable` and /readyz answers 503. When Redis may have forgotten marks (restart,
+# failover, FLUSHALL), tokens signed up to then + skew_secs are denied node_restarted.
 store = "memory"
 # urls = ["redis://127.0.0.1:6379"]   # rediss:// for TLS; redis://user:password@host works too
 # cluster = false
+# sentinel_master = "gatehouse"       # the urls are Sentinels watching this master
+# replica_acks = 0                    # set to 1 (or more) when the store has replicas
+# accept_risk = []                    # "eviction", "split-brain": run although the store allows them
+# settings_interval_secs = 60
 # prefix = "gatehouse:used:"
 # username = "gatehouse"
 # password_file = "redis.password"
@@ -407,6 +413,14 @@ pub struct ReplaySection {
     pub connect_timeout_ms: u64,
     /// Probe interval while the store is down, milliseconds.
     pub probe_interval_ms: u64,
+    /// The URLs are Sentinels; mark on the primary they name for this master.
+    pub sentinel_master: Option<String>,
+    /// Replicas that must acknowledge a batch's marks before they count (`WAIT`).
+    pub replica_acks: u32,
+    /// Risks accepted by name: `"eviction"`, `"split-brain"`.
+    pub accept_risk: Vec<String>,
+    /// How often the store's settings are read again, seconds.
+    pub settings_interval_secs: u64,
 }
 
 impl Default for ReplaySection {
@@ -422,6 +436,10 @@ impl Default for ReplaySection {
             timeout_ms: d.timeout.as_millis() as u64,
             connect_timeout_ms: d.connect_timeout.as_millis() as u64,
             probe_interval_ms: d.probe_interval.as_millis() as u64,
+            sentinel_master: None,
+            replica_acks: d.replica_acks,
+            accept_risk: Vec::new(),
+            settings_interval_secs: d.settings_interval.as_secs(),
         }
     }
 }
@@ -438,6 +456,15 @@ impl ReplaySection {
             timeout: Duration::from_millis(self.timeout_ms),
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             probe_interval: Duration::from_millis(self.probe_interval_ms),
+            settings_interval: Duration::from_secs(self.settings_interval_secs),
+            sentinel_master: self.sentinel_master.clone(),
+            replica_acks: self.replica_acks,
+            // Unknown names are refused by the config check before this is used.
+            accept_risk: self
+                .accept_risk
+                .iter()
+                .filter_map(|r| super::Risk::parse(r))
+                .collect(),
             skew_secs,
         })
     }
@@ -521,14 +548,19 @@ pub struct ServeParts {
 
 impl ServeParts {
     /// A new engine with the loaded trust list, scanners and revocations. On the memory store
-    /// it denies tokens signed before this moment (`node_restarted`): a restarted node cannot
-    /// know which of them it already accepted.
+    /// it denies tokens signed at or before this moment plus the clock skew (`node_restarted`):
+    /// a restarted node cannot know which of them it already accepted.
     pub fn build_engine(&self) -> Result<Arc<Engine>, ServerError> {
+        self.build_engine_at(super::batcher::unix_now())
+    }
+
+    /// [`ServeParts::build_engine`] for a node starting at `start` (Unix seconds).
+    pub fn build_engine_at(&self, start: u64) -> Result<Arc<Engine>, ServerError> {
         let mut config = self.engine.clone();
         if self.redis.is_none() {
-            // Tokens signed in the second the node started could have been used by the process
-            // it replaces, in that same second: the fence is the next whole second.
-            config.accept_from = super::batcher::unix_now().saturating_add(1);
+            // The process this one replaces may have accepted, in the second of the restart, a
+            // token from a phone whose clock runs up to the skew ahead: the fence is past that.
+            config.accept_from = crate::restart_fence(start, config.clock_skew_secs);
         }
         let engine = Engine::new(config, self.trust.clone(), self.scanners.clone())?;
         if let Some(list) = &self.revocations {
@@ -550,7 +582,7 @@ impl ServeParts {
     /// Connects the shared one-time-use store, if one is configured.
     pub async fn connect_store(&mut self) -> Result<(), ServerError> {
         if let Some(redis) = &self.redis {
-            self.server.store = super::Store::Redis(super::RedisStore::connect(redis).await?);
+            self.server.store = super::Store::Shared(super::SharedStore::connect(redis).await?);
         }
         Ok(())
     }
@@ -633,6 +665,17 @@ impl ServeConfig {
         match self.replay.store.as_str() {
             "memory" => {}
             "redis" => {
+                if let Some(r) = self
+                    .replay
+                    .accept_risk
+                    .iter()
+                    .find(|r| super::Risk::parse(r).is_none())
+                {
+                    return Err(self.error(
+                        "replay.accept_risk",
+                        format!("unknown risk {r:?} (eviction, split-brain)"),
+                    ));
+                }
                 let mut redis = self.replay.redis(e.skew_secs).unwrap_or_default();
                 redis.password_file = redis.password_file.map(|p| self.path(&p));
                 redis.check().map_err(|(field, problem)| {
@@ -640,6 +683,7 @@ impl ServeConfig {
                         "timeout" => "timeout_ms",
                         "connect_timeout" => "connect_timeout_ms",
                         "probe_interval" => "probe_interval_ms",
+                        "settings_interval" => "settings_interval_secs",
                         f => f,
                     };
                     self.error(&format!("replay.{field}"), problem)

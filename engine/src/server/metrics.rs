@@ -183,6 +183,12 @@ struct StoreLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RiskLabel {
+    risk: &'static str,
+    accepted: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FileLabel {
     file: &'static str,
 }
@@ -467,8 +473,8 @@ impl Metrics {
         if !self.accepting.load(Ordering::Relaxed) {
             return Err("draining");
         }
-        if !self.store.is_up() {
-            return Err("one-time-use store unavailable");
+        if let Some(why) = self.store.not_ready() {
+            return Err(why);
         }
         if let Some(why) = self.feed.not_ready(super::batcher::unix_now()) {
             return Err(why);
@@ -636,7 +642,7 @@ impl Metrics {
                 ConstGauge::new(u64::from(self.store.is_up())),
             )]),
         );
-        if let Store::Redis(r) = &self.store {
+        if let Store::Shared(r) = &self.store {
             let h = r.health();
             scrape.register(
                 "gatehouse_replay_store_marks",
@@ -653,6 +659,38 @@ impl Metrics {
                 "gatehouse_replay_store_outages",
                 "Times the shared store went down",
                 ConstCounter::new(h.outages.load(Ordering::Relaxed)),
+            );
+            scrape.register(
+                "gatehouse_replay_store_life_changes",
+                "Times a shard of the shared store showed a new life (restart, failover, flush): \
+                 it may have forgotten marks, and the fence moved",
+                ConstCounter::new(h.life_changes.load(Ordering::Relaxed)),
+            );
+            scrape.register(
+                "gatehouse_replay_fence_seconds",
+                "Tokens signed before this Unix time are denied node_restarted (the fence the \
+                 store's lives require)",
+                ConstGauge::new(h.accept_from.load(Ordering::Relaxed)),
+            );
+            let risks: Vec<(RiskLabel, ConstGauge<u64>)> = r
+                .risks()
+                .into_iter()
+                .map(|(risk, accepted)| {
+                    (
+                        RiskLabel {
+                            risk: risk.label(),
+                            accepted: if accepted { "true" } else { "false" },
+                        },
+                        ConstGauge::new(1),
+                    )
+                })
+                .collect();
+            scrape.register(
+                "gatehouse_replay_store_risk",
+                "1 for each way the store's settings let marks vanish silently (eviction, \
+                 split-brain); accepted=\"true\" when accept_risk names it (the node runs), \
+                 else the node refuses marks",
+                Rows(risks),
             );
             scrape.register(
                 "gatehouse_replay_store_round_trip_seconds",

@@ -70,7 +70,10 @@ pub use reload::{
     FileResult, Files, ReloadControl, ReloadError, ReloadFile, ReloadReport, Reloaded,
     RevocationReload, TlsFiles,
 };
-pub use store::{RedisConfig, RedisStore, Store, StoreError, StoreHealth};
+pub use store::{
+    Answer, Backend, Fault, Marked, NewLife, RedisBackend, RedisConfig, Risk, Settings,
+    SharedStore, Store, StoreError, StoreHealth, StoreProbe, MARK_SCRIPT,
+};
 
 /// Application error codes on the QUIC connection and its streams.
 pub mod codes {
@@ -422,7 +425,7 @@ pub async fn run(
         config.store.clone(),
     )?;
     let probe_task = match &config.store {
-        Store::Redis(r) => Some(tokio::spawn(r.probe().run())),
+        Store::Shared(r) => Some(tokio::spawn(r.probe().run())),
         Store::Memory => None,
     };
     let queue = queue.with_scanner_share(config.limits.max_queued_per_scanner);
