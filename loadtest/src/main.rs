@@ -2,6 +2,7 @@
 //! one missed (each is named), 2 when the run could not be made, 130 when interrupted.
 
 mod abuse;
+mod faults;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -142,6 +143,31 @@ enum Command {
         /// The `gatehouse` binary (default: as for the other commands).
         #[arg(long)]
         bin: Option<PathBuf>,
+    },
+    /// One-time use under real faults: three nodes on a Redis deployment started on loopback
+    /// (or one node on the memory store), faults injected on a schedule, every accepted token
+    /// shown again at another node; fails when any token is accepted twice (with
+    /// --accept-risk: when the checker finds none).
+    Faults {
+        /// The `gatehouse` binary (default: as for the other commands).
+        #[arg(long)]
+        bin: Option<PathBuf>,
+        /// Topologies, comma-separated: single, partition, sentinel, cluster, memory (or all).
+        #[arg(long, default_value = "all")]
+        topology: String,
+        /// Faults per topology.
+        #[arg(long, default_value_t = 10)]
+        faults: usize,
+        /// Fresh tokens per second over all nodes.
+        #[arg(long, default_value_t = 60.0)]
+        rate: f64,
+        /// Seconds of steady traffic after each fault's recovery.
+        #[arg(long, default_value_t = 2.0)]
+        settle_secs: f64,
+        /// The nodes accept this risk (eviction, split-brain) and the store is set up to allow
+        /// it: the run passes only if the checker finds the double accepts it allows.
+        #[arg(long)]
+        accept_risk: Option<String>,
     },
     /// Render a JSON report (from `--report`) as the offline HTML report.
     Html {
@@ -899,6 +925,40 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 None => find_gatehouse()?,
             };
             Ok(if abuse::run(bin).await? {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_MISSED)
+            })
+        }
+        Command::Faults {
+            bin,
+            topology,
+            faults,
+            rate,
+            settle_secs,
+            accept_risk,
+        } => {
+            let bin = match bin {
+                Some(b) => b,
+                None => find_gatehouse()?,
+            };
+            let topologies = if topology == "all" {
+                faults::Topology::ALL.to_vec()
+            } else {
+                topology
+                    .split(',')
+                    .map(|t| faults::Topology::parse(t.trim()))
+                    .collect::<Result<Vec<_>>>()?
+            };
+            let opts = faults::FaultOptions {
+                bin,
+                topologies,
+                faults,
+                rate,
+                settle_secs,
+                accept_risk,
+            };
+            Ok(if faults::run(opts).await? {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(EXIT_MISSED)
