@@ -9,6 +9,12 @@
 //! - **Retry idempotently**: each [`FleetClient::verify`] is one scan with a fresh random retry
 //!   key, sent with every attempt (SPEC §8.6). If the first attempt's answer was lost, the next
 //!   node answers with the first verdict (marked as a repeat), not `replayed`.
+//!   After the fleet's store lost records (a restart, a failover, `FLUSHALL`), the retry of a
+//!   token signed before that moment gets `node_restarted` instead of its first verdict: the
+//!   record of the first verdict may be what was lost (SPEC §8.6).
+//! - **`node_restarted` is final for the token**: it is not sent to another node, since every
+//!   node fences it (a node that had not noticed the store's loss notices on the same round
+//!   trip). The holder presents a fresh token.
 //! - **Bounded**: at most [`FleetOptions::attempts`] attempts and [`FleetOptions::deadline`]
 //!   of time per scan.
 //!

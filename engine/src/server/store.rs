@@ -948,6 +948,22 @@ impl RedisBackend {
         (keys, args)
     }
 
+    /// The script call, and `WAIT` for the replicas after it when `wait`.
+    fn script_pipeline(
+        &self,
+        by_sha: bool,
+        keys: &[Vec<u8>],
+        args: &[Vec<u8>],
+        wait: bool,
+    ) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        pipe.add_command(self.script_cmd(by_sha, keys, args));
+        if wait {
+            pipe.cmd("WAIT").arg(self.replica_acks).arg(self.wait_ms());
+        }
+        pipe
+    }
+
     fn script_cmd(&self, by_sha: bool, keys: &[Vec<u8>], args: &[Vec<u8>]) -> redis::Cmd {
         let mut cmd = if by_sha {
             let mut c = redis::cmd("EVALSHA");
@@ -982,11 +998,7 @@ impl RedisBackend {
         let mut by_sha = true;
         let wait = wait && self.replica_acks > 0;
         loop {
-            let mut pipe = redis::pipe();
-            pipe.add_command(self.script_cmd(by_sha, keys, args));
-            if wait {
-                pipe.cmd("WAIT").arg(self.replica_acks).arg(self.wait_ms());
-            }
+            let pipe = self.script_pipeline(by_sha, keys, args, wait);
             let answer: Result<Vec<Value>, redis::RedisError> = pipe.query_async(&mut conn).await;
             match answer {
                 Err(e) if by_sha && is_noscript(&e) => by_sha = false,
@@ -1017,11 +1029,7 @@ impl RedisBackend {
         let mut by_sha = true;
         let wait = wait && self.replica_acks > 0;
         loop {
-            let mut pipe = redis::pipe();
-            pipe.add_command(self.script_cmd(by_sha, keys, args));
-            if wait {
-                pipe.cmd("WAIT").arg(self.replica_acks).arg(self.wait_ms());
-            }
+            let pipe = self.script_pipeline(by_sha, keys, args, wait);
             let n = if wait { 2 } else { 1 };
             let route = SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
             match cc
