@@ -999,7 +999,12 @@ impl RedisBackend {
         let wait = wait && self.replica_acks > 0;
         loop {
             let pipe = self.script_pipeline(by_sha, keys, args, wait);
-            let answer: Result<Vec<Value>, redis::RedisError> = pipe.query_async(&mut conn).await;
+            // A server error inside the pipeline (NOSCRIPT, OOM, READONLY) may come back as a
+            // value: it is an error all the same.
+            let answer: Result<Vec<Value>, redis::RedisError> = pipe
+                .query_async(&mut conn)
+                .await
+                .and_then(Self::no_server_error);
             match answer {
                 Err(e) if by_sha && is_noscript(&e) => by_sha = false,
                 Err(e) => {
