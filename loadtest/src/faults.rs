@@ -596,6 +596,10 @@ impl Deployment {
                     policy.into(),
                 ])?;
                 let proxy = if topology == Topology::Partition {
+                    println!(
+                        "  partition: node 2 reaches Redis through a TCP proxy on loopback that \
+                         cuts the link (loopback, not a network namespace)"
+                    );
                     Some(Proxy::start(server.port())?)
                 } else {
                     None
