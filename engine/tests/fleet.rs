@@ -166,7 +166,7 @@ impl Node {
             .args(["serve", "--config"])
             .arg(&self.config)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(self.config.with_extension("log")).unwrap())
             .spawn()
             .unwrap();
         self.child = Some(child);
@@ -631,4 +631,35 @@ fn a_store_that_can_evict_marks_is_refused_unless_the_risk_is_accepted() {
         assert!(Instant::now() < deadline, "not ready again after the fix");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A managed Redis that disables `CONFIG` still works: the node cannot read `maxmemory-policy`,
+/// says so in its log, and runs (the replicas it reads from `INFO`).
+#[test]
+fn a_store_without_config_still_works_and_says_what_it_could_not_check() {
+    let redis = RedisServer::start_with_args(vec![
+        "--rename-command".into(),
+        "CONFIG".into(),
+        String::new(),
+    ])
+    .unwrap();
+    assert!(redis
+        .command("CONFIG GET maxmemory-policy")
+        .unwrap()
+        .starts_with("-ERR"));
+    let site = Site::new("noconfig");
+    let a = site.node("a", &redis_store(&redis.url()));
+    past_fences();
+    assert_eq!(a.ready(), Some(200));
+    let rt = runtime();
+    let h = site.holder();
+    rt.block_on(async {
+        let c = connect(&site, "gate-a", &a).await;
+        assert_eq!(
+            c.verify(&site.token(&h), None).await.unwrap().reason,
+            Reason::Accepted
+        );
+    });
+    let log = std::fs::read_to_string(a.config.with_extension("log")).unwrap();
+    assert!(log.contains("could not check maxmemory-policy"), "{log}");
 }
