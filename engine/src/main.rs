@@ -1,6 +1,6 @@
 //! The `gatehouse` command: parse, build, run. Everything it does lives in the library.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -308,11 +308,35 @@ fn init_logging(format: LogFormat, level: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| Stderr);
     match format {
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// Standard error that never fails. A closed stderr (`gatehouse serve … 2>&1 | head -1`, a log
+/// pipe that died) must not stop the server: a failed write is dropped, where the log
+/// subscriber would otherwise report it with `eprintln!`, which panics on a closed pipe.
+struct Stderr;
+
+impl Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
+/// `eprintln!` that does not panic when stderr is closed.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(Stderr, $($arg)*);
+    }};
 }
 
 fn main() -> ExitCode {
@@ -324,7 +348,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("gatehouse: {e:#}");
+            say!("gatehouse: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -364,7 +388,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let parsed = match server::ServeConfig::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("gatehouse: {e}");
+                    say!("gatehouse: {e}");
                     return Ok(ExitCode::from(EXIT_CONFIG));
                 }
             };
@@ -375,12 +399,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let parts = match parsed.into_parts() {
                 Ok(p) => p,
                 Err(e) => {
-                    eprintln!("gatehouse: {e}");
+                    say!("gatehouse: {e}");
                     return Ok(ExitCode::from(EXIT_CONFIG));
                 }
             };
             if let Err(e) = runtime()?.block_on(server::serve(parts)) {
-                eprintln!("gatehouse: {e}");
+                say!("gatehouse: {e}");
                 return Ok(ExitCode::from(match e {
                     server::ServerError::Bind { .. } => EXIT_CONFIG,
                     _ => 1,
