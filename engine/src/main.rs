@@ -260,6 +260,9 @@ enum IssuerCommand {
         /// A trust list to add the key to as a [[revocation_key]].
         #[arg(long)]
         trust: Option<PathBuf>,
+        /// Replace an existing revocation.key, and the trust list's key of that name.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -598,8 +601,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
                 Ok(ExitCode::SUCCESS)
             }
-            IssuerCommand::RevocationKeygen { out, name, trust } => {
-                let key = tools::revocation_keygen(&out, &name, trust.as_deref())?;
+            IssuerCommand::RevocationKeygen {
+                out,
+                name,
+                trust,
+                force,
+            } => {
+                let key = tools::revocation_keygen(&out, &name, trust.as_deref(), force)?;
                 println!("revocation key: {}", key.display());
                 if let Some(t) = trust {
                     println!("added to {} as [[revocation_key]] {name:?}", t.display());

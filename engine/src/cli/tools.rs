@@ -230,14 +230,35 @@ pub fn issuer_revoke(
 
 /// `issuer revocation-keygen`: a new revocation key in `dir/revocation.key`; when `trust`
 /// is given, the key is added to that trust list as a `[[revocation_key]]`.
-pub fn revocation_keygen(dir: &Path, name: &str, trust: Option<&Path>) -> Result<PathBuf> {
+pub fn revocation_keygen(
+    dir: &Path,
+    name: &str,
+    trust: Option<&Path>,
+    force: bool,
+) -> Result<PathBuf> {
+    let key_path = dir.join("revocation.key");
+    // Nothing is replaced without force: not the private key, and not a trusted key of the
+    // same name (a second one would keep the first trusted after its private key is gone).
+    refuse_overwrite(std::slice::from_ref(&key_path), force)?;
+    let mut list = match trust {
+        Some(trust_path) => {
+            let list = gatehouse_engine::server::files::load_trust_list(trust_path)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if list.has_revocation_key_named(name) && !force {
+                bail!(
+                    "{} already trusts a revocation key named {name:?} (use --force to replace it)",
+                    trust_path.display()
+                );
+            }
+            Some(list)
+        }
+        None => None,
+    };
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let key = generate_key()?;
-    let key_path = dir.join("revocation.key");
     write_key(&key_path, &key)?;
-    if let Some(trust_path) = trust {
-        let mut list = gatehouse_engine::server::files::load_trust_list(trust_path)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let (Some(trust_path), Some(list)) = (trust, list.as_mut()) {
+        list.remove_revocation_keys_named(name);
         list.insert_revocation_key(RevocationKey {
             name: name.into(),
             public: key.public().clone(),
@@ -807,9 +828,30 @@ mod tests {
             list
         );
         // A feed: publish, revoke more, reinstate, compact.
-        let rkey = revocation_keygen(&dir, "revocations", Some(&dir.join("trust.toml"))).unwrap();
+        let rkey =
+            revocation_keygen(&dir, "revocations", Some(&dir.join("trust.toml")), false).unwrap();
+        // Run again: refused (the key and the trusted name exist), nothing changed.
+        let before = std::fs::read(&rkey).unwrap();
+        let e = revocation_keygen(&dir, "revocations", Some(&dir.join("trust.toml")), false)
+            .unwrap_err();
+        assert!(e.to_string().contains("--force"), "{e}");
+        assert_eq!(std::fs::read(&rkey).unwrap(), before);
+        // Another directory, the same trusted name: refused too.
+        let e = revocation_keygen(
+            &dir.join("other"),
+            "revocations",
+            Some(&dir.join("trust.toml")),
+            false,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("already trusts"), "{e}");
+        // With force: replaced, and the trust list holds the new key only.
+        let rkey =
+            revocation_keygen(&dir, "revocations", Some(&dir.join("trust.toml")), true).unwrap();
+        assert_ne!(std::fs::read(&rkey).unwrap(), before);
         let trust =
             gatehouse_engine::server::files::load_trust_list(&dir.join("trust.toml")).unwrap();
+        assert_eq!(trust.revocation_keys(), 1);
         let rk = read_key(&rkey).unwrap();
         assert!(trust.revocation_key(&rk.public().key_id()).is_some());
         let feed = FeedTarget::Dir(dir.join("feed"));

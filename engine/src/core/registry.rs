@@ -141,6 +141,18 @@ impl TrustList {
         self.revocation_keys.insert(key.public.key_id(), key);
     }
 
+    /// Removes the revocation keys named `name`; returns how many there were.
+    pub fn remove_revocation_keys_named(&mut self, name: &str) -> usize {
+        let before = self.revocation_keys.len();
+        self.revocation_keys.retain(|_, k| k.name != name);
+        before - self.revocation_keys.len()
+    }
+
+    /// Whether a revocation key is named `name`.
+    pub fn has_revocation_key_named(&self, name: &str) -> bool {
+        self.revocation_keys.values().any(|k| k.name == name)
+    }
+
     /// The revocation key with this id.
     pub fn revocation_key(&self, kid: &[u8; 8]) -> Option<&RevocationKey> {
         self.revocation_keys.get(kid)
