@@ -342,6 +342,32 @@ fn the_readme_operator_sequence_runs_from_a_fresh_directory() {
             "--force",
         ],
     );
+    // `reload --pid` signals only the server the config names: another process is refused
+    // and left alone (it used to get the SIGHUP).
+    let mut bystander = Command::new("sleep").arg("30").spawn().unwrap();
+    let wrong = run_in(
+        d,
+        &[
+            "reload",
+            "--config",
+            "gatehouse.toml",
+            "--pid",
+            &bystander.id().to_string(),
+        ],
+    );
+    assert_eq!(wrong.status.code(), Some(64), "{}", stdout(&wrong));
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("is not the server"),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "the bystander was signalled"
+    );
+    let _ = bystander.kill();
+    let _ = bystander.wait();
     let reloaded = ok_in(d, &["reload", "--config", "gatehouse.toml"]);
     assert!(
         reloaded.contains("revocations") && reloaded.contains("epoch 2"),

@@ -698,7 +698,18 @@ pub fn reload_server(
             .ok_or_else(|| unreachable(format!("/readyz answered {code} without reload status")))
     };
     let before = status()?;
-    let pid = pid.unwrap_or(before.pid);
+    // Signal only the server this config names: a pid that is not the one its operations
+    // endpoint reports is refused, never signalled.
+    if let Some(p) = pid {
+        if p != before.pid {
+            return Err(ReloadCommandError::Config(format!(
+                "process {p} is not the server of {} (its operations endpoint {addr} reports pid {}); nothing was signalled",
+                config.display(),
+                before.pid
+            )));
+        }
+    }
+    let pid = before.pid;
     hangup(pid).map_err(|e| unreachable(format!("sending SIGHUP to process {pid}: {e}")))?;
     let deadline = std::time::Instant::now() + timeout;
     loop {
