@@ -40,13 +40,30 @@ fn read_file(path: &Path) -> Result<Vec<u8>, FileError> {
     })
 }
 
+/// A PEM error in words: the markers and lines it quotes as text, not as byte lists.
+fn pem_problem(e: &rustls::pki_types::pem::Error, kind: &str) -> String {
+    use rustls::pki_types::pem::Error;
+    match e {
+        Error::NoItemsFound => format!("no {kind} section"),
+        Error::MissingSectionEnd { end_marker } => format!(
+            "a section does not end (no \"-----END {}-----\" line): the file is cut short or damaged",
+            String::from_utf8_lossy(end_marker)
+        ),
+        Error::IllegalSectionStart { line } => format!(
+            "a section starts with a line that is not a PEM BEGIN line: \"{}\"",
+            String::from_utf8_lossy(line).chars().take(80).collect::<String>()
+        ),
+        other => other.to_string(),
+    }
+}
+
 /// Every certificate in PEM text (`path` only names the source in errors).
 pub fn parse_certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, FileError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| FileError::Pem {
             path: path.to_path_buf(),
-            problem: e.to_string(),
+            problem: pem_problem(&e, "CERTIFICATE"),
         })?;
     if certs.is_empty() {
         return Err(FileError::Pem {
@@ -61,10 +78,7 @@ pub fn parse_certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static
 pub fn parse_key(pem: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, FileError> {
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| FileError::Pem {
         path: path.to_path_buf(),
-        problem: match e {
-            rustls::pki_types::pem::Error::NoItemsFound => "no PRIVATE KEY section".into(),
-            other => other.to_string(),
-        },
+        problem: pem_problem(&e, "PRIVATE KEY"),
     })
 }
 
@@ -232,4 +246,23 @@ pub fn load_revocations(file: &Path) -> Result<RevocationList, ConfigError> {
     let bytes = fs::read(file).map_err(|e| ConfigError::new(file, "(file)", e.to_string()))?;
     RevocationList::decode(&bytes)
         .map_err(|e| ConfigError::new(file, "(revocation list)", e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_errors_quote_text_not_bytes() {
+        let cut = b"-----BEGIN CERTIFICATE-----\nMIIB\n";
+        let e = parse_certs(cut, Path::new("server.pem"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"-----END CERTIFICATE-----\""), "{e}");
+        assert!(!e.contains("[45, 45"), "{e}");
+        let e = parse_key(b"", Path::new("server.key"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "server.key: no PRIVATE KEY section");
+    }
 }
