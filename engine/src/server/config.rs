@@ -428,7 +428,9 @@ impl Default for ReplaySection {
         let d = super::RedisConfig::default();
         ReplaySection {
             store: "memory".into(),
-            urls: d.urls,
+            // No default address: `store = "redis"` without `urls` is a configuration error,
+            // not a node that answers `unavailable` to everything.
+            urls: Vec::new(),
             cluster: d.cluster,
             prefix: d.prefix,
             username: None,
@@ -983,10 +985,34 @@ mod tests {
         assert_eq!(e.field, "replay.urls");
         let e = ServeConfig::parse(
             f,
-            &format!("{minimal}[replay]\nstore = \"redis\"\ntimeout_ms = 0\n"),
+            &format!(
+                "{minimal}[replay]\nstore = \"redis\"\nurls = [\"redis://127.0.0.1:1\"]\ntimeout_ms = 0\n"
+            ),
         )
         .unwrap_err();
         assert_eq!(e.field, "replay.timeout_ms");
+        // `store = "redis"` without `urls` is refused (it used to start on a default address
+        // and answer `unavailable` to everything).
+        let e =
+            ServeConfig::parse(f, &format!("{minimal}[replay]\nstore = \"redis\"\n")).unwrap_err();
+        assert_eq!(e.field, "replay.urls");
+        assert!(e.to_string().contains("at least one URL"), "{e}");
+        let e = ServeConfig::parse(
+            f,
+            &format!(
+                "{minimal}[replay]\nstore = \"redis\"\nurls = [\"redis://127.0.0.1:1\"]\naccept_risk = [\"everything\"]\n"
+            ),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "replay.accept_risk");
+        let e = ServeConfig::parse(
+            f,
+            &format!(
+                "{minimal}[replay]\nstore = \"redis\"\nurls = [\"redis://127.0.0.1:1\"]\ncluster = true\nsentinel_master = \"m\"\n"
+            ),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "replay.sentinel_master");
         let ok = ServeConfig::parse(
             f,
             &format!("{minimal}[replay]\nstore = \"redis\"\nurls = [\"redis://127.0.0.1:7000\", \"redis://127.0.0.1:7001\"]\ncluster = true\n"),
