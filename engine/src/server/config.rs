@@ -630,6 +630,25 @@ impl ServeConfig {
         w
     }
 
+    /// A file this configuration names could not be read: the error names this file and the
+    /// field too (`gatehouse.toml: files.trust: trust.toml: No such file …`). Errors inside
+    /// the file keep their own file and field.
+    fn named<T, E: Into<ServerError>>(
+        &self,
+        field: &str,
+        r: Result<T, E>,
+    ) -> Result<T, ServerError> {
+        r.map_err(|e| match e.into() {
+            ServerError::Config(c) if c.field == "(file)" => ServerError::Config(
+                self.error(field, format!("{}: {}", c.file.display(), c.problem)),
+            ),
+            ServerError::File(super::files::FileError::Io { path, source }) => {
+                ServerError::Config(self.error(field, format!("{}: {source}", path.display())))
+            }
+            other => other,
+        })
+    }
+
     fn error(&self, field: &str, problem: impl Into<String>) -> ConfigError {
         ConfigError {
             file: self.source.clone(),
@@ -804,7 +823,7 @@ impl ServeConfig {
         c.max_list_bytes = r.max_list_mib * 1024 * 1024;
         c.timeout = Duration::from_secs(r.timeout_secs);
         if let Some(ca) = &r.ca {
-            c.ca = load_certs(&self.path(ca))?;
+            c.ca = self.named("revocations.ca", load_certs(&self.path(ca)))?;
         }
         Ok(Some(c))
     }
@@ -812,9 +831,9 @@ impl ServeConfig {
     /// Loads the certificates, key and engine files the configuration names.
     pub fn into_parts(self) -> Result<ServeParts, ServerError> {
         let server = ServerConfig {
-            cert_chain: load_certs(&self.path(&self.tls.cert))?,
-            key: load_key(&self.path(&self.tls.key))?,
-            client_ca: load_certs(&self.path(&self.tls.client_ca))?,
+            cert_chain: self.named("tls.cert", load_certs(&self.path(&self.tls.cert)))?,
+            key: self.named("tls.key", load_key(&self.path(&self.tls.key)))?,
+            client_ca: self.named("tls.client_ca", load_certs(&self.path(&self.tls.client_ca)))?,
             limits: self.limits.to_limits(),
             batching: self.batching.to_batching(),
             store: super::Store::Memory,
@@ -826,12 +845,12 @@ impl ServeConfig {
             r
         });
         let mut files = self.files();
-        let trust = load_trust_list(&files.trust)?;
-        let scanners = load_scanners(&files.scanners)?;
+        let trust = self.named("files.trust", load_trust_list(&files.trust))?;
+        let scanners = self.named("files.scanners", load_scanners(&files.scanners))?;
         let revocations = files
             .revocations
             .as_deref()
-            .map(|p| load_revocation_file(p, &trust))
+            .map(|p| self.named("files.revocations", load_revocation_file(p, &trust)))
             .transpose()?;
         let mut server = server;
         if let Some(feed) = server.revocation_feed.as_mut() {
@@ -952,6 +971,20 @@ mod tests {
             "{w:?}"
         );
         assert_eq!(old.batching.to_batching().max_batch, 8);
+    }
+
+    #[test]
+    fn a_missing_file_is_named_with_its_field() {
+        let minimal = "listen = \"127.0.0.1:1\"\n[tls]\ncert = \"nope.pem\"\nkey = \"b\"\nclient_ca = \"c\"\n[files]\ntrust = \"t\"\nscanners = \"s\"\n";
+        let dir = std::env::temp_dir().join(format!("gatehouse-config-{}", std::process::id()));
+        let e = ServeConfig::parse(&dir.join("g.toml"), minimal)
+            .unwrap()
+            .into_parts()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("g.toml: tls.cert: "), "{e}");
+        assert!(e.contains("nope.pem: "), "{e}");
+        assert!(!e.contains("(file)"), "{e}");
     }
 
     #[test]
