@@ -476,25 +476,6 @@ fn json_logs_are_one_object_a_line() {
         .replace("127.0.0.1:9090", &format!("127.0.0.1:{}", free_tcp_port()))
         .replace("format = \"text\"", "format = \"json\"");
     std::fs::write(dir.join("gatehouse.toml"), config).unwrap();
-    // A closed stderr never stops the server (`serve … 2>&1 | head -1`): the reader is gone
-    // before the server writes its first line. It keeps serving until `timeout` ends it
-    // (124), and a bad config still exits 64; both exited 101 (a panic) before.
-    let closed_stderr = |config: &str, secs: &str| {
-        Command::new("bash")
-            .current_dir(d)
-            .args([
-                "-c",
-                r#"{ sleep 0.3; exec timeout "$1" "$0" serve --config "$2"; } 2>&1 | true; echo "${PIPESTATUS[0]}""#,
-                env!("CARGO_BIN_EXE_gatehouse"),
-                secs,
-                config,
-            ])
-            .output()
-            .unwrap()
-    };
-    assert_eq!(stdout(&closed_stderr("gatehouse.toml", "3")).trim(), "124");
-    assert_eq!(stdout(&closed_stderr("bad.toml", "10")).trim(), "64");
-
     let log = std::fs::File::create(dir.join("serve.log")).unwrap();
     let mut server = Server(
         Command::new(env!("CARGO_BIN_EXE_gatehouse"))
