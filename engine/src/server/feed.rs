@@ -46,6 +46,8 @@ const MAX_HEAD_BYTES: usize = 4096;
 pub const FEED_THREAD: &str = "gatehouse-feed";
 /// The name of the thread that verifies and builds a snapshot at the lowest priority.
 pub const SNAPSHOT_THREAD: &str = "gatehouse-snap";
+/// The short-lived thread that lowers its priority and starts a [`SNAPSHOT_THREAD`] from it.
+pub const LAUNCH_THREAD: &str = "gatehouse-idle";
 /// How long a replaced revocation state waits for the verifications that still hold it before
 /// the feed lets it go all the same. A verification holds a state for one batch (well under
 /// a millisecond), so this is only reached by a reader stuck for some other reason.
@@ -81,13 +83,22 @@ pub async fn at_lowest_priority<T: Send + 'static>(
     job: impl FnOnce() -> T + Send + 'static,
 ) -> std::io::Result<T> {
     let (answer, answered) = tokio::sync::oneshot::channel();
+    // A thread is created with its creator's policy, so a launcher lowers itself first and the
+    // snapshot thread starts at the lowest priority: no instant of it runs at normal priority.
     std::thread::Builder::new()
-        .name(SNAPSHOT_THREAD.into())
+        .name(LAUNCH_THREAD.into())
         .spawn(move || {
             if let Err(e) = lower_this_thread_priority() {
                 warn!("revocation feed: {e}; the snapshot is built at normal priority");
             }
-            let _ = answer.send(job());
+            let spawned = std::thread::Builder::new()
+                .name(SNAPSHOT_THREAD.into())
+                .spawn(move || {
+                    let _ = answer.send(job());
+                });
+            if let Err(e) = spawned {
+                warn!("revocation feed: cannot start the snapshot thread: {e}");
+            }
         })?;
     answered
         .await
