@@ -138,6 +138,7 @@ fn revocation(c: &mut Criterion) {
             base: None,
             revoke,
             reinstate: vec![],
+            digest: None,
         })
         .unwrap();
     let hits: Vec<[u8; 16]> = (0..1024u64)

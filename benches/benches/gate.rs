@@ -229,6 +229,7 @@ fn revoked_million() -> (RevocationState, Vec<[u8; 16]>) {
             base: None,
             revoke,
             reinstate: vec![],
+            digest: None,
         })
         .expect("apply");
     let ids = (0..LOOKUPS)

@@ -37,6 +37,7 @@ fn main() {
         base: None,
         revoke,
         reinstate: vec![],
+        digest: None,
     };
     let start = std::time::Instant::now();
     e.apply_revocations(&list).unwrap();

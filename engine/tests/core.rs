@@ -240,6 +240,7 @@ fn a_million_revocations_no_false_denial() {
         base: None,
         revoke: revoked.clone(),
         reinstate: vec![],
+        digest: None,
     };
     let state = RevocationState::empty().unwrap().apply(&list).unwrap();
     assert_eq!(state.len(), 1_000_000);
@@ -290,6 +291,7 @@ fn a_million_revocations_end_to_end_through_the_engine() {
             base: None,
             revoke,
             reinstate: vec![],
+            digest: None,
         })
         .unwrap();
     for (i, h) in holders.iter().enumerate() {

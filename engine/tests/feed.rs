@@ -19,6 +19,7 @@ mod tokens;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -163,28 +164,38 @@ impl Feed {
         self.put("head.json", serde_json::to_vec(&head).unwrap());
     }
 
-    /// Publishes the next epoch (snapshot 1 first, deltas after), list before head.
+    /// Publishes the next epoch (snapshot 1 first, deltas after), list before head, each with
+    /// the digest of the state it brings a node to (as `issuer revoke --feed` does).
     fn publish(&self, revoke: Vec<RevocationEntry>, reinstate: Vec<RevocationEntry>) -> u64 {
         match self.head() {
             None => {
-                let list = RevocationList {
+                let mut list = RevocationList {
                     epoch: 1,
                     base: None,
                     revoke,
                     reinstate,
+                    digest: None,
                 };
+                list.digest = compact(&list, &[]).unwrap().digest;
                 self.put("snapshot-1.cose", list.sign(&self.key).unwrap());
                 self.set_head(1, 1);
                 1
             }
             Some(h) => {
                 let epoch = h.epoch + 1;
-                let list = RevocationList {
+                let mut list = RevocationList {
                     epoch,
                     base: Some(h.epoch),
                     revoke,
                     reinstate,
+                    digest: None,
                 };
+                let mut chain: Vec<RevocationList> = (h.snapshot + 1..=h.epoch)
+                    .map(|n| self.list(&format!("delta-{n}.cose")))
+                    .collect();
+                chain.push(list.clone());
+                let snapshot = self.list(&format!("snapshot-{}.cose", h.snapshot));
+                list.digest = compact(&snapshot, &chain).unwrap().digest;
                 self.put(
                     &format!("delta-{epoch}.cose"),
                     list.sign(&self.key).unwrap(),
@@ -538,6 +549,7 @@ async fn snapshots_are_built_at_the_lowest_priority_and_nothing_else_is() {
             })
             .collect(),
         reinstate: vec![],
+        digest: None,
     };
     feed.put("snapshot-2.cose", big.sign(&world.revocation).unwrap());
     feed.set_head(2, 2);
@@ -644,12 +656,14 @@ async fn a_node_that_was_down_catches_up_from_a_snapshot_and_a_gap_fetches_it_to
         base: Some(last),
         revoke: vec![credential(&c)],
         reinstate: vec![],
+        digest: None,
     };
     let after_list = RevocationList {
         epoch: after,
         base: Some(lost),
         revoke: vec![credential(&d)],
         reinstate: vec![],
+        digest: None,
     };
     let folded = compact(
         &feed.list(&format!("snapshot-{last}.cose")),
@@ -702,6 +716,7 @@ async fn unsigned_forged_and_foreign_lists_are_refused_counted_and_the_state_kep
         base: Some(1),
         revoke: vec![credential(&y)],
         reinstate: vec![credential(&x)],
+        digest: None,
     };
     let foreign = derive_key("feed test foreign key (TEST ONLY)", 1);
     let mut forged = delta.sign(&world.revocation).unwrap();
@@ -954,6 +969,7 @@ async fn nodes_follow_a_feed_kept_in_redis() {
             base: Some(1),
             revoke: vec![sponsor(&soldier)],
             reinstate: vec![],
+            digest: None,
         },
     );
     put_head(2, 1);
@@ -974,6 +990,7 @@ async fn nodes_follow_a_feed_kept_in_redis() {
             base: Some(2),
             revoke: vec![],
             reinstate: vec![sponsor(&soldier)],
+            digest: None,
         }
         .encode(),
     );
@@ -1026,6 +1043,7 @@ async fn a_million_entry_snapshot_under_open_loop_traffic() {
             })
             .collect(),
         reinstate: vec![],
+        digest: None,
     };
     let big = big.sign(&world.revocation).unwrap();
     eprintln!("snapshot: {} bytes", big.len());
@@ -1129,4 +1147,118 @@ async fn a_million_entry_snapshot_under_open_loop_traffic() {
         n.stop().await;
     }
     feed_task.abort();
+}
+
+/// A node started from `seed` on disk (the sample config's `[files] revocations`) that follows
+/// `feed`; the directory it was configured in is removed by the caller.
+async fn seeded_node(world: &World, feed: &Feed, seed: &[u8], name: &str) -> (Node, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("gatehouse-seed-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    world.pki.write_to(&dir.join("pki")).unwrap();
+    std::fs::write(dir.join("trust.toml"), world.trust().to_toml()).unwrap();
+    std::fs::write(
+        dir.join("scanners.toml"),
+        "[[scanner]]\nid = \"gate-a\"\nrole = \"gate\"\nunit = \"1\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("revocations.cbor"), seed).unwrap();
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\n[tls]\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\n\
+         client_ca = \"pki/ca.pem\"\n[files]\ntrust = \"trust.toml\"\nscanners = \"scanners.toml\"\n\
+         revocations = \"revocations.cbor\"\n[revocations]\nfeed = \"{}\"\ninterval_secs = 0.5\n",
+        feed.base
+    );
+    let parts = ServeConfig::parse(&dir.join("gatehouse.toml"), &config)
+        .unwrap()
+        .into_parts()
+        .unwrap();
+    let engine = parts.build_engine_at(now() - 60).unwrap();
+    let node = start(world, engine, parts.server.revocation_feed.clone()).await;
+    (node, dir)
+}
+
+/// Item 1 of the operations issue: a local epoch 1 that is not the feed's epoch 1 is replaced
+/// by the feed's snapshot on first contact (and said so), never taken as the feed's with the
+/// feed's deltas stacked on it; a seed that is the feed's is kept (no snapshot rebuilt). Every
+/// node ends on the same state digest, shown in `/metrics` and `/readyz`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_from_disk_that_is_not_the_feeds_is_replaced_not_stacked_on() {
+    let world = World::new();
+    let (feed, feed_task) = Feed::start(world.revocation.clone()).await;
+    let (a, _) = world.family(50);
+    let (b, _) = world.family(51);
+    let (c, _) = world.family(52);
+    feed.publish(vec![credential(&a)], vec![]);
+    let feed_snapshot_1 = feed.objects.lock().get("snapshot-1.cose").cloned().unwrap();
+    let head = feed.publish(vec![credential(&b)], vec![]);
+
+    // From the feed alone: the reference state.
+    let reference = start(&world, world.engine(), Some(feed.config())).await;
+    reference.reach(head).await;
+    let want = reference.metric("gatehouse_revocation_state_info").await;
+
+    // A local epoch 1 of its own (what `issuer revoke --out revocations.cbor --epoch 1
+    // --credential …` writes): revokes c, not a.
+    let local = RevocationList {
+        epoch: 1,
+        base: None,
+        revoke: vec![credential(&c)],
+        reinstate: vec![],
+        digest: None,
+    };
+    let (foreign, foreign_dir) = seeded_node(&world, &feed, &local.encode(), "foreign").await;
+    foreign.reach(head).await;
+    for _ in 0..200 {
+        if foreign.metric("gatehouse_revocation_state_info").await == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        foreign.reason(&a).await,
+        Reason::Revoked,
+        "the feed's epoch 1"
+    );
+    assert_eq!(
+        foreign.reason(&b).await,
+        Reason::Revoked,
+        "the feed's epoch 2"
+    );
+    assert_eq!(
+        foreign.reason(&c).await,
+        Reason::Accepted,
+        "the local list is not the feed's: nothing of it stays"
+    );
+    assert_eq!(
+        foreign.metric("gatehouse_revocation_state_info").await,
+        want,
+        "the same state as a node fed by the feed alone"
+    );
+    assert_eq!(
+        foreign
+            .metric("gatehouse_revocation_disk_state_replaced_total")
+            .await,
+        "gatehouse_revocation_disk_state_replaced_total 1"
+    );
+    let (_, ready) = foreign.get("/readyz").await;
+    assert!(ready.contains(" feed matched"), "{ready}");
+
+    // A seed that is the feed's own snapshot 1: confirmed by digest, kept, deltas applied.
+    let (own, own_dir) = seeded_node(&world, &feed, &feed_snapshot_1, "own").await;
+    own.reach(head).await;
+    assert_eq!(own.metric("gatehouse_revocation_state_info").await, want);
+    assert_eq!(
+        own.metric("gatehouse_revocation_disk_state_replaced_total")
+            .await,
+        "gatehouse_revocation_disk_state_replaced_total 0"
+    );
+    assert_eq!(own.reason(&a).await, Reason::Revoked);
+    assert_eq!(own.reason(&b).await, Reason::Revoked);
+    for node in [reference, foreign, own] {
+        node.stop().await;
+    }
+    feed_task.abort();
+    let _ = std::fs::remove_dir_all(foreign_dir);
+    let _ = std::fs::remove_dir_all(own_dir);
 }

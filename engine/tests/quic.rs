@@ -385,6 +385,7 @@ async fn every_deny_reason_reaches_the_scanner() {
                 id: revoked.credential.id,
             }],
             reinstate: vec![],
+            digest: None,
         })
         .unwrap();
     let no_discount = world.holder(18, |c| {
@@ -585,6 +586,7 @@ fn write_revocations(path: &Path, epoch: u64, revoke: Vec<RevocationEntry>) {
         base: None,
         revoke,
         reinstate: vec![],
+        digest: None,
     };
     std::fs::write(path, list.encode()).unwrap();
 }

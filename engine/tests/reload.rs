@@ -114,6 +114,7 @@ async fn files_and_tls_reload_each_on_their_own_without_dropping_connections() {
         base: None,
         revoke: vec![],
         reinstate: vec![],
+        digest: None,
     };
     std::fs::write(dir.join("revocations.cbor"), list.encode()).unwrap();
 

@@ -73,7 +73,8 @@ pub use error::{DecodeError, SignError, SignatureError};
 pub use reason::Reason;
 pub use revocation::{
     RevocationEntry, RevocationKind, RevocationList, RevocationListError, SignedRevocationList,
-    MAX_REVOCATION_ENTRIES, MAX_SIGNED_REVOCATION_LEN, REVOCATION_AAD, REVOCATION_VERSION,
+    StateDigest, MAX_REVOCATION_ENTRIES, MAX_SIGNED_REVOCATION_LEN, REVOCATION_AAD,
+    REVOCATION_VERSION, REVOCATION_VERSION_DIGEST,
 };
 pub use text::{from_qr_text, to_qr_text, QR_PREFIX};
 pub use token::{

@@ -1,9 +1,13 @@
 //! Revocation lists: what an issuer publishes and the engine loads, as numbered epochs.
 //!
 //! ```text
-//! { 1: version (1), 2: epoch, ?3: base epoch (deltas only), 4: [entry...] revoked, ?5: [entry...] reinstated }
+//! { 1: version (1 or 2), 2: epoch, ?3: base epoch (deltas only), 4: [entry...] revoked,
+//!   ?5: [entry...] reinstated, ?6: state digest (version 2 only, and required there) }
 //! entry = bstr(17): kind (1 credential id, 2 subject id, 3 sponsor id) ‖ id (16 bytes)
 //! ```
+//!
+//! A version 2 list carries the [`StateDigest`] of the state it brings a verifier to, so a
+//! verifier can tell its state at an epoch from a feed's state at the same epoch.
 //!
 //! A **snapshot** (no base) replaces the whole state; a **delta** applies to exactly the epoch
 //! it names as base and yields `epoch = base + 1`.
@@ -18,8 +22,14 @@ use crate::credential::Id;
 use crate::crypto::{verify_strict, PrivateKey, PublicKey, Signature};
 use crate::{DecodeError, SignError, SignatureError};
 
-/// Version of the revocation list format.
+/// Version of the revocation list format without a state digest.
 pub const REVOCATION_VERSION: u64 = 1;
+/// Version of the revocation list format with a state digest (key 6).
+pub const REVOCATION_VERSION_DIGEST: u64 = 2;
+/// Domain of an entry's hash in a [`StateDigest`].
+const ENTRY_HASH_DOMAIN: &[u8] = b"gatehouse/revocation-entry/1";
+/// Domain of the final hash of a [`StateDigest`].
+const STATE_DIGEST_DOMAIN: &[u8] = b"gatehouse/revocation-state/1";
 /// Most entries one list may carry.
 pub const MAX_REVOCATION_ENTRIES: usize = 16 * 1024 * 1024;
 
@@ -73,6 +83,92 @@ pub struct RevocationList {
     pub revoke: Vec<RevocationEntry>,
     /// Entries reinstated (deltas only).
     pub reinstate: Vec<RevocationEntry>,
+    /// The digest of the state after this list (SPEC §11.5); a list that has one is encoded
+    /// as version 2.
+    pub digest: Option<[u8; 32]>,
+}
+
+/// An order-independent digest of a set of revocation entries (SPEC §11.5): the number of
+/// entries and the sum, mod 2^256, of each entry's SHA-256, hashed once more. Adding or
+/// removing one entry costs one hash, so a verifier keeps it up to date as it applies deltas.
+/// It detects two states that differ; it is not a signature (the lists that carry it are).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StateDigest {
+    /// The sum of the entries' hashes, as a 256-bit big-endian integer in four limbs, most
+    /// significant first.
+    sum: [u64; 4],
+    count: u64,
+}
+
+fn entry_hash(kind: RevocationKind, id: &Id) -> [u64; 4] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(ENTRY_HASH_DOMAIN);
+    h.update([kind as u8]);
+    h.update(id);
+    let out = h.finalize();
+    let mut limbs = [0u64; 4];
+    for (limb, chunk) in limbs.iter_mut().zip(out.chunks_exact(8)) {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(chunk);
+        *limb = u64::from_be_bytes(b);
+    }
+    limbs
+}
+
+impl StateDigest {
+    /// The digest of a set given as a list of distinct entries.
+    pub fn of<'a>(entries: impl IntoIterator<Item = &'a RevocationEntry>) -> StateDigest {
+        let mut d = StateDigest::default();
+        for e in entries {
+            d.add(e.kind, &e.id);
+        }
+        d
+    }
+
+    /// Adds one entry that is not in the set.
+    pub fn add(&mut self, kind: RevocationKind, id: &Id) {
+        let h = entry_hash(kind, id);
+        let mut carry = false;
+        for i in (0..4).rev() {
+            let (a, c1) = self.sum[i].overflowing_add(h[i]);
+            let (b, c2) = a.overflowing_add(u64::from(carry));
+            self.sum[i] = b;
+            carry = c1 || c2;
+        }
+        self.count = self.count.wrapping_add(1);
+    }
+
+    /// Removes one entry that is in the set.
+    pub fn remove(&mut self, kind: RevocationKind, id: &Id) {
+        let h = entry_hash(kind, id);
+        let mut borrow = false;
+        for i in (0..4).rev() {
+            let (a, b1) = self.sum[i].overflowing_sub(h[i]);
+            let (b, b2) = a.overflowing_sub(u64::from(borrow));
+            self.sum[i] = b;
+            borrow = b1 || b2;
+        }
+        self.count = self.count.wrapping_sub(1);
+    }
+
+    /// Number of entries in the set.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The 32-byte digest: SHA-256(domain ‖ count as 8 bytes big-endian ‖ sum as 32 bytes
+    /// big-endian).
+    pub fn digest(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(STATE_DIGEST_DOMAIN);
+        h.update(self.count.to_be_bytes());
+        for limb in self.sum {
+            h.update(limb.to_be_bytes());
+        }
+        h.finalize().into()
+    }
 }
 
 fn write_entries(w: &mut Writer<'_>, entries: &[RevocationEntry]) {
@@ -121,12 +217,15 @@ impl RevocationList {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 + 19 * (self.revoke.len() + self.reinstate.len()));
         let mut w = Writer::new(&mut out);
-        let n = 3 + usize::from(self.base.is_some()) + usize::from(!self.reinstate.is_empty());
-        w.map(n)
-            .uint(1)
-            .uint(REVOCATION_VERSION)
-            .uint(2)
-            .uint(self.epoch);
+        let n = 3
+            + usize::from(self.base.is_some())
+            + usize::from(!self.reinstate.is_empty())
+            + usize::from(self.digest.is_some());
+        let version = match self.digest {
+            Some(_) => REVOCATION_VERSION_DIGEST,
+            None => REVOCATION_VERSION,
+        };
+        w.map(n).uint(1).uint(version).uint(2).uint(self.epoch);
         if let Some(b) = self.base {
             w.uint(3).uint(b);
         }
@@ -136,13 +235,16 @@ impl RevocationList {
             w.uint(5);
             write_entries(&mut w, &self.reinstate);
         }
+        if let Some(d) = &self.digest {
+            w.uint(6).bytes(d);
+        }
         out
     }
 
     /// Reads a list; the whole input must be one list.
     pub fn decode(bytes: &[u8]) -> Result<RevocationList, DecodeError> {
         let mut r = Reader::new(bytes);
-        let n = r.map("revocation list", 5)?;
+        let n = r.map("revocation list", 6)?;
         let mut keys = MapKeys::new("revocation list");
         let mut list = RevocationList::default();
         let (mut version, mut epoch, mut revoke) = (None, None, None);
@@ -150,7 +252,7 @@ impl RevocationList {
             match keys.next(&mut r)? {
                 1 => {
                     let v = r.uint("version")?;
-                    if v != REVOCATION_VERSION {
+                    if v != REVOCATION_VERSION && v != REVOCATION_VERSION_DIGEST {
                         return Err(DecodeError::UnsupportedVersion(v));
                     }
                     version = Some(v);
@@ -159,11 +261,18 @@ impl RevocationList {
                 3 => list.base = Some(r.uint("base epoch")?),
                 4 => revoke = Some(read_entries(&mut r, "revoked entries")?),
                 5 => list.reinstate = read_entries(&mut r, "reinstated entries")?,
+                // Key 1 comes first (deterministic order), so the version is known here.
+                6 if version == Some(REVOCATION_VERSION_DIGEST) => {
+                    list.digest = Some(r.bytes_exact::<32>("state digest")?);
+                }
                 _ => return Err(DecodeError::UnknownKey("revocation list")),
             }
         }
         r.finish("revocation list")?;
-        version.ok_or(DecodeError::Missing("version"))?;
+        let version = version.ok_or(DecodeError::Missing("version"))?;
+        if version == REVOCATION_VERSION_DIGEST && list.digest.is_none() {
+            return Err(DecodeError::Missing("state digest"));
+        }
         list.epoch = epoch.ok_or(DecodeError::Missing("epoch"))?;
         list.revoke = revoke.ok_or(DecodeError::Missing("revoked entries"))?;
         list.validate()?;
@@ -273,6 +382,100 @@ impl SignedRevocationList {
 mod tests {
     use super::*;
 
+    fn e(kind: RevocationKind, n: u8) -> RevocationEntry {
+        RevocationEntry { kind, id: [n; 16] }
+    }
+
+    #[test]
+    fn the_state_digest_is_the_sets_whatever_the_order_and_path() {
+        let (x, y, z) = (
+            e(RevocationKind::Credential, 1),
+            e(RevocationKind::Subject, 1),
+            e(RevocationKind::Sponsor, 9),
+        );
+        let xyz = StateDigest::of([&x, &y, &z]);
+        assert_eq!(xyz, StateDigest::of([&z, &x, &y]));
+        assert_eq!(xyz.digest(), StateDigest::of([&y, &z, &x]).digest());
+        // Same id, another kind: another entry.
+        assert_ne!(
+            StateDigest::of([&x]).digest(),
+            StateDigest::of([&y]).digest()
+        );
+        // Incremental: add then remove is the state without it.
+        let mut d = StateDigest::of([&x, &y]);
+        d.add(z.kind, &z.id);
+        assert_eq!(d, xyz);
+        d.remove(y.kind, &y.id);
+        assert_eq!(d.digest(), StateDigest::of([&x, &z]).digest());
+        assert_eq!(d.count(), 2);
+        d.remove(x.kind, &x.id);
+        d.remove(z.kind, &z.id);
+        assert_eq!(d.digest(), StateDigest::default().digest());
+        // The count is part of it, and the empty state has a digest of its own.
+        assert_ne!(StateDigest::default().digest(), [0; 32]);
+    }
+
+    #[test]
+    fn the_sum_carries_across_limbs_both_ways() {
+        // Hashes whose sum overflows a limb: adding many and removing them all returns to zero.
+        let entries: Vec<_> = (0..=255u8)
+            .map(|n| e(RevocationKind::Credential, n))
+            .collect();
+        let mut d = StateDigest::default();
+        for x in &entries {
+            d.add(x.kind, &x.id);
+        }
+        assert_eq!(d, StateDigest::of(entries.iter().rev()));
+        for x in entries.iter().rev() {
+            d.remove(x.kind, &x.id);
+        }
+        assert_eq!(d, StateDigest::default());
+    }
+
+    #[test]
+    fn a_list_with_a_digest_is_version_2_and_one_without_is_version_1() {
+        let mut list = RevocationList {
+            epoch: 3,
+            base: None,
+            revoke: vec![e(RevocationKind::Credential, 3)],
+            reinstate: vec![],
+            digest: None,
+        };
+        let v1 = list.encode();
+        assert_eq!(&v1[..3], &[0xa3, 0x01, 0x01], "version 1");
+        assert_eq!(RevocationList::decode(&v1), Ok(list.clone()));
+        list.digest = Some([0xab; 32]);
+        let v2 = list.encode();
+        assert_eq!(&v2[..3], &[0xa4, 0x01, 0x02], "version 2");
+        assert_eq!(&v2[v2.len() - 35..v2.len() - 32], &[0x06, 0x58, 0x20]);
+        assert_eq!(RevocationList::decode(&v2), Ok(list.clone()));
+        // Version 2 without a digest, and version 1 with one, are refused.
+        let mut no_digest = v1.clone();
+        no_digest[2] = 0x02;
+        assert_eq!(
+            RevocationList::decode(&no_digest),
+            Err(DecodeError::Missing("state digest"))
+        );
+        let mut v1_with = v2.clone();
+        v1_with[2] = 0x01;
+        assert_eq!(
+            RevocationList::decode(&v1_with),
+            Err(DecodeError::UnknownKey("revocation list"))
+        );
+        // A digest of another length.
+        let mut short = v2[..v2.len() - 1].to_vec();
+        short[v2.len() - 34] = 0x58;
+        short[v2.len() - 33] = 0x1f;
+        assert!(RevocationList::decode(&short).is_err());
+        // Version 3 is not known.
+        let mut v3 = v2;
+        v3[2] = 0x03;
+        assert_eq!(
+            RevocationList::decode(&v3),
+            Err(DecodeError::UnsupportedVersion(3))
+        );
+    }
+
     #[test]
     fn signed_lists_open_only_with_their_key() {
         let key = PrivateKey::from_bytes(&[7; 32]).unwrap();
@@ -288,6 +491,7 @@ mod tests {
                 kind: RevocationKind::Credential,
                 id: [6; 16],
             }],
+            digest: None,
         };
         let bytes = list.sign(&key).unwrap();
         let kid = key.public().key_id();
@@ -339,6 +543,7 @@ mod tests {
                 e(RevocationKind::Sponsor, 2),
             ],
             reinstate: vec![],
+            digest: None,
         };
         assert_eq!(RevocationList::decode(&snap.encode()).unwrap(), snap);
         let delta = RevocationList {
@@ -346,6 +551,7 @@ mod tests {
             base: Some(7),
             revoke: vec![e(RevocationKind::Subject, 3)],
             reinstate: vec![e(RevocationKind::Credential, 1)],
+            digest: None,
         };
         assert_eq!(RevocationList::decode(&delta.encode()).unwrap(), delta);
     }

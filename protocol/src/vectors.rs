@@ -243,27 +243,29 @@ pub fn all() -> Result<Vec<Vector>, crate::SignError> {
 
     let revocation = revocation_key();
     let sample = sample_credential();
+    let revoked = RevocationEntry {
+        kind: RevocationKind::Credential,
+        id: sample.id,
+    };
+    let sponsor = RevocationEntry {
+        kind: RevocationKind::Sponsor,
+        id: sample.subject,
+    };
     let snapshot = RevocationList {
         epoch: 1,
         base: None,
-        revoke: vec![RevocationEntry {
-            kind: RevocationKind::Credential,
-            id: sample.id,
-        }],
+        revoke: vec![revoked],
         reinstate: vec![],
+        digest: Some(crate::StateDigest::of([&revoked]).digest()),
     }
     .sign(&revocation)?;
     let delta = RevocationList {
         epoch: 2,
         base: Some(1),
-        revoke: vec![RevocationEntry {
-            kind: RevocationKind::Sponsor,
-            id: sample.subject,
-        }],
-        reinstate: vec![RevocationEntry {
-            kind: RevocationKind::Credential,
-            id: sample.id,
-        }],
+        revoke: vec![sponsor],
+        reinstate: vec![revoked],
+        // After it only the sponsor entry is revoked.
+        digest: Some(crate::StateDigest::of([&sponsor]).digest()),
     }
     .sign(&revocation)?;
 
@@ -282,8 +284,9 @@ pub fn all() -> Result<Vec<Vector>, crate::SignError> {
         Vector { name: "invalid-expired", about: "a fresh token for a credential that expired an hour before NOW", bytes: present(&expired_cred, NOW - 5)?, expect: Some(Reason::Expired) },
         Vector { name: "invalid-stale", about: "a token for the sample credential made 31 s before NOW (window 30 s)", bytes: present(&credential, NOW - 31)?, expect: Some(Reason::Stale) },
         Vector { name: "invalid-truncated", about: "`token` without its last byte", bytes: token[..token.len() - 1].to_vec(), expect: Some(Reason::Malformed) },
-        Vector { name: "revocation-snapshot", about: "a signed revocation snapshot, epoch 1, revoking the sample credential by its id (§11)", bytes: snapshot, expect: None },
-        Vector { name: "revocation-delta", about: "a signed delta from epoch 1 to 2: reinstates the sample credential and revokes, as a sponsor, the sample subject (cutting off the family credentials naming them) (§11)", bytes: delta, expect: None },
+        Vector { name: "revocation-snapshot", about: "a signed revocation snapshot, epoch 1, revoking the sample credential by its id, with the digest of that state (§11)", bytes: snapshot, expect: None },
+        Vector { name: "revocation-digest-empty", about: "the state digest of the empty state (§11.5)", bytes: crate::StateDigest::default().digest().to_vec(), expect: None },
+        Vector { name: "revocation-delta", about: "a signed delta from epoch 1 to 2: reinstates the sample credential and revokes, as a sponsor, the sample subject (cutting off the family credentials naming them), with the digest of the state after it (§11)", bytes: delta, expect: None },
     ])
 }
 

@@ -815,6 +815,7 @@ fn seeds() -> Seeds {
                 entry(RevocationKind::Sponsor, 3),
             ],
             reinstate: vec![],
+            digest: None,
         }
         .encode(),
     );
@@ -827,6 +828,7 @@ fn seeds() -> Seeds {
                 entry(RevocationKind::Credential, 1),
                 entry(RevocationKind::Subject, 0),
             ],
+            digest: None,
         }
         .encode(),
     );

@@ -262,6 +262,7 @@ fn revocation_list() -> impl Strategy<Value = RevocationList> {
                 base: None,
                 revoke,
                 reinstate: vec![],
+                digest: None,
             }
         }),
         (
@@ -274,6 +275,7 @@ fn revocation_list() -> impl Strategy<Value = RevocationList> {
                 base: Some(epoch - 1),
                 revoke,
                 reinstate,
+                digest: None,
             }),
     ]
 }

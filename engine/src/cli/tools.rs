@@ -212,14 +212,19 @@ pub fn issuer_revoke(
     force: bool,
 ) -> Result<RevocationList> {
     refuse_overwrite(&[out.to_path_buf()], force)?;
-    let list = RevocationList {
+    let mut list = RevocationList {
         epoch,
         base,
         revoke: entries(ids)?,
         reinstate: entries(reinstate)?,
+        digest: None,
     };
     list.validate()
         .map_err(|e| anyhow::anyhow!("--epoch/--base: {e}"))?;
+    // A snapshot carries its state's digest (SPEC §11.5); a delta's base is not known here.
+    if base.is_none() {
+        list.digest = with_digest(&list)?.digest;
+    }
     let bytes = match key {
         Some(k) => list.sign(k).map_err(|e| anyhow::anyhow!("{e}"))?,
         None => list.encode(),
@@ -364,6 +369,11 @@ impl FeedTarget {
     }
 }
 
+/// The snapshot `list` with the digest of its state (SPEC §11.5).
+fn with_digest(list: &RevocationList) -> Result<RevocationList> {
+    compact(list, &[]).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
 fn entries(ids: &[(RevocationKind, String)]) -> Result<Vec<RevocationEntry>> {
     ids.iter()
         .map(|(kind, h)| {
@@ -399,12 +409,14 @@ pub fn feed_publish(
             if !reinstate.is_empty() {
                 bail!("the feed is empty: there is nothing to reinstate");
             }
-            let list = RevocationList {
+            let mut list = RevocationList {
                 epoch: 1,
                 base: None,
                 revoke,
                 reinstate,
+                digest: None,
             };
+            list.digest = with_digest(&list)?.digest;
             (
                 list,
                 Object::Snapshot(1),
@@ -416,12 +428,22 @@ pub fn feed_publish(
         }
         Some(h) => {
             let epoch = h.epoch + 1;
-            let list = RevocationList {
+            let mut list = RevocationList {
                 epoch,
                 base: Some(h.epoch),
                 revoke,
                 reinstate,
+                digest: None,
             };
+            // The digest of the state this delta brings a node to (SPEC §11.5): the feed's
+            // state at its head, folded from its lists, with this delta applied.
+            let snapshot = target.list(Object::Snapshot(h.snapshot), key)?;
+            let mut deltas = (h.snapshot + 1..=h.epoch)
+                .map(|n| target.list(Object::Delta(n), key))
+                .collect::<Result<Vec<_>>>()?;
+            deltas.push(list.clone());
+            let after = compact(&snapshot, &deltas).map_err(|e| anyhow::anyhow!("{e}"))?;
+            list.digest = after.digest;
             (
                 list,
                 Object::Delta(epoch),

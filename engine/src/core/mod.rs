@@ -18,4 +18,4 @@ pub use registry::{
     DEFAULT_GATE_ADMITS,
 };
 pub use replay::{Entry, Mark, MarkOutcome, MarkRequest, ReplayGuard};
-pub use revocation::{compact, RevocationError, RevocationState, Revocations};
+pub use revocation::{compact, short_hex, RevocationError, RevocationState, Revocations};

@@ -15,7 +15,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use bloomfilter::Bloom;
-use gatehouse_protocol::{Credential, Id, RevocationEntry, RevocationKind, RevocationList};
+use gatehouse_protocol::{
+    Credential, Id, RevocationEntry, RevocationKind, RevocationList, StateDigest,
+};
 
 /// False-positive rate the bloom filter is sized for (positives are then confirmed exactly).
 const BLOOM_FP_RATE: f64 = 0.01;
@@ -66,6 +68,17 @@ pub enum RevocationError {
     /// The bloom filter could not be sized.
     #[error("cannot size the bloom filter: {0}")]
     Bloom(&'static str),
+    /// The list carries a state digest, and applying it gives another one: the state it was
+    /// applied to is not the one its publisher applied it to (SPEC §11.5).
+    #[error("the state at epoch {epoch} would have digest {} but the list says {}: the state in force is not the publisher's", short_hex(.found), short_hex(.expected))]
+    DigestMismatch {
+        /// The list's epoch.
+        epoch: u64,
+        /// The digest the list carries.
+        expected: [u8; 32],
+        /// The digest applying it gives.
+        found: [u8; 32],
+    },
     /// Compaction needs a snapshot to start from.
     #[error("compaction starts from a snapshot, not a delta (epoch {epoch})")]
     NotASnapshot {
@@ -74,11 +87,18 @@ pub enum RevocationError {
     },
 }
 
+/// The first 8 bytes of a digest in hex, as logs and metrics show it.
+pub fn short_hex(digest: &[u8; 32]) -> String {
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// One epoch of revocations, immutable once built.
 pub struct RevocationState {
     epoch: u64,
     bloom: Bloom<[u8; 17]>,
     exact: IdSet,
+    /// The digest of `exact` (SPEC §11.5), kept up to date entry by entry.
+    digest: StateDigest,
 }
 
 impl std::fmt::Debug for RevocationState {
@@ -104,6 +124,16 @@ impl RevocationState {
     }
 
     fn build(epoch: u64, exact: IdSet) -> Result<Self, RevocationError> {
+        let mut digest = StateDigest::default();
+        for k in &exact {
+            if let Some(e) = entry(k) {
+                digest.add(e.kind, &e.id);
+            }
+        }
+        Self::build_with(epoch, exact, digest)
+    }
+
+    fn build_with(epoch: u64, exact: IdSet, digest: StateDigest) -> Result<Self, RevocationError> {
         // Room to grow by deltas before the false-positive rate degrades much.
         let capacity = (exact.len() + exact.len() / 4).max(1024);
         let mut bloom =
@@ -115,12 +145,18 @@ impl RevocationState {
             epoch,
             bloom,
             exact,
+            digest,
         })
     }
 
     /// The epoch.
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// The state's digest (SPEC §11.5): two states with the same entries have the same one.
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest.digest()
     }
 
     /// Number of revoked identifiers.
@@ -153,6 +189,7 @@ impl RevocationState {
             base: None,
             revoke: self.entries(),
             reinstate: Vec::new(),
+            digest: Some(self.digest()),
         }
     }
 
@@ -170,8 +207,30 @@ impl RevocationState {
                 .is_some_and(|s| self.is_revoked(RevocationKind::Sponsor, s))
     }
 
-    /// The state after `list`, built aside; `self` is untouched.
+    /// The state after `list`, built aside; `self` is untouched. A list that carries a state
+    /// digest must lead to a state with that digest, or it is refused and nothing changes.
     pub fn apply(&self, list: &RevocationList) -> Result<RevocationState, RevocationError> {
+        let next = self.apply_unchecked(list)?;
+        match list.digest {
+            Some(expected) if expected != next.digest() => Err(RevocationError::DigestMismatch {
+                epoch: list.epoch,
+                expected,
+                found: next.digest(),
+            }),
+            _ => Ok(next),
+        }
+    }
+
+    /// The state after the snapshot `list`, whatever the epoch in force: for a state that is
+    /// not the feed's (SPEC §11.3), which the feed's snapshot replaces.
+    pub fn replace(list: &RevocationList) -> Result<RevocationState, RevocationError> {
+        if list.base.is_some() {
+            return Err(RevocationError::NotASnapshot { epoch: list.epoch });
+        }
+        RevocationState::empty()?.apply(list)
+    }
+
+    fn apply_unchecked(&self, list: &RevocationList) -> Result<RevocationState, RevocationError> {
         match list.base {
             None => {
                 if list.epoch <= self.epoch && !(self.epoch == 0 && self.exact.is_empty()) {
@@ -191,16 +250,23 @@ impl RevocationState {
                     });
                 }
                 let mut exact = self.exact.clone();
+                let mut digest = self.digest;
                 for RevocationEntry { kind, id } in &list.reinstate {
-                    exact.remove(&key(*kind, id));
+                    if exact.remove(&key(*kind, id)) {
+                        digest.remove(*kind, id);
+                    }
                 }
                 let added: Vec<[u8; 17]> = list.revoke.iter().map(|e| key(e.kind, &e.id)).collect();
-                exact.extend(added.iter().copied());
+                for (k, e) in added.iter().zip(&list.revoke) {
+                    if exact.insert(*k) {
+                        digest.add(e.kind, &e.id);
+                    }
+                }
                 // Reinstated entries stay set in the bloom filter (bits cannot be cleared):
                 // the exact set answers for them. Rebuild when the filter is overfull.
                 let grown = exact.len() > (self.bloom.len() as usize / 10).max(1024);
                 if grown || !list.reinstate.is_empty() && exact.len() < self.exact.len() / 2 {
-                    return Self::build(list.epoch, exact);
+                    return Self::build_with(list.epoch, exact, digest);
                 }
                 let mut bloom = self.bloom.clone();
                 for k in &added {
@@ -210,6 +276,7 @@ impl RevocationState {
                     epoch: list.epoch,
                     bloom,
                     exact,
+                    digest,
                 })
             }
         }
@@ -267,6 +334,7 @@ pub fn compact(
     Ok(RevocationList {
         epoch,
         base: None,
+        digest: Some(StateDigest::of(&set).digest()),
         revoke: set.into_iter().collect(),
         reinstate: Vec::new(),
     })
@@ -332,8 +400,24 @@ impl Revocations {
         &self,
         list: &RevocationList,
     ) -> Result<(u64, Arc<RevocationState>), RevocationError> {
+        self.swap_in(|current| current.apply(list))
+    }
+
+    /// Replaces the state with the snapshot `list`, whatever the epoch in force (a state that
+    /// is not the feed's, SPEC §11.3); hands back the state replaced.
+    pub fn replace_returning_previous(
+        &self,
+        list: &RevocationList,
+    ) -> Result<(u64, Arc<RevocationState>), RevocationError> {
+        self.swap_in(|_| RevocationState::replace(list))
+    }
+
+    fn swap_in(
+        &self,
+        build: impl FnOnce(&RevocationState) -> Result<RevocationState, RevocationError>,
+    ) -> Result<(u64, Arc<RevocationState>), RevocationError> {
         let _one_at_a_time = self.update.lock();
-        let next = self.current.load().apply(list)?;
+        let next = build(&self.current.load())?;
         let epoch = next.epoch;
         let previous = self.current.swap(Arc::new(next));
         Ok((epoch, previous))
@@ -383,6 +467,7 @@ mod tests {
                 .map(|n| entry(RevocationKind::Credential, n))
                 .collect(),
             reinstate: vec![],
+            digest: None,
         }
     }
 
@@ -405,6 +490,7 @@ mod tests {
             base: Some(5),
             revoke: vec![entry(RevocationKind::Sponsor, 1000)],
             reinstate: vec![entry(RevocationKind::Credential, 7)],
+            digest: None,
         };
         assert_eq!(r.apply(&delta), Ok(6));
         let s = r.load();
@@ -464,12 +550,14 @@ mod tests {
                 entry(RevocationKind::Credential, 2),
             ],
             reinstate: vec![],
+            digest: None,
         };
         let d2 = RevocationList {
             epoch: 2,
             base: Some(1),
             revoke: vec![entry(RevocationKind::Subject, 3)],
             reinstate: vec![entry(RevocationKind::Sponsor, 1)],
+            digest: None,
         };
         r.apply(&snap).unwrap();
         r.apply(&d2).unwrap();
@@ -508,6 +596,7 @@ mod tests {
             base: Some(5),
             revoke: vec![],
             reinstate: vec![entry(RevocationKind::Credential, 7)],
+            digest: None,
         };
         let freed_before = RevocationState::freed_on_this_thread();
         let (epoch, previous) = r.apply_returning_previous(&delta).unwrap();
@@ -576,6 +665,42 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_list_whose_digest_is_not_the_result_is_refused_and_nothing_changes() {
+        let r = Revocations::new(RevocationState::empty().unwrap());
+        r.apply(&hundred_credentials_at_epoch_5()).unwrap();
+        let before = r.load().digest();
+        let mut delta = RevocationList {
+            epoch: 6,
+            base: Some(5),
+            revoke: vec![entry(RevocationKind::Sponsor, 1)],
+            reinstate: vec![],
+            digest: Some([0; 32]),
+        };
+        assert!(matches!(
+            r.apply(&delta),
+            Err(RevocationError::DigestMismatch { epoch: 6, .. })
+        ));
+        assert_eq!((r.load().epoch(), r.load().digest()), (5, before));
+        // Revoking what is already revoked changes nothing in the digest.
+        let mut same: Vec<_> = r.load().entries();
+        same.push(entry(RevocationKind::Sponsor, 1));
+        delta.digest = Some(StateDigest::of(&same).digest());
+        delta.revoke.push(entry(RevocationKind::Credential, 3));
+        assert_eq!(r.apply(&delta), Ok(6));
+        // A snapshot replaces whatever is in force, even at an older epoch.
+        let older = RevocationList {
+            epoch: 2,
+            base: None,
+            revoke: vec![],
+            reinstate: vec![],
+            digest: Some(StateDigest::default().digest()),
+        };
+        assert!(r.apply(&older).is_err());
+        r.replace_returning_previous(&older).unwrap();
+        assert_eq!((r.load().epoch(), r.load().len()), (2, 0));
+    }
+
     proptest! {
         /// Any interleaving of deltas applied at once, deltas missed, compactions by the
         /// publisher and catch-ups from the latest snapshot leaves the node with exactly the
@@ -594,7 +719,10 @@ mod tests {
                     model.remove(e);
                 }
                 model.extend(revoke.iter().copied());
-                let delta = RevocationList { epoch, base: Some(epoch - 1), revoke, reinstate };
+                // Each delta carries the model's digest: every application below checks the
+                // node's incremental digest against it.
+                let digest = Some(StateDigest::of(&model).digest());
+                let delta = RevocationList { epoch, base: Some(epoch - 1), revoke, reinstate, digest };
                 deltas.push(delta.clone());
                 match action {
                     0 => {
@@ -619,6 +747,7 @@ mod tests {
             catch_up(&node, &snapshot, &deltas);
             let want: Vec<RevocationEntry> = model.iter().copied().collect();
             prop_assert_eq!(node.load().entries(), want.clone());
+            prop_assert_eq!(node.load().digest(), StateDigest::of(&want).digest());
             prop_assert_eq!(compact(&snapshot, &deltas).unwrap().revoke, want.clone());
             // A fresh node from the final compacted snapshot agrees too, and every revoked id
             // is found by the lookup path the engine uses.

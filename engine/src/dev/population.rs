@@ -320,6 +320,7 @@ impl Population {
             base: None,
             revoke,
             reinstate: vec![],
+            digest: None,
         };
         Ok(Population {
             issuer,

@@ -36,6 +36,7 @@ use tracing::{debug, info, warn};
 
 use super::batcher::unix_now;
 use super::metrics::WhyLabel;
+use crate::core::short_hex;
 use crate::{Engine, RevocationError, RevocationState, TrustList};
 
 /// Most deltas a node applies in one sync before it prefers the snapshot.
@@ -326,6 +327,11 @@ pub struct FeedStatus {
     deltas: AtomicU64,
     /// Milliseconds the last snapshot took to fetch and apply.
     snapshot_ms: AtomicU64,
+    /// Whether the state in force is known to be the feed's: it came from the feed, or the
+    /// state read from disk had the digest of the feed's list at its epoch (SPEC §11.3).
+    matched: AtomicBool,
+    /// States read from disk that were not the feed's and were replaced by its snapshot.
+    replaced: AtomicU64,
 }
 
 impl FeedStatus {
@@ -336,6 +342,23 @@ impl FeedStatus {
             .store(config.max_age.as_secs(), Ordering::Relaxed);
         self.established.store(established, Ordering::Relaxed);
         self.confirmed.store(confirmed, Ordering::Relaxed);
+        self.matched.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether a feed is configured.
+    pub fn is_configured(&self) -> bool {
+        self.configured.load(Ordering::Relaxed)
+    }
+
+    /// Whether the state in force is known to be the feed's (SPEC §11.3).
+    pub fn matched(&self) -> bool {
+        self.matched.load(Ordering::Relaxed)
+    }
+
+    /// States read from disk that the feed's snapshot replaced, because they were not the
+    /// feed's.
+    pub fn replaced(&self) -> u64 {
+        self.replaced.load(Ordering::Relaxed)
     }
 
     /// Seconds since the node last found itself current, or `None` when it never has.
@@ -436,6 +459,11 @@ impl FeedStatus {
                 "gatehouse_revocation_deltas",
                 "Deltas fetched and applied",
                 &self.deltas,
+            ),
+            (
+                "gatehouse_revocation_disk_state_replaced",
+                "States read from disk that were not the feed's, replaced by its snapshot",
+                &self.replaced,
             ),
         ] {
             scrape.register(name, help, ConstCounter::new(load(value)));
@@ -662,6 +690,17 @@ pub fn open_list(bytes: &[u8], trust: &TrustList) -> Result<RevocationList, Revo
 /// Verifies and applies one fetched list, and frees the state it replaces, all on the calling
 /// thread. Verification keeps the old epoch until the swap.
 fn verify_and_apply(engine: &Engine, object: Object, bytes: Vec<u8>) -> Result<u64, FeedError> {
+    verify_and_swap(engine, object, bytes, false)
+}
+
+/// Like [`verify_and_apply`]; with `replace`, a snapshot replaces the state whatever its epoch
+/// (the state in force is not the feed's).
+fn verify_and_swap(
+    engine: &Engine,
+    object: Object,
+    bytes: Vec<u8>,
+    replace: bool,
+) -> Result<u64, FeedError> {
     let refused = |source: RevocationListError| FeedError::Refused {
         object: object.file_name(),
         source,
@@ -678,13 +717,16 @@ fn verify_and_apply(engine: &Engine, object: Object, bytes: Vec<u8>) -> Result<u
             gatehouse_protocol::DecodeError::Inconsistent("list is not the object it is named as"),
         )));
     }
-    let (epoch, previous) = engine
-        .revocations()
-        .apply_returning_previous(&list)
-        .map_err(|source| FeedError::Apply {
-            object: object.file_name(),
-            source,
-        })?;
+    let revocations = engine.revocations();
+    let swapped = if replace {
+        revocations.replace_returning_previous(&list)
+    } else {
+        revocations.apply_returning_previous(&list)
+    };
+    let (epoch, previous) = swapped.map_err(|source| FeedError::Apply {
+        object: object.file_name(),
+        source,
+    })?;
     drop(list);
     if !retire(previous, RETIRE_WAIT) {
         debug!("a verification held the replaced revocation state: it frees it");
@@ -710,14 +752,16 @@ async fn apply_snapshot(
     status: &FeedStatus,
     n: u64,
     bytes: Vec<u8>,
+    replace: bool,
 ) -> Result<u64, FeedError> {
     let e = Arc::clone(engine);
-    let result = at_lowest_priority(move || verify_and_apply(&e, Object::Snapshot(n), bytes))
-        .await
-        .map_err(|e| FeedError::Fetch {
-            object: Object::Snapshot(n).file_name(),
-            problem: format!("snapshot thread: {e}"),
-        })?;
+    let result =
+        at_lowest_priority(move || verify_and_swap(&e, Object::Snapshot(n), bytes, replace))
+            .await
+            .map_err(|e| FeedError::Fetch {
+                object: Object::Snapshot(n).file_name(),
+                problem: format!("snapshot thread: {e}"),
+            })?;
     counted(status, result)
 }
 
@@ -743,6 +787,44 @@ pub async fn sync_once(
     status.head_epoch.store(head.epoch, Ordering::Relaxed);
     let established = status.established.load(Ordering::Relaxed);
     let (current, _) = engine.revocation_epoch();
+    // First contact with a state read from disk: it is the feed's only if the feed's list at
+    // its epoch has its digest. Otherwise the feed's snapshot replaces it: the feed's deltas
+    // are never stacked on a state that is not the feed's.
+    if established && !status.matched() {
+        let state = engine.revocations().load();
+        match seed_matches(fetcher, config, engine, &head, &state).await? {
+            None => status.matched.store(true, Ordering::Relaxed),
+            Some(why) => {
+                warn!(
+                    "revocation feed: the revocation state read from disk (epoch {}, {} entries, \
+                     digest {}) is not the feed's: {why}; replacing it with the feed's snapshot {}",
+                    state.epoch(),
+                    state.len(),
+                    short_hex(&state.digest()),
+                    head.snapshot
+                );
+                drop(state);
+                let started = Instant::now();
+                let bytes = fetcher
+                    .get(Object::Snapshot(head.snapshot), config.max_list_bytes)
+                    .await?;
+                apply_snapshot(engine, status, head.snapshot, bytes, true).await?;
+                status.snapshots.fetch_add(1, Ordering::Relaxed);
+                status.replaced.fetch_add(1, Ordering::Relaxed);
+                status.matched.store(true, Ordering::Relaxed);
+                status
+                    .snapshot_ms
+                    .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                let (after, _) = engine.revocation_epoch();
+                for n in after + 1..=head.epoch {
+                    let bytes = fetcher.get(Object::Delta(n), config.max_list_bytes).await?;
+                    apply_delta(engine, status, n, bytes)?;
+                    status.deltas.fetch_add(1, Ordering::Relaxed);
+                }
+                return Ok(engine.revocation_epoch().0);
+            }
+        }
+    }
     if established && current == head.epoch {
         return Ok(current);
     }
@@ -784,8 +866,9 @@ pub async fn sync_once(
         if !established || now_epoch < head.snapshot {
             let started = Instant::now();
             let bytes = fetcher.get(Object::Snapshot(head.snapshot), limit).await?;
-            apply_snapshot(engine, status, head.snapshot, bytes).await?;
+            apply_snapshot(engine, status, head.snapshot, bytes, false).await?;
             status.established.store(true, Ordering::Relaxed);
+            status.matched.store(true, Ordering::Relaxed);
             status.snapshots.fetch_add(1, Ordering::Relaxed);
             status
                 .snapshot_ms
@@ -806,6 +889,56 @@ pub async fn sync_once(
         });
     }
     Ok(epoch)
+}
+
+/// Whether `state` (read from disk) is the feed's state at its epoch: `None` when the feed's
+/// list at that epoch is there, authentic, and carries `state`'s digest; otherwise why not.
+/// Errors only when the feed cannot be read (the question stays open until the next pull).
+async fn seed_matches(
+    fetcher: &mut Fetcher,
+    config: &FeedConfig,
+    engine: &Engine,
+    head: &FeedHead,
+    state: &RevocationState,
+) -> Result<Option<String>, FeedError> {
+    let epoch = state.epoch();
+    if epoch > head.epoch {
+        return Ok(Some(format!("the feed is at epoch {}", head.epoch)));
+    }
+    let object = if epoch == head.snapshot {
+        Object::Snapshot(epoch)
+    } else {
+        Object::Delta(epoch)
+    };
+    let bytes = match fetcher.get(object, config.max_list_bytes).await {
+        Ok(b) => b,
+        Err(FeedError::Missing(name)) => {
+            return Ok(Some(format!(
+                "the feed has no list at epoch {epoch} ({name})"
+            )))
+        }
+        Err(e) => return Err(e),
+    };
+    let list = match open_list(&bytes, &engine.trust()) {
+        Ok(l) => l,
+        Err(e) => {
+            return Ok(Some(format!(
+                "the feed's {} is refused: {e}",
+                object.file_name()
+            )))
+        }
+    };
+    Ok(match list.digest {
+        None => Some(format!(
+            "the feed's {} carries no state digest to compare (version 1)",
+            object.file_name()
+        )),
+        Some(d) if list.epoch == epoch && d == state.digest() => None,
+        Some(d) => Some(format!(
+            "the feed's state at epoch {epoch} has digest {}",
+            short_hex(&d)
+        )),
+    })
 }
 
 /// The modification time of a local revocation file, as Unix seconds (the file counts as
@@ -1018,6 +1151,7 @@ mod tests {
                 })
                 .collect(),
             reinstate: vec![],
+            digest: None,
         }
         .sign(key)
         .unwrap()

@@ -157,6 +157,12 @@ impl<L: EncodeLabelSet, M: EncodeMetric + TypedMetric> EncodeMetric for Rows<L, 
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    epoch: String,
+    digest: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
 }
@@ -494,6 +500,25 @@ impl Metrics {
         state.observe_epoch(engine.revocation_epoch().0, unix_now());
     }
 
+    /// The `/readyz` line of the revocation state: `revocations epoch <E> entries <N> digest
+    /// <16 hex digits>`, then ` feed matched` or ` feed unconfirmed` when a feed is configured.
+    pub fn revocation_line(&self, engine: &Engine) -> String {
+        let state = engine.revocations().load();
+        let feed = if !self.feed.is_configured() {
+            ""
+        } else if self.feed.matched() {
+            " feed matched"
+        } else {
+            " feed unconfirmed"
+        };
+        format!(
+            "revocations epoch {} entries {} digest {}{feed}\n",
+            state.epoch(),
+            state.len(),
+            crate::core::short_hex(&state.digest())
+        )
+    }
+
     /// The reload lines of `/readyz`: the number of reloads, the server's pid, then one line
     /// per file, `reload <file> ok|failed <unix time> <detail>`. `gatehouse reload` reads them.
     pub fn reload_detail(&self) -> String {
@@ -620,6 +645,16 @@ impl Metrics {
             "gatehouse_revocation_entries",
             "Revoked identifiers in force",
             ConstGauge::new(size as u64),
+        );
+        let state = engine.revocations().load();
+        scrape.register(
+            "gatehouse_revocation_state",
+            "The revocation state in force: its epoch and the first 8 bytes of its digest \
+             (SPEC 11.5); nodes with the same state show the same labels",
+            Info::new(StateLabels {
+                epoch: state.epoch().to_string(),
+                digest: crate::core::short_hex(&state.digest()),
+            }),
         );
         scrape.register(
             "gatehouse_ready",

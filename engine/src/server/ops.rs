@@ -147,7 +147,11 @@ fn route(req: &Request<Incoming>, engine: &Engine, metrics: &Metrics) -> Respons
             // The reload lines follow the status line (see `Metrics::reload_detail`). A refused
             // reload does not make the server unready: the previous files stay in force and
             // valid, and one bad push must not take a whole fleet out of its load balancer.
-            let detail = metrics.reload_detail();
+            let detail = format!(
+                "{}{}",
+                metrics.revocation_line(engine),
+                metrics.reload_detail()
+            );
             let (status, body) = match metrics.ready() {
                 Ok(()) => (StatusCode::OK, format!("ready\n{detail}")),
                 Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n{detail}")),

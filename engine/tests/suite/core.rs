@@ -312,6 +312,7 @@ fn revocation_by_credential_subject_and_sponsor() {
             },
         ],
         reinstate: vec![],
+        digest: None,
     };
     assert_eq!(w.engine.apply_revocations(&list), Ok(1));
     assert_eq!(
@@ -335,6 +336,7 @@ fn revocation_by_credential_subject_and_sponsor() {
             id: other.credential.id,
         }],
         reinstate: vec![],
+        digest: None,
     };
     let gapped = RevocationList {
         epoch: 4,
