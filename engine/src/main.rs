@@ -406,12 +406,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     return Ok(ExitCode::from(EXIT_CONFIG));
                 }
             };
+            // Every error `serve` returns keeps the node from starting (configuration, files,
+            // certificates, addresses; a store that is down is not one): one exit code, 64, on
+            // which the systemd unit does not restart.
             if let Err(e) = runtime()?.block_on(server::serve(parts)) {
                 say!("gatehouse: {e}");
-                return Ok(ExitCode::from(match e {
-                    server::ServerError::Bind { .. } => EXIT_CONFIG,
-                    _ => 1,
-                }));
+                return Ok(ExitCode::from(EXIT_CONFIG));
             }
             Ok(ExitCode::SUCCESS)
         }

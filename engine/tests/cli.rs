@@ -325,7 +325,8 @@ fn the_readme_operator_sequence_runs_from_a_fresh_directory() {
         String::from_utf8_lossy(&early.stderr)
     );
 
-    // Revoke the credential and reload: `gatehouse reload` waits for the result.
+    // A delta is not reloaded without [files] state_dir: a restart could not start from it
+    // (it used to be, and the restart then failed with exit 1, naming no file).
     ok_in(
         d,
         &[
@@ -337,6 +338,28 @@ fn the_readme_operator_sequence_runs_from_a_fresh_directory() {
             "2",
             "--base",
             "1",
+            "--credential",
+            &credential_id,
+            "--force",
+        ],
+    );
+    let delta = run_in(d, &["reload", "--config", "gatehouse.toml"]);
+    assert_eq!(delta.status.code(), Some(1), "{}", stdout(&delta));
+    assert!(
+        stdout(&delta).contains("revocations  FAILED") && stdout(&delta).contains("state_dir"),
+        "{}",
+        stdout(&delta)
+    );
+    // Revoke the credential in a snapshot and reload: `gatehouse reload` waits for the result.
+    ok_in(
+        d,
+        &[
+            "issuer",
+            "revoke",
+            "--out",
+            "revocations.cbor",
+            "--epoch",
+            "2",
             "--credential",
             &credential_id,
             "--force",
@@ -422,6 +445,59 @@ fn the_readme_operator_sequence_runs_from_a_fresh_directory() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success(), "{status}");
+
+    // Restart = reload: the node starts from what it reloaded (epoch 2, the token revoked).
+    let log2 = std::fs::File::create(dir.join("serve2.log")).unwrap();
+    let restarted = Server(
+        Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .current_dir(d)
+            .args(["serve", "--config", "gatehouse.toml"])
+            .stderr(log2)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let after_restart = loop {
+        let out = scan("gate-1-1", &present());
+        let text = stdout(&out);
+        if out.status.code() != Some(3) && !text.contains("node_restarted")
+            || Instant::now() > deadline
+        {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        stdout(&after_restart).starts_with("revoked (11)"),
+        "{} {}",
+        stdout(&after_restart),
+        std::fs::read_to_string(dir.join("serve2.log")).unwrap_or_default()
+    );
+    drop(restarted);
+    // A lone delta at start, with nothing kept: exit 64, naming the field and the file.
+    std::fs::rename(dir.join("revocations.cbor"), dir.join("snapshot-2.cbor")).unwrap();
+    ok_in(
+        d,
+        &[
+            "issuer",
+            "revoke",
+            "--out",
+            "revocations.cbor",
+            "--epoch",
+            "3",
+            "--base",
+            "2",
+        ],
+    );
+    let lone = run_in(d, &["serve", "--config", "gatehouse.toml"]);
+    let err = String::from_utf8_lossy(&lone.stderr);
+    assert_eq!(lone.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("gatehouse.toml: files.revocations: ")
+            && err.contains("revocations.cbor")
+            && err.contains("state_dir"),
+        "{err}"
+    );
 
     // The log: a start-up line with version, config, backend, addresses and counts; no ANSI
     // colour (stderr is a file); no holder or credential ids.

@@ -166,6 +166,7 @@ fn the_kubernetes_manifests_match_the_configuration_and_the_binary() {
         "deployment.yaml",
         "service.yaml",
         "pdb.yaml",
+        "redis.yaml",
     ] {
         docs.extend(yaml_docs(&format!("kubernetes/{f}")));
     }
@@ -212,7 +213,7 @@ fn the_kubernetes_manifests_match_the_configuration_and_the_binary() {
     assert_eq!(port("ops")["protocol"], "TCP");
     assert_eq!(port("ops")["containerPort"], u64::from(ops_addr.port()));
     for (probe, path) in [
-        ("readinessProbe", "/readyz"),
+        ("readinessProbe", "/readyz/local"),
         ("livenessProbe", "/healthz"),
         ("startupProbe", "/healthz"),
     ] {
@@ -249,6 +250,13 @@ fn the_kubernetes_manifests_match_the_configuration_and_the_binary() {
         tls.client_ca,
     ];
     named.extend(files.revocations);
+    named.extend(
+        config
+            .replay
+            .password_file
+            .as_deref()
+            .map(|p| Path::new(&config_path).parent().unwrap().join(p)),
+    );
     named.push(PathBuf::from(&config_path));
     for file in &named {
         let (mount, sub) = mounts
@@ -298,6 +306,43 @@ fn the_kubernetes_manifests_match_the_configuration_and_the_binary() {
         pdb["spec"]["minAvailable"].as_u64().unwrap()
             < deployment["spec"]["replicas"].as_u64().unwrap()
     );
+
+    // Several replicas share one-time use: never the memory store, and the Redis they name is
+    // the shipped one, configured as one-time use needs (no eviction, persistence).
+    assert!(deployment["spec"]["replicas"].as_u64().unwrap() > 1);
+    assert_eq!(config.replay.store, "redis", "replicas on the memory store");
+    let redis_service = kind(&docs, "Service")
+        .into_iter()
+        .find(|s| s["metadata"]["name"] == "gatehouse-redis")
+        .expect("the Redis Service");
+    let port = redis_service["spec"]["ports"][0]["port"].as_u64().unwrap();
+    assert_eq!(
+        config.replay.urls,
+        [format!("redis://gatehouse-redis:{port}")]
+    );
+    let redis_conf = kind(&docs, "ConfigMap")
+        .into_iter()
+        .find(|c| c["metadata"]["name"] == "gatehouse-redis")
+        .expect("the Redis ConfigMap")["data"]["redis.conf"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for line in ["maxmemory-policy noeviction", "appendonly yes"] {
+        assert!(redis_conf.lines().any(|l| l == line), "redis.conf: {line}");
+    }
+    let redis = kind(&docs, "StatefulSet")[0];
+    assert_eq!(
+        redis["spec"]["template"]["spec"]["volumes"][1]["secret"]["secretName"],
+        pod["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "redis")
+            .unwrap()["secret"]["secretName"],
+        "Redis and the nodes read the same password"
+    );
+    // A drain before the pod leaves: preStop, then SIGTERM's drain, within the grace period.
+    assert!(container["lifecycle"]["preStop"].is_object());
 }
 
 #[test]

@@ -254,3 +254,110 @@ async fn files_and_tls_reload_each_on_their_own_without_dropping_connections() {
     timeout(LONG, task).await.unwrap().unwrap().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Restart = reload: whatever a node reloaded, it starts from. A delta is reloaded only when
+/// `[files] state_dir` can keep the state it leads to; the next start takes that state (the
+/// file still holds the delta, which applies to nothing at a cold start). Without a state
+/// directory the delta is refused at reload, and a cold start on it is a configuration error
+/// naming the field (it used to be reloaded, and the restart then failed with exit 1).
+#[test]
+fn a_node_restarts_from_what_it_reloaded() {
+    use gatehouse_protocol::{RevocationEntry, RevocationKind, RevocationList};
+    let dir = std::env::temp_dir().join(format!("gatehouse-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    DevPki::generate(&["gate-1".into()])
+        .unwrap()
+        .write_to(&dir.join("pki"))
+        .unwrap();
+    let issuer = population::issuer_key(9);
+    std::fs::write(
+        dir.join("trust.toml"),
+        population::trust_list(&issuer).to_toml(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("scanners.toml"), registry(&["gate-1"])).unwrap();
+    let entry = |n: u8| RevocationEntry {
+        kind: RevocationKind::Credential,
+        id: [n; 16],
+    };
+    let snapshot = RevocationList {
+        epoch: 1,
+        base: None,
+        revoke: vec![entry(1)],
+        reinstate: vec![],
+        digest: None,
+    };
+    let delta = RevocationList {
+        epoch: 2,
+        base: Some(1),
+        revoke: vec![entry(2)],
+        reinstate: vec![],
+        digest: None,
+    };
+    let start = |config: &str| {
+        ServeConfig::parse(&dir.join("gatehouse.toml"), config)
+            .unwrap()
+            .into_parts()
+            .and_then(|parts| parts.build_engine().map(|e| (parts, e)))
+    };
+
+    // Without a state directory: the delta is refused at reload, the epoch in force stays.
+    std::fs::write(dir.join("revocations.cbor"), snapshot.encode()).unwrap();
+    let (parts, engine) = start(CONFIG).unwrap();
+    std::fs::write(dir.join("revocations.cbor"), delta.encode()).unwrap();
+    let refused = server::reload_revocations(&engine, &parts.files).unwrap_err();
+    assert!(
+        matches!(refused, server::ReloadError::NotKept { .. }),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("state_dir"), "{refused}");
+    assert_eq!(engine.revocation_epoch(), (1, 1));
+    // A cold start on the delta alone: a configuration error naming the field and the file.
+    let Err(cold) = start(CONFIG) else {
+        panic!("a lone delta must not start a node");
+    };
+    let cold = cold.to_string();
+    assert!(
+        cold.contains("files.revocations: ") && cold.contains("revocations.cbor"),
+        "{cold}"
+    );
+
+    // With one: the delta is reloaded and kept; a restart starts at epoch 2.
+    let with_state = CONFIG.replace(
+        "revocations = \"revocations.cbor\"\n[engine]",
+        "revocations = \"revocations.cbor\"\nstate_dir = \"state\"\n[engine]",
+    );
+    assert!(with_state.contains("state_dir"));
+    let with_state = with_state.as_str();
+    std::fs::write(dir.join("revocations.cbor"), snapshot.encode()).unwrap();
+    let (parts, engine) = start(with_state).unwrap();
+    assert!(
+        dir.join("state").join(server::KEPT_REVOCATIONS).is_file(),
+        "the state in force is kept from the start"
+    );
+    std::fs::write(dir.join("revocations.cbor"), delta.encode()).unwrap();
+    let reloaded = server::reload_revocations(&engine, &parts.files).unwrap();
+    assert_eq!((reloaded.epoch, reloaded.entries), (2, 2));
+    let digest = engine.revocations().load().digest();
+    drop(engine);
+    let (_, restarted) = start(with_state).unwrap();
+    assert_eq!(restarted.revocation_epoch(), (2, 2), "restart = reload");
+    assert_eq!(restarted.revocations().load().digest(), digest);
+    // A file older than the kept state does not take the node back.
+    std::fs::write(dir.join("revocations.cbor"), snapshot.encode()).unwrap();
+    let (_, older) = start(with_state).unwrap();
+    assert_eq!(older.revocation_epoch(), (2, 2));
+    // A newer snapshot does.
+    let three = RevocationList {
+        epoch: 3,
+        base: None,
+        revoke: vec![],
+        reinstate: vec![],
+        digest: None,
+    };
+    std::fs::write(dir.join("revocations.cbor"), three.encode()).unwrap();
+    let (_, newer) = start(with_state).unwrap();
+    assert_eq!(newer.revocation_epoch(), (3, 0));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -260,7 +260,15 @@ impl RevocationList {
                 2 => epoch = Some(r.uint("epoch")?),
                 3 => list.base = Some(r.uint("base epoch")?),
                 4 => revoke = Some(read_entries(&mut r, "revoked entries")?),
-                5 => list.reinstate = read_entries(&mut r, "reinstated entries")?,
+                5 => {
+                    list.reinstate = read_entries(&mut r, "reinstated entries")?;
+                    // Absent when empty (SPEC §11.1): one list, one encoding.
+                    if list.reinstate.is_empty() {
+                        return Err(DecodeError::Inconsistent(
+                            "an empty reinstated list is left out, not sent empty",
+                        ));
+                    }
+                }
                 // Key 1 comes first (deterministic order), so the version is known here.
                 6 if version == Some(REVOCATION_VERSION_DIGEST) => {
                     list.digest = Some(r.bytes_exact::<32>("state digest")?);
@@ -467,6 +475,11 @@ mod tests {
         short[v2.len() - 34] = 0x58;
         short[v2.len() - 33] = 0x1f;
         assert!(RevocationList::decode(&short).is_err());
+        // An empty reinstated list is left out, not sent.
+        assert!(RevocationList::decode(&[
+            0xa5, 0x01, 0x01, 0x02, 0x02, 0x03, 0x01, 0x04, 0x80, 0x05, 0x80
+        ])
+        .is_err());
         // Version 3 is not known.
         let mut v3 = v2;
         v3[2] = 0x03;

@@ -37,6 +37,11 @@ scanners = "scanners.toml"
 # A revocation snapshot or delta (CBOR), as `gatehouse issuer revoke` writes it. Optional:
 # leave the line out to run without revocations. When named, the file must exist.
 revocations = "revocations.cbor"
+# Where the node keeps the revocation state a reload put in force, so that a restart starts
+# from it (a directory it may write; unset, systemd's $STATE_DIRECTORY is used). Without one a
+# delta is not reloaded, as a restart could not start from it: write snapshots (`issuer
+# revoke` without --base). Not used with a [revocations] feed (a restart takes the feed's).
+#state_dir = "/var/lib/gatehouse"
 
 [engine]
 # Acceptance window of a token (seconds) and allowed clock skew of a phone.
@@ -202,6 +207,11 @@ pub struct FilesSection {
     /// Revocation list (CBOR), optional.
     #[serde(default)]
     pub revocations: Option<PathBuf>,
+    /// Where the node keeps the revocation state it reloaded, so it restarts from it (a
+    /// directory it can write). Unset: `$STATE_DIRECTORY` (systemd's `StateDirectory=`), else
+    /// none, and then a delta is not reloaded (a restart could not start from it).
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// `[log]`.
@@ -535,6 +545,8 @@ pub struct ServeParts {
     pub scanners: ScannerRegistry,
     /// The revocation list as loaded.
     pub revocations: Option<RevocationList>,
+    /// The revocation state kept in `[files] state_dir` by the last reload, if any.
+    pub kept_revocations: Option<RevocationList>,
     /// The files, for reloads.
     pub files: Files,
     /// The configuration file.
@@ -565,15 +577,63 @@ impl ServeParts {
             config.accept_from = crate::restart_fence(start, config.clock_skew_secs);
         }
         let engine = Engine::new(config, self.trust.clone(), self.scanners.clone())?;
+        let file_error = |problem: String| {
+            ServerError::Config(ConfigError {
+                file: self.source.clone(),
+                field: "files.revocations".into(),
+                problem,
+            })
+        };
+        if let Some(kept) = &self.kept_revocations {
+            engine.apply_revocations(kept).map_err(|e| {
+                ServerError::Config(ConfigError {
+                    file: self.source.clone(),
+                    field: "files.state_dir".into(),
+                    problem: format!("the revocation state kept there: {e}"),
+                })
+            })?;
+        }
         if let Some(list) = &self.revocations {
-            match (engine.apply_revocations(list), &self.server.revocation_feed) {
-                (Ok(_), _) => {}
-                // With a feed, a local list that does not stand alone (a delta) is not fatal:
-                // the node starts without an epoch (failing closed) and fetches the snapshot.
-                (Err(e), Some(_)) => tracing::warn!(
-                    "local revocation list not applied ({e}); fetching from the feed"
-                ),
-                (Err(e), None) => return Err(e.into()),
+            let path = self.files.revocations.as_deref().unwrap_or(Path::new("?"));
+            let (kept, _) = engine.revocation_epoch();
+            if self.kept_revocations.is_some() && list.epoch <= kept {
+                // The file is what was reloaded last, or older: the kept state stands.
+                if list.epoch < kept {
+                    tracing::warn!(
+                        "{} holds revocation epoch {}, older than epoch {kept} kept in {} by the last reload: starting at epoch {kept}",
+                        path.display(),
+                        list.epoch,
+                        self.files.state_dir.as_deref().unwrap_or(Path::new("?")).display()
+                    );
+                }
+            } else {
+                match (engine.apply_revocations(list), &self.server.revocation_feed) {
+                    (Ok(_), _) => {}
+                    // With a feed, a local list that does not stand alone (a delta) is not
+                    // fatal: the node starts without an epoch (failing closed) and fetches the
+                    // snapshot.
+                    (Err(e), Some(_)) => tracing::warn!(
+                        "local revocation list not applied ({e}); fetching from the feed"
+                    ),
+                    (Err(e), None) => {
+                        let hint = if list.base.is_some() {
+                            "; a node starts from a snapshot, or from the state it kept in \
+                             [files] state_dir when it reloaded the delta"
+                        } else {
+                            ""
+                        };
+                        return Err(file_error(format!("{}: {e}{hint}", path.display())));
+                    }
+                }
+            }
+            if let Some(dir) = &self.files.state_dir {
+                super::reload::keep(dir, &engine.revocations().load()).map_err(|e| {
+                    ServerError::Config(ConfigError {
+                        file: self.source.clone(),
+                        field: "files.state_dir".into(),
+                        problem: e.to_string(),
+                    })
+                })?;
             }
         }
         Ok(Arc::new(engine))
@@ -772,12 +832,31 @@ impl ServeConfig {
         }
     }
 
+    /// `[files] state_dir` resolved, else `$STATE_DIRECTORY` (the first, when systemd gives
+    /// several); none with a feed, which holds the node's revocation state for it.
+    pub fn state_dir(&self) -> Option<PathBuf> {
+        if self.revocations.is_some() {
+            return None;
+        }
+        match &self.files.state_dir {
+            Some(p) => Some(self.path(p)),
+            None => std::env::var_os("STATE_DIRECTORY")
+                .and_then(|v| {
+                    v.to_str()
+                        .and_then(|s| s.split(':').next())
+                        .map(PathBuf::from)
+                })
+                .filter(|p| p.is_absolute()),
+        }
+    }
+
     /// The engine's files, with paths resolved.
     pub fn files(&self) -> Files {
         Files {
             trust: self.path(&self.files.trust),
             scanners: self.path(&self.files.scanners),
             revocations: self.files.revocations.as_deref().map(|p| self.path(p)),
+            state_dir: self.state_dir(),
             tls: Some(TlsFiles {
                 cert: self.path(&self.tls.cert),
                 key: self.path(&self.tls.key),
@@ -852,6 +931,10 @@ impl ServeConfig {
             .as_deref()
             .map(|p| self.named("files.revocations", load_revocation_file(p, &trust)))
             .transpose()?;
+        let kept_revocations = match &files.state_dir {
+            Some(dir) => self.named("files.state_dir", super::reload::read_kept(dir))?,
+            None => None,
+        };
         let mut server = server;
         if let Some(feed) = server.revocation_feed.as_mut() {
             // The local file counts as confirmed when it was written; after start the feed
@@ -870,6 +953,7 @@ impl ServeConfig {
             trust,
             scanners,
             revocations,
+            kept_revocations,
             files,
             source: self.source.clone(),
             log: self.log.clone(),

@@ -474,6 +474,14 @@ impl Metrics {
         }
     }
 
+    /// Whether this node, apart from what it shares with others, can answer: not draining.
+    pub fn ready_local(&self) -> Result<(), &'static str> {
+        if !self.accepting.load(Ordering::Relaxed) {
+            return Err("draining");
+        }
+        Ok(())
+    }
+
     /// Whether the node can answer: not draining, and its one-time-use store answers.
     pub fn ready(&self) -> Result<(), &'static str> {
         if !self.accepting.load(Ordering::Relaxed) {

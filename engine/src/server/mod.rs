@@ -68,7 +68,7 @@ pub use feed::{FeedConfig, FeedSource, OfflinePolicy};
 pub use reload::{
     format_unix, reload, reload_files, reload_revocations, reload_scanners, reload_trust,
     FileResult, Files, ReloadControl, ReloadError, ReloadFile, ReloadReport, Reloaded,
-    RevocationReload, TlsFiles,
+    RevocationReload, TlsFiles, KEPT_REVOCATIONS,
 };
 pub use store::{
     Answer, Backend, Fault, Marked, NewLife, RedisBackend, RedisConfig, Risk, Settings,

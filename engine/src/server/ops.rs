@@ -143,6 +143,30 @@ fn route(req: &Request<Incoming>, engine: &Engine, metrics: &Metrics) -> Respons
             }
         },
         "/healthz" => text(StatusCode::OK, "ok\n"),
+        // This pod's own readiness: only what no other node shares (draining). A shared
+        // dependency that is down leaves every node unable to accept, and taking every node
+        // out of a load balancer at once answers nothing at all: the nodes stay and give
+        // fail-closed verdicts, and alerts say why.
+        "/readyz/local" => {
+            let detail = format!(
+                "{}{}",
+                metrics.revocation_line(engine),
+                metrics.reload_detail()
+            );
+            let (status, body) = match (metrics.ready_local(), metrics.ready()) {
+                (Err(why), _) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n{detail}")),
+                (Ok(()), Ok(())) => (StatusCode::OK, format!("ready\n{detail}")),
+                (Ok(()), Err(why)) => (
+                    StatusCode::OK,
+                    format!("ready (this node; shared: {why})\n{detail}"),
+                ),
+            };
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            *r.status_mut() = status;
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            r
+        }
         "/readyz" => {
             // The reload lines follow the status line (see `Metrics::reload_detail`). A refused
             // reload does not make the server unready: the previous files stay in force and

@@ -6,7 +6,7 @@
 //! Every file's result is reported ([`ReloadReport`]): logged one line per file, counted in
 //! `/metrics` by file with its time, shown in `/readyz`, and read back by `gatehouse reload`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -31,6 +31,8 @@ pub struct Files {
     pub scanners: PathBuf,
     /// The revocation list (CBOR snapshot or delta), if any.
     pub revocations: Option<PathBuf>,
+    /// Where the revocation state a reload put in force is kept (see [`keep`]), if anywhere.
+    pub state_dir: Option<PathBuf>,
     /// The server's TLS files, reloaded by the running server (not by [`reload`]).
     pub tls: Option<TlsFiles>,
 }
@@ -175,6 +177,23 @@ pub enum ReloadError {
         /// Why it does not apply.
         source: RevocationError,
     },
+    /// A delta, and no `[files] state_dir` to keep the state it leads to: a restart could not
+    /// start from it, so it is not put in force either.
+    #[error("{file}: a delta, and no [files] state_dir to keep the state it leads to (a restart could not start from it): write a snapshot (`issuer revoke` without --base) or set state_dir")]
+    NotKept {
+        /// The revocation file.
+        file: PathBuf,
+    },
+    /// The new revocation state is in force but could not be kept for a restart.
+    #[error("epoch {epoch} is in force but could not be kept in {dir} ({source}): a restart would not start from it")]
+    Keep {
+        /// The state directory.
+        dir: PathBuf,
+        /// The epoch in force.
+        epoch: u64,
+        /// Why.
+        source: std::io::Error,
+    },
     /// At least one file was refused; the others reloaded (see the report).
     #[error("reload refused for {}", failed(.0))]
     Failed(ReloadReport),
@@ -220,6 +239,34 @@ pub fn reload_scanners(engine: &Engine, files: &Files) -> Result<usize, ConfigEr
     Ok(n)
 }
 
+/// The file in `[files] state_dir` that holds the revocation state in force.
+pub const KEPT_REVOCATIONS: &str = "revocations.cbor";
+
+/// Writes `state` to `dir` as a bare snapshot (with its digest), atomically: written aside,
+/// flushed, then renamed over the previous one. The node restarts from it.
+pub fn keep(dir: &Path, state: &crate::RevocationState) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let target = dir.join(KEPT_REVOCATIONS);
+    let aside = dir.join(format!("{KEPT_REVOCATIONS}.new"));
+    let mut f = std::fs::File::create(&aside)?;
+    f.write_all(&state.to_snapshot().encode())?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&aside, &target)?;
+    Ok(())
+}
+
+/// Reads the state [`keep`] wrote, if there is one.
+pub fn read_kept(dir: &Path) -> Result<Option<gatehouse_protocol::RevocationList>, ConfigError> {
+    let path = dir.join(KEPT_REVOCATIONS);
+    match std::fs::metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ConfigError::new(&path, "(file)", e.to_string())),
+        Ok(_) => load_revocations(&path).map(Some),
+    }
+}
+
 /// The revocation step of a reload, self-contained: reads the revocation file and applies it
 /// when it holds another epoch than the one in force (a snapshot, or a delta on the epoch in
 /// force). A file whose epoch is already in force is left alone and is not an error; a gapped
@@ -238,12 +285,24 @@ pub fn reload_revocations(engine: &Engine, files: &Files) -> Result<RevocationRe
     let (epoch, _) = engine.revocation_epoch();
     let changed = list.epoch != epoch;
     if changed {
+        // Restart = reload: a node restarts from its files, so it takes a delta only when it
+        // can keep the state the delta leads to.
+        if list.base.is_some() && files.state_dir.is_none() {
+            return Err(ReloadError::NotKept { file: path.clone() });
+        }
         engine
             .apply_revocations(&list)
             .map_err(|source| ReloadError::Revocation {
                 file: path.clone(),
                 source,
             })?;
+        if let Some(dir) = &files.state_dir {
+            keep(dir, &engine.revocations().load()).map_err(|source| ReloadError::Keep {
+                dir: dir.clone(),
+                epoch: list.epoch,
+                source,
+            })?;
+        }
     }
     let (epoch, entries) = engine.revocation_epoch();
     Ok(RevocationReload {
