@@ -1033,6 +1033,7 @@ async fn pull_forever(engine: Arc<Engine>, config: FeedConfig, status: Arc<FeedS
     let mut tick = tokio::time::interval(config.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
+    let mut was_stale = false;
     loop {
         tick.tick().await;
         match sync_once(&engine, &mut fetcher, &config, &status).await {
@@ -1061,6 +1062,66 @@ async fn pull_forever(engine: Arc<Engine>, config: FeedConfig, status: Arc<FeedS
             }
         }
         set_deadline(&engine, &config, &status);
+        let stale = status.stale(unix_now());
+        if let Some((refusing, line)) = stale_change(
+            was_stale,
+            stale,
+            config.policy,
+            engine.revocation_epoch().0,
+            status.established.load(Ordering::Relaxed),
+            config.max_age,
+        ) {
+            if refusing {
+                warn!("{line}");
+            } else {
+                info!("{line}");
+            }
+        }
+        was_stale = stale;
+    }
+}
+
+/// The log line for a change of the revocation state's staleness, once per change: the moment
+/// a node starts refusing every token (or answering on a state it no longer vouches for), and
+/// the moment it stops. `(true, …)` is a warning.
+fn stale_change(
+    was: bool,
+    now: bool,
+    policy: OfflinePolicy,
+    epoch: u64,
+    established: bool,
+    max_age: Duration,
+) -> Option<(bool, String)> {
+    match (was, now) {
+        (false, true) if !established => Some((
+            true,
+            "revocation feed: no revocation state yet: every token is denied \
+             `revocations_stale` until the feed's snapshot is applied"
+                .to_string(),
+        )),
+        (false, true) if policy == OfflinePolicy::FailClosed => Some((
+            true,
+            format!(
+                "revocation feed: epoch {epoch} is older than max_age_secs ({} s): every token \
+                 is denied `revocations_stale` until the feed confirms a state (offline = \
+                 \"fail_closed\")",
+                max_age.as_secs()
+            ),
+        )),
+        (false, true) => Some((
+            true,
+            format!(
+                "revocation feed: epoch {epoch} is older than max_age_secs ({} s): tokens are \
+                 still judged on it (offline = \"keep_serving\"), and the node reports itself \
+                 not ready",
+                max_age.as_secs()
+            ),
+        )),
+        (true, false) => Some((
+            false,
+            format!("revocation feed: epoch {epoch} confirmed: tokens are judged again"),
+        )),
+        _ => None,
     }
 }
 
@@ -1069,6 +1130,28 @@ mod tests {
     use gatehouse_protocol::{RevocationEntry, RevocationKind};
 
     use super::*;
+
+    #[test]
+    fn refusing_every_token_is_logged_once_when_it_starts_and_once_when_it_ends() {
+        let age = Duration::from_secs(6);
+        let fail = OfflinePolicy::FailClosed;
+        // No change, nothing said.
+        assert_eq!(stale_change(false, false, fail, 3, true, age), None);
+        assert_eq!(stale_change(true, true, fail, 3, true, age), None);
+        let (warn, line) = stale_change(false, true, fail, 3, true, age).unwrap();
+        assert!(warn);
+        assert!(
+            line.contains("epoch 3") && line.contains("6 s") && line.contains("every token"),
+            "{line}"
+        );
+        let (warn, line) =
+            stale_change(false, true, OfflinePolicy::KeepServing, 3, true, age).unwrap();
+        assert!(warn && line.contains("still judged"), "{line}");
+        let (warn, line) = stale_change(false, true, fail, 0, false, age).unwrap();
+        assert!(warn && line.contains("no revocation state yet"), "{line}");
+        let (warn, line) = stale_change(true, false, fail, 4, true, age).unwrap();
+        assert!(!warn && line.contains("judged again"), "{line}");
+    }
     use crate::dev::population;
     use crate::{EngineConfig, RevocationKey, ScannerRegistry};
 
