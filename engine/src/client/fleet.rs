@@ -218,7 +218,12 @@ impl FleetClient {
             Ok(Err(e)) => return Attempt::Next(None, Some(e)),
             Err(_) => return Attempt::Next(None, Some(ClientError::Timeout(left))),
         };
-        match conn.verify_scan(token, challenge, Some(key)).await {
+        // The request too ends with the scan's deadline (and with its own timeout before).
+        let left = self.options.deadline.saturating_sub(started.elapsed());
+        let answer = tokio::time::timeout(left, conn.verify_scan(token, challenge, Some(key)))
+            .await
+            .unwrap_or(Err(ClientError::Timeout(left)));
+        match answer {
             Ok(v) if matches!(v.reason, Reason::Unavailable | Reason::Busy) => {
                 debug!(reason = %v.reason, "node could not judge: trying another");
                 self.failed(&conn, false);
@@ -285,9 +290,9 @@ impl FleetClient {
     async fn connect(&self, target: &str) -> Result<ScannerClient, ClientError> {
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host(target)
             .await
-            .map_err(|e| ClientError::Config(format!("{target}: {e}")))?
+            .map_err(|e| ClientError::Resolve(format!("{target}: {e}")))?
             .collect();
-        let mut last = ClientError::Config(format!("{target}: no address"));
+        let mut last = ClientError::Resolve(format!("{target}: no address"));
         for addr in addrs {
             match ScannerClient::connect_with(
                 addr,

@@ -73,9 +73,13 @@ pub enum ClientError {
     #[error("cannot connect: {0}")]
     Connect(#[from] quinn::ConnectError),
     /// The TLS handshake failed: the server certificate is not trusted, the client
-    /// certificate was refused, or no common ALPN.
+    /// certificate was refused, or no common ALPN. [`HandshakeFailure::by_server`] says which
+    /// side refused.
     #[error("TLS handshake failed: {0}")]
-    Handshake(String),
+    Handshake(HandshakeFailure),
+    /// A server's name could not be resolved to an address.
+    #[error("cannot resolve {0}")]
+    Resolve(String),
     /// The server does not know this scanner (its certificate is valid, but the scanner is not
     /// registered, or was removed).
     #[error("the server does not know this scanner (not registered, or removed)")]
@@ -114,7 +118,58 @@ pub enum ClientError {
     BatchTooLarge(usize),
 }
 
+/// A failed TLS handshake, and which side refused it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandshakeFailure {
+    /// The server sent the TLS alert: it did not accept this scanner's certificate (another
+    /// CA, expired, no single subject CN). Otherwise this scanner refused the handshake: the
+    /// server's certificate does not chain to the scanner's CA or is not for the server name.
+    pub by_server: bool,
+    /// The QUIC error, as text.
+    pub message: String,
+}
+
+impl std::fmt::Display for HandshakeFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.by_server {
+            write!(
+                f,
+                "the server refused this scanner's certificate ({})",
+                self.message
+            )
+        } else {
+            write!(
+                f,
+                "the server's certificate is not trusted by this scanner's CA or is not for the server name ({})",
+                self.message
+            )
+        }
+    }
+}
+
 impl ClientError {
+    /// Whether this scanner's own setup is at fault, so that no server would answer
+    /// otherwise: its certificate, key or CA files (unreadable, or a key that does not match
+    /// the certificate), or its trust in the server's certificate (another CA, another name).
+    pub fn is_local(&self) -> bool {
+        match self {
+            ClientError::Config(_) | ClientError::Tls(_) | ClientError::Endpoint(_) => true,
+            ClientError::Handshake(h) => !h.by_server,
+            _ => false,
+        }
+    }
+
+    /// Whether the server refused this scanner: not registered (or removed by a reload), or
+    /// its certificate not accepted in the handshake (SPEC §8.1). Reconnecting does not help;
+    /// the registration or the certificate is what is missing.
+    pub fn is_scanner_refused(&self) -> bool {
+        match self {
+            ClientError::UnknownScanner => true,
+            ClientError::Handshake(h) => h.by_server,
+            _ => false,
+        }
+    }
+
     /// Whether the same request may succeed if retried (possibly after reconnecting).
     pub fn is_retryable(&self) -> bool {
         matches!(
@@ -151,11 +206,19 @@ impl From<ConnectionError> for ClientError {
             {
                 ClientError::Refused
             }
+            // The server's TLS alert, sent to us: it refused this scanner's certificate.
             ConnectionError::ConnectionClosed(c) if is_crypto(c.error_code) => {
-                ClientError::Handshake(e.to_string())
+                ClientError::Handshake(HandshakeFailure {
+                    by_server: true,
+                    message: e.to_string(),
+                })
             }
+            // Our own TLS stack's alert: this scanner refused the server's certificate.
             ConnectionError::TransportError(t) if is_crypto(t.code) => {
-                ClientError::Handshake(e.to_string())
+                ClientError::Handshake(HandshakeFailure {
+                    by_server: false,
+                    message: e.to_string(),
+                })
             }
             _ => ClientError::Connection(e),
         }
@@ -233,6 +296,30 @@ impl ClientIdentity {
             key: load_key(key).map_err(config)?,
         })
     }
+
+    /// Checks, without any network, that the TLS configuration can be made: the CA
+    /// certificates are usable and the key matches the certificate.
+    pub fn check(&self) -> Result<(), ClientError> {
+        tls_config(self.clone()).map(|_| ())
+    }
+}
+
+/// The scanner's TLS 1.3 configuration: the CA as the only roots, the client certificate, the
+/// ALPN, no 0-RTT.
+fn tls_config(identity: ClientIdentity) -> Result<rustls::ClientConfig, ClientError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for ca in identity.roots {
+        roots.add(ca)?;
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(identity.chain, identity.key)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    // No 0-RTT: requests are not idempotent (a token is accepted once).
+    tls.enable_early_data = false;
+    Ok(tls)
 }
 
 /// Client tunables.
@@ -293,18 +380,7 @@ impl ScannerClient {
         identity: ClientIdentity,
         options: ClientOptions,
     ) -> Result<ScannerClient, ClientError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = RootCertStore::empty();
-        for ca in identity.roots {
-            roots.add(ca)?;
-        }
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(identity.chain, identity.key)?;
-        tls.alpn_protocols = vec![ALPN.to_vec()];
-        // No 0-RTT: requests are not idempotent (a token is accepted once).
-        tls.enable_early_data = false;
+        let tls = tls_config(identity)?;
         let crypto =
             QuicClientConfig::try_from(tls).map_err(|e| ClientError::Config(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
