@@ -189,6 +189,26 @@ impl Budget {
                 passed: c.expected_replayed >= 1 && c.replayed == c.expected_replayed,
             });
         }
+        if !r.revocation_states.is_empty() {
+            // Several nodes: they must enforce one revocation state (the epoch alone can match
+            // while the entries differ; the digest cannot).
+            let distinct: std::collections::BTreeSet<&String> =
+                r.revocation_states.iter().collect();
+            checks.push(Check {
+                name: "revocation states agree".into(),
+                limit: "1 state on every node".into(),
+                observed: if distinct.len() == 1 {
+                    format!(
+                        "{} nodes: {}",
+                        r.revocation_states.len(),
+                        r.revocation_states[0]
+                    )
+                } else {
+                    r.revocation_states.join(" | ")
+                },
+                passed: distinct.len() == 1,
+            });
+        }
         if let Some(lag) = latency_check(
             SEND_LAG_CHECK,
             self.max_send_lag_p99_ms,
@@ -345,6 +365,7 @@ mod tests {
             },
             nodes: vec![],
             cross_node_replays: None,
+            revocation_states: Vec::new(),
             timeline: vec![],
         }
     }
@@ -374,6 +395,33 @@ mod tests {
             .all(|m| m.contains("harness-limited")));
         // Both fine: passes.
         assert!(BudgetResult::new("d", b.check_run(&run_with(2_000, 1_000))).passed);
+    }
+
+    #[test]
+    fn several_nodes_pass_only_when_they_enforce_one_revocation_state() {
+        let b = Budget::default();
+        let with = |states: &[&str]| {
+            let mut r = run_with(2_000, 1_000);
+            r.revocation_states = states.iter().map(|s| s.to_string()).collect();
+            BudgetResult::new("d", b.check_run(&r))
+        };
+        let one = with(&[]);
+        assert!(
+            one.passed
+                && one
+                    .checks
+                    .iter()
+                    .all(|c| c.name != "revocation states agree")
+        );
+        let same = "epoch 4 entries 310 digest 00f4d42436380167";
+        assert!(with(&[same, same, same]).passed);
+        // The same epoch, other entries: the digest differs and the run fails.
+        let other = with(&[same, "epoch 4 entries 2 digest 9a3e0c11d2b4f001"]);
+        assert!(!other.passed);
+        assert!(other
+            .missed()
+            .iter()
+            .any(|m| m.starts_with("revocation states agree")));
     }
 
     #[test]

@@ -102,6 +102,9 @@ impl Harness {
         summary.cpu.redis_secs = redis_cpu0
             .zip(self.site.as_ref().and_then(SpawnedSite::redis_cpu_secs))
             .map(|(a, b)| b - a);
+        if let Some(site) = self.site.as_ref().filter(|s| s.engines.len() > 1) {
+            summary.revocation_states = site.revocation_states();
+        }
         Ok(summary)
     }
 

@@ -832,6 +832,7 @@ mod tests {
             },
             nodes: Vec::new(),
             cross_node_replays: None,
+            revocation_states: Vec::new(),
             timeline: (0..10)
                 .map(|t| Second {
                     t,

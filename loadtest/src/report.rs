@@ -151,6 +151,10 @@ pub struct RunSummary {
     /// Replays sent across nodes (several nodes only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cross_node_replays: Option<CrossNodeReplays>,
+    /// Each node's revocation state after the run (epoch, entries, digest; several spawned
+    /// nodes only): a fleet that disagrees fails the budget.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revocation_states: Vec<String>,
     /// Per second of the plan.
     pub timeline: Vec<Second>,
 }
@@ -216,6 +220,7 @@ impl RunSummary {
                 })
                 .collect(),
             cross_node_replays: s.cross_node,
+            revocation_states: Vec::new(),
             timeline: s.timeline.clone(),
         }
     }

@@ -124,6 +124,8 @@ pub struct SpawnedEngine {
     child: Option<Child>,
     /// Where it listens (loopback).
     pub addr: SocketAddr,
+    /// Its operations endpoint (`/metrics`, `/readyz`; loopback).
+    pub ops: SocketAddr,
     /// Its configuration file.
     pub config: PathBuf,
     /// Its log (stdout and stderr).
@@ -168,6 +170,32 @@ pub fn find_gatehouse() -> Result<PathBuf> {
             .collect::<Vec<_>>()
             .join(", ")
     )
+}
+
+fn free_tcp_port() -> Result<u16> {
+    let s = std::net::TcpListener::bind("127.0.0.1:0").context("binding a loopback TCP port")?;
+    Ok(s.local_addr()?.port())
+}
+
+/// The `revocations …` line of a node's `/readyz` (its revocation epoch, entries and state
+/// digest), or why it could not be read.
+pub fn revocation_state(ops: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let read = || -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(&ops, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: gatehouse\r\nConnection: close\r\n\r\n")?;
+        let mut body = String::new();
+        s.take(64 * 1024).read_to_string(&mut body)?;
+        Ok(body)
+    };
+    match read() {
+        Ok(body) => body
+            .lines()
+            .find_map(|l| l.strip_prefix("revocations "))
+            .map_or_else(|| "(no revocations line)".to_string(), str::to_string),
+        Err(e) => format!("(unreadable: {e})"),
+    }
 }
 
 fn free_udp_port() -> Result<u16> {
@@ -274,6 +302,14 @@ impl SpawnedSite {
         self.engines.iter().map(|e| e.addr).collect()
     }
 
+    /// Each node's revocation state (the `revocations` line of its `/readyz`), in index order.
+    pub fn revocation_states(&self) -> Vec<String> {
+        self.engines
+            .iter()
+            .map(|e| revocation_state(e.ops))
+            .collect()
+    }
+
     /// CPU seconds each node has used so far (Linux), in index order.
     pub fn cpu_secs(&self) -> Vec<Option<f64>> {
         self.engines.iter().map(SpawnedEngine::cpu_secs).collect()
@@ -354,7 +390,8 @@ impl SpawnedEngine {
     ) -> Result<SpawnedEngine> {
         let port = free_udp_port()?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let config = node_config(addr, redis.map(RedisServer::url).as_deref(), opts);
+        let ops: SocketAddr = ([127, 0, 0, 1], free_tcp_port()?).into();
+        let config = node_config(addr, ops, redis.map(RedisServer::url).as_deref(), opts);
         let config_path = dir.join(format!("gatehouse-{i}.toml"));
         std::fs::write(&config_path, config)?;
         let log = dir.join(format!("engine-{i}.log"));
@@ -386,6 +423,7 @@ impl SpawnedEngine {
         Ok(SpawnedEngine {
             child: Some(child),
             addr,
+            ops,
             config: config_path,
             log,
             pin,
@@ -490,7 +528,12 @@ impl Drop for SpawnedEngine {
 }
 
 /// One node's configuration: loopback, the site's PKI and files, and its `[replay]` store.
-fn node_config(addr: SocketAddr, redis_url: Option<&str>, opts: &SpawnOptions) -> String {
+fn node_config(
+    addr: SocketAddr,
+    ops: SocketAddr,
+    redis_url: Option<&str>,
+    opts: &SpawnOptions,
+) -> String {
     let revocations = if opts.revocations {
         "revocations = \"revocations.cbor\"\n"
     } else {
@@ -506,7 +549,7 @@ fn node_config(addr: SocketAddr, redis_url: Option<&str>, opts: &SpawnOptions) -
     };
     format!(
         "# Written by gatehouse-loadtest for one run (TEST PKI ONLY).\n\
-         listen = \"{addr}\"\n\n\
+         listen = \"{addr}\"\nmetrics_listen = \"{ops}\"\n\n\
          [tls]\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\nclient_ca = \"pki/ca.pem\"\n\n\
          [files]\ntrust = \"trust.toml\"\nscanners = \"scanners.toml\"\n{revocations}\n\
          [engine]\nreplay_capacity = {}\nutc_offset_secs = {}\n{replay}",
@@ -783,11 +826,13 @@ mod tests {
     fn the_config_points_every_node_at_its_store() {
         let addr: SocketAddr = "127.0.0.1:4433".parse().unwrap();
         let o = opts(2, StoreKind::Redis);
-        let c = node_config(addr, Some("redis://127.0.0.1:7001"), &o);
+        let ops: SocketAddr = "127.0.0.1:9999".parse().unwrap();
+        let c = node_config(addr, ops, Some("redis://127.0.0.1:7001"), &o);
         assert!(c.contains("listen = \"127.0.0.1:4433\""));
+        assert!(c.contains("metrics_listen = \"127.0.0.1:9999\""));
         assert!(c.contains("[replay]\nstore = \"redis\"\nurls = [\"redis://127.0.0.1:7001\"]"));
         assert!(c.contains("timeout_ms = 50"));
-        let m = node_config(addr, None, &opts(1, StoreKind::Memory));
+        let m = node_config(addr, ops, None, &opts(1, StoreKind::Memory));
         assert!(m.contains("store = \"memory\""));
         assert!(!m.contains("urls"));
     }

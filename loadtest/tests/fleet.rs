@@ -111,6 +111,20 @@ fn two_nodes_on_one_redis_agree_and_every_cross_node_replay_is_replayed() {
             .any(|k| k["name"] == "cross-node replays" && k["passed"] == true),
         "{checks:?}"
     );
+    // Both nodes enforce one revocation state, compared by digest from their /readyz.
+    let states = run["revocation_states"].as_array().unwrap();
+    assert_eq!(states.len(), 2, "{states:?}");
+    assert_eq!(states[0], states[1]);
+    assert!(
+        states[0].as_str().unwrap().contains(" digest "),
+        "{states:?}"
+    );
+    assert!(
+        checks
+            .iter()
+            .any(|k| k["name"] == "revocation states agree" && k["passed"] == true),
+        "{checks:?}"
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("per node"), "{text}");
     assert!(text.contains("cross-node replays"), "{text}");
