@@ -10,19 +10,48 @@ use clap::{CommandFactory, Parser, Subcommand};
 use gatehouse_engine::dev::pki;
 use gatehouse_engine::server::LogFormat;
 use gatehouse_engine::{client, server};
-use gatehouse_protocol::{from_qr_text, RevocationKind};
+use gatehouse_protocol::{from_qr_text, Reason, RevocationKind, RETRY_KEY_LEN};
 
 mod cli;
 use cli::{demo, tools};
 
 /// Exit code for a configuration error (EX_CONFIG would be 78; sysexits' EX_USAGE is 64).
 const EXIT_CONFIG: u8 = 64;
-/// `scan`: the token was denied.
+/// `scan`: the token was denied (a judgement of the token: revoked, replayed, expired, …).
 const EXIT_DENIED: u8 = 1;
-/// `scan`: usage error (clap's own code for a bad command line, used for bad files too).
+/// `scan`: usage error (clap's own code for a bad command line; also a token that is
+/// neither QR text nor hex).
 const EXIT_USAGE: u8 = 2;
 /// `scan`, `reload`: the server could not be reached, or did not answer in time.
 const EXIT_UNREACHABLE: u8 = 3;
+/// `scan`: no node could judge the token (a retryable reason, SPEC §9: busy,
+/// replay_capacity, unavailable, revocations_stale); send it again with the same retry key.
+const EXIT_RETRY: u8 = 4;
+/// `scan`: node_restarted: the token is from before the node's start (or its store's loss);
+/// the holder presents a fresh one.
+const EXIT_FRESH_TOKEN: u8 = 5;
+/// `scan`: this scanner's own setup is at fault: its CA, certificate or key file unreadable,
+/// a key that does not match the certificate, or a server certificate that the CA does not
+/// vouch for (or not for the server name).
+const EXIT_LOCAL_SETUP: u8 = 6;
+/// `scan`: the server refused this scanner: not registered (or removed), or its certificate
+/// not accepted in the handshake.
+const EXIT_SCANNER_REFUSED: u8 = 7;
+/// `scan --help`: the exit codes.
+const SCAN_EXIT_CODES: &str = "\
+Exit codes:
+  0  accepted
+  1  denied: the token was judged and refused (revoked, replayed, expired, …)
+  2  usage error: the command line, or a token that is neither QR text nor hex
+  3  unreachable: no server answered within --timeout-secs
+  4  retry: no node could judge the token (busy, replay_capacity, unavailable,
+     revocations_stale); send the same token again with the same --retry-key
+  5  present a fresh token: node_restarted (the token is from before the node's start)
+  6  local setup: --ca, --scanner-cert or --scanner-key unreadable, a key that does not
+     match its certificate, or a server certificate that --ca does not vouch for (or not
+     for --server-name)
+  7  the server refused this scanner: not registered (or removed), or its certificate
+     not accepted";
 
 #[derive(Parser)]
 #[command(
@@ -112,7 +141,9 @@ enum Command {
         command: WalletCommand,
     },
     /// Send one token to a server and print the verdict (the reference scanner). Exits 0
-    /// accepted, 1 denied, 2 usage error, 3 server unreachable.
+    /// accepted, 1 denied, 2 usage error, 3 unreachable, 4 retry, 5 present a fresh token,
+    /// 6 local setup error, 7 scanner refused (see below).
+    #[command(after_help = SCAN_EXIT_CODES)]
     Scan {
         /// Server address, HOST:PORT; HOST is an IP address or a DNS name. Repeat it for a
         /// fleet: the scan starts at a random server and fails over to the others, with one
@@ -122,9 +153,16 @@ enum Command {
         /// Name on the server certificate (default: HOST of --server).
         #[arg(long)]
         server_name: Option<String>,
-        /// Give up on the server after this many seconds.
+        /// The whole scan's budget in seconds: connecting, the request and the retries across
+        /// servers together (at least 1).
         #[arg(long, default_value_t = 10)]
         timeout_secs: u64,
+        /// The scan's retry key (SPEC §8.6), 16 bytes as 32 hex digits. To retry a scan whose
+        /// answer was lost, give the same token with the same key: the first verdict comes
+        /// back, marked as a repeat, not `replayed`. Default: a fresh random key, printed when
+        /// the scan ends without a verdict or with a retryable one (exit 3 or 4).
+        #[arg(long, value_parser = parse_retry_key)]
+        retry_key: Option<[u8; RETRY_KEY_LEN]>,
         /// CA certificate (PEM).
         #[arg(long)]
         ca: PathBuf,
@@ -646,6 +684,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             servers,
             server_name,
             timeout_secs,
+            retry_key,
             ca,
             scanner_cert,
             scanner_key,
@@ -654,6 +693,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             servers,
             server_name,
             timeout: Duration::from_secs(timeout_secs.max(1)),
+            retry_key,
             ca,
             scanner_cert,
             scanner_key,
@@ -678,24 +718,36 @@ fn run(cli: Cli) -> Result<ExitCode> {
 struct ScanArgs {
     servers: Vec<String>,
     server_name: Option<String>,
+    /// The whole scan: connect, request and retries.
     timeout: Duration,
+    retry_key: Option<[u8; RETRY_KEY_LEN]>,
     ca: PathBuf,
     scanner_cert: PathBuf,
     scanner_key: PathBuf,
     token: String,
 }
 
-/// `gatehouse scan`: exit 0 accepted, 1 denied, 2 usage (bad token, files or address), 3 the
-/// server could not be reached or did not answer in time.
+/// `--retry-key`: 16 bytes as 32 hex digits.
+fn parse_retry_key(text: &str) -> Result<[u8; RETRY_KEY_LEN], String> {
+    hex::decode(text)
+        .ok()
+        .and_then(|b| <[u8; RETRY_KEY_LEN]>::try_from(b).ok())
+        .ok_or_else(|| {
+            format!(
+                "a retry key is {RETRY_KEY_LEN} bytes as {} hex digits",
+                2 * RETRY_KEY_LEN
+            )
+        })
+}
+
+/// `gatehouse scan`: the exit codes are [`SCAN_EXIT_CODES`]. The whole scan (connecting, the
+/// request, the retries across servers) is bounded by `--timeout-secs`.
 fn scan(a: ScanArgs) -> ExitCode {
-    let usage = |e: String| {
+    let fail = |code: u8, e: String| {
         eprintln!("gatehouse scan: {e}");
-        ExitCode::from(EXIT_USAGE)
+        ExitCode::from(code)
     };
-    let unreachable = |e: String| {
-        eprintln!("gatehouse scan: {e}");
-        ExitCode::from(EXIT_UNREACHABLE)
-    };
+    let usage = |e: String| fail(EXIT_USAGE, e);
     let token = a.token.trim();
     let bytes = if token.starts_with(gatehouse_protocol::QR_PREFIX) {
         match from_qr_text(token) {
@@ -708,6 +760,13 @@ fn scan(a: ScanArgs) -> ExitCode {
             Err(_) => return usage("token: neither QR text (GH1:…) nor hex".into()),
         }
     };
+    if bytes.len() > gatehouse_protocol::MAX_TOKEN_LEN {
+        return usage(format!(
+            "token: {} bytes, a token has at most {}",
+            bytes.len(),
+            gatehouse_protocol::MAX_TOKEN_LEN
+        ));
+    }
     // HOST:PORT each, HOST an IP address ([v6] in brackets) or a DNS name (resolved at
     // connect time by the fleet client).
     let mut first_host = None;
@@ -728,43 +787,88 @@ fn scan(a: ScanArgs) -> ExitCode {
         return usage("--server: at least one HOST:PORT".into());
     };
     let server_name = a.server_name.unwrap_or(host);
+    if rustls::pki_types::ServerName::try_from(server_name.as_str()).is_err() {
+        return usage(format!(
+            "--server-name {server_name:?}: not a DNS name or an IP address"
+        ));
+    }
+    // This scanner's own files, checked before any network: unreadable, or a key that does
+    // not match the certificate.
     let identity = match client::ClientIdentity::from_files(&a.ca, &a.scanner_cert, &a.scanner_key)
+        .and_then(|i| i.check().map(|()| i))
     {
         Ok(i) => i,
-        Err(e) => return usage(format!("--ca/--scanner-cert/--scanner-key: {e}")),
+        Err(e) => {
+            return fail(
+                EXIT_LOCAL_SETUP,
+                format!("--ca/--scanner-cert/--scanner-key: {e}"),
+            )
+        }
     };
+    let key = match a.retry_key.map_or_else(new_retry_key, Ok) {
+        Ok(k) => k,
+        Err(e) => return fail(EXIT_LOCAL_SETUP, e),
+    };
+    // The budget is shared by the attempts (at least one second each), one per server of a
+    // fleet and at least four: a lost answer is retried with the same retry key.
+    let secs = a.timeout.as_secs().max(1);
+    let attempts = (a.servers.len().max(4) as u64).clamp(1, secs);
+    let per_attempt = a.timeout / u32::try_from(attempts).unwrap_or(u32::MAX);
+    let defaults = client::FleetOptions::default();
     let options = client::FleetOptions {
+        client: client::ClientOptions {
+            connect_timeout: per_attempt,
+            request_timeout: per_attempt,
+            ..defaults.client
+        },
+        attempts: usize::try_from(attempts).unwrap_or(usize::MAX),
         deadline: a.timeout,
-        ..client::FleetOptions::default()
+        ..defaults
     };
     let fleet = match client::FleetClient::new(&a.servers, &server_name, identity, options) {
         Ok(f) => f,
-        Err(e) => return usage(format!("{e}")),
+        Err(e) => return fail(EXIT_LOCAL_SETUP, format!("{e}")),
     };
     let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => return unreachable(format!("{e:#}")),
+        Err(e) => return fail(EXIT_LOCAL_SETUP, format!("{e:#}")),
     };
     let servers = a.servers.join(", ");
-    let result = rt
-        .block_on(async move { tokio::time::timeout(a.timeout, fleet.verify(&bytes, None)).await });
+    let retry_hint = || {
+        eprintln!(
+            "gatehouse scan: to retry this scan, give the same token with --retry-key {}",
+            hex::encode(key)
+        );
+    };
+    let result = rt.block_on(async move {
+        tokio::time::timeout(a.timeout, fleet.verify_scan(&bytes, None, key)).await
+    });
+    // A name lookup still running past the budget does not hold the exit up.
+    rt.shutdown_timeout(Duration::from_millis(100));
     let verdict = match result {
         Err(_) => {
-            return unreachable(format!(
-                "{servers}: no answer within {} s",
-                a.timeout.as_secs()
-            ))
+            let code = fail(
+                EXIT_UNREACHABLE,
+                format!("{servers}: no answer within {secs} s"),
+            );
+            retry_hint();
+            return code;
         }
-        Ok(Err(e)) => return unreachable(format!("{servers}: {e}")),
+        Ok(Err(e)) if e.is_local() => return fail(EXIT_LOCAL_SETUP, format!("{servers}: {e}")),
+        Ok(Err(e)) if e.is_scanner_refused() => {
+            return fail(EXIT_SCANNER_REFUSED, format!("{servers}: {e}"))
+        }
+        Ok(Err(e)) => {
+            let why = match e {
+                client::ClientError::Timeout(_) => format!("no answer within {secs} s"),
+                e => format!("no verdict within {secs} s: {e}"),
+            };
+            let code = fail(EXIT_UNREACHABLE, format!("{servers}: {why}"));
+            retry_hint();
+            return code;
+        }
         Ok(Ok(v)) => v,
     };
-    if verdict.reason.is_retryable() {
-        // busy / unavailable on every node tried: no judgement of the token was made.
-        eprintln!(
-            "gatehouse scan: no node could judge the token ({}); retry",
-            verdict.reason.label()
-        );
-    }
     println!(
         "{} ({}): {}",
         verdict.reason.label(),
@@ -792,7 +896,31 @@ fn scan(a: ScanArgs) -> ExitCode {
     }
     if verdict.reason.is_accept() {
         ExitCode::SUCCESS
+    } else if verdict.reason.is_retryable() {
+        // busy, replay_capacity, unavailable, revocations_stale on every node tried: no
+        // judgement of the token was made.
+        eprintln!(
+            "gatehouse scan: no node could judge the token ({}); retry",
+            verdict.reason.label()
+        );
+        retry_hint();
+        ExitCode::from(EXIT_RETRY)
+    } else if verdict.reason == Reason::NodeRestarted {
+        eprintln!("gatehouse scan: the token is from before the node's start; present a fresh one");
+        ExitCode::from(EXIT_FRESH_TOKEN)
+    } else if verdict.reason == Reason::UnknownScanner {
+        ExitCode::from(EXIT_SCANNER_REFUSED)
     } else {
         ExitCode::from(EXIT_DENIED)
     }
+}
+
+/// A fresh random retry key (SPEC §8.6): one per scan.
+fn new_retry_key() -> Result<[u8; RETRY_KEY_LEN], String> {
+    use rand_core::{OsRng, RngCore};
+    let mut key = [0u8; RETRY_KEY_LEN];
+    OsRng
+        .try_fill_bytes(&mut key)
+        .map_err(|e| format!("no randomness for a retry key: {e}"))?;
+    Ok(key)
 }

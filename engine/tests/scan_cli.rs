@@ -1,0 +1,479 @@
+//! `gatehouse scan`'s exit codes and budget, `issuer` usage errors and `dev-pki` on an
+//! existing PKI, each through the real binary, against real `gatehouse serve` processes on
+//! free loopback ports (as `cli.rs` starts them, from a fresh directory). Every process a test
+//! starts is killed when the test ends, also when it fails (`Server` and `Dir` guards); every
+//! wait is bounded (`run` kills a command that outlives its limit).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Exit codes of `gatehouse scan` (see `gatehouse scan --help`).
+const ACCEPTED: i32 = 0;
+const DENIED: i32 = 1;
+const USAGE: i32 = 2;
+const UNREACHABLE: i32 = 3;
+const RETRY: i32 = 4;
+const FRESH_TOKEN: i32 = 5;
+const LOCAL_SETUP: i32 = 6;
+const SCANNER_REFUSED: i32 = 7;
+
+/// Longest any one command may run before the test kills it and fails.
+const COMMAND_LIMIT: Duration = Duration::from_secs(30);
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A fresh directory, removed when the test ends.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Dir {
+        let dir = std::env::temp_dir().join(format!("gatehouse-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Dir(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A `gatehouse serve` process, killed when dropped.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What a command did.
+struct Ran {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    took: Duration,
+}
+
+impl std::fmt::Debug for Ran {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?} after {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.took, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `gatehouse args…` in `dir`, killed (and the test failed) if it runs past
+/// [`COMMAND_LIMIT`].
+fn run(dir: &Path, args: &[&str]) -> Ran {
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .current_dir(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run gatehouse");
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > COMMAND_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("gatehouse {args:?} still running after {COMMAND_LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = started.elapsed();
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    Ran {
+        code: status.code(),
+        stdout,
+        stderr,
+        took,
+    }
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = run(dir, args);
+    assert_eq!(out.code, Some(0), "gatehouse {args:?}: {out:?}");
+    out.stdout
+}
+
+/// A token of the wallet in `wallet`, from a phone `offset` seconds ahead.
+fn present(dir: &Path, wallet: &str, offset: i64) -> String {
+    ok(
+        dir,
+        &[
+            "wallet",
+            "present",
+            "--wallet",
+            wallet,
+            "--text-only",
+            "--clock-offset-secs",
+            &offset.to_string(),
+        ],
+    )
+    .trim()
+    .to_string()
+}
+
+/// A site: a dev PKI with `gate-1-1` registered and `stranger` issued but not registered, an
+/// issuer, a wallet, a revoked wallet, and the sample configuration on free loopback ports.
+struct Site {
+    dir: Dir,
+    port: u16,
+}
+
+impl Site {
+    fn new(name: &str, store: &str) -> Site {
+        let dir = Dir::new(name);
+        let d = dir.path();
+        ok(
+            d,
+            &[
+                "dev-pki",
+                "--out",
+                "pki",
+                "--scanner",
+                "gate-1-1=gate:1/1",
+                "--scanner",
+                "stranger",
+            ],
+        );
+        ok(d, &["issuer", "keygen", "--out", "."]);
+        let issue = |wallet: &str| {
+            ok(
+                d,
+                &[
+                    "issuer",
+                    "issue",
+                    "--key",
+                    "issuer.key",
+                    "--out",
+                    wallet,
+                    "--unit",
+                    "1/1/7/3",
+                ],
+            )
+        };
+        issue("wallet");
+        // "credential ID for subject …"
+        let issued = issue("revoked");
+        let id = issued.split_whitespace().nth(1).unwrap().to_string();
+        ok(
+            d,
+            &[
+                "issuer",
+                "revoke",
+                "--out",
+                "revocations.cbor",
+                "--epoch",
+                "1",
+                "--credential",
+                &id,
+            ],
+        );
+        let port = free_udp_port();
+        let config = gatehouse_engine::server::SAMPLE_CONFIG
+            .replace(
+                "listen = \"0.0.0.0:4433\"",
+                &format!("listen = \"127.0.0.1:{port}\""),
+            )
+            .replace(
+                "metrics_listen = \"127.0.0.1:9090\"",
+                &format!("metrics_listen = \"127.0.0.1:{}\"", free_tcp_port()),
+            )
+            .replace("store = \"memory\"\n", &format!("{store}\n"));
+        std::fs::write(d.join("gatehouse.toml"), config).unwrap();
+        Site { dir, port }
+    }
+
+    fn d(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn serve(&self) -> Server {
+        let log = std::fs::File::create(self.d().join("serve.log")).unwrap();
+        Server(
+            Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+                .current_dir(self.d())
+                .args(["serve", "--config", "gatehouse.toml"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// `gatehouse scan` to this site's server as `cert`/`key` (files under pki/scanners),
+    /// with more options before the token.
+    fn scan_as(&self, cert: &str, key: &str, more: &[&str], token: &str) -> Ran {
+        let server = format!("127.0.0.1:{}", self.port);
+        let cert = format!("pki/scanners/{cert}.pem");
+        let key = format!("pki/scanners/{key}.key");
+        let mut args = vec![
+            "scan",
+            "--server",
+            &server,
+            "--ca",
+            "pki/ca.pem",
+            "--scanner-cert",
+            &cert,
+            "--scanner-key",
+            &key,
+        ];
+        args.extend_from_slice(more);
+        args.push(token);
+        run(self.d(), &args)
+    }
+
+    fn scan(&self, more: &[&str], token: &str) -> Ran {
+        self.scan_as("gate-1-1", "gate-1-1", more, token)
+    }
+
+    /// Scans `token` until the server answers (bounded): exit 3 means not listening yet.
+    fn first_answer(&self, token: &str) -> Ran {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = self.scan(&["--timeout-secs", "1"], token);
+            if out.code != Some(UNREACHABLE) {
+                return out;
+            }
+            let log = std::fs::read_to_string(self.d().join("serve.log")).unwrap_or_default();
+            assert!(Instant::now() < deadline, "no answer: {out:?}\n{log}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Every exit code of `scan` that one memory node can give, for real: a token from before the
+/// node's start (5), accepted (0), a retry with the same retry key (0, a repeat), a new scan of
+/// the used token (1), a revoked credential (1), a key that is not the certificate's (6, before
+/// any network), an unreadable CA (6), an unregistered scanner (7), a certificate from another
+/// CA (7), usage errors (2).
+#[test]
+fn scan_exit_codes_against_a_real_node() {
+    let site = Site::new("scan-codes", "store = \"memory\"");
+    let d = site.d();
+    // Signed before the node starts: the node cannot know whether it accepted it in a former
+    // life, so it is `node_restarted` (exit 5: present a fresh token), however often it is sent.
+    let before = present(d, "wallet", 0);
+    let _server = site.serve();
+    let out = site.first_answer(&before);
+    assert_eq!(out.code, Some(FRESH_TOKEN), "{out:?}");
+    assert!(out.stdout.starts_with("node_restarted (22)"), "{out:?}");
+    assert!(out.stderr.contains("present a fresh"), "{out:?}");
+
+    // A phone 5 s ahead (the skew) passes the fence a second after the start.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let key = "00112233445566778899aabbccddeeff";
+    let (token, first) = loop {
+        let token = present(d, "wallet", 5);
+        let out = site.scan(&["--retry-key", key], &token);
+        if out.code != Some(FRESH_TOKEN) || Instant::now() > deadline {
+            break (token, out);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(first.code, Some(ACCEPTED), "{first:?}");
+    assert!(first.stdout.starts_with("accepted (0)"), "{first:?}");
+    assert!(!first.stdout.contains("repeat"), "{first:?}");
+
+    // The same scan again (same token, same retry key): the first verdict, marked as a repeat.
+    let retry = site.scan(&["--retry-key", key], &token);
+    assert_eq!(retry.code, Some(ACCEPTED), "{retry:?}");
+    assert!(retry.stdout.starts_with("accepted (0)"), "{retry:?}");
+    assert!(retry.stdout.contains("(repeat:"), "{retry:?}");
+    assert!(retry.stdout.contains("unit: 1/1/7/3"), "{retry:?}");
+    // A new scan (a fresh key, or another one) of the used token: replayed, a real deny.
+    let replayed = site.scan(&[], &token);
+    assert_eq!(replayed.code, Some(DENIED), "{replayed:?}");
+    assert!(replayed.stdout.starts_with("replayed (13)"), "{replayed:?}");
+    let other_key = site.scan(&["--retry-key", &"ab".repeat(16)], &token);
+    assert_eq!(other_key.code, Some(DENIED), "{other_key:?}");
+
+    let revoked = site.scan(&[], &present(d, "revoked", 5));
+    assert_eq!(revoked.code, Some(DENIED), "{revoked:?}");
+    assert!(revoked.stdout.starts_with("revoked (11)"), "{revoked:?}");
+
+    // This scanner's own files: exit 6, and no network needed to say so.
+    let mismatch = site.scan_as("gate-1-1", "stranger", &[], &present(d, "wallet", 5));
+    assert_eq!(mismatch.code, Some(LOCAL_SETUP), "{mismatch:?}");
+    assert!(mismatch.stderr.contains("--scanner-key"), "{mismatch:?}");
+    let server = format!("127.0.0.1:{}", site.port);
+    let token = present(d, "wallet", 5);
+    let scan_files = |ca: &str, cert: &str, key: &str| {
+        run(
+            d,
+            &[
+                "scan",
+                "--server",
+                &server,
+                "--ca",
+                ca,
+                "--scanner-cert",
+                cert,
+                "--scanner-key",
+                key,
+                &token,
+            ],
+        )
+    };
+    let no_ca = scan_files(
+        "pki/missing.pem",
+        "pki/scanners/gate-1-1.pem",
+        "pki/scanners/gate-1-1.key",
+    );
+    assert_eq!(no_ca.code, Some(LOCAL_SETUP), "{no_ca:?}");
+
+    // The server refuses this scanner: not registered (its certificate is from the CA) …
+    let stranger = site.scan_as("stranger", "stranger", &[], &present(d, "wallet", 5));
+    assert_eq!(stranger.code, Some(SCANNER_REFUSED), "{stranger:?}");
+    assert!(stranger.stderr.contains("not registered"), "{stranger:?}");
+    // … or a registered name on a certificate from another CA.
+    ok(
+        d,
+        &[
+            "dev-pki",
+            "--out",
+            "other",
+            "--registry",
+            "other.toml",
+            "--scanner",
+            "gate-1-1=gate:1/1",
+        ],
+    );
+    let foreign = scan_files(
+        "pki/ca.pem",
+        "other/scanners/gate-1-1.pem",
+        "other/scanners/gate-1-1.key",
+    );
+    assert_eq!(foreign.code, Some(SCANNER_REFUSED), "{foreign:?}");
+    // Our CA does not vouch for the server's certificate: our setup (6), not the server's.
+    let distrust = scan_files(
+        "other/ca.pem",
+        "pki/scanners/gate-1-1.pem",
+        "pki/scanners/gate-1-1.key",
+    );
+    assert_eq!(distrust.code, Some(LOCAL_SETUP), "{distrust:?}");
+
+    // Usage errors: clap's code 2.
+    for (more, token) in [
+        (&[][..], "not a token"),
+        (&["--retry-key", "0011"][..], token.as_str()),
+        (&["--retry-key", &"zz".repeat(16)][..], token.as_str()),
+        (&["--server-name", "not a name"][..], token.as_str()),
+    ] {
+        let out = site.scan(more, token);
+        assert_eq!(out.code, Some(USAGE), "{more:?}: {out:?}");
+    }
+    let help = ok(d, &["scan", "--help"]);
+    for line in [
+        "Exit codes:",
+        "  3  unreachable",
+        "  4  retry",
+        "  5  present a fresh token",
+        "  6  local setup",
+        "  7  the server refused this scanner",
+    ] {
+        assert!(help.contains(line), "{line:?} not in:\n{help}");
+    }
+}
+
+/// `--timeout-secs` is the whole budget: to a port where nothing answers, `scan` keeps trying
+/// for 3 s (it gave up after about 2 s, "no response within 500ms", whatever it was given),
+/// then exits 3 and prints the retry key to send the same scan again with.
+#[test]
+fn a_dead_port_gets_the_whole_timeout() {
+    let dir = Dir::new("scan-dead");
+    let d = dir.path();
+    ok(
+        d,
+        &["dev-pki", "--out", "pki", "--scanner", "gate-1-1=gate:1/1"],
+    );
+    // Hex bytes: the token is not looked at before an answer.
+    let token = "00";
+    let dead = format!("127.0.0.1:{}", free_udp_port());
+    let out = run(
+        d,
+        &[
+            "scan",
+            "--server",
+            &dead,
+            "--timeout-secs",
+            "3",
+            "--ca",
+            "pki/ca.pem",
+            "--scanner-cert",
+            "pki/scanners/gate-1-1.pem",
+            "--scanner-key",
+            "pki/scanners/gate-1-1.key",
+            token,
+        ],
+    );
+    assert_eq!(out.code, Some(UNREACHABLE), "{out:?}");
+    assert!(
+        out.took >= Duration::from_secs(3) && out.took < Duration::from_secs(6),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("no answer within 3 s"), "{out:?}");
+    assert!(out.stderr.contains("--retry-key "), "{out:?}");
+}
+
+/// A node whose one-time-use store (Redis, at a closed port) does not answer cannot judge a
+/// token: `unavailable`, a retryable reason (SPEC §9), is exit 4, not a deny (it was 1).
+#[test]
+fn a_node_that_cannot_judge_is_retry_not_deny() {
+    let closed = free_tcp_port();
+    let store = format!("store = \"redis\"\nurls = [\"redis://127.0.0.1:{closed}\"]");
+    let site = Site::new("scan-retry", &store);
+    let _server = site.serve();
+    let out = site.first_answer(&present(site.d(), "wallet", 5));
+    assert_eq!(out.code, Some(RETRY), "{out:?}");
+    assert!(out.stdout.starts_with("unavailable (21)"), "{out:?}");
+    assert!(out.stderr.contains("--retry-key "), "{out:?}");
+}
