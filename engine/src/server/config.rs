@@ -134,7 +134,8 @@ level = "info"
 # A directory, an http(s):// base URL, or a redis:// URL (then `key` is the key prefix).
 #feed = "https://revocations.internal/gatehouse"
 #key = "gatehouse:revocations"
-# Seconds between pulls of the feed's head; publication reaches every node within this.
+# Seconds between pulls of the feed's head: a publication is enforced within one interval
+# plus the time to fetch and apply it (a delta: milliseconds).
 #interval_secs = 2
 # Oldest revocation state the node vouches for (seconds since the feed last confirmed it).
 #max_age_secs = 300
