@@ -318,7 +318,7 @@ fn the_readme_operator_sequence_runs_from_a_fresh_directory() {
     );
     assert!(added.contains("existing CA kept"), "{added}");
     let early = scan_as("age-1", &localhost);
-    assert_eq!(early.status.code(), Some(3), "{}", stdout(&early));
+    assert_eq!(early.status.code(), Some(7), "{}", stdout(&early));
     assert!(
         String::from_utf8_lossy(&early.stderr).contains("not registered"),
         "{}",
