@@ -6,11 +6,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use clap::builder::PossibleValuesParser;
 use clap::{CommandFactory, Parser, Subcommand};
 use gatehouse_engine::dev::pki;
 use gatehouse_engine::server::LogFormat;
 use gatehouse_engine::{client, server};
-use gatehouse_protocol::{from_qr_text, Reason, RevocationKind, RETRY_KEY_LEN};
+use gatehouse_protocol::{
+    from_qr_text, CredentialType, Date, HolderCategory, Reason, RevocationKind, UnitPath,
+    RETRY_KEY_LEN,
+};
 
 mod cli;
 use cli::{demo, tools};
@@ -207,25 +211,25 @@ enum IssuerCommand {
         #[arg(long, default_value = "wallet")]
         out: PathBuf,
         /// Credential type (military_id, leave_pass, family_member, …).
-        #[arg(long = "type", default_value = "military_id")]
+        #[arg(long = "type", default_value = "military_id", value_parser = PossibleValuesParser::new(CredentialType::ALL.iter().map(|t| t.label())))]
         credential_type: String,
         /// Holder category (enlisted, officer, parent, reservist, …).
-        #[arg(long, default_value = "enlisted")]
+        #[arg(long, default_value = "enlisted", value_parser = PossibleValuesParser::new(HolderCategory::ALL.iter().map(|c| c.label())))]
         category: String,
         /// Unit path.
-        #[arg(long, default_value = "1/1/1/1")]
+        #[arg(long, default_value = "1/1/1/1", value_parser = parse_unit)]
         unit: String,
         /// Days of validity.
         #[arg(long, default_value_t = 365)]
         days: u64,
         /// Birth date, YYYYMMDD.
-        #[arg(long)]
+        #[arg(long, value_parser = parse_birth)]
         birth: Option<u32>,
         /// Sponsor subject id (hex), for family members.
-        #[arg(long)]
+        #[arg(long, value_parser = parse_id)]
         sponsor: Option<String>,
         /// Entitlements.
-        #[arg(long = "entitlement", default_values_t = ["base_entry".to_string(), "military_discount".to_string()])]
+        #[arg(long = "entitlement", default_values_t = ["base_entry".to_string(), "military_discount".to_string()], value_parser = PossibleValuesParser::new(ENTITLEMENTS))]
         entitlements: Vec<String>,
         /// Replace an existing wallet.
         #[arg(long)]
@@ -233,46 +237,48 @@ enum IssuerCommand {
     },
     /// Revoke or reinstate: with --feed, publish the next epoch to a feed (signed with --key);
     /// without, write one list to --out (a snapshot, or with --base a delta).
+    #[command(group(clap::ArgGroup::new("delta").args(["base", "feed"]).multiple(true)))]
     Revoke {
         /// The feed to publish to: a directory (served over HTTP(S) as is) or a redis:// URL.
-        #[arg(long)]
+        #[arg(long, requires = "key")]
         feed: Option<String>,
         /// Redis key prefix of the feed.
-        #[arg(long = "feed-key")]
+        #[arg(long = "feed-key", requires = "feed")]
         feed_key: Option<String>,
         /// The revocation key (`issuer revocation-keygen`): required with --feed, and signs
         /// an --out list when given.
         #[arg(long)]
         key: Option<PathBuf>,
         /// Output file (without --feed).
-        #[arg(long, default_value = "revocations.cbor")]
+        #[arg(long, default_value = "revocations.cbor", conflicts_with = "feed")]
         out: PathBuf,
         /// The epoch this list brings the state to (without --feed).
-        #[arg(long)]
+        #[arg(long, required_unless_present = "feed", conflicts_with = "feed")]
         epoch: Option<u64>,
         /// For a delta: the epoch it applies to (without --feed).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "feed")]
         base: Option<u64>,
         /// Credential ids (hex).
-        #[arg(long = "credential")]
+        #[arg(long = "credential", value_parser = parse_id)]
         credentials: Vec<String>,
         /// Subject ids (hex).
-        #[arg(long = "subject")]
+        #[arg(long = "subject", value_parser = parse_id)]
         subjects: Vec<String>,
         /// Sponsor ids (hex): denies every family credential naming them.
-        #[arg(long = "sponsor")]
+        #[arg(long = "sponsor", value_parser = parse_id)]
         sponsors: Vec<String>,
         /// Replace an existing file (the usual case when a new epoch replaces the last).
         #[arg(long)]
         force: bool,
-        /// Credential ids (hex) to reinstate.
-        #[arg(long = "reinstate-credential")]
+        /// Credential ids (hex) to reinstate (in a delta: with --base or --feed).
+        #[arg(long = "reinstate-credential", value_parser = parse_id, requires = "delta")]
         reinstate_credentials: Vec<String>,
-        /// Subject ids (hex) to reinstate.
-        #[arg(long = "reinstate-subject")]
+        /// Subject ids (hex) to reinstate (in a delta: with --base or --feed).
+        #[arg(long = "reinstate-subject", value_parser = parse_id, requires = "delta")]
         reinstate_subjects: Vec<String>,
-        /// Sponsor ids (hex) to reinstate: restores the family credentials naming them.
-        #[arg(long = "reinstate-sponsor")]
+        /// Sponsor ids (hex) to reinstate: restores the family credentials naming them (in a
+        /// delta: with --base or --feed).
+        #[arg(long = "reinstate-sponsor", value_parser = parse_id, requires = "delta")]
         reinstate_sponsors: Vec<String>,
     },
     /// Fold a feed's snapshot and the deltas after it into a new signed snapshot.
@@ -302,6 +308,32 @@ enum IssuerCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// The entitlements `issuer issue --entitlement` takes.
+const ENTITLEMENTS: [&str; 3] = ["base_entry", "military_discount", "welfare_facilities"];
+
+/// `issuer issue --unit`: a unit path such as 1/12/103/2.
+fn parse_unit(text: &str) -> Result<String, String> {
+    text.parse::<UnitPath>()
+        .map(|_| text.to_string())
+        .map_err(|e| format!("{e} (a unit path is like 1/12/103/2)"))
+}
+
+/// `issuer issue --birth`: a date as YYYYMMDD.
+fn parse_birth(text: &str) -> Result<u32, String> {
+    let bad = |e: String| format!("{e} (a date as YYYYMMDD)");
+    let v: u32 = text.parse().map_err(|e| bad(format!("{e}")))?;
+    Date::from_yyyymmdd(u64::from(v)).map_err(|e| bad(e.to_string()))?;
+    Ok(v)
+}
+
+/// A credential, subject or sponsor id: 16 bytes as 32 hex digits (kept as the text).
+fn parse_id(text: &str) -> Result<String, String> {
+    match hex::decode(text) {
+        Ok(b) if b.len() == 16 => Ok(text.to_string()),
+        _ => Err("an id is 16 bytes as 32 hex digits".into()),
+    }
 }
 
 #[derive(Subcommand)]

@@ -477,3 +477,177 @@ fn a_node_that_cannot_judge_is_retry_not_deny() {
     assert!(out.stdout.starts_with("unavailable (21)"), "{out:?}");
     assert!(out.stderr.contains("--retry-key "), "{out:?}");
 }
+
+/// `issuer …` usage errors exit 2, clap's own code, and name the flag (they exited 1, as a
+/// failure of the command would): a missing or contradictory option, a value that is not one
+/// of those listed, an id that is not 16 bytes of hex. A refused overwrite is not a usage
+/// error: it stays 1.
+#[test]
+fn issuer_usage_errors_exit_2() {
+    let dir = Dir::new("issuer-usage");
+    let d = dir.path();
+    ok(d, &["issuer", "keygen", "--out", "."]);
+    ok(d, &["issuer", "revocation-keygen", "--out", "."]);
+    let id = "00112233445566778899aabbccddeeff";
+    let cases: &[(&[&str], &str)] = &[
+        (&["revoke", "--out", "r.cbor"], "--epoch"),
+        (&["revoke", "--feed", "feed"], "--key"),
+        (
+            &[
+                "revoke",
+                "--feed",
+                "feed",
+                "--key",
+                "revocation.key",
+                "--epoch",
+                "2",
+            ],
+            "--epoch",
+        ),
+        (
+            &[
+                "revoke",
+                "--feed",
+                "feed",
+                "--key",
+                "revocation.key",
+                "--out",
+                "r.cbor",
+            ],
+            "--out",
+        ),
+        (&["revoke", "--feed-key", "k", "--epoch", "1"], "--feed"),
+        (
+            &["revoke", "--epoch", "1", "--reinstate-credential", id],
+            "--base",
+        ),
+        (
+            &["revoke", "--epoch", "1", "--credential", "0011"],
+            "--credential",
+        ),
+        (&["revoke", "--epoch", "1", "--subject", "xyz"], "--subject"),
+        (
+            &["issue", "--key", "issuer.key", "--type", "tank"],
+            "military_id",
+        ),
+        (
+            &["issue", "--key", "issuer.key", "--category", "general"],
+            "enlisted",
+        ),
+        (&["issue", "--key", "issuer.key", "--unit", "1/x"], "--unit"),
+        (
+            &["issue", "--key", "issuer.key", "--birth", "20011340"],
+            "--birth",
+        ),
+        (
+            &["issue", "--key", "issuer.key", "--sponsor", "00"],
+            "--sponsor",
+        ),
+        (
+            &[
+                "issue",
+                "--key",
+                "issuer.key",
+                "--entitlement",
+                "free_lunch",
+            ],
+            "welfare_facilities",
+        ),
+        (&["frobnicate"], "frobnicate"),
+    ];
+    for (args, named) in cases {
+        let mut all = vec!["issuer"];
+        all.extend_from_slice(args);
+        let out = run(d, &all);
+        assert_eq!(out.code, Some(USAGE), "{all:?}: {out:?}");
+        assert!(
+            out.stderr.contains(named),
+            "{all:?} does not name {named}: {out:?}"
+        );
+    }
+    // Nothing was written by any of them.
+    assert!(!d.join("r.cbor").exists() && !d.join("feed").exists() && !d.join("wallet").exists());
+
+    // The same commands, well formed, run.
+    ok(
+        d,
+        &[
+            "issuer",
+            "revoke",
+            "--out",
+            "r.cbor",
+            "--epoch",
+            "1",
+            "--credential",
+            id,
+        ],
+    );
+    ok(
+        d,
+        &[
+            "issuer",
+            "revoke",
+            "--out",
+            "d.cbor",
+            "--epoch",
+            "2",
+            "--base",
+            "1",
+            "--reinstate-credential",
+            id,
+        ],
+    );
+    ok(
+        d,
+        &[
+            "issuer",
+            "revoke",
+            "--feed",
+            "feed",
+            "--key",
+            "revocation.key",
+            "--subject",
+            id,
+        ],
+    );
+    ok(
+        d,
+        &[
+            "issuer",
+            "issue",
+            "--key",
+            "issuer.key",
+            "--type",
+            "family_member",
+            "--category",
+            "spouse",
+            "--unit",
+            "1/12",
+            "--birth",
+            "20010101",
+            "--sponsor",
+            id,
+            "--entitlement",
+            "base_entry",
+        ],
+    );
+    ok(
+        d,
+        &[
+            "issuer",
+            "issue",
+            "--key",
+            "issuer.key",
+            "--out",
+            "leave",
+            "--type",
+            "leave_pass",
+            "--category",
+            "officer",
+        ],
+    );
+    // A refusal to overwrite is the command failing, not a usage error.
+    let again = run(d, &["issuer", "keygen", "--out", "."]);
+    assert_eq!(again.code, Some(1), "{again:?}");
+    assert!(again.stderr.contains("--force"), "{again:?}");
+}
