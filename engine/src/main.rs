@@ -119,8 +119,11 @@ enum Command {
         #[arg(long, default_value = "dev-pki")]
         out: PathBuf,
         /// A scanner: ID, or ID=ROLE to register it too (ROLE: gate, partner, age_check); a
-        /// gate also needs its unit: ID=gate:UNIT, e.g. gate-1-1=gate:1/1.
-        #[arg(long = "scanner", default_values_t = ["gate-1-1=gate:1/1".to_string(), "partner-1=partner".to_string(), "age-1=age_check".to_string()])]
+        /// gate also needs its unit: ID=gate:UNIT, e.g. gate-1-1=gate:1/1. A new PKI without
+        /// --scanner gets gate-1-1=gate:1/1, partner-1=partner and age-1=age_check; on an
+        /// existing PKI only the scanners named are added. A scanner already issued is kept
+        /// (--force issues it a new key and certificate).
+        #[arg(long = "scanner", value_parser = parse_scanner)]
         scanners: Vec<String>,
         /// Another name (DNS name or IP address) for the server certificate, besides
         /// localhost, 127.0.0.1 and ::1. On an existing PKI this reissues server.pem (--force).
@@ -130,7 +133,8 @@ enum Command {
         /// the output directory, where the sample configuration looks for it).
         #[arg(long)]
         registry: Option<PathBuf>,
-        /// Replace files that exist with other content.
+        /// Replace what is asked for (the scanners named, the server certificate for
+        /// --server-name) where files exist; nothing else is replaced.
         #[arg(long)]
         force: bool,
     },
@@ -308,6 +312,19 @@ enum IssuerCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// The scanners `dev-pki` issues and registers on a new PKI when none is named.
+const DEV_PKI_DEFAULT_SCANNERS: [&str; 3] =
+    ["gate-1-1=gate:1/1", "partner-1=partner", "age-1=age_check"];
+
+/// `dev-pki --scanner`: ID[=ROLE[:UNIT]], the id usable as a certificate name and a file name.
+fn parse_scanner(text: &str) -> Result<String, String> {
+    let spec = text.parse::<tools::ScannerSpec>()?;
+    if !pki::valid_scanner_id(&spec.id) {
+        return Err(pki::PkiError::BadScannerId(spec.id).to_string());
+    }
+    Ok(text.to_string())
 }
 
 /// The entitlements `issuer issue --entitlement` takes.
@@ -520,12 +537,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             registry,
             force,
         } => {
+            // A CA key without its certificate is an existing PKI too: opening it fails
+            // rather than a new CA replacing the key.
+            let existing = out.join("ca.pem").exists() || out.join("ca.key").exists();
+            let scanners = if scanners.is_empty() && !existing {
+                DEV_PKI_DEFAULT_SCANNERS.map(str::to_string).to_vec()
+            } else {
+                scanners
+            };
             let specs = scanners
                 .iter()
                 .map(|s| s.parse::<tools::ScannerSpec>())
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| anyhow::anyhow!("--scanner: {e}"))?;
-            let existing = out.join("ca.pem").exists();
             let mut p = if existing {
                 pki::DevPki::open(&out)?
             } else {

@@ -651,3 +651,181 @@ fn issuer_usage_errors_exit_2() {
     assert_eq!(again.code, Some(1), "{again:?}");
     assert!(again.stderr.contains("--force"), "{again:?}");
 }
+
+/// Every file under `dir` (recursively) and its bytes.
+fn files(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                out.insert(path.strip_prefix(dir).unwrap().to_path_buf(), bytes);
+            }
+        }
+    }
+    out
+}
+
+/// The ids registered in a scanner registry, in order.
+fn registered(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("id = \""))
+        .map(|l| l.trim_end_matches('"').to_string())
+        .collect()
+}
+
+/// `dev-pki` on an existing PKI adds only what it is told to, and replaces a key or a
+/// certificate only when asked by name and with --force. `dev-pki --out p --force` on a PKI
+/// with only gate-9 used to register the three default scanners and issue them keys; it now
+/// changes nothing. The default scanners are for a new PKI only. Wallets, lists and keys are
+/// not replaced without --force either.
+#[test]
+fn dev_pki_adds_only_what_it_is_told_to() {
+    let dir = Dir::new("dev-pki-add");
+    let d = dir.path();
+    let registry = d.join("scanners.toml");
+    let pki = d.join("p");
+    ok(d, &["dev-pki", "--out", "p", "--scanner", "gate-9=gate:9"]);
+    assert_eq!(registered(&registry), ["gate-9"]);
+    let first = files(&pki);
+    assert_eq!(
+        first
+            .keys()
+            .map(|p| p.to_str().unwrap())
+            .collect::<Vec<_>>(),
+        [
+            "ca.key",
+            "ca.pem",
+            "scanners/gate-9.key",
+            "scanners/gate-9.pem",
+            "server.key",
+            "server.pem"
+        ]
+    );
+
+    // The reproduction: nothing named, with and without --force. Nothing is issued, nothing
+    // registered, no file changed.
+    for args in [&["--force"][..], &[][..]] {
+        let mut all = vec!["dev-pki", "--out", "p"];
+        all.extend_from_slice(args);
+        let out = ok(d, &all);
+        assert!(out.contains("0 files written"), "{out}");
+        assert!(!out.contains("registered"), "{out}");
+        assert_eq!(registered(&registry), ["gate-9"], "{all:?}");
+        assert!(files(&pki) == first, "{all:?} changed files");
+    }
+
+    // One scanner added: its two files, and nothing else changes.
+    let out = ok(
+        d,
+        &["dev-pki", "--out", "p", "--scanner", "gate-10=gate:10"],
+    );
+    assert!(out.contains("2 files written (existing CA kept)"), "{out}");
+    assert_eq!(registered(&registry), ["gate-9", "gate-10"]);
+    let second = files(&pki);
+    for (path, bytes) in &first {
+        assert!(second[path] == *bytes, "{} changed", path.display());
+    }
+    assert_eq!(second.len(), first.len() + 2);
+
+    // A scanner named again without --force is kept as it is.
+    ok(d, &["dev-pki", "--out", "p", "--scanner", "gate-9=gate:9"]);
+    assert!(files(&pki) == second);
+
+    // With --force, only what is named is replaced: gate-9's key and certificate.
+    ok(
+        d,
+        &["dev-pki", "--out", "p", "--scanner", "gate-9", "--force"],
+    );
+    let third = files(&pki);
+    for (path, bytes) in &second {
+        let replaced = path.to_str().unwrap().starts_with("scanners/gate-9.");
+        assert_eq!(third[path] != *bytes, replaced, "{}", path.display());
+    }
+    assert_eq!(registered(&registry), ["gate-9", "gate-10"]);
+
+    // A server name reissues the server certificate: refused without --force (nothing
+    // written), and with it only server.pem and server.key change.
+    let refused = run(
+        d,
+        &["dev-pki", "--out", "p", "--server-name", "gate.example"],
+    );
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+    assert!(refused.stderr.contains("--force"), "{refused:?}");
+    assert!(files(&pki) == third);
+    ok(
+        d,
+        &[
+            "dev-pki",
+            "--out",
+            "p",
+            "--server-name",
+            "gate.example",
+            "--force",
+        ],
+    );
+    let fourth = files(&pki);
+    for (path, bytes) in &third {
+        let replaced = path.to_str().unwrap().starts_with("server.");
+        assert_eq!(fourth[path] != *bytes, replaced, "{}", path.display());
+    }
+
+    // A CA key whose certificate is gone is not replaced by a new CA, even with --force.
+    std::fs::rename(pki.join("ca.pem"), d.join("ca.pem.aside")).unwrap();
+    let lost = run(
+        d,
+        &["dev-pki", "--out", "p", "--scanner", "gate-11", "--force"],
+    );
+    assert_ne!(lost.code, Some(0), "{lost:?}");
+    assert!(lost.stderr.contains("ca.pem"), "{lost:?}");
+    assert!(files(&pki)[Path::new("ca.key")] == fourth[Path::new("ca.key")]);
+    assert!(!pki.join("scanners/gate-11.pem").exists());
+    std::fs::rename(d.join("ca.pem.aside"), pki.join("ca.pem")).unwrap();
+
+    // A bad scanner is a usage error (2), and nothing is written.
+    for bad in ["gate/9", "x=boss", "g=gate"] {
+        let out = run(d, &["dev-pki", "--out", "p", "--scanner", bad]);
+        assert_eq!(out.code, Some(USAGE), "{bad}: {out:?}");
+    }
+    assert!(files(&pki) == fourth);
+
+    // A new PKI with no scanner named gets the documented defaults.
+    let fresh = Dir::new("dev-pki-new");
+    let out = ok(fresh.path(), &["dev-pki", "--out", "pki"]);
+    assert!(
+        out.contains("registered in scanners.toml: gate-1-1, partner-1, age-1"),
+        "{out}"
+    );
+
+    // Wallets, lists and keys: refused without --force (exit 1, the file unchanged), replaced
+    // with it.
+    ok(d, &["issuer", "keygen", "--out", "."]);
+    ok(d, &["issuer", "revocation-keygen", "--out", "."]);
+    ok(
+        d,
+        &["issuer", "issue", "--key", "issuer.key", "--out", "wallet"],
+    );
+    ok(d, &["issuer", "revoke", "--out", "r.cbor", "--epoch", "1"]);
+    for args in [
+        &["issuer", "keygen", "--out", "."][..],
+        &["issuer", "revocation-keygen", "--out", "."][..],
+        &["issuer", "issue", "--key", "issuer.key", "--out", "wallet"][..],
+        &["issuer", "revoke", "--out", "r.cbor", "--epoch", "2"][..],
+    ] {
+        let kept = files(d);
+        let out = run(d, args);
+        assert_eq!(out.code, Some(1), "{args:?}: {out:?}");
+        assert!(out.stderr.contains("--force"), "{args:?}: {out:?}");
+        assert!(files(d) == kept, "{args:?} changed files");
+        let mut forced = args.to_vec();
+        forced.push("--force");
+        ok(d, &forced);
+        assert!(files(d) != kept, "{forced:?} replaced nothing");
+    }
+}
