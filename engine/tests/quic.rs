@@ -1001,7 +1001,16 @@ async fn operations_endpoint() {
     assert_eq!(get(server.ops, "/healthz").await, (200, "ok\n".into()));
     let (status, ready) = get(server.ops, "/readyz").await;
     assert_eq!(status, 200);
-    assert!(ready.starts_with("ready\nreloads 0\n"), "{ready}");
+    assert!(
+        ready.starts_with(
+            "ready\nrevocations epoch 0 entries 0 digest b7dd154d23525089\nreloads 0\n"
+        ),
+        "{ready}"
+    );
+    // The Service's probe: this node's own readiness, the same lines after it.
+    let (status, local) = get(server.ops, "/readyz/local").await;
+    assert_eq!(status, 200);
+    assert!(local.starts_with("ready\nrevocations epoch 0 "), "{local}");
     // The latency is recorded just after the response is written: wait for it.
     let mut body = String::new();
     for _ in 0..500 {
