@@ -429,6 +429,21 @@ macro_rules! say {
     }};
 }
 
+/// `println!` that never panics: a closed stdout (`gatehouse scan … | head -1`) must not turn
+/// a verdict's exit code into a panic's 101. What cannot be written is dropped.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `print!` that never panics (see [`out!`]).
+macro_rules! out_raw {
+    ($($arg:tt)*) => {{
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // `serve` sets up logging from its configuration file, once it is read.
@@ -464,9 +479,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let report = runtime()?.block_on(demo::run(opts))?;
             if json {
-                println!("{}", serde_json::to_string(&report)?);
+                out!("{}", serde_json::to_string(&report)?);
             } else {
-                print!("{}", report.render());
+                out_raw!("{}", report.render());
             }
             Ok(if report.mismatches == 0 {
                 ExitCode::SUCCESS
@@ -509,7 +524,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => match tools::reload_server(&config, pid, Duration::from_secs(timeout_secs)) {
             Ok(status) => {
                 for (file, ok, detail) in &status.files {
-                    println!(
+                    out!(
                         "{file:<12} {:<7} {detail}",
                         if *ok { "ok" } else { "FAILED" }
                     );
@@ -517,16 +532,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 if status.files.iter().all(|(_, ok, _)| *ok) {
                     Ok(ExitCode::SUCCESS)
                 } else {
-                    eprintln!("gatehouse: reload refused for some files; their previous state stays in force");
+                    say!("gatehouse: reload refused for some files; their previous state stays in force");
                     Ok(ExitCode::FAILURE)
                 }
             }
             Err(e @ tools::ReloadCommandError::Config(_)) => {
-                eprintln!("gatehouse: {e}");
+                say!("gatehouse: {e}");
                 Ok(ExitCode::from(EXIT_CONFIG))
             }
             Err(e) => {
-                eprintln!("gatehouse: {e}");
+                say!("gatehouse: {e}");
                 Ok(ExitCode::from(EXIT_UNREACHABLE))
             }
         },
@@ -573,14 +588,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .unwrap_or_else(|| PathBuf::from("scanners.toml"))
             });
             let registered = tools::register_scanners(&registry, &specs)?;
-            println!(
+            out!(
                 "development PKI (TEST ONLY) in {}: {} files written{}",
                 out.display(),
                 written.len(),
                 if existing { " (existing CA kept)" } else { "" }
             );
             if !registered.is_empty() {
-                println!(
+                out!(
                     "registered in {}: {}",
                     registry.display(),
                     registered.join(", ")
@@ -591,7 +606,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Issuer { command } => match command {
             IssuerCommand::Keygen { out, name, force } => {
                 let key = tools::issuer_keygen(&out, &name, now(), force)?;
-                println!(
+                out!(
                     "issuer key: {}\ntrust list: {}",
                     key.display(),
                     out.join("trust.toml").display()
@@ -620,7 +635,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     entitlements,
                 };
                 let c = tools::issuer_issue(&key, &out, &req, now(), force)?;
-                println!(
+                out!(
                     "credential {} for subject {} written to {}",
                     hex::encode(c.id),
                     hex::encode(c.subject),
@@ -661,7 +676,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     let key = key.context("--feed needs --key (the revocation key)")?;
                     let target = tools::FeedTarget::parse(&feed, feed_key.as_deref());
                     let list = tools::feed_publish(&target, &key, &ids, &back)?;
-                    println!(
+                    out!(
                         "revocation epoch {} published to {feed} ({} revoked, {} reinstated)",
                         list.epoch,
                         list.revoke.len(),
@@ -672,7 +687,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let epoch = epoch.context("without --feed, --epoch is required")?;
                 let list =
                     tools::issuer_revoke(&out, epoch, base, &ids, &back, key.as_ref(), force)?;
-                println!(
+                out!(
                     "revocation epoch {} ({} entries) written to {}",
                     list.epoch,
                     list.revoke.len(),
@@ -688,7 +703,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let key = tools::read_key(&key)?;
                 let target = tools::FeedTarget::parse(&feed, feed_key.as_deref());
                 let list = tools::feed_compact(&target, &key)?;
-                println!(
+                out!(
                     "revocation snapshot {} ({} entries) published to {feed}",
                     list.epoch,
                     list.revoke.len()
@@ -702,9 +717,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 force,
             } => {
                 let key = tools::revocation_keygen(&out, &name, trust.as_deref(), force)?;
-                println!("revocation key: {}", key.display());
+                out!("revocation key: {}", key.display());
                 if let Some(t) = trust {
-                    println!("added to {} as [[revocation_key]] {name:?}", t.display());
+                    out!("added to {} as [[revocation_key]] {name:?}", t.display());
                 }
                 Ok(ExitCode::SUCCESS)
             }
@@ -727,9 +742,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let token = tools::wallet_present(&wallet, at, challenge.as_deref())?;
             let (text, term, svg_text) = tools::qr_renderings(&token)?;
             if !text_only {
-                println!("{term}");
+                out!("{term}");
             }
-            println!("{text}");
+            out!("{text}");
             if let Some(path) = svg {
                 std::fs::write(&path, svg_text)
                     .with_context(|| format!("writing {}", path.display()))?;
@@ -756,7 +771,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             token,
         })),
         Command::Vectors => {
-            print!("{}", gatehouse_protocol::vectors::render_markdown()?);
+            out_raw!("{}", gatehouse_protocol::vectors::render_markdown()?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Completions { shell } => {
@@ -800,7 +815,7 @@ fn parse_retry_key(text: &str) -> Result<[u8; RETRY_KEY_LEN], String> {
 /// request, the retries across servers) is bounded by `--timeout-secs`.
 fn scan(a: ScanArgs) -> ExitCode {
     let fail = |code: u8, e: String| {
-        eprintln!("gatehouse scan: {e}");
+        say!("gatehouse scan: {e}");
         ExitCode::from(code)
     };
     let usage = |e: String| fail(EXIT_USAGE, e);
@@ -891,7 +906,7 @@ fn scan(a: ScanArgs) -> ExitCode {
     };
     let servers = a.servers.join(", ");
     let retry_hint = || {
-        eprintln!(
+        say!(
             "gatehouse scan: to retry this scan, give the same token with --retry-key {}",
             hex::encode(key)
         );
@@ -925,44 +940,44 @@ fn scan(a: ScanArgs) -> ExitCode {
         }
         Ok(Ok(v)) => v,
     };
-    println!(
+    out!(
         "{} ({}): {}",
         verdict.reason.label(),
         verdict.reason.code(),
         verdict.reason.describe()
     );
     if verdict.repeat {
-        println!("  (repeat: the first verdict of this scan, given again to its retry)");
+        out!("  (repeat: the first verdict of this scan, given again to its retry)");
     }
     let at = verdict.attributes;
     if let Some(t) = at.credential_type {
-        println!("  credential type: {t}");
+        out!("  credential type: {t}");
     }
     if let Some(c) = at.category {
-        println!("  holder category: {c}");
+        out!("  holder category: {c}");
     }
     if let Some(u) = at.unit {
-        println!("  unit: {u}");
+        out!("  unit: {u}");
     }
     if let Some(v) = at.valid_until {
-        println!("  valid until: {} ({v})", server::format_unix(v));
+        out!("  valid until: {} ({v})", server::format_unix(v));
     }
     if let Some(p) = at.predicate {
-        println!("  predicate: {}", p.label());
+        out!("  predicate: {}", p.label());
     }
     if verdict.reason.is_accept() {
         ExitCode::SUCCESS
     } else if verdict.reason.is_retryable() {
         // busy, replay_capacity, unavailable, revocations_stale on every node tried: no
         // judgement of the token was made.
-        eprintln!(
+        say!(
             "gatehouse scan: no node could judge the token ({}); retry",
             verdict.reason.label()
         );
         retry_hint();
         ExitCode::from(EXIT_RETRY)
     } else if verdict.reason == Reason::NodeRestarted {
-        eprintln!("gatehouse scan: the token is from before the node's start; present a fresh one");
+        say!("gatehouse scan: the token is from before the node's start; present a fresh one");
         ExitCode::from(EXIT_FRESH_TOKEN)
     } else if verdict.reason == Reason::UnknownScanner {
         ExitCode::from(EXIT_SCANNER_REFUSED)

@@ -256,6 +256,19 @@ fn the_readme_operator_sequence_runs_from_a_fresh_directory() {
     let again = scan("gate-1-1", &token);
     assert_eq!(again.status.code(), Some(1));
     assert!(stdout(&again).starts_with("replayed (13)"));
+    // A closed stdout (`scan … | head -0`) keeps the verdict's exit code; it was a panic (101).
+    let closed_stdout = Command::new("bash")
+        .current_dir(d)
+        .args([
+            "-c",
+            r#"{ sleep 0.2; exec "$0" scan --server "$1" --ca pki/ca.pem --scanner-cert pki/scanners/gate-1-1.pem --scanner-key pki/scanners/gate-1-1.key "$2"; } | true; echo "${PIPESTATUS[0]}""#,
+            env!("CARGO_BIN_EXE_gatehouse"),
+            &server_addr,
+            &token,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&closed_stdout).trim(), "1", "{closed_stdout:?}");
 
     let partner = scan("partner-1", &present());
     let text = stdout(&partner);
