@@ -790,6 +790,18 @@ async fn the_metrics_endpoint_serves_valid_exposition_text_that_moves_with_reque
     assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
     let samples = check_exposition(&before).unwrap_or_else(|e| panic!("{e}\n{before}"));
     assert!(samples.len() > 100, "{} samples", samples.len());
+    // Before any reload, the first scrape already has what the start loaded (each file's
+    // result and when) and the certificate's expiry: the panels and alerts have series.
+    for series in [
+        "gatehouse_reload_success{file=\"trust\"} 1",
+        "gatehouse_reload_success{file=\"scanners\"} 1",
+        "gatehouse_reload_success{file=\"tls\"} 1",
+        "gatehouse_reload_timestamp_seconds{file=\"tls\"} ",
+        "gatehouse_certificate_expiry_timestamp_seconds{certificate=\"server\"} ",
+        "gatehouse_reloads_completed_total 0",
+    ] {
+        assert!(before.contains(series), "{series} missing:\n{before}");
+    }
 
     // The checker itself: each defect is caught.
     for bad in [

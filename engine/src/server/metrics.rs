@@ -306,6 +306,27 @@ pub(crate) struct ReloadState {
 }
 
 impl ReloadState {
+    /// Records what the start loaded as each configured file's last result (ok: a node that
+    /// could not load a file did not start), so `gatehouse_reload_success{file}` and its
+    /// timestamp exist from the first scrape. Not counted as a reload.
+    pub fn record_start(&mut self, files: &super::Files, now: u64) {
+        for file in ReloadFile::ALL {
+            let configured = match file {
+                ReloadFile::Revocations => files.revocations.is_some(),
+                ReloadFile::Tls => files.tls.is_some(),
+                ReloadFile::Trust | ReloadFile::Scanners => true,
+            };
+            if configured && self.last[file.index()].is_none() {
+                self.last[file.index()] = Some(FileResult {
+                    file,
+                    ok: true,
+                    detail: "loaded at start".into(),
+                    at: now,
+                });
+            }
+        }
+    }
+
     /// Notes the epoch in force; an epoch not seen before starts its age now.
     pub fn observe_epoch(&mut self, epoch: u64, now: u64) -> u64 {
         match self.epoch_seen {

@@ -442,6 +442,17 @@ pub async fn run(
         scanners: conn::Counts::default(),
     });
 
+    // What the start loaded, recorded before the operations endpoint answers: the first
+    // scrape already has the certificate expiry and a result per file (the start's load).
+    {
+        let mut state = metrics.reload.lock();
+        let now = reload::unix_now();
+        state.observe_epoch(engine.revocation_epoch().0, now);
+        (state.server_cert_expiry, state.client_ca_expiry) = reload::cert_expiry(&config);
+        if let Some(control) = &config.reload {
+            state.record_start(&control.files, now);
+        }
+    }
     let ops_task = match ops {
         Some(listener) => {
             info!(addr = %listener.local_addr()?, "operations endpoint listening");
@@ -455,11 +466,6 @@ pub async fn run(
     };
     let purge_task = tokio::spawn(purge_replay_table(Arc::clone(&engine)));
     // Reloads (files and TLS) and their results: a separate task, see `reload`.
-    {
-        let mut state = metrics.reload.lock();
-        state.observe_epoch(engine.revocation_epoch().0, reload::unix_now());
-        (state.server_cert_expiry, state.client_ca_expiry) = reload::cert_expiry(&config);
-    }
     let reload_task = config.reload.clone().map(|control| {
         tokio::spawn(reload::serve_reloads(
             control,
