@@ -486,11 +486,29 @@ impl SampleServer {
         let pki = DevPki::generate(&["gate-1".into()]).unwrap();
         pki.write_to(&dir.join("pki")).unwrap();
         let issuer = population::issuer_key(5);
+        // A node that follows a revocation feed (a directory holding snapshot 1), so that its
+        // feed metrics are exported too.
+        let revocation = population::derive_key("deploy test revocation key (TEST ONLY)", 1);
+        let mut trust = population::trust_list(&issuer);
+        trust.insert_revocation_key(gatehouse_engine::RevocationKey {
+            name: "revocations".into(),
+            public: revocation.public().clone(),
+        });
+        std::fs::write(dir.join("trust.toml"), trust.to_toml()).unwrap();
+        std::fs::create_dir_all(dir.join("feed")).unwrap();
+        let snapshot = gatehouse_protocol::RevocationList {
+            epoch: 1,
+            base: None,
+            revoke: vec![],
+            reinstate: vec![],
+            digest: Some(gatehouse_protocol::StateDigest::default().digest()),
+        };
         std::fs::write(
-            dir.join("trust.toml"),
-            population::trust_list(&issuer).to_toml(),
+            dir.join("feed/snapshot-1.cose"),
+            snapshot.sign(&revocation).unwrap(),
         )
         .unwrap();
+        std::fs::write(dir.join("feed/head.json"), r#"{"epoch": 1, "snapshot": 1}"#).unwrap();
         std::fs::write(
             dir.join("scanners.toml"),
             "[[scanner]]\nid = \"gate-1\"\nrole = \"gate\"\nunit = \"1\"\n",
@@ -500,7 +518,16 @@ impl SampleServer {
             .replace("0.0.0.0:4433", "127.0.0.1:0")
             .replace("revocations = \"revocations.cbor\"\n", "")
             .replace("threads = 0", "threads = 1")
-            .replace("replay_capacity = 750000", "replay_capacity = 1000");
+            .replace("replay_capacity = 750000", "replay_capacity = 1000")
+            .replace("#[revocations]", "[revocations]")
+            .replace(
+                "#feed = \"https://revocations.internal/gatehouse\"",
+                &format!("feed = \"{}\"", dir.join("feed").display()),
+            );
+        assert!(
+            text.contains("\n[revocations]\n") && text.contains("\nfeed = \"/"),
+            "{text}"
+        );
         let parts = ServeConfig::parse(&dir.join("gatehouse.toml"), &text)
             .unwrap()
             .into_parts()
@@ -562,15 +589,16 @@ async fn every_dashboard_query_names_metrics_a_real_server_exports() {
     // A reload, so that the per-file reload series exist.
     trigger.notify_one();
     let mut ready = String::new();
-    for _ in 0..200 {
-        let (status, body) = get(ops_addr, "/readyz").await;
-        assert_eq!(status, 200);
-        ready = body;
-        if ready.contains("reloads 1") {
+    // The node follows a feed: ready once its first pull applied the snapshot.
+    let mut status = 0;
+    for _ in 0..400 {
+        (status, ready) = get(ops_addr, "/readyz").await;
+        if status == 200 && ready.contains("reloads 1") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    assert_eq!(status, 200, "{ready}");
     assert!(ready.contains("reload tls ok"), "{ready}");
     let (status, body) = get(ops_addr, "/metrics").await;
     assert_eq!(status, 200);
