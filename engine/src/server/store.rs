@@ -447,6 +447,8 @@ pub struct SharedStore {
     node: Arc<str>,
     lives_started: Arc<AtomicU64>,
     refreshing: Arc<AtomicBool>,
+    /// The last check connected and read the lives, and only the settings kept it down.
+    held_by_settings: Arc<AtomicBool>,
 }
 
 impl SharedStore {
@@ -482,6 +484,7 @@ impl SharedStore {
             node: node_nonce().into(),
             lives_started: Arc::new(AtomicU64::new(0)),
             refreshing: Arc::new(AtomicBool::new(false)),
+            held_by_settings: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -552,6 +555,17 @@ impl SharedStore {
     /// Reconnects, reads the life and the settings at `now` (Unix seconds); marks the store up
     /// when all is well. Returns whether it is up.
     pub async fn check(&self, now: u64) -> bool {
+        // The last check connected and read the lives, and only the settings kept the store
+        // down (a risk not accepted, or fewer replicas than replica_acks): read the settings
+        // alone until they pass. A cluster's reconnect reads all 16,384 slots' lives; repeated
+        // at every probe tick on a store already in trouble, it was the probe's whole load.
+        if self.held_by_settings.load(Ordering::Acquire) {
+            match self.read_settings_in_time().await {
+                Some(false) => return false,
+                // They pass, or could not be read (the connection may be gone): a full check.
+                Some(true) | None => self.held_by_settings.store(false, Ordering::Release),
+            }
+        }
         let life = self.new_life(now);
         // The backend bounds each step itself (connect timeout, response timeout); this only
         // keeps a backend that hangs from holding the probe forever. A cluster's reconnect
@@ -565,13 +579,21 @@ impl SharedStore {
             }
             Err(_) => return false,
         }
-        let safe = self.read_settings().await;
+        let safe = self.read_settings_in_time().await;
+        self.held_by_settings
+            .store(safe == Some(false), Ordering::Release);
+        let safe = safe == Some(true);
         self.health.set_up(safe);
         safe
     }
 
     /// Reads the settings; returns whether they allow no risk the operator did not accept.
     async fn read_settings(&self) -> bool {
+        self.read_settings_in_time().await == Some(true)
+    }
+
+    /// [`SharedStore::read_settings`], `None` when they could not be read in time.
+    async fn read_settings_in_time(&self) -> Option<bool> {
         let Ok(settings) = tokio::time::timeout(
             self.timeout.max(Duration::from_secs(2)),
             self.backend.settings(),
@@ -579,7 +601,7 @@ impl SharedStore {
         .await
         else {
             warn!("one-time-use store: its settings could not be read in time");
-            return false;
+            return None;
         };
         let safe = settings
             .risks
@@ -614,7 +636,7 @@ impl SharedStore {
         }
         *self.health.settings.lock() = settings;
         self.health.unsafe_settings.store(!safe, Ordering::Release);
-        safe && able
+        Some(safe && able)
     }
 
     /// Risks the store's settings allow, each with whether the operator accepted it.
@@ -1443,6 +1465,76 @@ fn slot_life_keys(prefix: &[u8]) -> Vec<Option<Vec<u8>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A store that connects and reads its lives at once, counts reconnects, and whose settings
+    /// a test sets.
+    struct Counting {
+        reconnects: AtomicU64,
+        settings_reads: AtomicU64,
+        settings: parking_lot::Mutex<Settings>,
+    }
+
+    impl Backend for Counting {
+        fn label(&self) -> &'static str {
+            "counting"
+        }
+
+        fn mark<'a>(
+            &'a self,
+            _marks: &'a [MarkRequest],
+            _now: u64,
+            _new_life: &'a NewLife,
+        ) -> BoxFuture<'a, Result<Answer, Fault>> {
+            Box::pin(async { Err(Fault::Other("not in this test".into())) })
+        }
+
+        fn reconnect<'a>(
+            &'a self,
+            _new_life: &'a NewLife,
+        ) -> BoxFuture<'a, Result<Vec<Life>, Fault>> {
+            self.reconnects.fetch_add(1, Ordering::Relaxed);
+            Box::pin(async {
+                Ok(vec![Life {
+                    shard: 0,
+                    id: "run1 n".into(),
+                    fence: 0,
+                }])
+            })
+        }
+
+        fn settings(&self) -> BoxFuture<'_, Settings> {
+            self.settings_reads.fetch_add(1, Ordering::Relaxed);
+            let settings = self.settings.lock().clone();
+            Box::pin(async move { settings })
+        }
+    }
+
+    /// While only the settings keep a store down, the probe reads the settings alone: a
+    /// cluster's reconnect (all 16,384 slots' lives) is not repeated at every tick. Once they
+    /// pass, a full check (reconnect and lives) brings it up.
+    #[tokio::test]
+    async fn a_store_held_down_by_its_settings_is_not_reconnected_at_every_probe() {
+        let backend = Arc::new(Counting {
+            reconnects: AtomicU64::new(0),
+            settings_reads: AtomicU64::new(0),
+            settings: parking_lot::Mutex::new(Settings {
+                short: Some("1 replica of 2 required".into()),
+                ..Settings::default()
+            }),
+        });
+        let store = SharedStore::new(backend.clone(), &RedisConfig::default());
+        for _ in 0..20 {
+            assert!(!store.check(1_800_000_000).await);
+        }
+        assert_eq!(backend.reconnects.load(Ordering::Relaxed), 1);
+        assert_eq!(backend.settings_reads.load(Ordering::Relaxed), 20);
+        assert!(!store.health.is_up());
+        // The settings pass: one full check, and the store is up.
+        *backend.settings.lock() = Settings::default();
+        assert!(store.check(1_800_000_001).await);
+        assert_eq!(backend.reconnects.load(Ordering::Relaxed), 2);
+        assert!(store.health.is_up());
+    }
 
     #[test]
     fn slots_follow_the_cluster_spec() {
