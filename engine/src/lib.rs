@@ -54,9 +54,9 @@ pub mod dev;
 pub mod server;
 
 pub use crate::core::{
-    compact, decide, military_discount_eligible, restart_fence, CachedCredential, ConfigError,
-    Engine, EngineConfig, EngineError, Entry, IssuerCache, IssuerKey, Item, Life, LifeBook, Mark,
-    MarkOutcome, MarkRequest, Observed, Prepared, ReplayGuard, RevocationError, RevocationKey,
-    RevocationState, Revocations, Role, Scanner, ScannerRegistry, Stats, TrustList,
-    DEFAULT_GATE_ADMITS,
+    compact, decide, military_discount_eligible, restart_fence, CachedCredential, Clock,
+    ConfigError, Engine, EngineConfig, EngineError, Entry, IssuerCache, IssuerKey, Item, Life,
+    LifeBook, ManualClock, Mark, MarkOutcome, MarkRequest, Observed, Prepared, ReplayGuard,
+    RevocationError, RevocationKey, RevocationState, Revocations, Role, Scanner, ScannerRegistry,
+    Stats, SystemClock, TrustList, DEFAULT_GATE_ADMITS,
 };

@@ -2,6 +2,7 @@
 //! every effect (marking a token used) is a value the caller performs.
 
 mod cache;
+mod clock;
 mod engine;
 mod fence;
 mod policy;
@@ -10,6 +11,7 @@ mod replay;
 mod revocation;
 
 pub use cache::{CachedCredential, IssuerCache};
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{Engine, EngineConfig, EngineError, Item, Prepared, Stats};
 pub use fence::{restart_fence, Life, LifeBook, Observed};
 pub use policy::{decide, military_discount_eligible};

@@ -13,7 +13,6 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use gatehouse_protocol::{Reason, Verdict};
 use tokio::sync::oneshot;
@@ -22,16 +21,7 @@ use super::fair::Fair;
 use super::metrics::Metrics;
 use super::store::Store;
 use super::Batching;
-use crate::{Engine, Item, Scanner};
-
-/// The engine's `now`: the system clock, in Unix seconds (0 if the clock is before 1970, which
-/// fails every check closed).
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use crate::{Clock, Engine, Item, Scanner};
 
 /// Tokens admitted to the queue; released (the depth gauge falls) when dropped, whether the
 /// verdicts were delivered or the work was lost.
@@ -261,8 +251,9 @@ pub(crate) fn spawn(
     config: Batching,
     metrics: Arc<Metrics>,
     store: Store,
+    clock: Arc<dyn Clock>,
 ) -> std::io::Result<(Queue, JoinHandle<()>)> {
-    start(engine, config, metrics, store).map(|(queue, thread, _)| (queue, thread))
+    start(engine, config, metrics, store, clock).map(|(queue, thread, _)| (queue, thread))
 }
 
 fn start(
@@ -270,6 +261,7 @@ fn start(
     config: Batching,
     metrics: Arc<Metrics>,
     store: Store,
+    clock: Arc<dyn Clock>,
 ) -> std::io::Result<(Queue, JoinHandle<()>, Arc<Pool>)> {
     let threads = match engine.config().threads {
         0 => std::thread::available_parallelism()
@@ -288,6 +280,7 @@ fn start(
         store,
         runtime: tokio::runtime::Handle::current(),
         metrics: Arc::clone(&metrics),
+        clock,
     });
     // Jobs never outnumber admitted tokens, so the channel fills only if admission is wrong.
     let (tx, rx) = mpsc::sync_channel(config.queue.max(1));
@@ -329,6 +322,8 @@ struct Pool {
     store: Store,
     runtime: tokio::runtime::Handle,
     metrics: Arc<Metrics>,
+    /// The engine's `now` for each batch.
+    clock: Arc<dyn Clock>,
 }
 
 /// Requests taken for one batch, and their tokens.
@@ -426,7 +421,7 @@ impl Pool {
                 let _ = reply.send(v);
             }
         };
-        let now = unix_now();
+        let now = self.clock.now();
         // One batch per thread, its checks in order: a thread waiting on parallel parts of
         // its batch could be handed another batch meanwhile and answer its own late.
         match &self.store {
@@ -500,6 +495,7 @@ mod tests {
             config,
             Arc::clone(&metrics),
             Store::Memory,
+            Arc::new(crate::SystemClock),
         )
         .unwrap();
         // Three scanners, requests of 1 to 40 tokens (6,150 in all, many more than the two

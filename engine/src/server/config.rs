@@ -478,6 +478,7 @@ impl ReplaySection {
                 .iter()
                 .filter_map(|r| super::Risk::parse(r))
                 .collect(),
+            clock: std::sync::Arc::new(crate::SystemClock),
             skew_secs,
         })
     }
@@ -566,7 +567,7 @@ impl ServeParts {
     /// it denies tokens signed at or before this moment plus the clock skew (`node_restarted`):
     /// a restarted node cannot know which of them it already accepted.
     pub fn build_engine(&self) -> Result<Arc<Engine>, ServerError> {
-        self.build_engine_at(super::batcher::unix_now())
+        self.build_engine_at(self.server.clock.now())
     }
 
     /// [`ServeParts::build_engine`] for a node starting at `start` (Unix seconds).
@@ -645,7 +646,11 @@ impl ServeParts {
     /// Connects the shared one-time-use store, if one is configured.
     pub async fn connect_store(&mut self) -> Result<(), ServerError> {
         if let Some(redis) = &self.redis {
-            self.server.store = super::Store::Shared(super::SharedStore::connect(redis).await?);
+            let redis = super::RedisConfig {
+                clock: std::sync::Arc::clone(&self.server.clock),
+                ..redis.clone()
+            };
+            self.server.store = super::Store::Shared(super::SharedStore::connect(&redis).await?);
         }
         Ok(())
     }
@@ -919,6 +924,7 @@ impl ServeConfig {
             store: super::Store::Memory,
             reload: None,
             revocation_feed: self.feed_config()?,
+            clock: std::sync::Arc::new(crate::SystemClock),
         };
         let redis = self.replay.redis(self.engine.skew_secs).map(|mut r| {
             r.password_file = r.password_file.map(|p| self.path(&p));

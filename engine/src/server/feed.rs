@@ -34,7 +34,6 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use super::batcher::unix_now;
 use super::metrics::WhyLabel;
 use crate::core::short_hex;
 use crate::{Engine, RevocationError, RevocationState, TrustList};
@@ -193,6 +192,8 @@ pub struct FeedConfig {
     /// When the state the node starts with was last known current (Unix seconds; 0: never,
     /// so a node starts stale until its first pull).
     pub confirmed_at: u64,
+    /// The clock ages are read from (the server sets its own).
+    pub clock: Arc<dyn crate::Clock>,
 }
 
 impl FeedConfig {
@@ -209,6 +210,7 @@ impl FeedConfig {
             timeout: Duration::from_secs(10),
             ca: Vec::new(),
             confirmed_at: 0,
+            clock: Arc::new(crate::SystemClock),
         }
     }
 }
@@ -1039,7 +1041,9 @@ async fn pull_forever(engine: Arc<Engine>, config: FeedConfig, status: Arc<FeedS
         match sync_once(&engine, &mut fetcher, &config, &status).await {
             Ok(epoch) => {
                 status.established.store(true, Ordering::Relaxed);
-                status.confirmed.store(unix_now(), Ordering::Relaxed);
+                status
+                    .confirmed
+                    .store(config.clock.now(), Ordering::Relaxed);
                 status.syncs.fetch_add(1, Ordering::Relaxed);
                 if failing {
                     info!(epoch, "revocation feed reachable again: current");
@@ -1062,7 +1066,7 @@ async fn pull_forever(engine: Arc<Engine>, config: FeedConfig, status: Arc<FeedS
             }
         }
         set_deadline(&engine, &config, &status);
-        let stale = status.stale(unix_now());
+        let stale = status.stale(config.clock.now());
         if let Some((refusing, line)) = stale_change(
             was_stale,
             stale,

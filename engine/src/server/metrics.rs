@@ -286,6 +286,8 @@ pub(crate) struct Metrics {
     pub feed: std::sync::Arc<super::feed::FeedStatus>,
     /// The metrics above (and the build and process metrics), for encoding.
     registry: Registry,
+    /// The shell's clock (ages, readiness).
+    clock: std::sync::Arc<dyn crate::Clock>,
 }
 
 /// What the last reloads did, for `/metrics`, `/readyz` and `gatehouse reload`.
@@ -492,7 +494,14 @@ impl Metrics {
             reload: Mutex::new(ReloadState::default()),
             feed: Default::default(),
             registry,
+            clock: std::sync::Arc::new(crate::SystemClock),
         }
+    }
+
+    /// The same, reading `clock` for ages and readiness.
+    pub fn with_clock(mut self, clock: std::sync::Arc<dyn crate::Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Whether this node, apart from what it shares with others, can answer: not draining.
@@ -511,7 +520,7 @@ impl Metrics {
         if let Some(why) = self.store.not_ready() {
             return Err(why);
         }
-        if let Some(why) = self.feed.not_ready(super::batcher::unix_now()) {
+        if let Some(why) = self.feed.not_ready(self.clock.now()) {
             return Err(why);
         }
         Ok(())
@@ -526,7 +535,7 @@ impl Metrics {
             state.counts[i][usize::from(!f.ok)] += 1;
             state.last[i] = Some(f.clone());
         }
-        state.observe_epoch(engine.revocation_epoch().0, unix_now());
+        state.observe_epoch(engine.revocation_epoch().0, self.clock.now());
     }
 
     /// The `/readyz` line of the revocation state: `revocations epoch <E> entries <N> digest
@@ -602,8 +611,7 @@ impl Metrics {
         let mut scrape = Registry::default();
         let epoch = self.read_engine(&mut scrape, engine);
         self.read_store(&mut scrape);
-        self.feed
-            .register_metrics(&mut scrape, super::batcher::unix_now());
+        self.feed.register_metrics(&mut scrape, self.clock.now());
         self.read_operations(&mut scrape, epoch);
         let mut out = String::with_capacity(16 * 1024);
         prometheus_text::encode(&mut out, &self.registry)?;
@@ -769,7 +777,7 @@ impl Metrics {
 
     /// Reload, certificate and revocation-age metrics.
     fn read_operations(&self, scrape: &mut Registry, epoch: u64) {
-        let now = unix_now();
+        let now = self.clock.now();
         let mut state = self.reload.lock();
         let age = state.observe_epoch(epoch, now);
         scrape.register(

@@ -290,6 +290,8 @@ pub struct ServerConfig {
     pub reload: Option<ReloadControl>,
     /// The revocation feed the node follows (none: revocations come from files and SIGHUP).
     pub revocation_feed: Option<FeedConfig>,
+    /// The one clock the shell reads (the system clock; tests give a manual one).
+    pub clock: Arc<dyn crate::Clock>,
 }
 
 impl Clone for ServerConfig {
@@ -303,6 +305,7 @@ impl Clone for ServerConfig {
             store: self.store.clone(),
             reload: self.reload.clone(),
             revocation_feed: self.revocation_feed.clone(),
+            clock: Arc::clone(&self.clock),
         }
     }
 }
@@ -323,6 +326,7 @@ impl ServerConfig {
             store: Store::Memory,
             reload: None,
             revocation_feed: None,
+            clock: Arc::new(crate::SystemClock),
         }
     }
 
@@ -407,10 +411,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     config.check()?;
-    let metrics = Arc::new(metrics::Metrics::new(
-        config.batching.queue,
-        config.store.clone(),
-    ));
+    let metrics = Arc::new(
+        metrics::Metrics::new(config.batching.queue, config.store.clone())
+            .with_clock(Arc::clone(&config.clock)),
+    );
     let quic = tls::quinn_server_config(&config, Arc::clone(&engine), Arc::clone(&metrics))?;
     let endpoint = Endpoint::new(
         EndpointConfig::default(),
@@ -423,6 +427,7 @@ pub async fn run(
         config.batching,
         Arc::clone(&metrics),
         config.store.clone(),
+        Arc::clone(&config.clock),
     )?;
     let probe_task = match &config.store {
         Store::Shared(r) => Some(tokio::spawn(r.probe().run())),
@@ -446,7 +451,7 @@ pub async fn run(
     // scrape already has the certificate expiry and a result per file (the start's load).
     {
         let mut state = metrics.reload.lock();
-        let now = reload::unix_now();
+        let now = config.clock.now();
         state.observe_epoch(engine.revocation_epoch().0, now);
         (state.server_cert_expiry, state.client_ca_expiry) = reload::cert_expiry(&config);
         if let Some(control) = &config.reload {
@@ -464,7 +469,10 @@ pub async fn run(
         }
         None => None,
     };
-    let purge_task = tokio::spawn(purge_replay_table(Arc::clone(&engine)));
+    let purge_task = tokio::spawn(purge_replay_table(
+        Arc::clone(&engine),
+        Arc::clone(&config.clock),
+    ));
     // Reloads (files and TLS) and their results: a separate task, see `reload`.
     let reload_task = config.reload.clone().map(|control| {
         tokio::spawn(reload::serve_reloads(
@@ -478,7 +486,8 @@ pub async fn run(
     info!(addr = %endpoint.local_addr()?, store = config.store.label(), "gatehouse listening (QUIC)");
     // systemd `Type=notify`: ready once the sockets are bound and the engine loaded.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    let feed_task = config.revocation_feed.clone().map(|feed| {
+    let feed_task = config.revocation_feed.clone().map(|mut feed| {
+        feed.clock = Arc::clone(&config.clock);
         tokio::spawn(feed::follow(
             Arc::clone(&engine),
             feed,
@@ -592,13 +601,14 @@ pub async fn run(
 
 /// Drops expired one-time-use entries every second, off the runtime threads, so memory falls
 /// back after a rush even without traffic.
-async fn purge_replay_table(engine: Arc<Engine>) {
+async fn purge_replay_table(engine: Arc<Engine>, clock: Arc<dyn crate::Clock>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let e = Arc::clone(&engine);
-        let _ = tokio::task::spawn_blocking(move || e.purge(batcher::unix_now())).await;
+        let now = clock.now();
+        let _ = tokio::task::spawn_blocking(move || e.purge(now)).await;
     }
 }
 

@@ -137,6 +137,8 @@ pub struct RedisConfig {
     pub replica_acks: u32,
     /// Risks the operator accepted by name: the node runs although the settings allow them.
     pub accept_risk: Vec<Risk>,
+    /// The clock the store's checks and fences read (the server's).
+    pub clock: Arc<dyn crate::Clock>,
 }
 
 impl Default for RedisConfig {
@@ -155,6 +157,7 @@ impl Default for RedisConfig {
             skew_secs: 5,
             replica_acks: 0,
             accept_risk: Vec::new(),
+            clock: Arc::new(crate::SystemClock),
         }
     }
 }
@@ -449,6 +452,7 @@ pub struct SharedStore {
     refreshing: Arc<AtomicBool>,
     /// The last check connected and read the lives, and only the settings kept it down.
     held_by_settings: Arc<AtomicBool>,
+    clock: Arc<dyn crate::Clock>,
 }
 
 impl SharedStore {
@@ -464,7 +468,7 @@ impl SharedStore {
     /// A store over `backend`, checked once (within the connect timeout).
     pub async fn start(backend: Arc<dyn Backend>, config: &RedisConfig) -> SharedStore {
         let store = SharedStore::new(backend, config);
-        if !store.check(super::batcher::unix_now()).await {
+        if !store.check(store.clock.now()).await {
             warn!("one-time-use store not answering at start: tokens that need it get `unavailable` until it does");
         }
         store
@@ -485,6 +489,7 @@ impl SharedStore {
             lives_started: Arc::new(AtomicU64::new(0)),
             refreshing: Arc::new(AtomicBool::new(false)),
             held_by_settings: Arc::new(AtomicBool::new(false)),
+            clock: Arc::clone(&config.clock),
         }
     }
 
@@ -533,7 +538,7 @@ impl SharedStore {
                     if let Ok(Ok(lives)) =
                         tokio::time::timeout(RECONNECT_LIMIT, store.backend.reconnect(&life)).await
                     {
-                        store.observe(&lives, super::batcher::unix_now());
+                        store.observe(&lives, store.clock.now());
                     }
                     store.refreshing.store(false, Ordering::Release);
                 });
@@ -757,7 +762,7 @@ impl StoreProbe {
         loop {
             tick.tick().await;
             if !self.store.health.is_up() {
-                if self.store.check(super::batcher::unix_now()).await {
+                if self.store.check(self.store.clock.now()).await {
                     last_settings = Instant::now();
                 }
                 continue;
