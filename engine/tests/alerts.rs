@@ -43,7 +43,6 @@ use gatehouse_protocol::{
     PrivateKey, Reason, RevocationEntry, RevocationKind, RevocationList, FRAME_HEADER_LEN,
 };
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -344,18 +343,8 @@ impl Node {
 
     /// One GET on the operations endpoint; `None` when it does not answer.
     async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let exchange = async {
-            let mut s = tokio::net::TcpStream::connect(self.ops).await?;
-            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
-                .await?;
-            let mut buf = Vec::new();
-            s.read_to_end(&mut buf).await?;
-            Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).to_string())
-        };
-        let text = timeout(Duration::from_secs(5), exchange).await.ok()?.ok()?;
-        let status = text.split(' ').nth(1)?.parse().ok()?;
-        let (_, body) = text.split_once("\r\n\r\n")?;
-        Some((status, body.to_string()))
+        let r = gatehouse_testkit::get(self.ops, path).await.ok()?;
+        (r.status != 0).then_some((r.status, r.body))
     }
 
     /// What Prometheus would read: `/metrics`, or a failed scrape.

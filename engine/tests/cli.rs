@@ -9,22 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Server(Child);
 
 impl Drop for Server {
@@ -136,8 +120,8 @@ fn the_readme_operator_sequence_runs_from_a_fresh_directory() {
     );
 
     // The sample configuration as shipped, on free loopback ports.
-    let port = free_udp_port();
-    let ops = free_tcp_port();
+    let port = gatehouse_testkit::free_udp_port();
+    let ops = gatehouse_testkit::free_tcp_port();
     let config = gatehouse_engine::server::SAMPLE_CONFIG
         .replace(
             "listen = \"0.0.0.0:4433\"",
@@ -288,7 +272,7 @@ fn the_readme_operator_sequence_runs_from_a_fresh_directory() {
         &[
             "scan",
             "--server",
-            &format!("localhost:{}", free_udp_port()),
+            &format!("localhost:{}", gatehouse_testkit::free_udp_port()),
             "--timeout-secs",
             "1",
             "--ca",
@@ -561,8 +545,14 @@ fn json_logs_are_one_object_a_line() {
         ],
     );
     let config = gatehouse_engine::server::SAMPLE_CONFIG
-        .replace("0.0.0.0:4433", &format!("127.0.0.1:{}", free_udp_port()))
-        .replace("127.0.0.1:9090", &format!("127.0.0.1:{}", free_tcp_port()))
+        .replace(
+            "0.0.0.0:4433",
+            &format!("127.0.0.1:{}", gatehouse_testkit::free_udp_port()),
+        )
+        .replace(
+            "127.0.0.1:9090",
+            &format!("127.0.0.1:{}", gatehouse_testkit::free_tcp_port()),
+        )
         .replace("format = \"text\"", "format = \"json\"");
     std::fs::write(dir.join("gatehouse.toml"), config).unwrap();
     let log = std::fs::File::create(dir.join("serve.log")).unwrap();

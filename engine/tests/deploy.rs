@@ -28,7 +28,6 @@ use gatehouse_engine::dev::population;
 use gatehouse_engine::server::{self, ReloadControl, ServeConfig, SAMPLE_CONFIG};
 use gatehouse_protocol::Reason;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
 fn deploy(rel: &str) -> PathBuf {
@@ -395,21 +394,8 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 /// One GET on the operations endpoint: (status, response head, body).
 async fn fetch(addr: SocketAddr, path: &str) -> (u16, String, String) {
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
-            .await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).to_string())
-    };
-    let text = timeout(Duration::from_secs(5), exchange)
-        .await
-        .unwrap()
-        .unwrap();
-    let status = text.split(' ').nth(1).unwrap().parse().unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    (status, head.to_string(), body.to_string())
+    let r = gatehouse_testkit::get(addr, path).await.unwrap();
+    (r.status, r.head, r.body)
 }
 
 /// Metric names (before `{` or a space) of every sample line of an exposition.

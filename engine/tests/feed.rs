@@ -399,25 +399,8 @@ impl Node {
     }
 
     async fn get(&self, path: &str) -> (u16, String) {
-        let exchange = async {
-            let mut s = TcpStream::connect(self.ops).await?;
-            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-                .await?;
-            let mut buf = Vec::new();
-            s.read_to_end(&mut buf).await?;
-            Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).to_string())
-        };
-        let text = timeout(Duration::from_secs(5), exchange)
-            .await
-            .unwrap()
-            .unwrap();
-        let status = text
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-        (status, body)
+        let r = gatehouse_testkit::get(self.ops, path).await.unwrap();
+        (r.status, r.body)
     }
 
     async fn metric(&self, line_start: &str) -> String {

@@ -5,8 +5,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -118,7 +116,7 @@ impl Site {
 
     /// Starts a node (`store`: the `[replay]` section's body).
     fn node(&self, name: &str, store: &str) -> Node {
-        let port = free_udp_port();
+        let port = gatehouse_testkit::free_udp_port();
         let ops = free_port().unwrap();
         let config = gatehouse_engine::server::SAMPLE_CONFIG
             .replace(
@@ -142,14 +140,6 @@ impl Site {
         node.start();
         node
     }
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A `gatehouse serve` process, killed when dropped.
@@ -212,22 +202,8 @@ impl Drop for Node {
 }
 
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(
-        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_millis(500),
-    )
-    .ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let code = out.split_whitespace().nth(1)?.parse().ok()?;
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((code, body))
+    let r = gatehouse_testkit::get_blocking(([127, 0, 0, 1], port).into(), path).ok()?;
+    (r.status != 0).then_some((r.status, r.body))
 }
 
 fn runtime() -> tokio::runtime::Runtime {

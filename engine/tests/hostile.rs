@@ -30,7 +30,6 @@ use gatehouse_engine::dev::population::{self, derive_key, Holder};
 use gatehouse_engine::server::{self, ServerConfig, ServerError};
 use gatehouse_engine::{Engine, EngineConfig, Role, Scanner, ScannerRegistry, DEFAULT_GATE_ADMITS};
 use gatehouse_protocol::{Reason, Request, Response, UnitPath, FRAME_HEADER_LEN, MAX_TOKEN_LEN};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -164,28 +163,9 @@ impl Server {
 
 /// One HTTP/1.1 GET: (status, body), within 5 s.
 async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let exchange = async {
-        let mut s = TcpStream::connect(addr).await?;
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
-            .await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        Ok::<_, std::io::Error>(buf)
-    };
-    let buf = timeout(Duration::from_secs(5), exchange)
+    gatehouse_testkit::get(addr, path)
         .await
-        .map_err(|_| std::io::Error::other("timeout"))??;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+        .map(|r| (r.status, r.body))
 }
 
 /// This process's resident set, bytes (Linux; 0 elsewhere).

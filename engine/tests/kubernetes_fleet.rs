@@ -10,7 +10,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -24,22 +23,6 @@ impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-fn free_port(udp: bool) -> u16 {
-    if udp {
-        std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    } else {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
     }
 }
 
@@ -62,25 +45,10 @@ fn ok_in(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// One bounded `GET` on the operations port: (status, body).
+/// One bounded `GET` on the operations port: (status, body); (0, "") when nothing answers.
 fn get(port: u16, path: &str) -> (u16, String) {
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let _ = write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    );
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (status, body)
+    gatehouse_testkit::get_blocking(([127, 0, 0, 1], port).into(), path)
+        .map_or((0, String::new()), |r| (r.status, r.body))
 }
 
 /// The `gatehouse.toml` the shipped ConfigMap holds.
@@ -169,7 +137,10 @@ fn three_nodes_from_the_shipped_configmap_share_one_time_use() {
     let mut nodes = Vec::new();
     let mut ports = Vec::new();
     for i in 0..3 {
-        let (quic, ops) = (free_port(true), free_port(false));
+        let (quic, ops) = (
+            gatehouse_testkit::free_udp_port(),
+            gatehouse_testkit::free_tcp_port(),
+        );
         let mut config = shipped.clone();
         config = set(
             &config,

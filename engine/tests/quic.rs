@@ -36,8 +36,7 @@ use gatehouse_protocol::{
     RevocationList, UnitPath, Verdict, WireErrorCode, MAX_FRAME_BODY,
 };
 use rayon::prelude::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -204,33 +203,14 @@ impl Server {
 
 /// One HTTP/1.1 exchange with the operations endpoint: (status, body).
 async fn http(addr: SocketAddr, request: &str) -> std::io::Result<(u16, String)> {
-    let exchange = async {
-        let mut s = TcpStream::connect(addr).await?;
-        s.write_all(request.as_bytes()).await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        Ok::<_, std::io::Error>(buf)
-    };
-    let buf = timeout(Duration::from_secs(5), exchange)
+    gatehouse_testkit::request(addr, request)
         .await
-        .map_err(|_| std::io::Error::other("timeout"))??;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+        .map(|r| (r.status, r.body))
 }
 
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    http(addr, &format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n"))
-        .await
-        .unwrap()
+    let r = gatehouse_testkit::get(addr, path).await.unwrap();
+    (r.status, r.body)
 }
 
 /// The value of one sample line (`name{labels}`) of a Prometheus exposition.

@@ -18,7 +18,6 @@ use gatehouse_engine::dev::pki::DevPki;
 use gatehouse_engine::dev::population::{self, derive_key, Holder};
 use gatehouse_engine::server::{self, ReloadControl, ServeConfig};
 use gatehouse_protocol::Reason;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio::time::timeout;
 
@@ -61,19 +60,7 @@ fn identity(pki: &DevPki, id: &str) -> ClientIdentity {
 }
 
 async fn get(addr: SocketAddr, path: &str) -> String {
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
-            .await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).to_string())
-    };
-    let text = timeout(Duration::from_secs(5), exchange)
-        .await
-        .unwrap()
-        .unwrap();
-    text.split_once("\r\n\r\n").unwrap().1.to_string()
+    gatehouse_testkit::get(addr, path).await.unwrap().body
 }
 
 /// Triggers a reload and waits until `/readyz` shows it done; returns the `/readyz` body.

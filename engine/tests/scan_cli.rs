@@ -24,22 +24,6 @@ const SCANNER_REFUSED: i32 = 7;
 /// Longest any one command may run before the test kills it and fails.
 const COMMAND_LIMIT: Duration = Duration::from_secs(30);
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A fresh directory, removed when the test ends.
 struct Dir(PathBuf);
 
@@ -216,7 +200,7 @@ impl Site {
                 &id,
             ],
         );
-        let port = free_udp_port();
+        let port = gatehouse_testkit::free_udp_port();
         let config = gatehouse_engine::server::SAMPLE_CONFIG
             .replace(
                 "listen = \"0.0.0.0:4433\"",
@@ -224,7 +208,10 @@ impl Site {
             )
             .replace(
                 "metrics_listen = \"127.0.0.1:9090\"",
-                &format!("metrics_listen = \"127.0.0.1:{}\"", free_tcp_port()),
+                &format!(
+                    "metrics_listen = \"127.0.0.1:{}\"",
+                    gatehouse_testkit::free_tcp_port()
+                ),
             )
             .replace("store = \"memory\"\n", &format!("{store}\n"));
         std::fs::write(d.join("gatehouse.toml"), config).unwrap();
@@ -437,7 +424,7 @@ fn a_dead_port_gets_the_whole_timeout() {
     );
     // Hex bytes: the token is not looked at before an answer.
     let token = "00";
-    let dead = format!("127.0.0.1:{}", free_udp_port());
+    let dead = format!("127.0.0.1:{}", gatehouse_testkit::free_udp_port());
     let out = run(
         d,
         &[
@@ -468,7 +455,7 @@ fn a_dead_port_gets_the_whole_timeout() {
 /// token: `unavailable`, a retryable reason (SPEC §9), is exit 4, not a deny (it was 1).
 #[test]
 fn a_node_that_cannot_judge_is_retry_not_deny() {
-    let closed = free_tcp_port();
+    let closed = gatehouse_testkit::free_tcp_port();
     let store = format!("store = \"redis\"\nurls = [\"redis://127.0.0.1:{closed}\"]");
     let site = Site::new("scan-retry", &store);
     let _server = site.serve();
