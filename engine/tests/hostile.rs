@@ -436,13 +436,30 @@ async fn slow_bodies_cannot_make_a_connection_hold_more_than_its_buffer() {
         .await;
         streams.push((send, recv));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let used = server.metric("gatehouse_memory_budget_used_bytes").await;
-    // Two connections' fixed costs plus at most 256 KiB of bodies; unbounded it was 16 x 128 KiB.
+    // The server reads the bodies up to the connection's buffer (waited for, not slept on: a
+    // server that read nothing would pass an upper bound alone) ...
+    let mut used = 0.0;
+    for _ in 0..500 {
+        used = server.metric("gatehouse_memory_budget_used_bytes").await;
+        if used >= 200.0 * 1024.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(
-        used <= (256.0 + 64.0) * 1024.0,
-        "the budget holds {used} bytes"
+        used >= 200.0 * 1024.0,
+        "the bodies were not read: {used} bytes held"
     );
+    // ... and no further: two connections' fixed costs plus at most 256 KiB of bodies, however
+    // long the streams stall (unbounded it was 16 x 128 KiB).
+    for _ in 0..10 {
+        let used = server.metric("gatehouse_memory_budget_used_bytes").await;
+        assert!(
+            used <= (256.0 + 64.0) * 1024.0,
+            "the budget holds {used} bytes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let gate = server.client(&world, "gate-a").await;
     let v = gate.verify(&token(&world.holder(3)), None).await.unwrap();
     assert_eq!(v.reason, Reason::Accepted);
