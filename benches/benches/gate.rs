@@ -204,7 +204,7 @@ fn accept(p: Pipeline) -> Pipeline {
 #[library_benchmark(
     setup = batch_of_fresh_tokens,
     config = LibraryBenchmarkConfig::default()
-        .tool(Callgrind::with_args(["--toggle-collect=gatehouse_engine::core::engine::Engine::check"]))
+        .tool(Callgrind::with_args(["--toggle-collect=gatehouse_core::engine::Engine::check"]))
 )]
 fn batch_64(p: Pipeline) -> (Pipeline, Vec<gatehouse_protocol::Verdict>) {
     let v = p.engine.verify_batch(black_box(&p.items), NOW);

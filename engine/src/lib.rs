@@ -39,7 +39,8 @@
 
 //! # Layout
 //!
-//! - [`core`]: the sans-IO verification core. No sockets, files or clock.
+//! - [`core`]: the sans-IO verification core, the crate `gatehouse-core` (re-exported here). No
+//!   sockets, files or clock.
 //! - [`server`]: the shell: QUIC service, micro-batcher, one-time-use stores, file loading,
 //!   operations endpoint, reload.
 //! - [`client`]: the reference scanner client.
@@ -49,7 +50,7 @@
 //! The `gatehouse` binary's commands and demo live beside `main.rs` in `src/cli/`.
 
 pub mod client;
-pub mod core;
+pub use gatehouse_core as core;
 pub mod dev;
 pub mod server;
 

@@ -21,7 +21,8 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    pub(crate) fn new(file: &Path, field: impl Into<String>, problem: impl Into<String>) -> Self {
+    /// A problem with `field` of `file`.
+    pub fn new(file: &Path, field: impl Into<String>, problem: impl Into<String>) -> Self {
         ConfigError {
             file: file.to_path_buf(),
             field: field.into(),

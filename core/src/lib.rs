@@ -1,5 +1,6 @@
-//! The sans-IO verification core: no sockets, no files, no clock. `now` is an argument and
-//! every effect (marking a token used) is a value the caller performs.
+//! gatehouse's sans-IO verification core: no sockets, no files, no clock. `now` is an argument
+//! and every effect (marking a token used) is a value the caller performs. The shell
+//! (`gatehouse-engine`'s `server`) drives it; the compiler keeps it from reaching back.
 
 mod cache;
 mod clock;

@@ -426,22 +426,23 @@ impl Revocations {
 
 // Tests count, per thread, the revocation states freed on it: they show where the last
 // reference to a replaced state goes.
-#[cfg(test)]
+#[cfg(any(test, feature = "test-hooks"))]
 thread_local! {
     static FREED_HERE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "test-hooks"))]
 impl Drop for RevocationState {
     fn drop(&mut self) {
         FREED_HERE.with(|n| n.set(n.get() + 1));
     }
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "test-hooks"))]
 impl RevocationState {
-    /// Revocation states freed on the calling thread so far (tests only).
-    pub(crate) fn freed_on_this_thread() -> u64 {
+    /// Revocation states freed on the calling thread so far (tests only: the `test-hooks`
+    /// feature).
+    pub fn freed_on_this_thread() -> u64 {
         FREED_HERE.with(std::cell::Cell::get)
     }
 }
