@@ -93,6 +93,10 @@ def read_results(path):
     return results
 
 
+# A drop larger than this fails the gate until the baseline records it (see `check`).
+UNEXPLAINED_DROP_PCT = 50.0
+
+
 def read_baseline():
     if not BASELINE.exists():
         return {}, {}
@@ -121,6 +125,17 @@ def check(path):
             breaches.append(
                 f"{name}: {new:,} instructions vs baseline {old:,} "
                 f"({delta:+.2f}% > +{limit:.1f}% limit)"
+            )
+        elif delta < -UNEXPLAINED_DROP_PCT:
+            # Half the work gone is not a gain the gate may keep silently: most often the bench
+            # no longer measures what it names (a renamed function its toggle follows, a
+            # check that now fails early). A real gain is recorded with --update-baseline.
+            status = "FAIL"
+            breaches.append(
+                f"{name}: {new:,} instructions vs baseline {old:,} ({delta:+.2f}%): more "
+                f"than {UNEXPLAINED_DROP_PCT:.0f}% below; if the code is that much faster, "
+                "record it with scripts/bench-gate --update-baseline, else the bench no "
+                "longer measures what it names"
             )
         else:
             status = "ok"
