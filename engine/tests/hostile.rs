@@ -11,9 +11,11 @@
 //! - one oversized token in a batch gets `malformed` and the others are judged;
 //! - wrong-ALPN handshakes are counted.
 //!
-//! Bounds have wide margins: a correct server meets them by far on a loaded 2-core machine, the
-//! server before these defences missed them by far. Every loop is bounded in count and time;
-//! traffic goes to loopback only.
+//! The default suite asserts what the server does (verdicts, `busy`, refusals, bounded memory);
+//! the wall-clock bounds (a connect within 1 s, the gate's p99 within a few flood batches,
+//! `/healthz` within 1 s) are the `#[ignore]`d measurement variants of the same tests, run with
+//! `--ignored` on a quiet machine; the harness (`gatehouse-loadtest abuse`) judges the same rows.
+//! Every loop is bounded in count and time; traffic goes to loopback only.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "support/tokens.rs"]
@@ -224,6 +226,17 @@ async fn capture_initials(count: usize) -> Vec<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_half_open_handshake_flood_does_not_lock_scanners_out() {
+    handshake_flood(false).await;
+}
+
+/// The same flood, and every scanner connection during it within 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: a wall-clock bound; run with --ignored on a quiet machine (the harness, gatehouse-loadtest abuse, judges the same rows)"]
+async fn a_half_open_handshake_flood_leaves_scanners_connecting_within_a_second() {
+    handshake_flood(true).await;
+}
+
+async fn handshake_flood(bound_latency: bool) {
     let world = World::new();
     let server = start(world.engine(), world.server_config()).await;
     let h = world.holder(1);
@@ -270,10 +283,13 @@ async fn a_half_open_handshake_flood_does_not_lock_scanners_out() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     timeout(LONG, flood).await.unwrap().unwrap();
-    assert!(
-        worst < Duration::from_secs(1),
-        "a scanner took {worst:?} to connect during the flood"
-    );
+    eprintln!("slowest connect during the flood: {worst:?}");
+    if bound_latency {
+        assert!(
+            worst < Duration::from_secs(1),
+            "a scanner took {worst:?} to connect during the flood"
+        );
+    }
     assert!(
         server.metric("gatehouse_quic_retries_total").await > 0.0,
         "strangers were not asked to validate their address"
@@ -286,7 +302,18 @@ async fn a_half_open_handshake_flood_does_not_lock_scanners_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_scanner_flooding_the_queue_gets_busy_and_the_gate_keeps_its_latency() {
+async fn one_scanner_flooding_the_queue_gets_busy_and_the_gate_keeps_right_verdicts() {
+    queue_flood(false).await;
+}
+
+/// The same flood, and the gate's p99 within a few flood batches (fairness, timed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: a wall-clock bound; run with --ignored on a quiet machine (the harness, gatehouse-loadtest abuse, judges the same rows)"]
+async fn one_scanner_flooding_the_queue_leaves_the_gate_its_latency() {
+    queue_flood(true).await;
+}
+
+async fn queue_flood(bound_latency: bool) {
     let world = World::new();
     let server = start(world.engine(), world.server_config()).await;
     let gate = server.client(&world, "gate-a").await;
@@ -365,10 +392,12 @@ async fn one_scanner_flooding_the_queue_gets_busy_and_the_gate_keeps_its_latency
     // small pieces) and one turn of the flooder: well under 3 flood-batch times. Without fairness it waited behind the whole
     // queue, 4,096 tokens: 32 batch times.
     eprintln!("flood batch alone {batch_time:?}, gate p99 {p99:?}");
-    assert!(
-        p99 < batch_time * 8 + Duration::from_millis(20),
-        "gate p99 {p99:?}, one flood batch alone {batch_time:?}"
-    );
+    if bound_latency {
+        assert!(
+            p99 < batch_time * 8 + Duration::from_millis(20),
+            "gate p99 {p99:?}, one flood batch alone {batch_time:?}"
+        );
+    }
     server.shutdown().await;
 }
 
@@ -469,6 +498,17 @@ async fn slow_bodies_cannot_make_a_connection_hold_more_than_its_buffer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_to_the_operations_port_do_not_starve_healthz() {
+    idle_ops_connections(false).await;
+}
+
+/// The same, and every `/healthz` within 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: a wall-clock bound; run with --ignored on a quiet machine (the harness, gatehouse-loadtest abuse, judges the same rows)"]
+async fn idle_connections_to_the_operations_port_leave_healthz_within_a_second() {
+    idle_ops_connections(true).await;
+}
+
+async fn idle_ops_connections(bound_latency: bool) {
     let world = World::new();
     let server = start(world.engine(), world.server_config()).await;
     // 400 connections that never send a byte: more than the port holds at once.
@@ -483,11 +523,13 @@ async fn idle_connections_to_the_operations_port_do_not_starve_healthz() {
         let t = Instant::now();
         let (status, body) = get(server.ops, "/healthz").await.expect("healthz answers");
         assert_eq!((status, body.as_str()), (200, "ok\n"));
-        assert!(
-            t.elapsed() < Duration::from_secs(1),
-            "healthz took {:?}",
-            t.elapsed()
-        );
+        if bound_latency {
+            assert!(
+                t.elapsed() < Duration::from_secs(1),
+                "healthz took {:?}",
+                t.elapsed()
+            );
+        }
         let (status, _) = get(server.ops, "/readyz").await.expect("readyz answers");
         assert_eq!(status, 200);
     }
