@@ -674,7 +674,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let key = key.as_deref().map(tools::read_key).transpose()?;
                 if let Some(feed) = feed {
                     let key = key.context("--feed needs --key (the revocation key)")?;
-                    let target = tools::FeedTarget::parse(&feed, feed_key.as_deref());
+                    let target = tools::FeedTarget::parse(&feed, feed_key.as_deref())?;
                     let list = tools::feed_publish(&target, &key, &ids, &back)?;
                     out!(
                         "revocation epoch {} published to {feed} ({} revoked, {} reinstated)",
@@ -701,7 +701,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 key,
             } => {
                 let key = tools::read_key(&key)?;
-                let target = tools::FeedTarget::parse(&feed, feed_key.as_deref());
+                let target = tools::FeedTarget::parse(&feed, feed_key.as_deref())?;
                 let list = tools::feed_compact(&target, &key)?;
                 out!(
                     "revocation snapshot {} ({} entries) published to {feed}",

@@ -660,3 +660,42 @@ fn demo_progress_on_a_pipe_is_plain_lines() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(v["mismatches"], 0);
 }
+
+/// `issuer revoke --feed` reads the feed's text as a node reads `[revocations] feed`: `dir:`
+/// names a directory (it used to create a directory called `dir:feed`), and an `https://`
+/// feed is refused with the way to publish it (the directory its web server serves).
+#[test]
+fn a_publisher_reads_feed_as_a_node_does() {
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("gatehouse-publish-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.as_path();
+    ok_in(d, &["issuer", "revocation-keygen", "--out", "issuer"]);
+    let id = "00112233445566778899aabbccddeeff";
+    let revoke = |feed: &str| {
+        run_in(
+            d,
+            &[
+                "issuer",
+                "revoke",
+                "--feed",
+                feed,
+                "--key",
+                "issuer/revocation.key",
+                "--credential",
+                id,
+            ],
+        )
+    };
+    let published = revoke("dir:feed");
+    assert!(published.status.success(), "{published:?}");
+    assert!(dir.join("feed/head.json").is_file());
+    assert!(dir.join("feed/snapshot-1.cose").is_file());
+    assert!(!dir.join("dir:feed").exists());
+    let http = revoke("https://revocations.example/feed");
+    assert!(!http.status.success());
+    let err = String::from_utf8_lossy(&http.stderr);
+    assert!(err.contains("directory"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

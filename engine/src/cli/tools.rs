@@ -290,15 +290,20 @@ pub enum FeedTarget {
 }
 
 impl FeedTarget {
-    /// `redis://…` (with `key` as prefix) or a directory.
-    pub fn parse(text: &str, key: Option<&str>) -> FeedTarget {
-        if text.starts_with("redis://") || text.starts_with("rediss://") {
-            FeedTarget::Redis {
-                url: text.into(),
-                prefix: key.unwrap_or("gatehouse:revocations").into(),
+    /// Where `--feed` points, read as a node reads `[revocations] feed` (the same rules, so the
+    /// publisher and the nodes agree on what a text names): `redis://…` (with `key` as prefix)
+    /// or a directory (`dir:` prefix optional). An `http(s)://` feed is served from a
+    /// directory: publish to that directory.
+    pub fn parse(text: &str, key: Option<&str>) -> Result<FeedTarget> {
+        match gatehouse_engine::server::FeedSource::parse(text, key) {
+            gatehouse_engine::server::FeedSource::Dir(dir) => Ok(FeedTarget::Dir(dir)),
+            gatehouse_engine::server::FeedSource::Redis { url, prefix } => {
+                Ok(FeedTarget::Redis { url, prefix })
             }
-        } else {
-            FeedTarget::Dir(PathBuf::from(text))
+            gatehouse_engine::server::FeedSource::Http(url) => bail!(
+                "--feed {url}: nodes read an HTTP feed, a publisher writes the directory the \
+                 web server serves (give that directory)"
+            ),
         }
     }
 
