@@ -9,7 +9,7 @@
 //! a oneshot channel.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -18,25 +18,67 @@ use gatehouse_protocol::{Reason, Verdict};
 use tokio::sync::oneshot;
 
 use super::fair::Fair;
-use super::metrics::Metrics;
+use super::metrics::{Component, Metrics};
 use super::store::Store;
 use super::Batching;
 use crate::{Clock, Engine, Item, Scanner};
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 
 /// Tokens admitted to the queue; released (the depth gauge falls) when dropped, whether the
 /// verdicts were delivered or the work was lost.
 struct Permit {
     tokens: usize,
-    metrics: Arc<Metrics>,
+    depth: Arc<Depth>,
     /// Counted in its scanner's share too, once admitted.
     share: Option<(Arc<Shares>, Arc<Scanner>)>,
 }
 
+/// Tokens admitted and not yet answered (queued or verifying): the queue's own count, which
+/// admission decides on and `/metrics` reads (a [`Component`]).
+#[derive(Debug)]
+pub(crate) struct Depth {
+    tokens: AtomicUsize,
+    capacity: usize,
+}
+
+impl Depth {
+    pub(crate) fn new(capacity: usize) -> Depth {
+        Depth {
+            tokens: AtomicUsize::new(0),
+            capacity,
+        }
+    }
+
+    /// Tokens admitted and not yet answered.
+    pub fn tokens(&self) -> usize {
+        self.tokens.load(Ordering::Relaxed)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set(&self, tokens: usize) {
+        self.tokens.store(tokens, Ordering::Relaxed);
+    }
+}
+
+impl Component for Depth {
+    fn register_metrics(&self, scrape: &mut Registry) {
+        scrape.register(
+            "gatehouse_queue_depth",
+            "Tokens admitted and not yet answered (queued or verifying)",
+            ConstGauge::new(self.tokens() as u64),
+        );
+        scrape.register(
+            "gatehouse_queue_capacity",
+            "Most tokens admitted at once; more are answered busy",
+            ConstGauge::new(self.capacity as u64),
+        );
+    }
+}
+
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.metrics
-            .queue_depth
-            .fetch_sub(self.tokens, Ordering::Relaxed);
+        self.depth.tokens.fetch_sub(self.tokens, Ordering::Relaxed);
         if let Some((shares, scanner)) = self.share.take() {
             shares.release(&scanner.id, self.tokens);
         }
@@ -100,7 +142,7 @@ impl Permit {
         };
         Permit {
             tokens: n,
-            metrics: Arc::clone(&self.metrics),
+            depth: Arc::clone(&self.depth),
             share,
         }
     }
@@ -167,7 +209,7 @@ impl Refused {
 pub(crate) struct Queue {
     tx: SyncSender<Job>,
     capacity: usize,
-    metrics: Arc<Metrics>,
+    depth: Arc<Depth>,
     shares: Arc<Shares>,
     /// Most tokens of one scanner admitted at once.
     per_scanner: usize,
@@ -195,10 +237,10 @@ impl Queue {
         retry: Option<[u8; gatehouse_protocol::RETRY_KEY_LEN]>,
     ) -> Result<Receipt, Refused> {
         let n = tokens.len();
-        let before = self.metrics.queue_depth.fetch_add(n, Ordering::Relaxed);
+        let before = self.depth.tokens.fetch_add(n, Ordering::Relaxed);
         let mut permit = Permit {
             tokens: n,
-            metrics: Arc::clone(&self.metrics),
+            depth: Arc::clone(&self.depth),
             share: None,
         };
         // An idle server takes any one request, so a batch larger than a tiny queue still
@@ -288,11 +330,13 @@ fn start(
     let thread = std::thread::Builder::new()
         .name("gatehouse-batcher".into())
         .spawn(move || collect(&rx, &shared))?;
+    let depth = Arc::new(Depth::new(config.queue));
+    metrics.add(Arc::clone(&depth) as Arc<dyn Component>);
     Ok((
         Queue {
             tx,
             capacity: config.queue,
-            metrics,
+            depth,
             shares: Arc::default(),
             per_scanner: usize::MAX,
         },
@@ -485,7 +529,7 @@ mod tests {
             ScannerRegistry::new(),
         )
         .unwrap();
-        let metrics = Arc::new(Metrics::new(10_000, Store::Memory));
+        let metrics = Arc::new(Metrics::new(Store::Memory));
         let config = Batching {
             max_batch: 8,
             queue: 10_000,
@@ -523,7 +567,7 @@ mod tests {
         assert_eq!(answered, (0..300).map(|i| 1 + i % 40).sum::<usize>());
         // Every permit came back, and every thread gave its turn back (a thread marks itself
         // idle just after answering its last batch).
-        assert_eq!(metrics.queue_depth.load(Ordering::Relaxed), 0);
+        assert_eq!(queue.depth.tokens(), 0);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while pool.waiting.lock().busy > 0 && std::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;

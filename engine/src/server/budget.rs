@@ -89,7 +89,7 @@ mod tests {
     fn charges_never_pass_the_total_and_come_back_when_dropped() {
         let b = Budget::new(
             100,
-            Arc::new(Metrics::new(1, super::super::store::Store::Memory)),
+            Arc::new(Metrics::new(super::super::store::Store::Memory)),
         );
         let a = b.try_take(60);
         assert!(a.is_some());

@@ -8,7 +8,7 @@
 //! encoder appends them, so the exported names are the ones the dashboard and the docs use.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -271,9 +271,6 @@ pub(crate) struct Metrics {
     /// the engine's own verdict counts at scrape time.
     busy: [AtomicU64; 3],
     unavailable: [AtomicU64; 3],
-    /// Tokens admitted to the batcher and not yet answered. The batcher's admission control,
-    /// so a plain atomic; exported at scrape time.
-    pub queue_depth: AtomicUsize,
     latency: Histogram,
     batch_size: Histogram,
     /// False once draining starts.
@@ -288,6 +285,15 @@ pub(crate) struct Metrics {
     registry: Registry,
     /// The shell's clock (ages, readiness).
     clock: std::sync::Arc<dyn crate::Clock>,
+    /// Components that own their state and say it at each scrape.
+    components: Mutex<Vec<std::sync::Arc<dyn Component>>>,
+}
+
+/// A part of the server that owns its state: at each scrape it registers what it holds (as
+/// constant metrics, read now). `Metrics` only reads it.
+pub(crate) trait Component: Send + Sync {
+    /// Registers this component's metrics, read now, into `scrape`.
+    fn register_metrics(&self, scrape: &mut Registry);
 }
 
 /// What the last reloads did, for `/metrics`, `/readyz` and `gatehouse reload`.
@@ -342,7 +348,7 @@ impl ReloadState {
 }
 
 impl Metrics {
-    pub fn new(queue_capacity: usize, store: Store) -> Self {
+    pub fn new(store: Store) -> Self {
         let mut registry = Registry::default();
         // Help texts are registered without their final full stop: the registry adds it.
         let connections = Gauge::default();
@@ -358,11 +364,6 @@ impl Metrics {
             "gatehouse_handshakes",
             "TLS handshakes in progress",
             handshakes.clone(),
-        );
-        registry.register(
-            "gatehouse_queue_capacity",
-            "Most tokens admitted at once; more are answered busy",
-            ConstGauge::new(queue_capacity as u64),
         );
 
         // Each label value's counter is created once here and kept: counting never goes through
@@ -486,7 +487,6 @@ impl Metrics {
             wire_errors: wire_error_counters,
             busy: Default::default(),
             unavailable: Default::default(),
-            queue_depth: AtomicUsize::new(0),
             latency,
             batch_size,
             accepting: AtomicBool::new(true),
@@ -495,7 +495,13 @@ impl Metrics {
             feed: Default::default(),
             registry,
             clock: std::sync::Arc::new(crate::SystemClock),
+            components: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Adds a component whose metrics each scrape reads.
+    pub(crate) fn add(&self, component: std::sync::Arc<dyn Component>) {
+        self.components.lock().push(component);
     }
 
     /// The same, reading `clock` for ages and readiness.
@@ -612,6 +618,9 @@ impl Metrics {
         let epoch = self.read_engine(&mut scrape, engine);
         self.read_store(&mut scrape);
         self.feed.register_metrics(&mut scrape, self.clock.now());
+        for component in self.components.lock().iter() {
+            component.register_metrics(&mut scrape);
+        }
         self.read_operations(&mut scrape, epoch);
         let mut out = String::with_capacity(16 * 1024);
         prometheus_text::encode(&mut out, &self.registry)?;
@@ -644,11 +653,6 @@ impl Metrics {
             "Verdicts by scanner role and reason (engine verdicts, plus busy/unavailable \
              answered by the server)",
             Rows(verdicts),
-        );
-        scrape.register(
-            "gatehouse_queue_depth",
-            "Tokens admitted and not yet answered (queued or verifying)",
-            ConstGauge::new(self.queue_depth.load(Ordering::Relaxed) as u64),
         );
 
         let ((hits, misses), replay_live, replay_capacity) = engine.occupancy();
@@ -1023,7 +1027,10 @@ mod tests {
             ScannerRegistry::new(),
         )
         .unwrap();
-        let m = Metrics::new(64, Store::Memory);
+        let m = Metrics::new(Store::Memory);
+        // The queue owns its depth and capacity; the scrape reads them from it.
+        let depth = std::sync::Arc::new(super::super::batcher::Depth::new(64));
+        m.add(std::sync::Arc::clone(&depth) as std::sync::Arc<dyn Component>);
         let before = m.render(&engine).unwrap();
         // The encoder appends `_total` and `_info` itself: registering a name that already
         // had one would export `_total_total`.
@@ -1062,7 +1069,7 @@ mod tests {
         m.connections.inc();
         m.latency(Duration::from_micros(300));
         m.batch(5);
-        m.queue_depth.store(7, Ordering::Relaxed);
+        depth.set(7);
         let after = m.render(&engine).unwrap();
         for (series, value) in [
             (busy, 3.0),

@@ -411,10 +411,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     config.check()?;
-    let metrics = Arc::new(
-        metrics::Metrics::new(config.batching.queue, config.store.clone())
-            .with_clock(Arc::clone(&config.clock)),
-    );
+    let metrics =
+        Arc::new(metrics::Metrics::new(config.store.clone()).with_clock(Arc::clone(&config.clock)));
     let quic = tls::quinn_server_config(&config, Arc::clone(&engine), Arc::clone(&metrics))?;
     let endpoint = Endpoint::new(
         EndpointConfig::default(),
