@@ -62,7 +62,7 @@ impl Depth {
 }
 
 impl Component for Depth {
-    fn register_metrics(&self, scrape: &mut Registry) {
+    fn register_metrics(&self, scrape: &mut Registry, _now: u64) {
         scrape.register(
             "gatehouse_queue_depth",
             "Tokens admitted and not yet answered (queued or verifying)",

@@ -275,8 +275,6 @@ pub(crate) struct Metrics {
     batch_size: Histogram,
     /// False once draining starts.
     pub accepting: AtomicBool,
-    /// The one-time-use store.
-    pub store: Store,
     /// Reload results, certificate expiry and the revocation epoch's age.
     pub reload: Mutex<ReloadState>,
     /// The revocation feed's state (all zero when no feed is configured).
@@ -292,8 +290,101 @@ pub(crate) struct Metrics {
 /// A part of the server that owns its state: at each scrape it registers what it holds (as
 /// constant metrics, read now). `Metrics` only reads it.
 pub(crate) trait Component: Send + Sync {
-    /// Registers this component's metrics, read now, into `scrape`.
-    fn register_metrics(&self, scrape: &mut Registry);
+    /// Registers this component's metrics, read at `now` (Unix seconds), into `scrape`.
+    fn register_metrics(&self, scrape: &mut Registry, now: u64);
+
+    /// Why the node cannot accept tokens because of this component, if it cannot: one part of
+    /// `/readyz`, which is composed from every component's answer.
+    fn not_ready(&self, _now: u64) -> Option<&'static str> {
+        None
+    }
+}
+
+impl Component for super::feed::FeedStatus {
+    fn register_metrics(&self, scrape: &mut Registry, now: u64) {
+        super::feed::FeedStatus::register_metrics(self, scrape, now);
+    }
+
+    fn not_ready(&self, now: u64) -> Option<&'static str> {
+        super::feed::FeedStatus::not_ready(self, now)
+    }
+}
+
+/// The one-time-use store: whether it answers, and the shared store's counters.
+impl Component for Store {
+    fn register_metrics(&self, scrape: &mut Registry, _now: u64) {
+        let labels = StoreLabel {
+            store: self.label(),
+        };
+        scrape.register(
+            "gatehouse_replay_store_up",
+            "1 when the one-time-use store answers (memory: always), by store",
+            Rows(vec![(labels, ConstGauge::new(u64::from(self.is_up())))]),
+        );
+        if let Store::Shared(r) = self {
+            let h = r.health();
+            scrape.register(
+                "gatehouse_replay_store_marks",
+                "Tokens marked used in the shared store",
+                ConstCounter::new(h.marks.load(Ordering::Relaxed)),
+            );
+            scrape.register(
+                "gatehouse_replay_store_failures",
+                "Batches whose marks failed, timed out, or met the store down (their tokens \
+                 were answered unavailable)",
+                ConstCounter::new(h.failures.load(Ordering::Relaxed)),
+            );
+            scrape.register(
+                "gatehouse_replay_store_outages",
+                "Times the shared store went down",
+                ConstCounter::new(h.outages.load(Ordering::Relaxed)),
+            );
+            scrape.register(
+                "gatehouse_replay_store_life_changes",
+                "Times a shard of the shared store showed a new life (restart, failover, flush): \
+                 it may have forgotten marks, and the fence moved",
+                ConstCounter::new(h.life_changes.load(Ordering::Relaxed)),
+            );
+            scrape.register(
+                "gatehouse_replay_fence_seconds",
+                "Tokens signed before this Unix time are denied node_restarted (the fence the \
+                 store's lives require)",
+                ConstGauge::new(h.accept_from.load(Ordering::Relaxed)),
+            );
+            let risks: Vec<(RiskLabel, ConstGauge<u64>)> = r
+                .risks()
+                .into_iter()
+                .map(|(risk, accepted)| {
+                    (
+                        RiskLabel {
+                            risk: risk.label(),
+                            accepted: if accepted { "true" } else { "false" },
+                        },
+                        ConstGauge::new(1),
+                    )
+                })
+                .collect();
+            scrape.register(
+                "gatehouse_replay_store_risk",
+                "1 for each way the store's settings let marks vanish silently (eviction, \
+                 split-brain); accepted=\"true\" when accept_risk names it (the node runs), \
+                 else the node refuses marks",
+                Rows(risks),
+            );
+            scrape.register(
+                "gatehouse_replay_store_round_trip_seconds",
+                "Round trips to the shared store (one per batch) and their total time",
+                Totals {
+                    sum: h.round_trip_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+                    count: h.round_trips.load(Ordering::Relaxed),
+                },
+            );
+        }
+    }
+
+    fn not_ready(&self, _now: u64) -> Option<&'static str> {
+        Store::not_ready(self)
+    }
 }
 
 /// What the last reloads did, for `/metrics`, `/readyz` and `gatehouse reload`.
@@ -349,6 +440,7 @@ impl ReloadState {
 
 impl Metrics {
     pub fn new(store: Store) -> Self {
+        let feed = std::sync::Arc::new(super::feed::FeedStatus::default());
         let mut registry = Registry::default();
         // Help texts are registered without their final full stop: the registry adds it.
         let connections = Gauge::default();
@@ -490,12 +582,15 @@ impl Metrics {
             latency,
             batch_size,
             accepting: AtomicBool::new(true),
-            store,
             reload: Mutex::new(ReloadState::default()),
-            feed: Default::default(),
+            feed: std::sync::Arc::clone(&feed),
             registry,
             clock: std::sync::Arc::new(crate::SystemClock),
-            components: Mutex::new(Vec::new()),
+            // Readiness asks them in this order: the store, then the feed.
+            components: Mutex::new(vec![
+                std::sync::Arc::new(store) as std::sync::Arc<dyn Component>,
+                feed as std::sync::Arc<dyn Component>,
+            ]),
         }
     }
 
@@ -518,16 +613,17 @@ impl Metrics {
         Ok(())
     }
 
-    /// Whether the node can answer: not draining, and its one-time-use store answers.
+    /// Whether the node can answer: not draining, and every component ready (the one-time-use
+    /// store answers, the revocation state is within its age, …), in the order they were added.
     pub fn ready(&self) -> Result<(), &'static str> {
         if !self.accepting.load(Ordering::Relaxed) {
             return Err("draining");
         }
-        if let Some(why) = self.store.not_ready() {
-            return Err(why);
-        }
-        if let Some(why) = self.feed.not_ready(self.clock.now()) {
-            return Err(why);
+        let now = self.clock.now();
+        for component in self.components.lock().iter() {
+            if let Some(why) = component.not_ready(now) {
+                return Err(why);
+            }
         }
         Ok(())
     }
@@ -616,10 +712,9 @@ impl Metrics {
     pub fn render(&self, engine: &Engine) -> Result<String, std::fmt::Error> {
         let mut scrape = Registry::default();
         let epoch = self.read_engine(&mut scrape, engine);
-        self.read_store(&mut scrape);
-        self.feed.register_metrics(&mut scrape, self.clock.now());
+        let now = self.clock.now();
         for component in self.components.lock().iter() {
-            component.register_metrics(&mut scrape);
+            component.register_metrics(&mut scrape, now);
         }
         self.read_operations(&mut scrape, epoch);
         let mut out = String::with_capacity(16 * 1024);
@@ -703,80 +798,6 @@ impl Metrics {
             ConstGauge::new(u64::from(self.accepting.load(Ordering::Relaxed))),
         );
         epoch
-    }
-
-    /// The one-time-use store: whether it answers, and the shared store's counters.
-    fn read_store(&self, scrape: &mut Registry) {
-        let labels = StoreLabel {
-            store: self.store.label(),
-        };
-        scrape.register(
-            "gatehouse_replay_store_up",
-            "1 when the one-time-use store answers (memory: always), by store",
-            Rows(vec![(
-                labels,
-                ConstGauge::new(u64::from(self.store.is_up())),
-            )]),
-        );
-        if let Store::Shared(r) = &self.store {
-            let h = r.health();
-            scrape.register(
-                "gatehouse_replay_store_marks",
-                "Tokens marked used in the shared store",
-                ConstCounter::new(h.marks.load(Ordering::Relaxed)),
-            );
-            scrape.register(
-                "gatehouse_replay_store_failures",
-                "Batches whose marks failed, timed out, or met the store down (their tokens \
-                 were answered unavailable)",
-                ConstCounter::new(h.failures.load(Ordering::Relaxed)),
-            );
-            scrape.register(
-                "gatehouse_replay_store_outages",
-                "Times the shared store went down",
-                ConstCounter::new(h.outages.load(Ordering::Relaxed)),
-            );
-            scrape.register(
-                "gatehouse_replay_store_life_changes",
-                "Times a shard of the shared store showed a new life (restart, failover, flush): \
-                 it may have forgotten marks, and the fence moved",
-                ConstCounter::new(h.life_changes.load(Ordering::Relaxed)),
-            );
-            scrape.register(
-                "gatehouse_replay_fence_seconds",
-                "Tokens signed before this Unix time are denied node_restarted (the fence the \
-                 store's lives require)",
-                ConstGauge::new(h.accept_from.load(Ordering::Relaxed)),
-            );
-            let risks: Vec<(RiskLabel, ConstGauge<u64>)> = r
-                .risks()
-                .into_iter()
-                .map(|(risk, accepted)| {
-                    (
-                        RiskLabel {
-                            risk: risk.label(),
-                            accepted: if accepted { "true" } else { "false" },
-                        },
-                        ConstGauge::new(1),
-                    )
-                })
-                .collect();
-            scrape.register(
-                "gatehouse_replay_store_risk",
-                "1 for each way the store's settings let marks vanish silently (eviction, \
-                 split-brain); accepted=\"true\" when accept_risk names it (the node runs), \
-                 else the node refuses marks",
-                Rows(risks),
-            );
-            scrape.register(
-                "gatehouse_replay_store_round_trip_seconds",
-                "Round trips to the shared store (one per batch) and their total time",
-                Totals {
-                    sum: h.round_trip_nanos.load(Ordering::Relaxed) as f64 / 1e9,
-                    count: h.round_trips.load(Ordering::Relaxed),
-                },
-            );
-        }
     }
 
     /// Reload, certificate and revocation-age metrics.
