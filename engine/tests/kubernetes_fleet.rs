@@ -11,38 +11,22 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use gatehouse_engine::dev::redis::RedisServer;
 use serde::Deserialize;
 
-struct Node(Child);
+use gatehouse_testkit::Killed as Node;
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
 
 fn run_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("run gatehouse")
+    gatehouse_testkit::run_in(BIN, dir, args)
 }
 
 fn ok_in(dir: &Path, args: &[&str]) -> String {
-    let out = run_in(dir, args);
-    assert!(
-        out.status.success(),
-        "gatehouse {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    gatehouse_testkit::ok_in(BIN, dir, args)
 }
 
 /// One bounded `GET` on the operations port: (status, body); (0, "") when nothing answers.

@@ -80,6 +80,38 @@ pub fn get_blocking(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
     Ok(Response::parse(&buf))
 }
 
+/// A child process killed and reaped when dropped, also when a test fails.
+#[derive(Debug)]
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `bin args…` in `dir` and waits for it.
+pub fn run_in(bin: &str, dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {bin}: {e}"))
+}
+
+/// [`run_in`], which must succeed; its standard output.
+pub fn ok_in(bin: &str, dir: &std::path::Path, args: &[&str]) -> String {
+    let out = run_in(bin, dir, args);
+    assert!(
+        out.status.success(),
+        "{bin} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A loopback UDP port free now (the OS's pick).
 pub fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
