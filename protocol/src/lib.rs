@@ -52,6 +52,7 @@
 
 mod basepoint;
 mod cbor;
+pub mod codes;
 mod cose;
 mod credential;
 mod crypto;

@@ -323,8 +323,10 @@ impl FleetClient {
     /// The server in use failed: drop its connection (if `close`) and move on.
     fn failed(&self, conn: &ScannerClient, close: bool) {
         if close {
-            conn.connection()
-                .close(super::codes::SHUTDOWN, b"failing over");
+            conn.connection().close(
+                quinn::VarInt::from_u32(super::codes::SHUTDOWN),
+                b"failing over",
+            );
         }
         let mut s = self.state.lock();
         s.conn = None;

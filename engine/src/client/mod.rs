@@ -46,12 +46,12 @@ use quinn::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::RootCertStore;
 
-use crate::server::codes;
+use gatehouse_protocol::codes;
 mod fleet;
 
 pub use fleet::{FleetClient, FleetOptions};
 
-use crate::server::files::{load_certs, load_key, parse_certs, parse_key, FileError};
+use gatehouse_certs::{load_certs, load_key, parse_certs, parse_key, FileError};
 
 /// Most response frames [`ScannerClient::send_raw`] reads from one stream.
 const MAX_RAW_RESPONSES: usize = 1024;
@@ -190,10 +190,14 @@ fn is_crypto(code: TransportErrorCode) -> bool {
 impl From<ConnectionError> for ClientError {
     fn from(e: ConnectionError) -> Self {
         match &e {
-            ConnectionError::ApplicationClosed(c) if c.error_code == codes::UNKNOWN_SCANNER => {
+            ConnectionError::ApplicationClosed(c)
+                if c.error_code == VarInt::from_u32(codes::UNKNOWN_SCANNER) =>
+            {
                 ClientError::UnknownScanner
             }
-            ConnectionError::ApplicationClosed(c) if c.error_code == codes::SHUTDOWN => {
+            ConnectionError::ApplicationClosed(c)
+                if c.error_code == VarInt::from_u32(codes::SHUTDOWN) =>
+            {
                 ClientError::ShuttingDown
             }
             ConnectionError::ConnectionClosed(c)
@@ -530,7 +534,8 @@ impl ScannerClient {
 
     /// Closes the connection (for every clone) and waits briefly for the server to hear it.
     pub async fn close(&self) {
-        self.conn.close(codes::SHUTDOWN, b"scanner closing");
+        self.conn
+            .close(VarInt::from_u32(codes::SHUTDOWN), b"scanner closing");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
 }

@@ -8,12 +8,12 @@
 //! accordingly. `gatehouse dev-pki`, `gatehouse demo` and the integration tests use this module.
 //!
 //! The scanner's identity is the client certificate's subject Common Name: the server maps it to
-//! the scanner registry (`scanners.toml`, `id = …`). `server::files::subject_common_name` reads it
+//! the scanner registry (`scanners.toml`, `id = …`). `gatehouse_certs::subject_common_name` reads it
 //! back from a DER certificate.
 //!
 //! ```
 //! use gatehouse_engine::dev::pki::DevPki;
-//! use gatehouse_engine::server::files::subject_common_name;
+//! use gatehouse_certs::subject_common_name;
 //!
 //! let pki = DevPki::generate(&["gate-1-1".to_string()])?;
 //! let scanner = pki.scanner("gate-1-1").unwrap();
@@ -232,7 +232,7 @@ fn load_issued(cert: &Path, key: &Path) -> Result<(Issued, KeyPair), PkiError> {
         .filter(|l| !l.starts_with('#'))
         .map(|l| format!("{l}\n"))
         .collect();
-    let der = crate::server::files::parse_certs(cert_pem.as_bytes(), cert)
+    let der = gatehouse_certs::parse_certs(cert_pem.as_bytes(), cert)
         .map_err(|e| load(cert, e.to_string()))?;
     let pair = KeyPair::from_pem(&key_pem).map_err(|e| load(key, e.to_string()))?;
     let issued = Issued {
@@ -401,7 +401,7 @@ fn write_file(path: &Path, text: &str, secret: bool) -> Result<(), PkiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::files::{load_certs, load_key, parse_certs, parse_key, subject_common_name};
+    use gatehouse_certs::{load_certs, load_key, parse_certs, parse_key, subject_common_name};
 
     #[test]
     fn scanner_certificates_carry_the_id_as_common_name() {
