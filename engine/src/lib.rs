@@ -51,7 +51,7 @@
 
 pub mod client;
 pub use gatehouse_core as core;
-pub mod dev;
+pub use gatehouse_dev as dev;
 pub mod server;
 
 pub use crate::core::{

@@ -1,3 +1,5 @@
+//! # gatehouse-dev
+//!
 //! Development tooling, not the product's API: a development PKI and a synthetic population,
 //! for the demo, the tests, the benches and the load harness. **TEST KEYS ONLY.**
 

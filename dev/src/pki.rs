@@ -12,13 +12,13 @@
 //! back from a DER certificate.
 //!
 //! ```
-//! use gatehouse_engine::dev::pki::DevPki;
+//! use gatehouse_dev::pki::DevPki;
 //! use gatehouse_certs::subject_common_name;
 //!
 //! let pki = DevPki::generate(&["gate-1-1".to_string()])?;
 //! let scanner = pki.scanner("gate-1-1").unwrap();
 //! assert_eq!(subject_common_name(&scanner.cert_der).as_deref(), Some("gate-1-1"));
-//! # Ok::<(), gatehouse_engine::dev::pki::PkiError>(())
+//! # Ok::<(), gatehouse_dev::pki::PkiError>(())
 //! ```
 
 use std::fs;

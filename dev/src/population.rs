@@ -9,7 +9,7 @@ use gatehouse_protocol::{
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::{IssuerKey, Role, Scanner, ScannerRegistry, TrustList, DEFAULT_GATE_ADMITS};
+use gatehouse_core::{IssuerKey, Role, Scanner, ScannerRegistry, TrustList, DEFAULT_GATE_ADMITS};
 
 /// A deterministic test key from a label and an index.
 pub fn derive_key(label: &str, index: u64) -> PrivateKey {
@@ -434,7 +434,7 @@ pub fn expected(
     if presented == Presented::Forged {
         return Reason::BadDeviceSignature;
     }
-    crate::decide(role, c, now, utc_offset_secs).reason
+    gatehouse_core::decide(role, c, now, utc_offset_secs).reason
 }
 
 /// The verdict for the same bytes shown again after the first showing got `first`: a token
