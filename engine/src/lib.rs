@@ -49,7 +49,7 @@
 //!
 //! The `gatehouse` binary's commands and demo live beside `main.rs` in `src/cli/`.
 
-pub mod client;
+pub use gatehouse_client as client;
 pub use gatehouse_core as core;
 pub use gatehouse_dev as dev;
 pub mod server;

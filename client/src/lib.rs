@@ -1,3 +1,5 @@
+//! # gatehouse-client
+//!
 //! The reference scanner client: what a gate terminal or point-of-sale device embeds to ask the
 //! engine for verdicts over QUIC.
 //!
@@ -8,9 +10,9 @@
 //! `&self`: share one per device.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), gatehouse_engine::client::ClientError> {
+//! # async fn demo() -> Result<(), gatehouse_client::ClientError> {
 //! use std::path::Path;
-//! use gatehouse_engine::client::{ClientIdentity, ScannerClient};
+//! use gatehouse_client::{ClientIdentity, ScannerClient};
 //!
 //! let identity = ClientIdentity::from_files(
 //!     Path::new("pki/ca.pem"),
