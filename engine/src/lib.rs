@@ -39,20 +39,22 @@
 
 //! # Layout
 //!
-//! - [`core`]: the sans-IO verification core, the crate `gatehouse-core` (re-exported here). No
-//!   sockets, files or clock.
-//! - [`server`]: the shell: QUIC service, micro-batcher, one-time-use stores, file loading,
-//!   operations endpoint, reload.
-//! - [`client`]: the reference scanner client.
-//! - [`dev`]: development tooling (a development PKI, a synthetic population). Not the
-//!   product's API; TEST KEYS ONLY.
+//! This crate is the `gatehouse` binary and a facade over the layer crates, re-exported under
+//! the names the tests and the load harness use:
 //!
-//! The `gatehouse` binary's commands and demo live beside `main.rs` in `src/cli/`.
+//! - [`core`]: the sans-IO verification core, `gatehouse-core`. No sockets, files or clock.
+//! - [`server`]: the shell, `gatehouse-server`: QUIC service, admission and micro-batching,
+//!   one-time-use stores, revocation feed, file loading, operations endpoint, reload.
+//! - [`client`]: the reference scanner client, `gatehouse-client`.
+//! - [`dev`]: development tooling, `gatehouse-dev` (a development PKI, a synthetic population,
+//!   loopback Redis servers). Not the product's API; TEST KEYS ONLY.
+//!
+//! The binary's commands and the demo live beside `main.rs` in `src/cli/`.
 
 pub use gatehouse_client as client;
 pub use gatehouse_core as core;
 pub use gatehouse_dev as dev;
-pub mod server;
+pub use gatehouse_server as server;
 
 pub use crate::core::{
     compact, decide, military_discount_eligible, restart_fence, CachedCredential, Clock,

@@ -12,7 +12,7 @@ use super::feed::{file_confirmed_at, FeedConfig, FeedSource, OfflinePolicy};
 use super::files::{load_certs, load_key, load_revocations, load_scanners, load_trust_list};
 use super::reload::TlsFiles;
 use super::{Batching, Files, Limits, ServerConfig, ServerError};
-use crate::{ConfigError, Engine, EngineConfig, ScannerRegistry, TrustList};
+use gatehouse_core::{ConfigError, Engine, EngineConfig, ScannerRegistry, TrustList};
 
 /// A sample configuration with every setting at its default (paths relative to the file).
 pub const SAMPLE_CONFIG: &str = r#"# gatehouse serve --config gatehouse.toml
@@ -478,7 +478,7 @@ impl ReplaySection {
                 .iter()
                 .filter_map(|r| super::Risk::parse(r))
                 .collect(),
-            clock: std::sync::Arc::new(crate::SystemClock),
+            clock: std::sync::Arc::new(gatehouse_core::SystemClock),
             skew_secs,
         })
     }
@@ -576,7 +576,7 @@ impl ServeParts {
         if self.redis.is_none() {
             // The process this one replaces may have accepted, in the second of the restart, a
             // token from a phone whose clock runs up to the skew ahead: the fence is past that.
-            config.accept_from = crate::restart_fence(start, config.clock_skew_secs);
+            config.accept_from = gatehouse_core::restart_fence(start, config.clock_skew_secs);
         }
         let engine = Engine::new(config, self.trust.clone(), self.scanners.clone())?;
         let file_error = |problem: String| {
@@ -924,7 +924,7 @@ impl ServeConfig {
             store: super::Store::Memory,
             reload: None,
             revocation_feed: self.feed_config()?,
-            clock: std::sync::Arc::new(crate::SystemClock),
+            clock: std::sync::Arc::new(gatehouse_core::SystemClock),
         };
         let redis = self.replay.redis(self.engine.skew_secs).map(|mut r| {
             r.password_file = r.password_file.map(|p| self.path(&p));

@@ -27,7 +27,7 @@ use prometheus_client::registry::Registry;
 
 use super::reload::{unix_now, FileResult, ReloadFile, ReloadReport};
 use super::store::Store;
-use crate::Engine;
+use gatehouse_core::Engine;
 
 /// The `Content-Type` of `/metrics`: the Prometheus text format, version 0.0.4.
 pub(crate) const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -282,7 +282,7 @@ pub(crate) struct Metrics {
     /// The metrics above (and the build and process metrics), for encoding.
     registry: Registry,
     /// The shell's clock (ages, readiness).
-    clock: std::sync::Arc<dyn crate::Clock>,
+    clock: std::sync::Arc<dyn gatehouse_core::Clock>,
     /// Components that own their state and say it at each scrape.
     components: Mutex<Vec<std::sync::Arc<dyn Component>>>,
 }
@@ -585,7 +585,7 @@ impl Metrics {
             reload: Mutex::new(ReloadState::default()),
             feed: std::sync::Arc::clone(&feed),
             registry,
-            clock: std::sync::Arc::new(crate::SystemClock),
+            clock: std::sync::Arc::new(gatehouse_core::SystemClock),
             // Readiness asks them in this order: the store, then the feed.
             components: Mutex::new(vec![
                 std::sync::Arc::new(store) as std::sync::Arc<dyn Component>,
@@ -600,7 +600,7 @@ impl Metrics {
     }
 
     /// The same, reading `clock` for ages and readiness.
-    pub fn with_clock(mut self, clock: std::sync::Arc<dyn crate::Clock>) -> Self {
+    pub fn with_clock(mut self, clock: std::sync::Arc<dyn gatehouse_core::Clock>) -> Self {
         self.clock = clock;
         self
     }
@@ -655,7 +655,7 @@ impl Metrics {
             "revocations epoch {} entries {} digest {}{feed}\n",
             state.epoch(),
             state.len(),
-            crate::core::short_hex(&state.digest())
+            gatehouse_core::short_hex(&state.digest())
         )
     }
 
@@ -789,7 +789,7 @@ impl Metrics {
              (SPEC 11.5); nodes with the same state show the same labels",
             Info::new(StateLabels {
                 epoch: state.epoch().to_string(),
-                digest: crate::core::short_hex(&state.digest()),
+                digest: gatehouse_core::short_hex(&state.digest()),
             }),
         );
         scrape.register(
@@ -998,7 +998,7 @@ impl Collector for ProcessCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{EngineConfig, ScannerRegistry, TrustList};
+    use gatehouse_core::{EngineConfig, ScannerRegistry, TrustList};
 
     fn encode(registry: &Registry) -> String {
         let mut out = String::new();

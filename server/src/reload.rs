@@ -20,7 +20,7 @@ use super::files::{
 use super::metrics::Metrics;
 use super::tls::quinn_server_config;
 use super::ServerConfig;
-use crate::{ConfigError, Engine, RevocationError};
+use gatehouse_core::{ConfigError, Engine, RevocationError};
 
 /// The engine's files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,7 +244,7 @@ pub const KEPT_REVOCATIONS: &str = "revocations.cbor";
 
 /// Writes `state` to `dir` as a bare snapshot (with its digest), atomically: written aside,
 /// flushed, then renamed over the previous one. The node restarts from it.
-pub fn keep(dir: &Path, state: &crate::RevocationState) -> std::io::Result<()> {
+pub fn keep(dir: &Path, state: &gatehouse_core::RevocationState) -> std::io::Result<()> {
     use std::io::Write;
     std::fs::create_dir_all(dir)?;
     let target = dir.join(KEPT_REVOCATIONS);

@@ -21,7 +21,7 @@ use super::fair::Fair;
 use super::metrics::{Component, Metrics};
 use super::store::Store;
 use super::Batching;
-use crate::{Clock, Engine, Item, Scanner};
+use gatehouse_core::{Clock, Engine, Item, Scanner};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
@@ -509,7 +509,7 @@ fn collect(rx: &Receiver<Job>, pool: &Arc<Pool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{EngineConfig, Role, ScannerRegistry, TrustList};
+    use gatehouse_core::{EngineConfig, Role, ScannerRegistry, TrustList};
 
     fn scanner(id: &str) -> Arc<Scanner> {
         Arc::new(Scanner {
@@ -539,7 +539,7 @@ mod tests {
             config,
             Arc::clone(&metrics),
             Store::Memory,
-            Arc::new(crate::SystemClock),
+            Arc::new(gatehouse_core::SystemClock),
         )
         .unwrap();
         // Three scanners, requests of 1 to 40 tokens (6,150 in all, many more than the two

@@ -17,7 +17,7 @@ use tracing::warn;
 use super::files::subject_common_name;
 use super::metrics::Metrics;
 use super::{ServerConfig, ServerError};
-use crate::Engine;
+use gatehouse_core::Engine;
 
 /// Bytes a connection may have in flight towards the server, over all its streams.
 const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;

@@ -1,3 +1,5 @@
+//! # gatehouse-server
+//!
 //! The QUIC service: a thin shell around [`Engine`].
 //!
 //! What the shell does, and the core does not: sockets, TLS, the clock, and the hand-over of
@@ -57,8 +59,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
-use crate::{ConfigError, Engine, EngineError, RevocationError};
 use files::FileError;
+use gatehouse_core::{ConfigError, Engine, EngineError, RevocationError};
 
 pub use config::{
     BatchingSection, EngineSection, FilesSection, LimitsSection, LogFormat, LogSection,
@@ -75,9 +77,9 @@ pub use store::{
     SharedStore, Store, StoreError, StoreHealth, StoreProbe, MARK_SCRIPT,
 };
 
-/// Application error codes on the QUIC connection and its streams.
 pub mod codes {
-    //! The application error codes of SPEC §8.1 (`gatehouse_protocol::codes`), as QUIC varints.
+    //! The application error codes on the QUIC connection and its streams (SPEC §8.1,
+    //! `gatehouse_protocol::codes`), as QUIC varints.
     use gatehouse_protocol::codes as wire;
     use quinn::VarInt;
 
@@ -289,7 +291,7 @@ pub struct ServerConfig {
     /// The revocation feed the node follows (none: revocations come from files and SIGHUP).
     pub revocation_feed: Option<FeedConfig>,
     /// The one clock the shell reads (the system clock; tests give a manual one).
-    pub clock: Arc<dyn crate::Clock>,
+    pub clock: Arc<dyn gatehouse_core::Clock>,
 }
 
 impl Clone for ServerConfig {
@@ -324,7 +326,7 @@ impl ServerConfig {
             store: Store::Memory,
             reload: None,
             revocation_feed: None,
-            clock: Arc::new(crate::SystemClock),
+            clock: Arc::new(gatehouse_core::SystemClock),
         }
     }
 
@@ -597,7 +599,7 @@ pub async fn run(
 
 /// Drops expired one-time-use entries every second, off the runtime threads, so memory falls
 /// back after a rush even without traffic.
-async fn purge_replay_table(engine: Arc<Engine>, clock: Arc<dyn crate::Clock>) {
+async fn purge_replay_table(engine: Arc<Engine>, clock: Arc<dyn gatehouse_core::Clock>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use super::metrics::{self, Metrics};
-use crate::Engine;
+use gatehouse_core::Engine;
 
 /// Time allowed to send a request head (also between requests on a kept-alive connection).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(2);

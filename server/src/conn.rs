@@ -20,7 +20,7 @@ use super::batcher::{Queue, Receipt, Refused};
 use super::budget::{Budget, Charge, CONNECTION_COST, HANDSHAKE_COST};
 use super::metrics::{Kind, Metrics};
 use super::{codes, tls, Limits};
-use crate::{Engine, Scanner};
+use gatehouse_core::{Engine, Scanner};
 
 /// How often an idle connection checks that its scanner is still registered.
 const REGISTRY_CHECK: Duration = Duration::from_secs(1);

@@ -52,7 +52,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, ConnectionInfo, Value};
 use tracing::{info, warn};
 
-use crate::{Entry, Life, LifeBook, MarkOutcome, MarkRequest};
+use gatehouse_core::{Entry, Life, LifeBook, MarkOutcome, MarkRequest};
 
 /// The script of a mark round trip (see the module documentation). KEYS[1] is the shard's
 /// life key, KEYS[2..] the marks' keys; ARGV[1] and ARGV[2] are the fence and the nonce of a
@@ -138,7 +138,7 @@ pub struct RedisConfig {
     /// Risks the operator accepted by name: the node runs although the settings allow them.
     pub accept_risk: Vec<Risk>,
     /// The clock the store's checks and fences read (the server's).
-    pub clock: Arc<dyn crate::Clock>,
+    pub clock: Arc<dyn gatehouse_core::Clock>,
 }
 
 impl Default for RedisConfig {
@@ -157,7 +157,7 @@ impl Default for RedisConfig {
             skew_secs: 5,
             replica_acks: 0,
             accept_risk: Vec::new(),
-            clock: Arc::new(crate::SystemClock),
+            clock: Arc::new(gatehouse_core::SystemClock),
         }
     }
 }
@@ -432,7 +432,7 @@ pub struct Marked {
     /// One outcome per mark, in order.
     pub outcomes: Vec<MarkOutcome>,
     /// The first token timestamp the node may accept, as the store's lives require now: give
-    /// it to [`Engine::raise_fence`](crate::Engine::raise_fence) before completing the batch.
+    /// it to [`Engine::raise_fence`](gatehouse_core::Engine::raise_fence) before completing the batch.
     pub accept_from: u64,
 }
 
@@ -452,7 +452,7 @@ pub struct SharedStore {
     refreshing: Arc<AtomicBool>,
     /// The last check connected and read the lives, and only the settings kept it down.
     held_by_settings: Arc<AtomicBool>,
-    clock: Arc<dyn crate::Clock>,
+    clock: Arc<dyn gatehouse_core::Clock>,
 }
 
 impl SharedStore {

@@ -35,8 +35,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use super::metrics::WhyLabel;
-use crate::core::short_hex;
-use crate::{Engine, RevocationError, RevocationState, TrustList};
+use gatehouse_core::short_hex;
+use gatehouse_core::{Engine, RevocationError, RevocationState, TrustList};
 
 /// Most deltas a node applies in one sync before it prefers the snapshot.
 pub const MAX_DELTAS_PER_SYNC: u64 = 64;
@@ -193,7 +193,7 @@ pub struct FeedConfig {
     /// so a node starts stale until its first pull).
     pub confirmed_at: u64,
     /// The clock ages are read from (the server sets its own).
-    pub clock: Arc<dyn crate::Clock>,
+    pub clock: Arc<dyn gatehouse_core::Clock>,
 }
 
 impl FeedConfig {
@@ -210,7 +210,7 @@ impl FeedConfig {
             timeout: Duration::from_secs(10),
             ca: Vec::new(),
             confirmed_at: 0,
-            clock: Arc::new(crate::SystemClock),
+            clock: Arc::new(gatehouse_core::SystemClock),
         }
     }
 }
@@ -1156,8 +1156,8 @@ mod tests {
         let (warn, line) = stale_change(true, false, fail, 4, true, age).unwrap();
         assert!(!warn && line.contains("judged again"), "{line}");
     }
-    use crate::dev::population;
-    use crate::{EngineConfig, RevocationKey, ScannerRegistry};
+    use gatehouse_core::{EngineConfig, RevocationKey, ScannerRegistry};
+    use gatehouse_dev::population;
 
     /// The scheduling policy of the calling thread, read back from the kernel (field 41 of
     /// `/proc/thread-self/stat`; SCHED_OTHER is 0, SCHED_IDLE 5).

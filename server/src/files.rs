@@ -11,7 +11,7 @@ pub use gatehouse_certs::{
 };
 use gatehouse_protocol::RevocationList;
 
-use crate::{ConfigError, ScannerRegistry, TrustList};
+use gatehouse_core::{ConfigError, ScannerRegistry, TrustList};
 
 fn read_text(file: &Path) -> Result<String, ConfigError> {
     fs::read_to_string(file).map_err(|e| ConfigError::new(file, "(file)", e.to_string()))
