@@ -17,7 +17,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::report::{BaselineDiff, Latency, RunSummary, SweepSummary};
+use crate::summary::{BaselineDiff, Latency, RunSummary, SweepSummary};
 
 /// Which requests latency checks judge.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -305,7 +305,7 @@ impl Budget {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
-    use crate::report::CrossNodeReplays;
+    use crate::summary::CrossNodeReplays;
 
     #[test]
     fn shipped_budgets_parse() {
@@ -357,7 +357,7 @@ mod tests {
             expected: Default::default(),
             mismatch_examples: vec![],
             error_examples: vec![],
-            cpu: crate::report::Cpu {
+            cpu: crate::summary::Cpu {
                 harness_secs: None,
                 engine_secs: None,
                 redis_secs: None,

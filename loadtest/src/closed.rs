@@ -32,8 +32,7 @@ use hdrhistogram::Histogram;
 use crate::expect::{expected, is_retry, repeated, Presented};
 use crate::fleet::Fleet;
 use crate::model::{Rng, ScannerSet};
-use crate::openloop::{histogram, latency};
-use crate::report::GooseSummary;
+use crate::summary::{histogram, latency, GooseSummary};
 use crate::target::{self, Connections};
 
 /// Knobs of a closed-loop run.

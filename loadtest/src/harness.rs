@@ -11,7 +11,8 @@ use crate::budget::Budget;
 use crate::fleet::Fleet;
 use crate::model::{schedule, Mix, Plan, ScannerSet};
 use crate::openloop::{self, OpenLoopOptions};
-use crate::report::{RunSummary, SweepStep, SweepSummary, TargetInfo};
+use crate::report::TargetInfo;
+use crate::summary::{RunSummary, SweepStep, SweepSummary};
 use crate::target::{Connections, SpawnedSite};
 
 /// A fleet, connected to an engine.

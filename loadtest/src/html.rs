@@ -19,7 +19,8 @@ use std::fmt::Write as _;
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
-use crate::report::{Latency, Report, RunSummary, SweepSummary};
+use crate::report::Report;
+use crate::summary::{Latency, RunSummary, Second, SweepStep, SweepSummary};
 
 const WIDTH: u32 = 1000;
 const HEIGHT: u32 = 360;
@@ -178,8 +179,7 @@ fn run_section(out: &mut String, r: &RunSummary) -> Result<()> {
     );
     if !r.timeline.is_empty() {
         let ms = |v: u64| v as f64 / 1e3;
-        let answered: Vec<&crate::report::Second> =
-            r.timeline.iter().filter(|s| s.answered > 0).collect();
+        let answered: Vec<&Second> = r.timeline.iter().filter(|s| s.answered > 0).collect();
         figure(
             out,
             &line_chart(
@@ -370,7 +370,7 @@ fn sweep_section(out: &mut String, s: &SweepSummary) -> Result<()> {
             ""
         }
     );
-    let mut steps: Vec<&crate::report::SweepStep> = s.steps.iter().collect();
+    let mut steps: Vec<&SweepStep> = s.steps.iter().collect();
     steps.sort_by(|a, b| a.rate_rps.total_cmp(&b.rate_rps));
     let ms = |v: u64| v as f64 / 1e3;
     let line = |f: fn(&Latency) -> u64| -> Vec<(f64, f64)> {
@@ -778,7 +778,8 @@ mod tests {
 
     use super::*;
     use crate::budget::{BudgetResult, Check};
-    use crate::report::{Cpu, ModelInfo, PopulationInfo, Second, SweepStep, TargetInfo};
+    use crate::report::{ModelInfo, PopulationInfo, TargetInfo};
+    use crate::summary::{Cpu, CrossNodeReplays, NodeSummary};
 
     fn lat(count: u64, p50: u64, p99: u64) -> Latency {
         Latency {
@@ -989,7 +990,7 @@ mod tests {
         let one = render(&rush).unwrap();
         assert!(!one.contains("Per node"), "one node: no node table");
         let run = rush.run.as_mut().unwrap();
-        let node = |i: usize, requests: u64, replayed: u64| crate::report::NodeSummary {
+        let node = |i: usize, requests: u64, replayed: u64| NodeSummary {
             node: i,
             address: format!("127.0.0.1:{}", 4433 + i),
             requests,
@@ -1005,7 +1006,7 @@ mod tests {
             ..Default::default()
         };
         run.nodes = vec![node(0, 2_111, 97), node(1, 2_210, 107)];
-        run.cross_node_replays = Some(crate::report::CrossNodeReplays {
+        run.cross_node_replays = Some(CrossNodeReplays {
             judged: 210,
             expected_replayed: 204,
             replayed: 204,

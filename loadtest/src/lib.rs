@@ -16,6 +16,8 @@
 //!   runs; the capacity sweep steps the rate up until the [`Budget`] breaks.
 //! - [`closed::run`]: the same traffic as goose scenarios (closed loop), with goose's test
 //!   plans, thresholds and HTML/JSON/Markdown reports.
+//! - [`summary`]: what a run measured ([`RunSummary`], [`SweepSummary`] and the raw
+//!   [`summary::RunStats`]), read by the budget, the report and the HTML page alike.
 //! - [`Report`]: the JSON summary CI reads, with a comparison against a baseline;
 //!   [`html::render`] draws it as one self-contained HTML page (inline SVG charts, nothing
 //!   loaded from the network).
@@ -23,6 +25,18 @@
 //! It does not run on a network of its choosing: requests go to an engine it started on
 //! loopback, or to the address the operator names. Every run is bounded in time and in
 //! requests.
+
+// Module dependency order (a DAG: each module uses only modules listed above it):
+//   cpu, expect, fleet, model: no module of this crate
+//   summary  → model
+//   budget   → summary
+//   target   → cpu, fleet, model
+//   report   → budget, fleet, model, summary
+//   openloop → cpu, expect, fleet, model, summary, target
+//   harness  → budget, fleet, model, openloop, report, summary, target
+//   closed   → expect, fleet, model, summary, target
+//   html     → report, summary
+// The binary's own modules (`abuse`, `faults`) use only `target`.
 
 pub mod budget;
 pub mod closed;
@@ -34,6 +48,7 @@ pub mod html;
 pub mod model;
 pub mod openloop;
 pub mod report;
+pub mod summary;
 pub mod target;
 
 pub use budget::{Budget, BudgetResult, Check};
@@ -41,7 +56,8 @@ pub use expect::{expected, Presented};
 pub use fleet::{Fleet, FleetSpec, Origin};
 pub use harness::{sweep, Harness, SweepOptions};
 pub use model::{schedule, Arrival, Mix, Phase, Plan, RushModel, ScannerSet, Scenario};
-pub use report::{compare, plan_differences, Report, RunSummary, SweepSummary};
+pub use report::{compare, plan_differences, Report};
+pub use summary::{RunSummary, SweepSummary};
 pub use target::{
     find_gatehouse, Connections, SpawnOptions, SpawnedEngine, SpawnedSite, StoreKind,
 };

@@ -33,7 +33,7 @@ use hdrhistogram::Histogram;
 use crate::expect::{expected, is_retry, repeated, Presented};
 use crate::fleet::Fleet;
 use crate::model::{Arrival, Kind, Phase, Plan, ScannerSet, Scenario};
-use crate::report::{CrossNodeReplays, Latency, Second};
+use crate::summary::{histogram, histogram_with, CrossNodeReplays, NodeStats, RunStats, Second};
 use crate::target::{self, Connections};
 
 /// Knobs of one open-loop run.
@@ -65,87 +65,6 @@ pub const MAX_PREFILL: Duration = Duration::from_secs(20);
 /// A replay of a token older than this is not sent (it could be refused as stale rather than
 /// as a replay); it is counted as dropped, not as an error.
 const MAX_REPLAY_AGE_SECS: u64 = 20;
-
-/// What one run measured.
-#[derive(Debug)]
-pub struct RunStats {
-    /// Requests planned.
-    pub planned: u64,
-    /// Requests that got a verdict which judged the token.
-    pub answered: u64,
-    /// Requests without such a verdict: transport errors, timeouts, retry answers (busy …).
-    pub errors: u64,
-    /// Verdicts that differ from the expected one.
-    pub mismatches: u64,
-    /// Replays not sent because their original got no verdict.
-    pub skipped: u64,
-    /// Replays not sent because their original token was too old by then.
-    pub dropped: u64,
-    /// Latency of every answered request, µs from intended send time.
-    pub all: Histogram<u64>,
-    /// By phase of the plan.
-    pub by_phase: BTreeMap<Phase, Histogram<u64>>,
-    /// By scenario.
-    pub by_scenario: BTreeMap<Scenario, Histogram<u64>>,
-    /// How late the harness sent each request, µs (its own lag, not the engine's).
-    pub send_lag: Histogram<u64>,
-    /// Verdicts received, by reason label.
-    pub verdicts: BTreeMap<String, u64>,
-    /// Verdicts expected, by reason label.
-    pub expected: BTreeMap<String, u64>,
-    /// Up to 10 mismatches, described.
-    pub mismatch_examples: Vec<String>,
-    /// Up to 10 errors, described.
-    pub error_examples: Vec<String>,
-    /// Seconds from the first intended send to the last answer.
-    pub elapsed_secs: f64,
-    /// Seconds spent signing before the clock started.
-    pub prefill_secs: f64,
-    /// Per second of the plan.
-    pub timeline: Vec<Second>,
-    /// CPU seconds the harness used during the run (Linux).
-    pub harness_cpu_secs: Option<f64>,
-    /// Per node, in index order.
-    pub nodes: Vec<NodeStats>,
-    /// Replays sent to another node than their original (several nodes only).
-    pub cross_node: Option<CrossNodeReplays>,
-}
-
-/// What one node was sent and answered.
-#[derive(Debug)]
-pub struct NodeStats {
-    /// Where it listens.
-    pub addr: String,
-    /// Requests sent to it (answered or not).
-    pub requests: u64,
-    /// Of those, answered with a verdict that judged the token.
-    pub answered: u64,
-    /// Of those, without such a verdict.
-    pub errors: u64,
-    /// Verdicts that differ from the expected one.
-    pub mismatches: u64,
-    /// Verdicts received, by reason label.
-    pub verdicts: BTreeMap<String, u64>,
-    /// Latency of its answered requests, µs from intended send time.
-    pub latency: Histogram<u64>,
-}
-
-impl RunStats {
-    /// Errors over planned requests (replays skipped because of an earlier error count too).
-    pub fn error_rate(&self) -> f64 {
-        (self.errors + self.skipped) as f64 / (self.planned.max(1)) as f64
-    }
-}
-
-/// 1 µs to 2 minutes, three significant digits.
-pub fn histogram() -> Histogram<u64> {
-    histogram_with(3)
-}
-
-#[allow(clippy::expect_used)] // Constant bounds that hdrhistogram accepts.
-fn histogram_with(significant_digits: u8) -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 120_000_000, significant_digits).expect("valid histogram bounds")
-}
 
 /// A token ready to send and the verdict it must get.
 struct Prepared {
@@ -696,17 +615,4 @@ pub async fn run(
         _ => None,
     };
     Ok(stats)
-}
-
-/// Percentiles of a histogram.
-pub fn latency(h: &Histogram<u64>) -> Latency {
-    Latency {
-        count: h.len(),
-        mean_us: h.mean(),
-        p50_us: h.value_at_quantile(0.50),
-        p90_us: h.value_at_quantile(0.90),
-        p99_us: h.value_at_quantile(0.99),
-        p999_us: h.value_at_quantile(0.999),
-        max_us: h.max(),
-    }
 }
