@@ -18,9 +18,10 @@ use gatehouse_protocol::{Reason, Verdict};
 use tokio::sync::oneshot;
 
 use super::fair::Fair;
-use super::metrics::{Component, Metrics};
+use super::metrics::Metrics;
 use super::store::Store;
 use super::Batching;
+use crate::component::Component;
 use gatehouse_core::{Clock, Engine, Item, Scanner};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
@@ -529,7 +530,7 @@ mod tests {
             ScannerRegistry::new(),
         )
         .unwrap();
-        let metrics = Arc::new(Metrics::new(Store::Memory));
+        let metrics = Arc::new(Metrics::new());
         let config = Batching {
             max_batch: 8,
             queue: 10_000,

@@ -7,10 +7,11 @@
 //! estimates of quinn's state for them (the bytes a request body takes are exact), chosen on the
 //! high side so the budget errs towards refusing.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::metrics::Metrics;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::registry::Registry;
 
 /// Charged per handshake in progress: quinn's connection state, the TLS state and the server's
 /// first flight (a half-open connection was measured at about 85 KiB of RSS).
@@ -23,18 +24,32 @@ pub(crate) const CONNECTION_COST: usize = 8 * 1024;
 pub(crate) struct Budget {
     total: usize,
     used: AtomicUsize,
-    metrics: Arc<Metrics>,
+    /// `used`, as the gauge `/metrics` shows.
+    gauge: Gauge<u64, AtomicU64>,
 }
 
 impl Budget {
-    /// A budget of `total` bytes, reported through `metrics`.
-    pub fn new(total: usize, metrics: Arc<Metrics>) -> Arc<Budget> {
-        metrics.budget_total.set(total as u64);
+    /// A budget of `total` bytes.
+    pub fn new(total: usize) -> Arc<Budget> {
         Arc::new(Budget {
             total,
             used: AtomicUsize::new(0),
-            metrics,
+            gauge: Gauge::default(),
         })
+    }
+
+    /// Registers the budget and the bytes in use.
+    pub fn register_metrics(&self, scrape: &mut Registry) {
+        scrape.register(
+            "gatehouse_memory_budget_used_bytes",
+            "Bytes of the memory budget held by handshakes, connections and request bodies",
+            self.gauge.clone(),
+        );
+        scrape.register(
+            "gatehouse_memory_budget_bytes",
+            "The memory budget",
+            ConstGauge::new(self.total as u64),
+        );
     }
 
     /// Takes `bytes` if they fit; `None` (nothing taken) if they do not.
@@ -47,7 +62,7 @@ impl Budget {
                 .compare_exchange_weak(used, after, Ordering::AcqRel, Ordering::Relaxed)
             {
                 Ok(_) => {
-                    self.metrics.budget_used.set(after as u64);
+                    self.gauge.set(after as u64);
                     return Some(Charge {
                         budget: Arc::clone(self),
                         bytes,
@@ -75,8 +90,7 @@ impl Drop for Charge {
     fn drop(&mut self) {
         let before = self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
         self.budget
-            .metrics
-            .budget_used
+            .gauge
             .set(before.saturating_sub(self.bytes) as u64);
     }
 }
@@ -87,10 +101,7 @@ mod tests {
 
     #[test]
     fn charges_never_pass_the_total_and_come_back_when_dropped() {
-        let b = Budget::new(
-            100,
-            Arc::new(Metrics::new(super::super::store::Store::Memory)),
-        );
+        let b = Budget::new(100);
         let a = b.try_take(60);
         assert!(a.is_some());
         assert!(b.try_take(41).is_none(), "over the total");

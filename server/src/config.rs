@@ -10,8 +10,8 @@ use serde::Deserialize;
 
 use super::feed::{file_confirmed_at, FeedConfig, FeedSource, OfflinePolicy};
 use super::files::{load_certs, load_key, load_revocations, load_scanners, load_trust_list};
-use super::reload::TlsFiles;
 use super::{Batching, Files, Limits, ServerConfig, ServerError};
+use crate::settings::TlsFiles;
 use gatehouse_core::{ConfigError, Engine, EngineConfig, ScannerRegistry, TrustList};
 
 /// A sample configuration with every setting at its default (paths relative to the file).

@@ -1,8 +1,5 @@
 //! One scanner connection and its request streams.
 
-use std::collections::HashMap;
-use std::hash::Hash;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,16 +7,17 @@ use gatehouse_protocol::{
     kind, request_id, DecodeError, FrameHeader, Reason, Request, Response, Verdict, WireErrorCode,
     FRAME_HEADER_LEN, RETRY_KEY_LEN,
 };
-use parking_lot::Mutex;
 use quinn::{Connection, Incoming, ReadExactError, RecvStream, SendStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use super::batcher::{Queue, Receipt, Refused};
-use super::budget::{Budget, Charge, CONNECTION_COST, HANDSHAKE_COST};
-use super::metrics::{Kind, Metrics};
-use super::{codes, tls, Limits};
+use crate::admission::{Admission, Handshake, Held, Refusal};
+use crate::batcher::{Queue, Receipt, Refused};
+use crate::budget::Charge;
+use crate::metrics::{Kind, Metrics};
+use crate::settings::Limits;
+use crate::{codes, tls};
 use gatehouse_core::{Engine, Scanner};
 
 /// How often an idle connection checks that its scanner is still registered.
@@ -39,160 +37,8 @@ pub(crate) struct Shared {
     pub queue: Queue,
     /// Becomes `true` when the drain starts.
     pub drain: watch::Receiver<bool>,
-    /// The memory budget.
-    pub budget: Arc<Budget>,
-    /// Handshakes in progress per source address.
-    pub sources: Counts<IpAddr>,
-    /// Open connections per scanner.
-    pub scanners: Counts<Arc<str>>,
-}
-
-/// How many of something each key holds; a key holding none has no entry, so the map is as
-/// large as the keys in use, never larger.
-pub(crate) struct Counts<K>(Arc<Mutex<HashMap<K, usize>>>);
-
-impl<K> Default for Counts<K> {
-    fn default() -> Self {
-        Counts(Arc::default())
-    }
-}
-
-impl<K: Hash + Eq + Clone> Counts<K> {
-    /// One more for `key`, unless it already holds `max`.
-    fn try_enter(&self, key: &K, max: usize) -> Option<Slot<K>> {
-        let mut m = self.0.lock();
-        let n = m.entry(key.clone()).or_insert(0);
-        if *n >= max {
-            if *n == 0 {
-                m.remove(key);
-            }
-            return None;
-        }
-        *n += 1;
-        Some(Slot {
-            counts: Arc::clone(&self.0),
-            key: key.clone(),
-        })
-    }
-}
-
-/// One unit of a [`Counts`], given back when dropped.
-pub(crate) struct Slot<K: Hash + Eq> {
-    counts: Arc<Mutex<HashMap<K, usize>>>,
-    key: K,
-}
-
-impl<K: Hash + Eq> Drop for Slot<K> {
-    fn drop(&mut self) {
-        let mut m = self.counts.lock();
-        if let Some(n) = m.get_mut(&self.key) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                m.remove(&self.key);
-            }
-        }
-    }
-}
-
-/// A handshake in progress: counted in the handshake gauge and against its source address, and
-/// charged to the budget, until dropped (when the handshake ends, however it ends).
-pub(crate) struct Handshake {
-    _source: Slot<IpAddr>,
-    _charge: Charge,
-    _gauge: Held,
-}
-
-/// Decides on a connection attempt before any state is spent on it: over the handshake cap, the
-/// per-source cap or the budget it is refused; under pressure an address not yet validated gets
-/// a QUIC Retry (stateless: a flood from spoofed or unresponsive sources ends there).
-pub(crate) fn admit(shared: &Arc<Shared>, incoming: Incoming) -> Option<(Incoming, Handshake)> {
-    let limits = &shared.limits;
-    let metrics = &shared.metrics;
-    let in_progress = metrics.handshakes.get().max(0) as usize;
-    // Counted, not logged one by one: a flood would flood the log.
-    if in_progress >= limits.max_handshakes {
-        metrics.refused_handshakes.inc();
-        incoming.refuse();
-        return None;
-    }
-    if in_progress >= limits.retry_threshold
-        && !incoming.remote_address_validated()
-        && incoming.may_retry()
-    {
-        match incoming.retry() {
-            Ok(()) => {
-                metrics.retries.inc();
-                return None;
-            }
-            Err(e) => {
-                // Cannot happen after `may_retry`; refuse rather than guess.
-                e.into_incoming().refuse();
-                metrics.refused_handshakes.inc();
-                return None;
-            }
-        }
-    }
-    let Some(source) = shared.sources.try_enter(
-        &incoming.remote_address().ip(),
-        limits.max_handshakes_per_source,
-    ) else {
-        metrics.refused_source.inc();
-        incoming.refuse();
-        return None;
-    };
-    let Some(charge) = shared.budget.try_take(HANDSHAKE_COST) else {
-        metrics.refused_budget.inc();
-        incoming.refuse();
-        return None;
-    };
-    let gauge = Held::new(metrics, Gauge::Handshakes);
-    Some((
-        incoming,
-        Handshake {
-            _source: source,
-            _charge: charge,
-            _gauge: gauge,
-        },
-    ))
-}
-
-/// A gauge a task counts itself in.
-#[derive(Clone, Copy)]
-pub(crate) enum Gauge {
-    Connections,
-    Streams,
-    Handshakes,
-}
-
-/// One unit of a gauge, taken before a task is spawned and moved into it: released when the
-/// task ends, however it ends (even aborted before it first ran).
-pub(crate) struct Held {
-    metrics: Arc<Metrics>,
-    gauge: Gauge,
-}
-
-impl Held {
-    pub fn new(metrics: &Arc<Metrics>, gauge: Gauge) -> Held {
-        Self::counter(metrics, gauge).inc();
-        Held {
-            metrics: Arc::clone(metrics),
-            gauge,
-        }
-    }
-
-    fn counter(metrics: &Metrics, gauge: Gauge) -> &prometheus_client::metrics::gauge::Gauge {
-        match gauge {
-            Gauge::Connections => &metrics.connections,
-            Gauge::Streams => &metrics.streams,
-            Gauge::Handshakes => &metrics.handshakes,
-        }
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        Self::counter(&self.metrics, self.gauge).dec();
-    }
+    /// The caps and what counts against them.
+    pub admission: Arc<Admission>,
 }
 
 /// Serves one connection: handshake, scanner lookup, then its streams, until the peer closes,
@@ -206,7 +52,7 @@ pub(crate) async fn connection(
 ) {
     let remote = incoming.remote_address();
     let failed = |what: &str| {
-        shared.metrics.handshake_failures.inc();
+        shared.admission.handshake_failed();
         debug!(%remote, "handshake failed: {what}");
     };
     let connecting = match incoming.accept() {
@@ -226,8 +72,7 @@ pub(crate) async fn connection(
         match tokio::time::timeout(limits.pressure_handshake_timeout, &mut connecting).await {
             Ok(r) => Some(r),
             Err(_) => {
-                let in_progress = shared.metrics.handshakes.get().max(0) as usize;
-                if in_progress >= limits.retry_threshold {
+                if shared.admission.under_pressure() {
                     None
                 } else {
                     let rest = limits
@@ -255,22 +100,20 @@ pub(crate) async fn connection(
         refuse(&shared, &conn, &id);
         return;
     }
-    let Some(_scanner_slot) = shared
-        .scanners
-        .try_enter(&id, limits.max_connections_per_scanner)
-    else {
-        shared.metrics.refused_scanner_limit.inc();
-        debug!(scanner = %id, "connection refused: the scanner is at its connection limit");
-        conn.close(
-            codes::TOO_MANY_CONNECTIONS,
-            b"too many connections for this scanner",
-        );
-        return;
-    };
-    let Some(_charge) = shared.budget.try_take(CONNECTION_COST) else {
-        shared.metrics.refused_budget.inc();
-        conn.close(codes::OVER_BUDGET, b"server over its memory budget");
-        return;
+    let _admitted = match shared.admission.admit_scanner(&id) {
+        Ok(admitted) => admitted,
+        Err(Refusal::TooManyConnections) => {
+            debug!(scanner = %id, "connection refused: the scanner is at its connection limit");
+            conn.close(
+                codes::TOO_MANY_CONNECTIONS,
+                b"too many connections for this scanner",
+            );
+            return;
+        }
+        Err(Refusal::OverBudget) => {
+            conn.close(codes::OVER_BUDGET, b"server over its memory budget");
+            return;
+        }
     };
     // Request bodies this connection holds, read and not yet answered.
     let buffered = Arc::new(Semaphore::new(limits.max_buffered_per_connection));
@@ -284,7 +127,7 @@ pub(crate) async fn connection(
         tokio::select! {
             bi = conn.accept_bi() => match bi {
                 Ok((send, recv)) => {
-                    let held = Held::new(&shared.metrics, Gauge::Streams);
+                    let held = shared.admission.stream();
                     streams.spawn(stream(
                         Arc::clone(&shared),
                         conn.clone(),
@@ -329,7 +172,7 @@ pub(crate) async fn connection(
 /// Closes a connection whose scanner is not registered.
 fn refuse(shared: &Shared, conn: &Connection, id: &str) {
     if conn.close_reason().is_none() {
-        shared.metrics.refused_unknown_scanner.inc();
+        shared.admission.refused_unknown_scanner();
         warn!(scanner = %id, "scanner not registered: closing its connection");
         conn.close(codes::UNKNOWN_SCANNER, b"unknown scanner");
     }
@@ -531,7 +374,7 @@ async fn read_loop(
         // it back), before the request is read and perhaps refused: answering `busy` at once
         // would let a flooder make the server read and refuse as fast as it can resend.
         if h.kind != kind::PING && shared.queue.saturated(id) {
-            metrics.busy_holds.inc();
+            shared.admission.busy_hold();
             tokio::select! {
                 biased;
                 _ = drain.wait_for(|d| *d) => {}
@@ -550,8 +393,7 @@ async fn read_loop(
         let Ok(Ok(in_buffer)) = room else {
             return End::Stop(codes::STREAM_TIMEOUT);
         };
-        let Some(charge) = shared.budget.try_take(h.len) else {
-            metrics.budget_busy.inc();
+        let Some(charge) = shared.admission.charge_body(h.len) else {
             debug!("memory budget spent: refusing a request unread");
             return End::Stop(codes::OVER_BUDGET);
         };

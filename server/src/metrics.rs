@@ -1,14 +1,13 @@
 //! Service counters and their Prometheus text form, through `prometheus-client`: the shell's own
-//! counters, gauges and histograms live in one registry built at start, and what the engine, the
-//! one-time-use store, the revocation feed and the reload state hold is read at scrape time into
-//! a second one. Counters are by kind, role and reason only: no scanner, credential or holder
+//! request counters and histograms live in one registry built at start, and what the engine and
+//! every [`Component`] (admission, the queue, the one-time-use store, the revocation feed, the
+//! reloader) hold is read at scrape time into a second one. Counters are by kind, role and reason only: no scanner, credential or holder
 //! identifier is ever a label.
 //!
 //! Names are registered without the `_total` (counters) and `_info` (build info) suffixes: the
 //! encoder appends them, so the exported names are the ones the dashboard and the docs use.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,13 +19,12 @@ use prometheus_client::encoding::{
 };
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
-use super::reload::{unix_now, FileResult, ReloadFile, ReloadReport};
-use super::store::Store;
+use crate::component::{Component, Rows};
 use gatehouse_core::Engine;
 
 /// The `Content-Type` of `/metrics`: the Prometheus text format, version 0.0.4.
@@ -40,9 +38,6 @@ const LATENCY_BUCKETS: &[f64] = &[
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 const ROLES: [&str; 3] = ["gate", "partner", "age_check"];
-
-/// A gauge of a byte or token count.
-pub(crate) type CountGauge = Gauge<u64, AtomicU64>;
 
 /// A fixed-bucket histogram of non-negative values, lock-free, encoded by `prometheus-client`.
 /// Not the crate's own `Histogram`: that one takes a mutex on every observation, and this one is
@@ -112,50 +107,6 @@ impl EncodeMetric for Histogram {
     }
 }
 
-/// A histogram known only by its sum and count (the store keeps no buckets): its one bucket is
-/// +Inf, so `_sum` and `_count` are exported as they were when it was typed a summary.
-#[derive(Debug)]
-struct Totals {
-    sum: f64,
-    count: u64,
-}
-
-impl TypedMetric for Totals {
-    const TYPE: MetricType = MetricType::Histogram;
-}
-
-impl EncodeMetric for Totals {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        encoder.encode_histogram::<NoLabelSet>(self.sum, self.count, &[], None)
-    }
-
-    fn metric_type(&self) -> MetricType {
-        Self::TYPE
-    }
-}
-
-/// Values read at scrape time, one per label set, encoded in the order given (a `Family` would
-/// hash them into a map on every scrape and write them in no fixed order).
-#[derive(Debug)]
-struct Rows<L, M>(Vec<(L, M)>);
-
-impl<L: EncodeLabelSet, M: EncodeMetric + TypedMetric> EncodeMetric for Rows<L, M> {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        for (labels, metric) in &self.0 {
-            metric.encode(encoder.encode_family(labels)?)?;
-        }
-        Ok(())
-    }
-
-    fn metric_type(&self) -> MetricType {
-        M::TYPE
-    }
-
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     epoch: String,
@@ -173,41 +124,9 @@ struct CodeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CauseLabel {
-    cause: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VerdictLabels {
     role: &'static str,
     reason: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StoreLabel {
-    store: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RiskLabel {
-    risk: &'static str,
-    accepted: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct FileLabel {
-    file: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReloadLabels {
-    file: &'static str,
-    result: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CertificateLabel {
-    certificate: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -238,31 +157,10 @@ const WIRE_ERRORS: [(WireErrorCode, &str); 4] = [
     (WireErrorCode::UnknownKind, "unknown_kind"),
 ];
 
-/// Everything the shell counts. The counters and gauges are `prometheus-client` handles (an
-/// `Arc` around one atomic each): counting is one relaxed atomic add, as before.
+/// The shell's request counters (kinds, wire errors, latency, batch sizes, what the shell
+/// answered itself) and the reader of every [`Component`]. The counters are `prometheus-client`
+/// handles (an `Arc` around one atomic each): counting is one relaxed atomic add.
 pub(crate) struct Metrics {
-    pub connections: Gauge,
-    pub streams: Gauge,
-    pub refused_limit: Counter,
-    pub refused_unknown_scanner: Counter,
-    pub handshake_failures: Counter,
-    /// Handshakes in progress.
-    pub handshakes: Gauge,
-    /// Initials answered with a QUIC Retry (address validation under pressure).
-    pub retries: Counter,
-    /// Connections refused at the handshake cap, the per-source cap, the per-scanner cap, or the
-    /// memory budget.
-    pub refused_handshakes: Counter,
-    pub refused_source: Counter,
-    pub refused_scanner_limit: Counter,
-    pub refused_budget: Counter,
-    /// Requests refused (answered `busy`) because the memory budget was spent.
-    pub budget_busy: Counter,
-    /// Requests held unread because their scanner was at its share of the queue.
-    pub busy_holds: Counter,
-    /// Bytes of the memory budget in use, and the budget.
-    pub budget_used: CountGauge,
-    pub budget_total: CountGauge,
     /// Operations connections closed to make room for a new one.
     pub ops_evicted: Counter,
     requests: [Counter; 3],
@@ -273,31 +171,12 @@ pub(crate) struct Metrics {
     unavailable: [AtomicU64; 3],
     latency: Histogram,
     batch_size: Histogram,
-    /// False once draining starts.
-    pub accepting: AtomicBool,
-    /// Reload results, certificate expiry and the revocation epoch's age.
-    pub reload: Mutex<ReloadState>,
-    /// The revocation feed's state (all zero when no feed is configured).
-    pub feed: std::sync::Arc<super::feed::FeedStatus>,
     /// The metrics above (and the build and process metrics), for encoding.
     registry: Registry,
     /// The shell's clock (ages, readiness).
-    clock: std::sync::Arc<dyn gatehouse_core::Clock>,
-    /// Components that own their state and say it at each scrape.
-    components: Mutex<Vec<std::sync::Arc<dyn Component>>>,
-}
-
-/// A part of the server that owns its state: at each scrape it registers what it holds (as
-/// constant metrics, read now). `Metrics` only reads it.
-pub(crate) trait Component: Send + Sync {
-    /// Registers this component's metrics, read at `now` (Unix seconds), into `scrape`.
-    fn register_metrics(&self, scrape: &mut Registry, now: u64);
-
-    /// Why the node cannot accept tokens because of this component, if it cannot: one part of
-    /// `/readyz`, which is composed from every component's answer.
-    fn not_ready(&self, _now: u64) -> Option<&'static str> {
-        None
-    }
+    clock: Arc<dyn gatehouse_core::Clock>,
+    /// Components that own their state and say it at each scrape, in readiness order.
+    components: Mutex<Vec<Arc<dyn Component>>>,
 }
 
 impl Component for super::feed::FeedStatus {
@@ -310,154 +189,11 @@ impl Component for super::feed::FeedStatus {
     }
 }
 
-/// The one-time-use store: whether it answers, and the shared store's counters.
-impl Component for Store {
-    fn register_metrics(&self, scrape: &mut Registry, _now: u64) {
-        let labels = StoreLabel {
-            store: self.label(),
-        };
-        scrape.register(
-            "gatehouse_replay_store_up",
-            "1 when the one-time-use store answers (memory: always), by store",
-            Rows(vec![(labels, ConstGauge::new(u64::from(self.is_up())))]),
-        );
-        if let Store::Shared(r) = self {
-            let h = r.health();
-            scrape.register(
-                "gatehouse_replay_store_marks",
-                "Tokens marked used in the shared store",
-                ConstCounter::new(h.marks.load(Ordering::Relaxed)),
-            );
-            scrape.register(
-                "gatehouse_replay_store_failures",
-                "Batches whose marks failed, timed out, or met the store down (their tokens \
-                 were answered unavailable)",
-                ConstCounter::new(h.failures.load(Ordering::Relaxed)),
-            );
-            scrape.register(
-                "gatehouse_replay_store_outages",
-                "Times the shared store went down",
-                ConstCounter::new(h.outages.load(Ordering::Relaxed)),
-            );
-            scrape.register(
-                "gatehouse_replay_store_life_changes",
-                "Times a shard of the shared store showed a new life (restart, failover, flush): \
-                 it may have forgotten marks, and the fence moved",
-                ConstCounter::new(h.life_changes.load(Ordering::Relaxed)),
-            );
-            scrape.register(
-                "gatehouse_replay_fence_seconds",
-                "Tokens signed before this Unix time are denied node_restarted (the fence the \
-                 store's lives require)",
-                ConstGauge::new(h.accept_from.load(Ordering::Relaxed)),
-            );
-            let risks: Vec<(RiskLabel, ConstGauge<u64>)> = r
-                .risks()
-                .into_iter()
-                .map(|(risk, accepted)| {
-                    (
-                        RiskLabel {
-                            risk: risk.label(),
-                            accepted: if accepted { "true" } else { "false" },
-                        },
-                        ConstGauge::new(1),
-                    )
-                })
-                .collect();
-            scrape.register(
-                "gatehouse_replay_store_risk",
-                "1 for each way the store's settings let marks vanish silently (eviction, \
-                 split-brain); accepted=\"true\" when accept_risk names it (the node runs), \
-                 else the node refuses marks",
-                Rows(risks),
-            );
-            scrape.register(
-                "gatehouse_replay_store_round_trip_seconds",
-                "Round trips to the shared store (one per batch) and their total time",
-                Totals {
-                    sum: h.round_trip_nanos.load(Ordering::Relaxed) as f64 / 1e9,
-                    count: h.round_trips.load(Ordering::Relaxed),
-                },
-            );
-        }
-    }
-
-    fn not_ready(&self, _now: u64) -> Option<&'static str> {
-        Store::not_ready(self)
-    }
-}
-
-/// What the last reloads did, for `/metrics`, `/readyz` and `gatehouse reload`.
-#[derive(Debug, Default)]
-pub(crate) struct ReloadState {
-    /// Reloads completed since start (SIGHUP or otherwise).
-    pub generation: u64,
-    /// The last result per file, by [`ReloadFile::index`].
-    pub last: [Option<FileResult>; 4],
-    /// Results per file: [ok, failed].
-    pub counts: [[u64; 2]; 4],
-    /// The revocation epoch last seen in force, and since when (Unix seconds).
-    pub epoch_seen: Option<(u64, u64)>,
-    /// Server certificate (leaf) and client CA expiry, Unix seconds.
-    pub server_cert_expiry: Option<u64>,
-    /// The earliest expiry among the client CA certificates.
-    pub client_ca_expiry: Option<u64>,
-}
-
-impl ReloadState {
-    /// Records what the start loaded as each configured file's last result (ok: a node that
-    /// could not load a file did not start), so `gatehouse_reload_success{file}` and its
-    /// timestamp exist from the first scrape. Not counted as a reload.
-    pub fn record_start(&mut self, files: &super::Files, now: u64) {
-        for file in ReloadFile::ALL {
-            let configured = match file {
-                ReloadFile::Revocations => files.revocations.is_some(),
-                ReloadFile::Tls => files.tls.is_some(),
-                ReloadFile::Trust | ReloadFile::Scanners => true,
-            };
-            if configured && self.last[file.index()].is_none() {
-                self.last[file.index()] = Some(FileResult {
-                    file,
-                    ok: true,
-                    detail: "loaded at start".into(),
-                    at: now,
-                });
-            }
-        }
-    }
-
-    /// Notes the epoch in force; an epoch not seen before starts its age now.
-    pub fn observe_epoch(&mut self, epoch: u64, now: u64) -> u64 {
-        match self.epoch_seen {
-            Some((e, since)) if e == epoch => now.saturating_sub(since),
-            _ => {
-                self.epoch_seen = Some((epoch, now));
-                0
-            }
-        }
-    }
-}
-
 impl Metrics {
-    pub fn new(store: Store) -> Self {
-        let feed = std::sync::Arc::new(super::feed::FeedStatus::default());
+    /// The request counters, registered; no component yet ([`Metrics::add`]).
+    pub fn new() -> Self {
         let mut registry = Registry::default();
         // Help texts are registered without their final full stop: the registry adds it.
-        let connections = Gauge::default();
-        registry.register(
-            "gatehouse_connections",
-            "Open scanner connections",
-            connections.clone(),
-        );
-        let streams = Gauge::default();
-        registry.register("gatehouse_streams", "Open request streams", streams.clone());
-        let handshakes = Gauge::default();
-        registry.register(
-            "gatehouse_handshakes",
-            "TLS handshakes in progress",
-            handshakes.clone(),
-        );
-
         // Each label value's counter is created once here and kept: counting never goes through
         // the family's map and lock.
         let requests = Family::<KindLabel, Counter>::default();
@@ -475,65 +211,12 @@ impl Metrics {
             "Error responses to unreadable frames, by code",
             wire_errors,
         );
-        let refused = Family::<CauseLabel, Counter>::default();
-        let cause = |cause| refused.get_or_create_owned(&CauseLabel { cause });
-        let (refused_limit, refused_unknown_scanner, refused_handshakes) = (
-            cause("limit"),
-            cause("unknown_scanner"),
-            cause("handshakes"),
-        );
-        let (refused_source, refused_scanner_limit, refused_budget) =
-            (cause("source"), cause("scanner_limit"), cause("budget"));
+        let ops_evicted = Counter::default();
         registry.register(
-            "gatehouse_connections_refused",
-            "Connections refused: at the connection limit, scanner not registered, at the \
-             handshake cap, at the per-source or per-scanner cap, or over the memory budget",
-            refused,
-        );
-
-        let counter = |registry: &mut Registry, name: &str, help: &str| {
-            let c = Counter::default();
-            registry.register(name, help, c.clone());
-            c
-        };
-        let handshake_failures = counter(
-            &mut registry,
-            "gatehouse_handshake_failures",
-            "Failed or timed-out TLS handshakes, any cause (unknown scanners included)",
-        );
-        let retries = counter(
-            &mut registry,
-            "gatehouse_quic_retries",
-            "Connection attempts answered with a QUIC Retry (address validation under pressure)",
-        );
-        let budget_busy = counter(
-            &mut registry,
-            "gatehouse_budget_busy",
-            "Requests answered busy because the memory budget was spent",
-        );
-        let busy_holds = counter(
-            &mut registry,
-            "gatehouse_busy_holds",
-            "Requests held unread for busy_hold_ms because their scanner had its share of the queue",
-        );
-        let ops_evicted = counter(
-            &mut registry,
             "gatehouse_ops_connections_evicted",
             "Operations-port connections closed to make room for a new one",
+            ops_evicted.clone(),
         );
-        let budget_used = CountGauge::default();
-        registry.register(
-            "gatehouse_memory_budget_used_bytes",
-            "Bytes of the memory budget held by handshakes, connections and request bodies",
-            budget_used.clone(),
-        );
-        let budget_total = CountGauge::default();
-        registry.register(
-            "gatehouse_memory_budget_bytes",
-            "The memory budget",
-            budget_total.clone(),
-        );
-
         let latency = Histogram::new(LATENCY_BUCKETS, 1e9);
         registry.register(
             "gatehouse_request_duration_seconds",
@@ -555,25 +238,10 @@ impl Metrics {
             }),
         );
         registry.register_collector(Box::new(ProcessCollector {
-            started: unix_now(),
+            started: gatehouse_core::Clock::now(&gatehouse_core::SystemClock),
         }));
 
         Metrics {
-            connections,
-            streams,
-            refused_limit,
-            refused_unknown_scanner,
-            handshake_failures,
-            handshakes,
-            retries,
-            refused_handshakes,
-            refused_source,
-            refused_scanner_limit,
-            refused_budget,
-            budget_busy,
-            busy_holds,
-            budget_used,
-            budget_total,
             ops_evicted,
             requests: request_counters,
             wire_errors: wire_error_counters,
@@ -581,108 +249,55 @@ impl Metrics {
             unavailable: Default::default(),
             latency,
             batch_size,
-            accepting: AtomicBool::new(true),
-            reload: Mutex::new(ReloadState::default()),
-            feed: std::sync::Arc::clone(&feed),
             registry,
-            clock: std::sync::Arc::new(gatehouse_core::SystemClock),
-            // Readiness asks them in this order: the store, then the feed.
-            components: Mutex::new(vec![
-                std::sync::Arc::new(store) as std::sync::Arc<dyn Component>,
-                feed as std::sync::Arc<dyn Component>,
-            ]),
+            clock: Arc::new(gatehouse_core::SystemClock),
+            components: Mutex::new(Vec::new()),
         }
     }
 
-    /// Adds a component whose metrics each scrape reads.
-    pub(crate) fn add(&self, component: std::sync::Arc<dyn Component>) {
+    /// Adds a component: each scrape reads its metrics, and readiness asks it after the
+    /// components added before it.
+    pub(crate) fn add(&self, component: Arc<dyn Component>) {
         self.components.lock().push(component);
     }
 
     /// The same, reading `clock` for ages and readiness.
-    pub fn with_clock(mut self, clock: std::sync::Arc<dyn gatehouse_core::Clock>) -> Self {
+    pub fn with_clock(mut self, clock: Arc<dyn gatehouse_core::Clock>) -> Self {
         self.clock = clock;
         self
     }
 
-    /// Whether this node, apart from what it shares with others, can answer: not draining.
+    /// Whether this node, apart from what it shares with others, can answer (not draining):
+    /// `/readyz/local`.
     pub fn ready_local(&self) -> Result<(), &'static str> {
-        if !self.accepting.load(Ordering::Relaxed) {
-            return Err("draining");
-        }
-        Ok(())
-    }
-
-    /// Whether the node can answer: not draining, and every component ready (the one-time-use
-    /// store answers, the revocation state is within its age, …), in the order they were added.
-    pub fn ready(&self) -> Result<(), &'static str> {
-        if !self.accepting.load(Ordering::Relaxed) {
-            return Err("draining");
-        }
         let now = self.clock.now();
-        for component in self.components.lock().iter() {
-            if let Some(why) = component.not_ready(now) {
-                return Err(why);
-            }
+        match self
+            .components
+            .lock()
+            .iter()
+            .find_map(|c| c.not_ready_local(now))
+        {
+            Some(why) => Err(why),
+            None => Ok(()),
         }
-        Ok(())
     }
 
-    /// Records a completed reload.
-    pub fn record_reload(&self, report: &ReloadReport, engine: &Engine) {
-        let mut state = self.reload.lock();
-        state.generation += 1;
-        for f in &report.files {
-            let i = f.file.index();
-            state.counts[i][usize::from(!f.ok)] += 1;
-            state.last[i] = Some(f.clone());
+    /// Whether the node can answer: every component ready (not draining, the one-time-use store
+    /// answers, the revocation state is within its age, …), asked in the order they were added.
+    pub fn ready(&self) -> Result<(), &'static str> {
+        let now = self.clock.now();
+        match self.components.lock().iter().find_map(|c| c.not_ready(now)) {
+            Some(why) => Err(why),
+            None => Ok(()),
         }
-        state.observe_epoch(engine.revocation_epoch().0, self.clock.now());
     }
 
-    /// The `/readyz` line of the revocation state: `revocations epoch <E> entries <N> digest
-    /// <16 hex digits>`, then ` feed matched` or ` feed unconfirmed` when a feed is configured.
-    pub fn revocation_line(&self, engine: &Engine) -> String {
-        let state = engine.revocations().load();
-        let feed = if !self.feed.is_configured() {
-            ""
-        } else if self.feed.matched() {
-            " feed matched"
-        } else {
-            " feed unconfirmed"
-        };
-        format!(
-            "revocations epoch {} entries {} digest {}{feed}\n",
-            state.epoch(),
-            state.len(),
-            gatehouse_core::short_hex(&state.digest())
-        )
-    }
-
-    /// The reload lines of `/readyz`: the number of reloads, the server's pid, then one line
-    /// per file, `reload <file> ok|failed <unix time> <detail>`. `gatehouse reload` reads them.
-    pub fn reload_detail(&self) -> String {
-        let state = self.reload.lock();
-        let mut out = format!("reloads {}\npid {}\n", state.generation, std::process::id());
-        for file in ReloadFile::ALL {
-            if let Some(f) = &state.last[file.index()] {
-                let _ = writeln!(
-                    out,
-                    "reload {} {} {} {}",
-                    file.label(),
-                    if f.ok { "ok" } else { "failed" },
-                    f.at,
-                    f.detail.replace('\n', " ")
-                );
-            }
-        }
-        out
-    }
-
+    /// A request frame of `kind` was read.
     pub fn request(&self, kind: Kind) {
         self.requests[kind as usize].inc();
     }
 
+    /// An error response with `code` was sent for an unreadable frame.
     pub fn wire_error(&self, code: WireErrorCode) {
         if let Some(i) = WIRE_ERRORS.iter().position(|(c, _)| *c == code) {
             self.wire_errors[i].inc();
@@ -699,32 +314,33 @@ impl Metrics {
         table[role_index % ROLES.len()].fetch_add(tokens as u64, Ordering::Relaxed);
     }
 
+    /// A request took `d` from its frame received to its response written.
     pub fn latency(&self, d: Duration) {
         self.latency.observe(d.as_secs_f64());
     }
 
+    /// A batch of `tokens` went to the verification pool.
     pub fn batch(&self, tokens: usize) {
         self.batch_size.observe(tokens as f64);
     }
 
     /// The Prometheus text exposition (format 0.0.4, [`CONTENT_TYPE`]): the live metrics, then
-    /// what is read now from the engine, the store, the feed and the reload state.
+    /// what is read now from the engine and from every component.
     pub fn render(&self, engine: &Engine) -> Result<String, std::fmt::Error> {
         let mut scrape = Registry::default();
-        let epoch = self.read_engine(&mut scrape, engine);
+        self.read_engine(&mut scrape, engine);
         let now = self.clock.now();
         for component in self.components.lock().iter() {
             component.register_metrics(&mut scrape, now);
         }
-        self.read_operations(&mut scrape, epoch);
         let mut out = String::with_capacity(16 * 1024);
         prometheus_text::encode(&mut out, &self.registry)?;
         prometheus_text::encode(&mut out, &scrape)?;
         Ok(out)
     }
 
-    /// Verdicts, queue, caches and revocation state; returns the revocation epoch in force.
-    fn read_engine(&self, scrape: &mut Registry, engine: &Engine) -> u64 {
+    /// Verdicts, caches and the revocation state in force.
+    fn read_engine(&self, scrape: &mut Registry, engine: &Engine) {
         let stats = engine.stats();
         let mut verdicts = Vec::with_capacity(ROLES.len() * Reason::ALL.len());
         for (ri, role) in ROLES.iter().enumerate() {
@@ -791,77 +407,6 @@ impl Metrics {
                 epoch: state.epoch().to_string(),
                 digest: gatehouse_core::short_hex(&state.digest()),
             }),
-        );
-        scrape.register(
-            "gatehouse_ready",
-            "1 while accepting connections, 0 while draining",
-            ConstGauge::new(u64::from(self.accepting.load(Ordering::Relaxed))),
-        );
-        epoch
-    }
-
-    /// Reload, certificate and revocation-age metrics.
-    fn read_operations(&self, scrape: &mut Registry, epoch: u64) {
-        let now = self.clock.now();
-        let mut state = self.reload.lock();
-        let age = state.observe_epoch(epoch, now);
-        scrape.register(
-            "gatehouse_revocation_epoch_age_seconds",
-            "Seconds since the revocation epoch in force was put in force",
-            ConstGauge::new(age),
-        );
-        scrape.register(
-            "gatehouse_reloads_completed",
-            "Reloads completed (all files)",
-            ConstCounter::new(state.generation),
-        );
-        let mut counts = Vec::with_capacity(ReloadFile::ALL.len() * 2);
-        for file in ReloadFile::ALL {
-            for (j, result) in ["ok", "failed"].into_iter().enumerate() {
-                let labels = ReloadLabels {
-                    file: file.label(),
-                    result,
-                };
-                counts.push((labels, ConstCounter::new(state.counts[file.index()][j])));
-            }
-        }
-        scrape.register(
-            "gatehouse_reloads",
-            "File reloads by file and result",
-            Rows(counts),
-        );
-        let last = || state.last.iter().flatten();
-        let by_file = |f: &FileResult, value: u64| {
-            let labels = FileLabel {
-                file: f.file.label(),
-            };
-            (labels, ConstGauge::new(value))
-        };
-        scrape.register(
-            "gatehouse_reload_success",
-            "1 when the file's last reload succeeded, 0 when it was refused (previous state \
-             kept)",
-            Rows(last().map(|f| by_file(f, u64::from(f.ok))).collect()),
-        );
-        scrape.register(
-            "gatehouse_reload_timestamp_seconds",
-            "When the file's last reload was attempted, Unix seconds",
-            Rows(last().map(|f| by_file(f, f.at)).collect()),
-        );
-        let expiry = [
-            ("server", state.server_cert_expiry),
-            ("client_ca", state.client_ca_expiry),
-        ]
-        .into_iter()
-        .filter_map(|(certificate, t)| {
-            Some((CertificateLabel { certificate }, ConstGauge::new(t?)))
-        })
-        .collect();
-        scrape.register(
-            "gatehouse_certificate_expiry_timestamp_seconds",
-            "When the TLS certificate in force expires, Unix seconds (client_ca: the earliest \
-             CA certificate)",
-            Rows(expiry),
         );
     }
 }
@@ -998,6 +543,10 @@ impl Collector for ProcessCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::admission::Admission;
+    use crate::component::Totals;
+    use crate::reload::ReloadStatus;
+    use crate::settings::Limits;
     use gatehouse_core::{EngineConfig, ScannerRegistry, TrustList};
 
     fn encode(registry: &Registry) -> String {
@@ -1042,16 +591,26 @@ mod tests {
 
     #[test]
     fn names_keep_their_suffixes_and_counts_move() {
-        let engine = Engine::new(
-            EngineConfig::default(),
-            TrustList::new(),
-            ScannerRegistry::new(),
-        )
-        .unwrap();
-        let m = Metrics::new(Store::Memory);
-        // The queue owns its depth and capacity; the scrape reads them from it.
-        let depth = std::sync::Arc::new(super::super::batcher::Depth::new(64));
-        m.add(std::sync::Arc::clone(&depth) as std::sync::Arc<dyn Component>);
+        let engine = Arc::new(
+            Engine::new(
+                EngineConfig::default(),
+                TrustList::new(),
+                ScannerRegistry::new(),
+            )
+            .unwrap(),
+        );
+        let m = Metrics::new();
+        // The components own their state; the scrape reads it from them.
+        let admission = Admission::new(&Limits::default());
+        m.add(Arc::clone(&admission) as Arc<dyn Component>);
+        m.add(ReloadStatus::at_start(
+            Arc::clone(&engine),
+            (None, None),
+            None,
+            0,
+        ));
+        let depth = Arc::new(crate::batcher::Depth::new(64));
+        m.add(Arc::clone(&depth) as Arc<dyn Component>);
         let before = m.render(&engine).unwrap();
         // The encoder appends `_total` and `_info` itself: registering a name that already
         // had one would export `_total_total`.
@@ -1077,7 +636,7 @@ mod tests {
 
         let busy = "gatehouse_verdicts_total{role=\"gate\",reason=\"busy\"}";
         let verify = "gatehouse_requests_total{kind=\"verify\"}";
-        let limit = "gatehouse_connections_refused_total{cause=\"limit\"}";
+        let limit = "gatehouse_connections_refused_total{cause=\"unknown_scanner\"}";
         let code = "gatehouse_wire_errors_total{code=\"frame_too_large\"}";
         for series in [busy, verify, limit, code] {
             assert_eq!(sample(&before, series), Some(0.0), "{series}\n{before}");
@@ -1085,9 +644,9 @@ mod tests {
         m.shed(0, Reason::Busy, 3);
         m.request(Kind::Verify);
         m.request(Kind::Verify);
-        m.refused_limit.inc();
+        admission.refused_unknown_scanner();
         m.wire_error(WireErrorCode::FrameTooLarge);
-        m.connections.inc();
+        let _stream = admission.stream();
         m.latency(Duration::from_micros(300));
         m.batch(5);
         depth.set(7);
@@ -1097,7 +656,7 @@ mod tests {
             (verify, 2.0),
             (limit, 1.0),
             (code, 1.0),
-            ("gatehouse_connections", 1.0),
+            ("gatehouse_streams", 1.0),
             ("gatehouse_queue_depth", 7.0),
             (
                 "gatehouse_request_duration_seconds_bucket{le=\"0.0005\"}",

@@ -23,7 +23,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-use super::metrics::{self, Metrics};
+use crate::feed::FeedStatus;
+use crate::metrics::{self, Metrics};
+use crate::reload::ReloadStatus;
 use gatehouse_core::Engine;
 
 /// Time allowed to send a request head (also between requests on a kept-alive connection).
@@ -44,7 +46,23 @@ struct Open {
     by_age: BTreeMap<u64, Arc<Notify>>,
 }
 
-pub(crate) async fn serve(listener: TcpListener, engine: Arc<Engine>, metrics: Arc<Metrics>) {
+/// What the operations endpoint reads: the engine, the metrics (which read every component),
+/// and the two components whose state `/readyz` spells out.
+pub(crate) struct Readers {
+    /// The engine: its counters and the revocation state in force.
+    pub engine: Arc<Engine>,
+    /// The request counters and every component.
+    pub metrics: Arc<Metrics>,
+    /// Whether the revocation state in force is the feed's.
+    pub feed: Arc<FeedStatus>,
+    /// The reload results.
+    pub reloads: Arc<ReloadStatus>,
+}
+
+/// Serves `/metrics`, `/healthz`, `/readyz` and `/readyz/local` on `listener`, forever.
+pub(crate) async fn serve(listener: TcpListener, readers: Readers) {
+    let readers = Arc::new(readers);
+    let metrics = Arc::clone(&readers.metrics);
     let open = Arc::new(Mutex::new(Open::default()));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -77,13 +95,12 @@ pub(crate) async fn serve(listener: TcpListener, engine: Arc<Engine>, metrics: A
             o.by_age.insert(id, Arc::clone(&close));
             id
         };
-        let engine = Arc::clone(&engine);
-        let m = Arc::clone(&metrics);
+        let r = Arc::clone(&readers);
         let open = Arc::clone(&open);
         let conn = http.serve_connection(
             TokioIo::new(socket),
             hyper::service::service_fn(move |req| {
-                let response = route(&req, &engine, &m);
+                let response = route(&req, &r);
                 async move { Ok::<_, Infallible>(response) }
             }),
         );
@@ -112,7 +129,7 @@ pub(crate) async fn serve(listener: TcpListener, engine: Arc<Engine>, metrics: A
     }
 }
 
-fn route(req: &Request<Incoming>, engine: &Engine, metrics: &Metrics) -> Response<Full<Bytes>> {
+fn route(req: &Request<Incoming>, readers: &Readers) -> Response<Full<Bytes>> {
     if req.method() != Method::GET {
         let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
         r.headers_mut()
@@ -122,8 +139,9 @@ fn route(req: &Request<Incoming>, engine: &Engine, metrics: &Metrics) -> Respons
             .insert(CONNECTION, HeaderValue::from_static("close"));
         return r;
     }
+    let metrics = &readers.metrics;
     match req.uri().path() {
-        "/metrics" => match metrics.render(engine) {
+        "/metrics" => match metrics.render(&readers.engine) {
             Ok(body) => {
                 let mut r = Response::new(Full::new(Bytes::from(body)));
                 r.headers_mut().insert(
@@ -148,46 +166,55 @@ fn route(req: &Request<Incoming>, engine: &Engine, metrics: &Metrics) -> Respons
         // out of a load balancer at once answers nothing at all: the nodes stay and give
         // fail-closed verdicts, and alerts say why.
         "/readyz/local" => {
-            let detail = format!(
-                "{}{}",
-                metrics.revocation_line(engine),
-                metrics.reload_detail()
-            );
-            let (status, body) = match (metrics.ready_local(), metrics.ready()) {
-                (Err(why), _) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n{detail}")),
-                (Ok(()), Ok(())) => (StatusCode::OK, format!("ready\n{detail}")),
-                (Ok(()), Err(why)) => (
-                    StatusCode::OK,
-                    format!("ready (this node; shared: {why})\n{detail}"),
-                ),
+            let (status, first) = match (metrics.ready_local(), metrics.ready()) {
+                (Err(why), _) => (StatusCode::SERVICE_UNAVAILABLE, why.to_string()),
+                (Ok(()), Ok(())) => (StatusCode::OK, "ready".into()),
+                (Ok(()), Err(why)) => (StatusCode::OK, format!("ready (this node; shared: {why})")),
             };
-            let mut r = Response::new(Full::new(Bytes::from(body)));
-            *r.status_mut() = status;
-            r.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-            r
+            readiness(status, &first, readers)
         }
-        "/readyz" => {
-            // The reload lines follow the status line (see `Metrics::reload_detail`). A refused
-            // reload does not make the server unready: the previous files stay in force and
-            // valid, and one bad push must not take a whole fleet out of its load balancer.
-            let detail = format!(
-                "{}{}",
-                metrics.revocation_line(engine),
-                metrics.reload_detail()
-            );
-            let (status, body) = match metrics.ready() {
-                Ok(()) => (StatusCode::OK, format!("ready\n{detail}")),
-                Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n{detail}")),
-            };
-            let mut r = Response::new(Full::new(Bytes::from(body)));
-            *r.status_mut() = status;
-            r.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-            r
-        }
+        // A refused reload does not make the server unready: the previous files stay in force
+        // and valid, and one bad push must not take a whole fleet out of its load balancer.
+        "/readyz" => match metrics.ready() {
+            Ok(()) => readiness(StatusCode::OK, "ready", readers),
+            Err(why) => readiness(StatusCode::SERVICE_UNAVAILABLE, why, readers),
+        },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// A `/readyz` answer: the status line, the revocation state line, then the reload lines
+/// (`deploy/REFERENCE.md` documents the format; `gatehouse reload` reads it).
+fn readiness(status: StatusCode, first: &str, readers: &Readers) -> Response<Full<Bytes>> {
+    let body = format!(
+        "{first}\n{}{}",
+        revocation_line(&readers.engine, &readers.feed),
+        readers.reloads.detail()
+    );
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+/// The `/readyz` line of the revocation state: `revocations epoch <E> entries <N> digest
+/// <16 hex digits>`, then ` feed matched` or ` feed unconfirmed` when a feed is configured.
+pub(crate) fn revocation_line(engine: &Engine, feed: &FeedStatus) -> String {
+    let state = engine.revocations().load();
+    let feed = if !feed.is_configured() {
+        ""
+    } else if feed.matched() {
+        " feed matched"
+    } else {
+        " feed unconfirmed"
+    };
+    format!(
+        "revocations epoch {} entries {} digest {}{feed}\n",
+        state.epoch(),
+        state.len(),
+        gatehouse_core::short_hex(&state.digest())
+    )
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

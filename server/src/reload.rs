@@ -10,43 +10,24 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::fmt::Write as _;
+
+use parking_lot::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 use sd_notify::NotifyState;
-use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
 use super::files::{
     certificate_not_after, load_certs, load_key, load_revocations, load_scanners, load_trust_list,
 };
-use super::metrics::Metrics;
-use super::tls::quinn_server_config;
-use super::ServerConfig;
+use crate::admission::Admission;
+use crate::component::{Component, Rows};
+use crate::settings::{Files, ReloadControl, ServerConfig, TlsFiles};
+use crate::tls::quinn_server_config;
 use gatehouse_core::{ConfigError, Engine, RevocationError};
-
-/// The engine's files.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Files {
-    /// Trusted issuer keys (TOML).
-    pub trust: PathBuf,
-    /// Registered scanners (TOML).
-    pub scanners: PathBuf,
-    /// The revocation list (CBOR snapshot or delta), if any.
-    pub revocations: Option<PathBuf>,
-    /// Where the revocation state a reload put in force is kept (see [`keep`]), if anywhere.
-    pub state_dir: Option<PathBuf>,
-    /// The server's TLS files, reloaded by the running server (not by [`reload`]).
-    pub tls: Option<TlsFiles>,
-}
-
-/// The TLS files of `[tls]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// Server certificate chain, PEM.
-    pub cert: PathBuf,
-    /// Server private key, PEM.
-    pub key: PathBuf,
-    /// CA certificates for scanner client certificates, PEM.
-    pub client_ca: PathBuf,
-}
 
 /// A file (or group of files) that reloads on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -376,15 +357,205 @@ pub fn reload(engine: &Engine, files: &Files) -> Result<Reloaded, ReloadError> {
     }
 }
 
-/// How a running server is told to reload, and what it reloads: [`run`](super::run) reloads
-/// `files` (engine files and TLS) each time `trigger` is notified, and records the result in
-/// `/metrics` and `/readyz`. [`run_with_signals`](super::run_with_signals) notifies it on SIGHUP.
-#[derive(Debug, Clone)]
-pub struct ReloadControl {
-    /// The files to reload.
-    pub files: Files,
-    /// Notified to start a reload; notifications during a reload coalesce into one more.
-    pub trigger: Arc<Notify>,
+/// The reloader's state: what the last reloads did, the certificates' expiry and the age of the
+/// revocation epoch in force. A [`Component`]: `/metrics` and `/readyz` read it.
+pub(crate) struct ReloadStatus {
+    state: Mutex<ReloadState>,
+    engine: Arc<Engine>,
+}
+
+impl ReloadStatus {
+    /// What the start loaded, recorded as each configured file's first result, with the
+    /// certificates' expiry: the first scrape already has them.
+    pub fn at_start(
+        engine: Arc<Engine>,
+        expiry: Expiry,
+        files: Option<&Files>,
+        now: u64,
+    ) -> Arc<ReloadStatus> {
+        let mut state = ReloadState::default();
+        state.observe_epoch(engine.revocation_epoch().0, now);
+        (state.server_cert_expiry, state.client_ca_expiry) = expiry;
+        if let Some(files) = files {
+            state.record_start(files, now);
+        }
+        Arc::new(ReloadStatus {
+            state: Mutex::new(state),
+            engine,
+        })
+    }
+
+    /// Records a completed reload, at `now`.
+    pub fn record(&self, report: &ReloadReport, now: u64) {
+        let mut state = self.state.lock();
+        state.generation += 1;
+        for f in &report.files {
+            let i = f.file.index();
+            state.counts[i][usize::from(!f.ok)] += 1;
+            state.last[i] = Some(f.clone());
+        }
+        state.observe_epoch(self.engine.revocation_epoch().0, now);
+    }
+
+    /// The certificates now in force expire at these times (server leaf, earliest client CA).
+    fn set_cert_expiry(&self, expiry: Expiry) {
+        let mut state = self.state.lock();
+        (state.server_cert_expiry, state.client_ca_expiry) = expiry;
+    }
+
+    /// The reload lines of `/readyz`: the number of reloads, the server's pid, then one line
+    /// per file, `reload <file> ok|failed <unix time> <detail>`. `gatehouse reload` reads them.
+    pub fn detail(&self) -> String {
+        let state = self.state.lock();
+        let mut out = format!("reloads {}\npid {}\n", state.generation, std::process::id());
+        for file in ReloadFile::ALL {
+            if let Some(f) = &state.last[file.index()] {
+                let _ = writeln!(
+                    out,
+                    "reload {} {} {} {}",
+                    file.label(),
+                    if f.ok { "ok" } else { "failed" },
+                    f.at,
+                    f.detail.replace('\n', " ")
+                );
+            }
+        }
+        out
+    }
+}
+
+impl Component for ReloadStatus {
+    /// Reload, certificate and revocation-age metrics.
+    fn register_metrics(&self, scrape: &mut Registry, now: u64) {
+        let epoch = self.engine.revocation_epoch().0;
+        let mut state = self.state.lock();
+        let age = state.observe_epoch(epoch, now);
+        scrape.register(
+            "gatehouse_revocation_epoch_age_seconds",
+            "Seconds since the revocation epoch in force was put in force",
+            ConstGauge::new(age),
+        );
+        scrape.register(
+            "gatehouse_reloads_completed",
+            "Reloads completed (all files)",
+            ConstCounter::new(state.generation),
+        );
+        let mut counts = Vec::with_capacity(ReloadFile::ALL.len() * 2);
+        for file in ReloadFile::ALL {
+            for (j, result) in ["ok", "failed"].into_iter().enumerate() {
+                let labels = ReloadLabels {
+                    file: file.label(),
+                    result,
+                };
+                counts.push((labels, ConstCounter::new(state.counts[file.index()][j])));
+            }
+        }
+        scrape.register(
+            "gatehouse_reloads",
+            "File reloads by file and result",
+            Rows(counts),
+        );
+        let last = || state.last.iter().flatten();
+        let by_file = |f: &FileResult, value: u64| {
+            let labels = FileLabel {
+                file: f.file.label(),
+            };
+            (labels, ConstGauge::new(value))
+        };
+        scrape.register(
+            "gatehouse_reload_success",
+            "1 when the file's last reload succeeded, 0 when it was refused (previous state \
+             kept)",
+            Rows(last().map(|f| by_file(f, u64::from(f.ok))).collect()),
+        );
+        scrape.register(
+            "gatehouse_reload_timestamp_seconds",
+            "When the file's last reload was attempted, Unix seconds",
+            Rows(last().map(|f| by_file(f, f.at)).collect()),
+        );
+        let expiry = [
+            ("server", state.server_cert_expiry),
+            ("client_ca", state.client_ca_expiry),
+        ]
+        .into_iter()
+        .filter_map(|(certificate, t)| {
+            Some((CertificateLabel { certificate }, ConstGauge::new(t?)))
+        })
+        .collect();
+        scrape.register(
+            "gatehouse_certificate_expiry_timestamp_seconds",
+            "When the TLS certificate in force expires, Unix seconds (client_ca: the earliest \
+             CA certificate)",
+            Rows(expiry),
+        );
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FileLabel {
+    file: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    file: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabel {
+    certificate: &'static str,
+}
+
+/// What the last reloads did, for `/metrics`, `/readyz` and `gatehouse reload`.
+#[derive(Debug, Default)]
+struct ReloadState {
+    /// Reloads completed since start (SIGHUP or otherwise).
+    generation: u64,
+    /// The last result per file, by [`ReloadFile::index`].
+    last: [Option<FileResult>; 4],
+    /// Results per file: [ok, failed].
+    counts: [[u64; 2]; 4],
+    /// The revocation epoch last seen in force, and since when (Unix seconds).
+    epoch_seen: Option<(u64, u64)>,
+    /// Server certificate (leaf) and client CA expiry, Unix seconds.
+    server_cert_expiry: Option<u64>,
+    /// The earliest expiry among the client CA certificates.
+    client_ca_expiry: Option<u64>,
+}
+
+impl ReloadState {
+    /// Records what the start loaded as each configured file's last result (ok: a node that
+    /// could not load a file did not start), so `gatehouse_reload_success{file}` and its
+    /// timestamp exist from the first scrape. Not counted as a reload.
+    fn record_start(&mut self, files: &Files, now: u64) {
+        for file in ReloadFile::ALL {
+            let configured = match file {
+                ReloadFile::Revocations => files.revocations.is_some(),
+                ReloadFile::Tls => files.tls.is_some(),
+                ReloadFile::Trust | ReloadFile::Scanners => true,
+            };
+            if configured && self.last[file.index()].is_none() {
+                self.last[file.index()] = Some(FileResult {
+                    file,
+                    ok: true,
+                    detail: "loaded at start".into(),
+                    at: now,
+                });
+            }
+        }
+    }
+
+    /// Notes the epoch in force; an epoch not seen before starts its age now.
+    fn observe_epoch(&mut self, epoch: u64, now: u64) -> u64 {
+        match self.epoch_seen {
+            Some((e, since)) if e == epoch => now.saturating_sub(since),
+            _ => {
+                self.epoch_seen = Some((epoch, now));
+                0
+            }
+        }
+    }
 }
 
 /// The reload loop of a running server.
@@ -393,26 +564,31 @@ pub(crate) async fn serve_reloads(
     engine: Arc<Engine>,
     endpoint: quinn::Endpoint,
     base: ServerConfig,
-    metrics: Arc<Metrics>,
+    admission: Arc<Admission>,
+    status: Arc<ReloadStatus>,
 ) {
     loop {
         control.trigger.notified().await;
         notify_reloading();
         let files = control.files.clone();
-        let e = Arc::clone(&engine);
-        let m = Arc::clone(&metrics);
+        let (e, a, st) = (
+            Arc::clone(&engine),
+            Arc::clone(&admission),
+            Arc::clone(&status),
+        );
         let endpoint = endpoint.clone();
         let base = base.clone();
         let done = tokio::task::spawn_blocking(move || {
             let mut report = reload_files(&e, &files);
             if let Some(tls) = &files.tls {
-                report.push(
-                    ReloadFile::Tls,
-                    reload_tls(tls, &base, Arc::clone(&e), Arc::clone(&m), &endpoint),
-                );
+                let result = reload_tls(tls, &base, Arc::clone(&e), a, &endpoint);
+                if let Ok((_, expiry)) = &result {
+                    st.set_cert_expiry(*expiry);
+                }
+                report.push(ReloadFile::Tls, result.map(|(detail, _)| detail));
             }
             report.log();
-            m.record_reload(&report, &e);
+            st.record(&report, base.clock.now());
         })
         .await;
         if let Err(e) = done {
@@ -433,35 +609,36 @@ fn notify_reloading() {
 }
 
 /// Loads the server certificate, key and client CA, builds a new TLS configuration and puts it
-/// in force for new connections. Connections already open keep the keys they were set up with.
-/// Any error leaves the configuration in force.
+/// in force for new connections; returns what to report and the new certificates' expiry.
+/// Connections already open keep the keys they were set up with. Any error leaves the
+/// configuration in force.
 pub(crate) fn reload_tls(
     tls: &TlsFiles,
     base: &ServerConfig,
     engine: Arc<Engine>,
-    metrics: Arc<Metrics>,
+    admission: Arc<Admission>,
     endpoint: &quinn::Endpoint,
-) -> Result<String, String> {
+) -> Result<(String, Expiry), String> {
     let mut config = base.clone();
     config.cert_chain = load_certs(&tls.cert).map_err(|e| e.to_string())?;
     config.key = load_key(&tls.key).map_err(|e| e.to_string())?;
     config.client_ca = load_certs(&tls.client_ca).map_err(|e| e.to_string())?;
     let expiry = cert_expiry(&config);
-    let quic =
-        quinn_server_config(&config, engine, Arc::clone(&metrics)).map_err(|e| e.to_string())?;
+    let quic = quinn_server_config(&config, engine, admission).map_err(|e| e.to_string())?;
     endpoint.set_server_config(Some(quic));
-    {
-        let mut state = metrics.reload.lock();
-        (state.server_cert_expiry, state.client_ca_expiry) = expiry;
-    }
-    Ok(match expiry.0 {
+    let detail = match expiry.0 {
         Some(t) => format!("server certificate valid until {}", format_unix(t)),
         None => "server certificate in force".into(),
-    })
+    };
+    Ok((detail, expiry))
 }
 
+/// When the server certificate (leaf) and the earliest client CA certificate expire, Unix
+/// seconds (`None`: not readable).
+pub(crate) type Expiry = (Option<u64>, Option<u64>);
+
 /// The server leaf's and the earliest client CA certificate's expiry.
-pub(crate) fn cert_expiry(config: &ServerConfig) -> (Option<u64>, Option<u64>) {
+pub(crate) fn cert_expiry(config: &ServerConfig) -> Expiry {
     (
         config
             .cert_chain

@@ -46,12 +46,17 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use parking_lot::{Mutex, RwLock};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 use redis::aio::MultiplexedConnection;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, ConnectionInfo, Value};
 use tracing::{info, warn};
 
+use crate::component::{Component, Rows, Totals};
 use gatehouse_core::{Entry, Life, LifeBook, MarkOutcome, MarkRequest};
 
 /// The script of a mark round trip (see the module documentation). KEYS[1] is the shard's
@@ -1465,6 +1470,94 @@ fn slot_life_keys(prefix: &[u8]) -> Vec<Option<Vec<u8>>> {
         }
     }
     table
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreLabel {
+    store: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RiskLabel {
+    risk: &'static str,
+    accepted: &'static str,
+}
+
+/// The one-time-use store: whether it answers, and the shared store's counters.
+impl Component for Store {
+    fn register_metrics(&self, scrape: &mut Registry, _now: u64) {
+        let labels = StoreLabel {
+            store: self.label(),
+        };
+        scrape.register(
+            "gatehouse_replay_store_up",
+            "1 when the one-time-use store answers (memory: always), by store",
+            Rows(vec![(labels, ConstGauge::new(u64::from(self.is_up())))]),
+        );
+        if let Store::Shared(r) = self {
+            let h = r.health();
+            scrape.register(
+                "gatehouse_replay_store_marks",
+                "Tokens marked used in the shared store",
+                ConstCounter::new(h.marks.load(Ordering::Relaxed)),
+            );
+            scrape.register(
+                "gatehouse_replay_store_failures",
+                "Batches whose marks failed, timed out, or met the store down (their tokens \
+                 were answered unavailable)",
+                ConstCounter::new(h.failures.load(Ordering::Relaxed)),
+            );
+            scrape.register(
+                "gatehouse_replay_store_outages",
+                "Times the shared store went down",
+                ConstCounter::new(h.outages.load(Ordering::Relaxed)),
+            );
+            scrape.register(
+                "gatehouse_replay_store_life_changes",
+                "Times a shard of the shared store showed a new life (restart, failover, flush): \
+                 it may have forgotten marks, and the fence moved",
+                ConstCounter::new(h.life_changes.load(Ordering::Relaxed)),
+            );
+            scrape.register(
+                "gatehouse_replay_fence_seconds",
+                "Tokens signed before this Unix time are denied node_restarted (the fence the \
+                 store's lives require)",
+                ConstGauge::new(h.accept_from.load(Ordering::Relaxed)),
+            );
+            let risks: Vec<(RiskLabel, ConstGauge<u64>)> = r
+                .risks()
+                .into_iter()
+                .map(|(risk, accepted)| {
+                    (
+                        RiskLabel {
+                            risk: risk.label(),
+                            accepted: if accepted { "true" } else { "false" },
+                        },
+                        ConstGauge::new(1),
+                    )
+                })
+                .collect();
+            scrape.register(
+                "gatehouse_replay_store_risk",
+                "1 for each way the store's settings let marks vanish silently (eviction, \
+                 split-brain); accepted=\"true\" when accept_risk names it (the node runs), \
+                 else the node refuses marks",
+                Rows(risks),
+            );
+            scrape.register(
+                "gatehouse_replay_store_round_trip_seconds",
+                "Round trips to the shared store (one per batch) and their total time",
+                Totals {
+                    sum: h.round_trip_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+                    count: h.round_trips.load(Ordering::Relaxed),
+                },
+            );
+        }
+    }
+
+    fn not_ready(&self, _now: u64) -> Option<&'static str> {
+        Store::not_ready(self)
+    }
 }
 
 #[cfg(test)]

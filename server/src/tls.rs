@@ -15,8 +15,8 @@ use rustls::{
 use tracing::warn;
 
 use super::files::subject_common_name;
-use super::metrics::Metrics;
 use super::{ServerConfig, ServerError};
+use crate::admission::Admission;
 use gatehouse_core::Engine;
 
 /// Bytes a connection may have in flight towards the server, over all its streams.
@@ -32,7 +32,7 @@ const INCOMING_BUFFER_TOTAL: u64 = 4 * 1024 * 1024;
 pub(crate) fn quinn_server_config(
     config: &ServerConfig,
     engine: Arc<Engine>,
-    metrics: Arc<Metrics>,
+    admission: Arc<Admission>,
 ) -> Result<quinn::ServerConfig, ServerError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
@@ -45,7 +45,7 @@ pub(crate) fn quinn_server_config(
     let verifier = Arc::new(ScannerVerifier {
         webpki,
         engine,
-        metrics,
+        admission,
     });
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -96,7 +96,7 @@ fn transport(config: &ServerConfig) -> Result<TransportConfig, ServerError> {
 struct ScannerVerifier {
     webpki: Arc<dyn ClientCertVerifier>,
     engine: Arc<Engine>,
-    metrics: Arc<Metrics>,
+    admission: Arc<Admission>,
 }
 
 impl std::fmt::Debug for ScannerVerifier {
@@ -131,7 +131,7 @@ impl ClientCertVerifier for ScannerVerifier {
         match subject_common_name(end_entity) {
             Some(id) if self.engine.scanner(&id).is_some() => Ok(verified),
             Some(id) => {
-                self.metrics.refused_unknown_scanner.inc();
+                self.admission.refused_unknown_scanner();
                 warn!(scanner = %id, "handshake refused: valid certificate, but the scanner is not registered");
                 Err(rustls::Error::InvalidCertificate(
                     CertificateError::ApplicationVerificationFailure,

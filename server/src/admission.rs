@@ -1,0 +1,466 @@
+//! Admission: what the server lets in before it spends anything on it. It owns every cap and
+//! what counts against it — connections, handshakes in progress (in all and per source
+//! address), connections per scanner, the memory budget, the drain — and the counters of what
+//! it refused. Each unit it grants is an RAII permit ([`Held`], [`Slot`], [`Charge`]) moved into
+//! the task that uses it and given back when that task ends, however it ends (as mini-redis's
+//! `limit_connections` does with a semaphore).
+//!
+//! Admission decides only from what it holds; `/metrics` reads it as a [`Component`].
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::registry::Registry;
+use quinn::Incoming;
+use tracing::debug;
+
+use crate::budget::{Budget, Charge, CONNECTION_COST, HANDSHAKE_COST};
+use crate::component::{Component, Rows};
+use crate::settings::Limits;
+
+/// Why a connection was refused: the `cause` label of `gatehouse_connections_refused`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cause {
+    /// At the connection limit.
+    Limit,
+    /// The scanner is not registered.
+    UnknownScanner,
+    /// At the cap of handshakes in progress.
+    Handshakes,
+    /// At the per-source cap of handshakes in progress.
+    Source,
+    /// The scanner already has its most connections.
+    ScannerLimit,
+    /// Over the memory budget.
+    Budget,
+}
+
+impl Cause {
+    const ALL: [Cause; 6] = [
+        Cause::Limit,
+        Cause::UnknownScanner,
+        Cause::Handshakes,
+        Cause::Source,
+        Cause::ScannerLimit,
+        Cause::Budget,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Cause::Limit => "limit",
+            Cause::UnknownScanner => "unknown_scanner",
+            Cause::Handshakes => "handshakes",
+            Cause::Source => "source",
+            Cause::ScannerLimit => "scanner_limit",
+            Cause::Budget => "budget",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabel {
+    cause: &'static str,
+}
+
+/// Why a scanner's established connection was not let in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The scanner already has `max_connections_per_scanner` connections.
+    TooManyConnections,
+    /// The memory budget is spent.
+    OverBudget,
+}
+
+/// The caps, the counts against them and what was refused.
+pub(crate) struct Admission {
+    max_connections: usize,
+    max_handshakes: usize,
+    retry_threshold: usize,
+    max_handshakes_per_source: usize,
+    max_connections_per_scanner: usize,
+    budget: Arc<Budget>,
+    /// Handshakes in progress per source address.
+    sources: Counts<IpAddr>,
+    /// Open connections per scanner.
+    scanners: Counts<Arc<str>>,
+    connections: Gauge,
+    streams: Gauge,
+    handshakes: Gauge,
+    refused: [Counter; 6],
+    handshake_failures: Counter,
+    retries: Counter,
+    budget_busy: Counter,
+    busy_holds: Counter,
+    /// False once draining starts.
+    accepting: AtomicBool,
+}
+
+impl Admission {
+    /// Admission under `limits`.
+    pub fn new(limits: &Limits) -> Arc<Admission> {
+        Arc::new(Admission {
+            max_connections: limits.max_connections,
+            max_handshakes: limits.max_handshakes,
+            retry_threshold: limits.retry_threshold,
+            max_handshakes_per_source: limits.max_handshakes_per_source,
+            max_connections_per_scanner: limits.max_connections_per_scanner,
+            budget: Budget::new(limits.memory_budget),
+            sources: Counts::default(),
+            scanners: Counts::default(),
+            connections: Gauge::default(),
+            streams: Gauge::default(),
+            handshakes: Gauge::default(),
+            refused: Default::default(),
+            handshake_failures: Counter::default(),
+            retries: Counter::default(),
+            budget_busy: Counter::default(),
+            busy_holds: Counter::default(),
+            accepting: AtomicBool::new(true),
+        })
+    }
+
+    fn refuse(&self, cause: Cause) {
+        self.refused[cause as usize].inc();
+    }
+
+    fn handshakes_in_progress(&self) -> usize {
+        usize::try_from(self.handshakes.get()).unwrap_or(0)
+    }
+
+    /// Whether handshakes in progress are at or above the Retry threshold: new attempts from
+    /// addresses not yet validated get a Retry, and handshakes get the short timeout.
+    pub fn under_pressure(&self) -> bool {
+        self.handshakes_in_progress() >= self.retry_threshold
+    }
+
+    /// Decides on a connection attempt before any state is spent on it: at the connection
+    /// limit, the handshake cap, the per-source cap or the budget it is refused; under pressure
+    /// an address not yet validated gets a QUIC Retry (stateless: a flood from spoofed or
+    /// unresponsive sources ends there). What is let in comes with its permits: the
+    /// handshake's (until the handshake ends) and the connection's (until the connection ends).
+    pub fn admit(&self, incoming: Incoming) -> Option<(Incoming, Handshake, Held)> {
+        // Counted, not logged one by one: a flood would flood the log.
+        let open = usize::try_from(self.connections.get()).unwrap_or(0);
+        if open >= self.max_connections {
+            self.refuse(Cause::Limit);
+            debug!(open, "connection refused: at the connection limit");
+            incoming.refuse();
+            return None;
+        }
+        let in_progress = self.handshakes_in_progress();
+        if in_progress >= self.max_handshakes {
+            self.refuse(Cause::Handshakes);
+            incoming.refuse();
+            return None;
+        }
+        if in_progress >= self.retry_threshold
+            && !incoming.remote_address_validated()
+            && incoming.may_retry()
+        {
+            match incoming.retry() {
+                Ok(()) => {
+                    self.retries.inc();
+                }
+                // Cannot happen after `may_retry`; refuse rather than guess.
+                Err(e) => {
+                    e.into_incoming().refuse();
+                    self.refuse(Cause::Handshakes);
+                }
+            };
+            return None;
+        }
+        let Some(source) = self.sources.try_enter(
+            &incoming.remote_address().ip(),
+            self.max_handshakes_per_source,
+        ) else {
+            self.refuse(Cause::Source);
+            incoming.refuse();
+            return None;
+        };
+        let Some(charge) = self.budget.try_take(HANDSHAKE_COST) else {
+            self.refuse(Cause::Budget);
+            incoming.refuse();
+            return None;
+        };
+        let handshake = Handshake {
+            _source: source,
+            _charge: charge,
+            _gauge: Held::new(&self.handshakes),
+        };
+        Some((incoming, handshake, Held::new(&self.connections)))
+    }
+
+    /// Lets an established connection of scanner `id` in: a place among the scanner's
+    /// connections and the connection's share of the budget, both held until dropped.
+    pub fn admit_scanner(&self, id: &Arc<str>) -> Result<(Slot<Arc<str>>, Charge), Refusal> {
+        let Some(slot) = self
+            .scanners
+            .try_enter(id, self.max_connections_per_scanner)
+        else {
+            self.refuse(Cause::ScannerLimit);
+            return Err(Refusal::TooManyConnections);
+        };
+        let Some(charge) = self.budget.try_take(CONNECTION_COST) else {
+            self.refuse(Cause::Budget);
+            return Err(Refusal::OverBudget);
+        };
+        Ok((slot, charge))
+    }
+
+    /// `bytes` of a request body from the budget, or `None` (counted: the request is refused
+    /// unread).
+    pub fn charge_body(&self, bytes: usize) -> Option<Charge> {
+        let charge = self.budget.try_take(bytes);
+        if charge.is_none() {
+            self.budget_busy.inc();
+        }
+        charge
+    }
+
+    /// A stream, counted in the stream gauge until dropped.
+    pub fn stream(&self) -> Held {
+        Held::new(&self.streams)
+    }
+
+    /// A handshake failed or timed out.
+    pub fn handshake_failed(&self) {
+        self.handshake_failures.inc();
+    }
+
+    /// A scanner that is not (or no longer) registered was refused.
+    pub fn refused_unknown_scanner(&self) {
+        self.refuse(Cause::UnknownScanner);
+    }
+
+    /// A request was held unread because its scanner had its share of the queue.
+    pub fn busy_hold(&self) {
+        self.busy_holds.inc();
+    }
+
+    /// Draining starts: the node stops being ready.
+    pub fn start_drain(&self) {
+        self.accepting.store(false, Ordering::Relaxed);
+    }
+
+    fn draining(&self) -> bool {
+        !self.accepting.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the budget in use.
+    #[cfg(test)]
+    pub fn budget_used(&self) -> usize {
+        self.budget.used()
+    }
+}
+
+impl Component for Admission {
+    fn register_metrics(&self, scrape: &mut Registry, _now: u64) {
+        scrape.register(
+            "gatehouse_connections",
+            "Open scanner connections",
+            self.connections.clone(),
+        );
+        scrape.register(
+            "gatehouse_streams",
+            "Open request streams",
+            self.streams.clone(),
+        );
+        scrape.register(
+            "gatehouse_handshakes",
+            "TLS handshakes in progress",
+            self.handshakes.clone(),
+        );
+        let refused = Cause::ALL
+            .iter()
+            .map(|c| {
+                let label = CauseLabel { cause: c.label() };
+                (label, self.refused[*c as usize].clone())
+            })
+            .collect();
+        scrape.register(
+            "gatehouse_connections_refused",
+            "Connections refused: at the connection limit, scanner not registered, at the \
+             handshake cap, at the per-source or per-scanner cap, or over the memory budget",
+            Rows(refused),
+        );
+        let counters = [
+            (
+                "gatehouse_handshake_failures",
+                "Failed or timed-out TLS handshakes, any cause (unknown scanners included)",
+                &self.handshake_failures,
+            ),
+            (
+                "gatehouse_quic_retries",
+                "Connection attempts answered with a QUIC Retry (address validation under pressure)",
+                &self.retries,
+            ),
+            (
+                "gatehouse_budget_busy",
+                "Requests answered busy because the memory budget was spent",
+                &self.budget_busy,
+            ),
+            (
+                "gatehouse_busy_holds",
+                "Requests held unread for busy_hold_ms because their scanner had its share of the queue",
+                &self.busy_holds,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            scrape.register(name, help, counter.clone());
+        }
+        self.budget.register_metrics(scrape);
+        scrape.register(
+            "gatehouse_ready",
+            "1 while accepting connections, 0 while draining",
+            ConstGauge::new(u64::from(!self.draining())),
+        );
+    }
+
+    fn not_ready(&self, now: u64) -> Option<&'static str> {
+        self.not_ready_local(now)
+    }
+
+    fn not_ready_local(&self, _now: u64) -> Option<&'static str> {
+        self.draining().then_some("draining")
+    }
+}
+
+/// How many of something each key holds; a key holding none has no entry, so the map is as
+/// large as the keys in use, never larger.
+pub(crate) struct Counts<K>(Arc<Mutex<HashMap<K, usize>>>);
+
+impl<K> Default for Counts<K> {
+    fn default() -> Self {
+        Counts(Arc::default())
+    }
+}
+
+impl<K: Hash + Eq + Clone> Counts<K> {
+    /// One more for `key`, unless it already holds `max`.
+    fn try_enter(&self, key: &K, max: usize) -> Option<Slot<K>> {
+        let mut m = self.0.lock();
+        let n = m.entry(key.clone()).or_insert(0);
+        if *n >= max {
+            if *n == 0 {
+                m.remove(key);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            counts: Arc::clone(&self.0),
+            key: key.clone(),
+        })
+    }
+}
+
+/// One unit of a [`Counts`], given back when dropped.
+pub(crate) struct Slot<K: Hash + Eq> {
+    counts: Arc<Mutex<HashMap<K, usize>>>,
+    key: K,
+}
+
+impl<K: Hash + Eq> Drop for Slot<K> {
+    fn drop(&mut self) {
+        let mut m = self.counts.lock();
+        if let Some(n) = m.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// A handshake in progress: counted in the handshake gauge and against its source address, and
+/// charged to the budget, until dropped (when the handshake ends, however it ends).
+pub(crate) struct Handshake {
+    _source: Slot<IpAddr>,
+    _charge: Charge,
+    _gauge: Held,
+}
+
+/// One unit of a gauge, taken before a task is spawned and moved into it: released when the
+/// task ends, however it ends (even aborted before it first ran).
+pub(crate) struct Held(Gauge);
+
+impl Held {
+    fn new(gauge: &Gauge) -> Held {
+        gauge.inc();
+        Held(gauge.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_connections_per_scanner: 2,
+            memory_budget: 4 * HANDSHAKE_COST,
+            ..Limits::default()
+        }
+    }
+
+    #[test]
+    fn a_scanner_gets_its_most_connections_and_its_place_back_when_one_ends() {
+        let a = Admission::new(&limits());
+        let id: Arc<str> = Arc::from("gate-1");
+        let first = a.admit_scanner(&id).unwrap();
+        let second = a.admit_scanner(&id).unwrap();
+        assert_eq!(
+            a.admit_scanner(&id).err(),
+            Some(Refusal::TooManyConnections)
+        );
+        assert!(a.admit_scanner(&Arc::from("gate-2")).is_ok());
+        drop(first);
+        let third = a.admit_scanner(&id).unwrap();
+        assert_eq!(a.refused[Cause::ScannerLimit as usize].get(), 1);
+        drop((second, third));
+        assert!(
+            a.scanners.0.lock().is_empty(),
+            "no entry for a key holding none"
+        );
+    }
+
+    #[test]
+    fn bodies_are_charged_to_the_budget_and_refusals_counted() {
+        let a = Admission::new(&limits());
+        let all = a.charge_body(4 * HANDSHAKE_COST).unwrap();
+        assert!(a.charge_body(1).is_none());
+        assert_eq!(a.budget_busy.get(), 1);
+        assert_eq!(
+            a.admit_scanner(&Arc::from("gate-1")).err(),
+            Some(Refusal::OverBudget)
+        );
+        drop(all);
+        assert_eq!(a.budget_used(), 0);
+    }
+
+    #[test]
+    fn streams_are_counted_while_held_and_draining_is_not_ready() {
+        let a = Admission::new(&limits());
+        let s = a.stream();
+        assert_eq!(a.streams.get(), 1);
+        drop(s);
+        assert_eq!(a.streams.get(), 0);
+        assert_eq!(a.not_ready(0), None);
+        a.start_drain();
+        assert_eq!(a.not_ready(0), Some("draining"));
+        assert_eq!(a.not_ready_local(0), Some("draining"));
+    }
+}
