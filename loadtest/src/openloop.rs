@@ -78,6 +78,7 @@ const PENDING: u8 = 0;
 const JUDGED: u8 = 1;
 const FAILED: u8 = 2;
 
+/// How a request ended, as the collector counts it.
 enum Outcome {
     Verdict { got: Reason, expect: Reason },
     Error(String),
@@ -85,6 +86,7 @@ enum Outcome {
     Dropped,
 }
 
+/// A finished request, sent from its task to the collector.
 struct Done {
     i: usize,
     /// The node it was sent to (`None`: not sent).
@@ -96,6 +98,8 @@ struct Done {
     lag_us: u64,
 }
 
+/// What the signers, the sender and the requests in flight share: the schedule, each
+/// request's signed token (`slots`) and how it ended (`state`), the connections and the clock.
 struct Shared {
     fleet: Arc<Fleet>,
     scanners: Arc<ScannerSet>,
@@ -241,6 +245,40 @@ impl Shared {
 
 const TOO_OLD: &str = "original token too old to replay";
 
+impl Shared {
+    /// The token of request `of` and the verdict its replay must get, once `of` was judged
+    /// (waiting at most a request timeout and a second); `from`, where the replay's latency
+    /// starts, moves to when that verdict was seen.
+    async fn replay_token(
+        &self,
+        of: usize,
+        from: &mut Instant,
+    ) -> Result<(Arc<[u8]>, Reason), String> {
+        let limit = Instant::now() + self.opts.request_timeout + Duration::from_secs(1);
+        loop {
+            match self.state[of].load(Ordering::Acquire) {
+                PENDING if Instant::now() < limit => {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                JUDGED => {
+                    *from = (*from).max(Instant::now());
+                    return match self.slots[of].get() {
+                        Some(Ok(p))
+                            if unix_now().saturating_sub(p.signed_at) > MAX_REPLAY_AGE_SECS =>
+                        {
+                            Err(TOO_OLD.into())
+                        }
+                        Some(Ok(p)) => Ok((p.token.clone(), repeated(p.expect))),
+                        _ => Err("original not prepared".into()),
+                    };
+                }
+                _ => return Err("its original got no verdict".into()),
+            }
+        }
+    }
+}
+
+/// Sends request `i` (intended at `intended`), waits for its answer and reports it on `tx`.
 async fn send_one(
     shared: Arc<Shared>,
     i: usize,
@@ -260,30 +298,7 @@ async fn send_one(
     let cross_node = matches!(a.kind, Kind::Replay { .. }) && conns.nodes() > 1;
     let mut sent = false;
     let prepared: Result<(Arc<[u8]>, Reason), String> = match a.kind {
-        Kind::Replay { of } => {
-            let of = of as usize;
-            let limit = Instant::now() + shared.opts.request_timeout + Duration::from_secs(1);
-            loop {
-                match shared.state[of].load(Ordering::Acquire) {
-                    PENDING if Instant::now() < limit => {
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                    JUDGED => {
-                        from = from.max(Instant::now());
-                        break match shared.slots[of].get() {
-                            Some(Ok(p))
-                                if unix_now().saturating_sub(p.signed_at) > MAX_REPLAY_AGE_SECS =>
-                            {
-                                Err(TOO_OLD.into())
-                            }
-                            Some(Ok(p)) => Ok((p.token.clone(), repeated(p.expect))),
-                            _ => Err("original not prepared".into()),
-                        };
-                    }
-                    _ => break Err("its original got no verdict".into()),
-                }
-            }
-        }
+        Kind::Replay { of } => shared.replay_token(of as usize, &mut from).await,
         _ => match shared.slots[i].get() {
             Some(Ok(p)) => Ok((p.token.clone(), p.expect)),
             Some(Err(e)) => Err(e.clone()),
@@ -343,36 +358,70 @@ pub async fn run(
         opts.sign_lead <= MAX_SIGN_LEAD,
         "the signing lead is at most {MAX_SIGN_LEAD:?}"
     );
-    let n = schedule.len();
     let cpu0 = crate::cpu::process_cpu_secs("self");
-    let thieves = (0..16)
-        .map(|k| derive_key("gatehouse-loadtest thief", k))
-        .collect();
-    let lead = opts.sign_lead.as_secs_f64();
-    let prefix = schedule.iter().take_while(|a| a.at < lead).count();
-    let signable_prefix = schedule[..prefix]
-        .iter()
-        .filter(|a| !matches!(a.kind, Kind::Replay { .. }))
-        .count();
-    let progress = opts.progress;
-    let timeout = opts.request_timeout;
-    let signers = opts.signers.max(1);
-    let shared = Arc::new(Shared {
-        fleet,
-        scanners,
-        schedule: schedule.clone(),
-        slots: (0..n).map(|_| OnceLock::new()).collect(),
-        state: (0..n).map(|_| AtomicU8::new(PENDING)).collect(),
-        conns,
-        opts,
-        thieves,
-        start: OnceLock::new(),
-        prepared: AtomicUsize::new(0),
-        next_chunk: AtomicUsize::new(0),
-        abort: AtomicBool::new(false),
-    });
+    let (progress, timeout, signers) = (opts.progress, opts.request_timeout, opts.signers.max(1));
+    let shared = Arc::new(Shared::new(fleet, scanners, conns, schedule, opts));
+    let threads = spawn_signers(&shared, signers)?;
+    let prefill_secs = prefill(&shared).await;
+    let start = Instant::now() + Duration::from_millis(20);
+    let _ = shared.start.set(start);
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
+    let sender = spawn_sender(&shared, start, tx)?;
+    let deadline =
+        start + Duration::from_secs_f64(plan.duration()) + timeout * 2 + Duration::from_secs(15);
+    let mut collector = Collector::new(shared.clone(), plan, prefill_secs, progress);
+    collector.collect(&mut rx, start, deadline).await;
+    collector.close_progress();
+    shared.abort.store(true, Ordering::Relaxed);
+    let mut stats = collector.into_stats(start, deadline);
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = sender.join();
+        for t in threads {
+            let _ = t.join();
+        }
+    })
+    .await;
+    stats.harness_cpu_secs = match (cpu0, crate::cpu::process_cpu_secs("self")) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    Ok(stats)
+}
+
+impl Shared {
+    /// The state the signers, the sender and the senders' tasks share, nothing signed yet.
+    fn new(
+        fleet: Arc<Fleet>,
+        scanners: Arc<ScannerSet>,
+        conns: Arc<Connections>,
+        schedule: Arc<Vec<Arrival>>,
+        opts: OpenLoopOptions,
+    ) -> Shared {
+        let n = schedule.len();
+        Shared {
+            fleet,
+            scanners,
+            schedule,
+            slots: (0..n).map(|_| OnceLock::new()).collect(),
+            state: (0..n).map(|_| AtomicU8::new(PENDING)).collect(),
+            conns,
+            opts,
+            thieves: (0..16)
+                .map(|k| derive_key("gatehouse-loadtest thief", k))
+                .collect(),
+            start: OnceLock::new(),
+            prepared: AtomicUsize::new(0),
+            next_chunk: AtomicUsize::new(0),
+            abort: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Starts `count` signing threads (see [`Shared::sign_loop`]).
+fn spawn_signers(shared: &Arc<Shared>, count: usize) -> Result<Vec<std::thread::JoinHandle<()>>> {
     let mut threads = Vec::new();
-    for k in 0..signers {
+    for k in 0..count {
         let s = shared.clone();
         threads.push(
             std::thread::Builder::new()
@@ -380,7 +429,18 @@ pub async fn run(
                 .spawn(move || s.sign_loop())?,
         );
     }
-    // Prefill: everything due within the lead is signed before the clock starts.
+    Ok(threads)
+}
+
+/// Waits (at most [`MAX_PREFILL`]) until every token due within the lead is signed, so the
+/// clock starts with them ready; returns the seconds it took.
+async fn prefill(shared: &Shared) -> f64 {
+    let lead = shared.opts.sign_lead.as_secs_f64();
+    let prefix = shared.schedule.iter().take_while(|a| a.at < lead).count();
+    let signable_prefix = shared.schedule[..prefix]
+        .iter()
+        .filter(|a| !matches!(a.kind, Kind::Replay { .. }))
+        .count();
     let t_prefill = Instant::now();
     while shared.prepared.load(Ordering::Acquire) < signable_prefix {
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -388,41 +448,96 @@ pub async fn run(
             break;
         }
     }
-    let prefill_secs = t_prefill.elapsed().as_secs_f64();
-    let start = Instant::now() + Duration::from_millis(20);
-    let _ = shared.start.set(start);
+    t_prefill.elapsed().as_secs_f64()
+}
 
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
+/// Starts the sender thread: it sleeps to each arrival's time (from `start`) and hands the
+/// request to the async runtime, which reports it on `tx` when it ends.
+fn spawn_sender(
+    shared: &Arc<Shared>,
+    start: Instant,
+    tx: tokio::sync::mpsc::UnboundedSender<Done>,
+) -> Result<std::thread::JoinHandle<()>> {
     let handle = tokio::runtime::Handle::current();
-    let sender = {
-        let shared = shared.clone();
-        let schedule = schedule.clone();
-        std::thread::Builder::new()
-            .name("sender".into())
-            .spawn(move || {
-                for (i, a) in schedule.iter().enumerate() {
-                    if shared.abort.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let intended = start + Duration::from_secs_f64(a.at);
-                    let now = Instant::now();
-                    if intended > now {
-                        std::thread::sleep(intended - now);
-                    }
-                    if !matches!(a.kind, Kind::Replay { .. }) {
-                        // The signers are behind: wait for this token (the lag is recorded).
-                        let give_up = intended + Duration::from_secs(10);
-                        while shared.slots[i].get().is_none() && Instant::now() < give_up {
-                            std::thread::sleep(Duration::from_micros(200));
-                        }
-                    }
-                    handle.spawn(send_one(shared.clone(), i, intended, tx.clone()));
+    let shared = shared.clone();
+    Ok(std::thread::Builder::new()
+        .name("sender".into())
+        .spawn(move || {
+            for (i, a) in shared.schedule.iter().enumerate() {
+                if shared.abort.load(Ordering::Relaxed) {
+                    break;
                 }
-            })?
-    };
+                let intended = start + Duration::from_secs_f64(a.at);
+                let now = Instant::now();
+                if intended > now {
+                    std::thread::sleep(intended - now);
+                }
+                if !matches!(a.kind, Kind::Replay { .. }) {
+                    // The signers are behind: wait for this token (the lag is recorded).
+                    let give_up = intended + Duration::from_secs(10);
+                    while shared.slots[i].get().is_none() && Instant::now() < give_up {
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                }
+                handle.spawn(send_one(shared.clone(), i, intended, tx.clone()));
+            }
+        })?)
+}
 
-    let mut stats = RunStats {
-        planned: n as u64,
+/// Per second of the plan: its counts, and a coarse histogram of its answered latencies.
+struct Timeline(Vec<(Second, Histogram<u64>)>);
+
+impl Timeline {
+    /// One entry per second of `plan`, with the requests `schedule` sends in each.
+    fn new(plan: &Plan, schedule: &[Arrival]) -> Timeline {
+        let seconds = plan.duration().ceil() as usize + 1;
+        let mut per_second: Vec<(Second, Histogram<u64>)> = (0..seconds)
+            .map(|t| {
+                (
+                    Second {
+                        t: t as u64,
+                        planned_rps: plan.rate_at(t as f64 + 0.5),
+                        sent: 0,
+                        answered: 0,
+                        errors: 0,
+                        mismatches: 0,
+                        p50_us: 0,
+                        p99_us: 0,
+                    },
+                    histogram_with(2),
+                )
+            })
+            .collect();
+        for a in schedule {
+            if let Some(s) = per_second.get_mut(a.at as usize) {
+                s.0.sent += 1;
+            }
+        }
+        Timeline(per_second)
+    }
+
+    /// The second an arrival planned at `at` belongs to.
+    fn at(&mut self, at: f64) -> Option<&mut (Second, Histogram<u64>)> {
+        self.0.get_mut(at as usize)
+    }
+
+    /// The seconds, each with its median and 99th percentile.
+    fn into_seconds(self) -> Vec<Second> {
+        self.0
+            .into_iter()
+            .map(|(mut s, h)| {
+                s.p50_us = h.value_at_quantile(0.50);
+                s.p99_us = h.value_at_quantile(0.99);
+                s
+            })
+            .collect()
+    }
+}
+
+/// Statistics with nothing recorded yet, one entry per node of `conns`.
+fn empty_stats(planned: u64, conns: &Connections, prefill_secs: f64) -> RunStats {
+    RunStats {
+        planned,
         answered: 0,
         errors: 0,
         mismatches: 0,
@@ -440,8 +555,7 @@ pub async fn run(
         prefill_secs,
         timeline: Vec::new(),
         harness_cpu_secs: None,
-        nodes: shared
-            .conns
+        nodes: conns
             .addrs()
             .iter()
             .map(|addr| NodeStats {
@@ -454,165 +568,201 @@ pub async fn run(
                 latency: histogram(),
             })
             .collect(),
-        cross_node: (shared.conns.nodes() > 1).then(CrossNodeReplays::default),
-    };
-    let seconds = plan.duration().ceil() as usize + 1;
-    let mut per_second: Vec<(Second, Histogram<u64>)> = (0..seconds)
-        .map(|t| {
-            (
-                Second {
-                    t: t as u64,
-                    planned_rps: plan.rate_at(t as f64 + 0.5),
-                    sent: 0,
-                    answered: 0,
-                    errors: 0,
-                    mismatches: 0,
-                    p50_us: 0,
-                    p99_us: 0,
-                },
-                histogram_with(2),
-            )
-        })
-        .collect();
-    for a in schedule.iter() {
-        if let Some(s) = per_second.get_mut(a.at as usize) {
-            s.0.sent += 1;
+        cross_node: (conns.nodes() > 1).then(CrossNodeReplays::default),
+    }
+}
+
+/// The collector: records each finished request into the statistics and the timeline, and
+/// shows progress each second.
+struct Collector<'p> {
+    shared: Arc<Shared>,
+    plan: &'p Plan,
+    stats: RunStats,
+    timeline: Timeline,
+    /// Requests finished so far.
+    received: usize,
+    bar: Progress,
+    /// Answered at the last progress line.
+    last_answered: u64,
+    /// Latencies since the last progress line.
+    last_p99: Histogram<u64>,
+}
+
+impl<'p> Collector<'p> {
+    /// A collector for `shared`'s schedule, drawn from `plan`.
+    fn new(shared: Arc<Shared>, plan: &'p Plan, prefill_secs: f64, progress: ProgressMode) -> Self {
+        let n = shared.schedule.len();
+        Collector {
+            stats: empty_stats(n as u64, &shared.conns, prefill_secs),
+            timeline: Timeline::new(plan, &shared.schedule),
+            received: 0,
+            bar: Progress::new(progress, "run", n as u64, "requests"),
+            last_answered: 0,
+            last_p99: histogram(),
+            shared,
+            plan,
         }
     }
-    let deadline =
-        start + Duration::from_secs_f64(plan.duration()) + timeout * 2 + Duration::from_secs(15);
-    let mut received = 0usize;
-    let bar = Progress::new(progress, "run", n as u64, "requests");
-    let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    let mut last_answered = 0u64;
-    let mut last_p99 = histogram();
-    while received < n {
-        tokio::select! {
-            msg = rx.recv() => {
-                let Some(d) = msg else { break };
-                received += 1;
-                let a = &schedule[d.i];
-                let _ = stats.send_lag.record(d.lag_us.max(1));
-                let sec = per_second.get_mut(a.at as usize);
-                let mut node = d.node.and_then(|n| stats.nodes.get_mut(n));
-                if let Some(n) = node.as_mut() {
-                    n.requests += 1;
+
+    /// Records requests as they finish, until every one has or `deadline` passes.
+    async fn collect(
+        &mut self,
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<Done>,
+        start: Instant,
+        deadline: Instant,
+    ) {
+        let n = self.shared.schedule.len();
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        while self.received < n {
+            tokio::select! {
+                msg = rx.recv() => {
+                    let Some(d) = msg else { break };
+                    self.record(&d);
                 }
-                match d.outcome {
-                    Outcome::Verdict { got, expect } => {
-                        stats.answered += 1;
-                        if let Some(n) = node {
-                            n.answered += 1;
-                            n.mismatches += u64::from(got != expect);
-                            *n.verdicts.entry(got.label().to_string()).or_default() += 1;
-                            let _ = n.latency.record(d.latency_us);
-                        }
-                        if let (true, Some(c)) = (d.cross_node, stats.cross_node.as_mut()) {
-                            c.judged += 1;
-                            if expect == Reason::Replayed {
-                                c.expected_replayed += 1;
-                                c.replayed += u64::from(got == Reason::Replayed);
-                            }
-                        }
-                        let us = d.latency_us;
-                        let _ = stats.all.record(us);
-                        let _ = last_p99.record(us);
-                        if let Some(h) = stats.by_phase.get_mut(&a.phase) { let _ = h.record(us); }
-                        if let Some(h) = stats.by_scenario.get_mut(&a.scenario) { let _ = h.record(us); }
-                        *stats.verdicts.entry(got.label().to_string()).or_default() += 1;
-                        *stats.expected.entry(expect.label().to_string()).or_default() += 1;
-                        let mismatch = got != expect;
-                        if mismatch {
-                            stats.mismatches += 1;
-                            if stats.mismatch_examples.len() < 10 {
-                                stats.mismatch_examples.push(format!(
-                                    "request {} ({}, {:?}, holder {} at {}): expected {expect}, got {got}",
-                                    d.i, a.scenario.label(), a.kind, a.holder,
-                                    shared.scanners.ids[a.scanner as usize]
-                                ));
-                            }
-                        }
-                        if let Some((s, h)) = sec {
-                            s.answered += 1;
-                            s.mismatches += u64::from(mismatch);
-                            let _ = h.record(us);
-                        }
-                    }
-                    Outcome::Error(e) => {
-                        stats.errors += 1;
-                        if let Some(n) = node { n.errors += 1; }
-                        if stats.error_examples.len() < 10 {
-                            stats.error_examples.push(format!("request {}: {e}", d.i));
-                        }
-                        if let Some((s, _)) = sec { s.errors += 1; }
-                    }
-                    Outcome::Dropped => stats.dropped += 1,
-                    Outcome::Skipped(e) => {
-                        stats.skipped += 1;
-                        if stats.error_examples.len() < 10 {
-                            stats.error_examples.push(format!("replay {} skipped: {e}", d.i));
-                        }
-                    }
+                _ = ticker.tick() => self.show_progress(start),
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    break;
                 }
             }
-            _ = ticker.tick() => {
-                let t = start.elapsed().as_secs_f64();
-                bar.set_position_with(received as u64, || format!(
-                    "{} t={t:.0}s  rate {:.0}/s  answered {} (+{})  p99(1s) {:.2} ms  errors {}  mismatches {}",
-                    plan.phase_at(t).label(),
-                    plan.rate_at(t),
-                    stats.answered,
-                    stats.answered - last_answered,
-                    last_p99.value_at_quantile(0.99) as f64 / 1e3,
-                    stats.errors,
-                    stats.mismatches
+        }
+    }
+
+    /// Records one finished request.
+    fn record(&mut self, d: &Done) {
+        self.received += 1;
+        let a = self.shared.schedule[d.i];
+        let _ = self.stats.send_lag.record(d.lag_us.max(1));
+        if let Some(n) = d.node.and_then(|n| self.stats.nodes.get_mut(n)) {
+            n.requests += 1;
+        }
+        match &d.outcome {
+            Outcome::Verdict { got, expect } => self.record_verdict(d, &a, *got, *expect),
+            Outcome::Error(e) => {
+                self.stats.errors += 1;
+                if let Some(n) = d.node.and_then(|n| self.stats.nodes.get_mut(n)) {
+                    n.errors += 1;
+                }
+                if self.stats.error_examples.len() < 10 {
+                    self.stats
+                        .error_examples
+                        .push(format!("request {}: {e}", d.i));
+                }
+                if let Some((s, _)) = self.timeline.at(a.at) {
+                    s.errors += 1;
+                }
+            }
+            Outcome::Dropped => self.stats.dropped += 1,
+            Outcome::Skipped(e) => {
+                self.stats.skipped += 1;
+                if self.stats.error_examples.len() < 10 {
+                    self.stats
+                        .error_examples
+                        .push(format!("replay {} skipped: {e}", d.i));
+                }
+            }
+        }
+    }
+
+    /// Records a verdict: latency everywhere it counts, the verdict against the expected one.
+    fn record_verdict(&mut self, d: &Done, a: &Arrival, got: Reason, expect: Reason) {
+        let stats = &mut self.stats;
+        let us = d.latency_us;
+        let mismatch = got != expect;
+        stats.answered += 1;
+        if let Some(n) = d.node.and_then(|n| stats.nodes.get_mut(n)) {
+            n.answered += 1;
+            n.mismatches += u64::from(mismatch);
+            *n.verdicts.entry(got.label().to_string()).or_default() += 1;
+            let _ = n.latency.record(us);
+        }
+        if let (true, Some(c)) = (d.cross_node, stats.cross_node.as_mut()) {
+            c.judged += 1;
+            if expect == Reason::Replayed {
+                c.expected_replayed += 1;
+                c.replayed += u64::from(got == Reason::Replayed);
+            }
+        }
+        let _ = stats.all.record(us);
+        let _ = self.last_p99.record(us);
+        if let Some(h) = stats.by_phase.get_mut(&a.phase) {
+            let _ = h.record(us);
+        }
+        if let Some(h) = stats.by_scenario.get_mut(&a.scenario) {
+            let _ = h.record(us);
+        }
+        *stats.verdicts.entry(got.label().to_string()).or_default() += 1;
+        *stats
+            .expected
+            .entry(expect.label().to_string())
+            .or_default() += 1;
+        if mismatch {
+            stats.mismatches += 1;
+            if stats.mismatch_examples.len() < 10 {
+                stats.mismatch_examples.push(format!(
+                    "request {} ({}, {:?}, holder {} at {}): expected {expect}, got {got}",
+                    d.i,
+                    a.scenario.label(),
+                    a.kind,
+                    a.holder,
+                    self.shared.scanners.ids[a.scanner as usize]
                 ));
-                last_answered = stats.answered;
-                last_p99.reset();
-            }
-            _ = tokio::time::sleep_until(deadline.into()) => {
-                break;
             }
         }
-    }
-    // The bar keeps its last message: the whole run's counts, not the last second's.
-    bar.set_position_with(received as u64, || {
-        format!(
-            "answered {}  errors {}  mismatches {}",
-            stats.answered, stats.errors, stats.mismatches
-        )
-    });
-    bar.finish();
-    shared.abort.store(true, Ordering::Relaxed);
-    let missing = (n - received) as u64;
-    if missing > 0 {
-        stats.errors += missing;
-        stats.error_examples.push(format!(
-            "{missing} requests unanswered at the run's deadline"
-        ));
-    }
-    stats.elapsed_secs = start
-        .elapsed()
-        .as_secs_f64()
-        .min((deadline - start).as_secs_f64());
-    let _ = tokio::task::spawn_blocking(move || {
-        let _ = sender.join();
-        for t in threads {
-            let _ = t.join();
+        if let Some((s, h)) = self.timeline.at(a.at) {
+            s.answered += 1;
+            s.mismatches += u64::from(mismatch);
+            let _ = h.record(us);
         }
-    })
-    .await;
-    stats.timeline = per_second
-        .into_iter()
-        .map(|(mut s, h)| {
-            s.p50_us = h.value_at_quantile(0.50);
-            s.p99_us = h.value_at_quantile(0.99);
-            s
-        })
-        .collect();
-    stats.harness_cpu_secs = match (cpu0, crate::cpu::process_cpu_secs("self")) {
-        (Some(a), Some(b)) => Some(b - a),
-        _ => None,
-    };
-    Ok(stats)
+    }
+
+    /// The progress line of the last second.
+    fn show_progress(&mut self, start: Instant) {
+        let t = start.elapsed().as_secs_f64();
+        let (plan, stats) = (self.plan, &self.stats);
+        let (last_answered, last_p99) = (self.last_answered, &self.last_p99);
+        self.bar.set_position_with(self.received as u64, || {
+            format!(
+                "{} t={t:.0}s  rate {:.0}/s  answered {} (+{})  p99(1s) {:.2} ms  errors {}  mismatches {}",
+                plan.phase_at(t).label(),
+                plan.rate_at(t),
+                stats.answered,
+                stats.answered - last_answered,
+                last_p99.value_at_quantile(0.99) as f64 / 1e3,
+                stats.errors,
+                stats.mismatches
+            )
+        });
+        self.last_answered = self.stats.answered;
+        self.last_p99.reset();
+    }
+
+    /// Leaves the bar on the whole run's counts, not the last second's.
+    fn close_progress(&self) {
+        let stats = &self.stats;
+        self.bar.set_position_with(self.received as u64, || {
+            format!(
+                "answered {}  errors {}  mismatches {}",
+                stats.answered, stats.errors, stats.mismatches
+            )
+        });
+        self.bar.finish();
+    }
+
+    /// The statistics: requests unanswered at `deadline` count as errors.
+    fn into_stats(self, start: Instant, deadline: Instant) -> RunStats {
+        let mut stats = self.stats;
+        let missing = stats.planned - self.received as u64;
+        if missing > 0 {
+            stats.errors += missing;
+            stats.error_examples.push(format!(
+                "{missing} requests unanswered at the run's deadline"
+            ));
+        }
+        stats.elapsed_secs = start
+            .elapsed()
+            .as_secs_f64()
+            .min((deadline - start).as_secs_f64());
+        stats.timeline = self.timeline.into_seconds();
+        stats
+    }
 }
