@@ -8,10 +8,12 @@ use std::time::Duration;
 use gatehouse_protocol::{Backend, RevocationList, TokenParams};
 use serde::Deserialize;
 
-use super::feed::{file_confirmed_at, FeedConfig, FeedSource, OfflinePolicy};
-use super::files::{load_certs, load_key, load_revocations, load_scanners, load_trust_list};
-use super::{Batching, Files, Limits, ServerConfig, ServerError};
+use crate::error::ServerError;
+use crate::feed::{file_confirmed_at, FeedConfig, FeedSource, OfflinePolicy};
+use crate::files::{load_certs, load_key, load_revocations, load_scanners, load_trust_list};
 use crate::settings::TlsFiles;
+use crate::settings::{Batching, Files, Limits, ServerConfig};
+use crate::store::{RedisConfig, Risk, SharedStore, Store};
 use gatehouse_core::{ConfigError, Engine, EngineConfig, ScannerRegistry, TrustList};
 
 /// A sample configuration with every setting at its default (paths relative to the file).
@@ -167,7 +169,7 @@ pub struct ServeConfig {
     pub engine: EngineSection,
     /// Transport limits.
     #[serde(default)]
-    pub limits: LimitsSection,
+    pub limits: Limits,
     /// Micro-batching.
     #[serde(default)]
     pub batching: BatchingSection,
@@ -282,92 +284,6 @@ impl Default for EngineSection {
     }
 }
 
-/// `[limits]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LimitsSection {
-    /// Most connections.
-    pub max_connections: usize,
-    /// Most concurrent streams per connection.
-    pub max_streams_per_connection: u32,
-    /// Idle timeout, seconds.
-    pub idle_timeout_secs: u64,
-    /// Largest frame body, bytes.
-    pub max_frame_body: usize,
-    /// Time for a frame body to arrive, seconds.
-    pub body_timeout_secs: u64,
-    /// Drain wait on shutdown, seconds.
-    pub drain_timeout_secs: u64,
-    /// Most handshakes in progress.
-    pub max_handshakes: usize,
-    /// Handshakes in progress from which unvalidated addresses get a QUIC Retry.
-    pub retry_threshold: usize,
-    /// Most handshakes in progress from one IP address.
-    pub max_handshakes_per_source: usize,
-    /// Handshake timeout, milliseconds.
-    pub handshake_timeout_ms: u64,
-    /// Handshake timeout under pressure, milliseconds.
-    pub pressure_handshake_timeout_ms: u64,
-    /// Most connections of one scanner.
-    pub max_connections_per_scanner: usize,
-    /// Most tokens of one scanner queued.
-    pub max_queued_per_scanner: usize,
-    /// How long a request of a scanner at its share waits unread, milliseconds.
-    pub busy_hold_ms: u64,
-    /// Most request-body bytes one connection holds unanswered.
-    pub max_buffered_per_connection: usize,
-    /// The memory budget, bytes.
-    pub memory_budget: usize,
-}
-
-impl Default for LimitsSection {
-    fn default() -> Self {
-        let d = Limits::default();
-        LimitsSection {
-            max_connections: d.max_connections,
-            max_streams_per_connection: d.max_streams_per_connection,
-            idle_timeout_secs: d.idle_timeout.as_secs(),
-            max_frame_body: d.max_frame_body,
-            body_timeout_secs: d.body_timeout.as_secs(),
-            drain_timeout_secs: d.drain_timeout.as_secs(),
-            max_handshakes: d.max_handshakes,
-            retry_threshold: d.retry_threshold,
-            max_handshakes_per_source: d.max_handshakes_per_source,
-            handshake_timeout_ms: d.handshake_timeout.as_millis() as u64,
-            pressure_handshake_timeout_ms: d.pressure_handshake_timeout.as_millis() as u64,
-            max_connections_per_scanner: d.max_connections_per_scanner,
-            max_queued_per_scanner: d.max_queued_per_scanner,
-            busy_hold_ms: d.busy_hold.as_millis() as u64,
-            max_buffered_per_connection: d.max_buffered_per_connection,
-            memory_budget: d.memory_budget,
-        }
-    }
-}
-
-impl LimitsSection {
-    /// As [`Limits`].
-    pub fn to_limits(&self) -> Limits {
-        Limits {
-            max_connections: self.max_connections,
-            max_streams_per_connection: self.max_streams_per_connection,
-            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
-            max_frame_body: self.max_frame_body,
-            body_timeout: Duration::from_secs(self.body_timeout_secs),
-            drain_timeout: Duration::from_secs(self.drain_timeout_secs),
-            max_handshakes: self.max_handshakes,
-            retry_threshold: self.retry_threshold,
-            max_handshakes_per_source: self.max_handshakes_per_source,
-            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
-            pressure_handshake_timeout: Duration::from_millis(self.pressure_handshake_timeout_ms),
-            max_connections_per_scanner: self.max_connections_per_scanner,
-            max_queued_per_scanner: self.max_queued_per_scanner,
-            busy_hold: Duration::from_millis(self.busy_hold_ms),
-            max_buffered_per_connection: self.max_buffered_per_connection,
-            memory_budget: self.memory_budget,
-        }
-    }
-}
-
 /// `[batching]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -436,7 +352,7 @@ pub struct ReplaySection {
 
 impl Default for ReplaySection {
     fn default() -> Self {
-        let d = super::RedisConfig::default();
+        let d = RedisConfig::default();
         ReplaySection {
             store: "memory".into(),
             // No default address: `store = "redis"` without `urls` is a configuration error,
@@ -459,8 +375,8 @@ impl Default for ReplaySection {
 
 impl ReplaySection {
     /// The Redis settings, when the store is Redis (`skew_secs`: the engine's clock skew).
-    pub fn redis(&self, skew_secs: u64) -> Option<super::RedisConfig> {
-        (self.store == "redis").then(|| super::RedisConfig {
+    pub fn redis(&self, skew_secs: u64) -> Option<RedisConfig> {
+        (self.store == "redis").then(|| RedisConfig {
             urls: self.urls.clone(),
             cluster: self.cluster,
             prefix: self.prefix.clone(),
@@ -476,7 +392,7 @@ impl ReplaySection {
             accept_risk: self
                 .accept_risk
                 .iter()
-                .filter_map(|r| super::Risk::parse(r))
+                .filter_map(|r| Risk::parse(r))
                 .collect(),
             clock: std::sync::Arc::new(gatehouse_core::SystemClock),
             skew_secs,
@@ -559,7 +475,7 @@ pub struct ServeParts {
     /// [`ServeParts::connect_store`]).
     pub server: ServerConfig,
     /// The Redis store's settings, when one-time use is shared.
-    pub redis: Option<super::RedisConfig>,
+    pub redis: Option<RedisConfig>,
 }
 
 impl ServeParts {
@@ -629,7 +545,7 @@ impl ServeParts {
                 }
             }
             if let Some(dir) = &self.files.state_dir {
-                super::reload::keep(dir, &engine.revocations().load()).map_err(|e| {
+                crate::reload::keep(dir, &engine.revocations().load()).map_err(|e| {
                     ServerError::Config(ConfigError {
                         file: self.source.clone(),
                         field: "files.state_dir".into(),
@@ -646,11 +562,11 @@ impl ServeParts {
     /// Connects the shared one-time-use store, if one is configured.
     pub async fn connect_store(&mut self) -> Result<(), ServerError> {
         if let Some(redis) = &self.redis {
-            let redis = super::RedisConfig {
+            let redis = RedisConfig {
                 clock: std::sync::Arc::clone(&self.server.clock),
                 ..redis.clone()
             };
-            self.server.store = super::Store::Shared(super::SharedStore::connect(&redis).await?);
+            self.server.store = Store::Shared(SharedStore::connect(&redis).await?);
         }
         Ok(())
     }
@@ -708,7 +624,7 @@ impl ServeConfig {
             ServerError::Config(c) if c.field == "(file)" => ServerError::Config(
                 self.error(field, format!("{}: {}", c.file.display(), c.problem)),
             ),
-            ServerError::File(super::files::FileError::Io { path, source }) => {
+            ServerError::File(crate::files::FileError::Io { path, source }) => {
                 ServerError::Config(self.error(field, format!("{}: {source}", path.display())))
             }
             other => other,
@@ -756,7 +672,7 @@ impl ServeConfig {
                     .replay
                     .accept_risk
                     .iter()
-                    .find(|r| super::Risk::parse(r).is_none())
+                    .find(|r| Risk::parse(r).is_none())
                 {
                     return Err(self.error(
                         "replay.accept_risk",
@@ -765,16 +681,9 @@ impl ServeConfig {
                 }
                 let mut redis = self.replay.redis(e.skew_secs).unwrap_or_default();
                 redis.password_file = redis.password_file.map(|p| self.path(&p));
-                redis.check().map_err(|(field, problem)| {
-                    let field = match field {
-                        "timeout" => "timeout_ms",
-                        "connect_timeout" => "connect_timeout_ms",
-                        "probe_interval" => "probe_interval_ms",
-                        "settings_interval" => "settings_interval_secs",
-                        f => f,
-                    };
-                    self.error(&format!("replay.{field}"), problem)
-                })?;
+                redis
+                    .check()
+                    .map_err(|e| self.error(&format!("replay.{}", e.field), e.problem))?;
             }
             other => {
                 return Err(self.error(
@@ -810,21 +719,12 @@ impl ServeConfig {
             }
         }
         self.limits
-            .to_limits()
             .check()
-            .map_err(|(field, problem)| {
-                let field = match field {
-                    "idle_timeout" => "idle_timeout_secs",
-                    "body_timeout" => "body_timeout_secs",
-                    "drain_timeout" => "drain_timeout_secs",
-                    f => f,
-                };
-                self.error(&format!("limits.{field}"), problem)
-            })?;
+            .map_err(|e| self.error(&format!("limits.{}", e.field), e.problem))?;
         self.batching
             .to_batching()
             .check()
-            .map_err(|(field, problem)| self.error(&format!("batching.{field}"), problem))?;
+            .map_err(|e| self.error(&format!("batching.{}", e.field), e.problem))?;
         Ok(())
     }
 
@@ -919,9 +819,9 @@ impl ServeConfig {
             cert_chain: self.named("tls.cert", load_certs(&self.path(&self.tls.cert)))?,
             key: self.named("tls.key", load_key(&self.path(&self.tls.key)))?,
             client_ca: self.named("tls.client_ca", load_certs(&self.path(&self.tls.client_ca)))?,
-            limits: self.limits.to_limits(),
+            limits: self.limits.clone(),
             batching: self.batching.to_batching(),
-            store: super::Store::Memory,
+            store: Store::Memory,
             reload: None,
             revocation_feed: self.feed_config()?,
             clock: std::sync::Arc::new(gatehouse_core::SystemClock),
@@ -939,7 +839,7 @@ impl ServeConfig {
             .map(|p| self.named("files.revocations", load_revocation_file(p, &trust)))
             .transpose()?;
         let kept_revocations = match &files.state_dir {
-            Some(dir) => self.named("files.state_dir", super::reload::read_kept(dir))?,
+            Some(dir) => self.named("files.state_dir", crate::reload::read_kept(dir))?,
             None => None,
         };
         let mut server = server;
@@ -977,7 +877,7 @@ fn load_revocation_file(path: &Path, trust: &TrustList) -> Result<RevocationList
     if bytes.first().is_some_and(|b| b >> 5 == 5) {
         return load_revocations(path);
     }
-    super::feed::open_list(&bytes, trust)
+    crate::feed::open_list(&bytes, trust)
         .map_err(|e| ConfigError::new(path, "(revocation list)", e.to_string()))
 }
 
@@ -1093,6 +993,24 @@ mod tests {
         let e = ServeConfig::parse(f, &format!("{minimal}[limits]\nmax_frame_body = 999999\n"))
             .unwrap_err();
         assert_eq!(e.field, "limits.max_frame_body");
+        // Times are named by their key in the file, unit and all, from the check itself.
+        let e = ServeConfig::parse(f, &format!("{minimal}[limits]\nidle_timeout_secs = 0\n"))
+            .unwrap_err();
+        assert_eq!(e.field, "limits.idle_timeout_secs");
+        let e = ServeConfig::parse(f, &format!("{minimal}[limits]\nbusy_hold_ms = 5000\n"))
+            .unwrap_err();
+        assert_eq!(e.field, "limits.busy_hold_ms");
+        let e =
+            ServeConfig::parse(f, &format!("{minimal}[limits]\nidle_timeout = 5\n")).unwrap_err();
+        assert!(e.to_string().contains("idle_timeout"), "{e}");
+        let e = ServeConfig::parse(
+            f,
+            &format!(
+                "{minimal}[replay]\nstore = \"redis\"\nurls = [\"redis://x\"]\ntimeout_ms = 0\n"
+            ),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "replay.timeout_ms");
         let e = ServeConfig::parse(f, &format!("{minimal}[engine]\nwindow_secs = \"x\"\n"))
             .unwrap_err();
         assert_eq!(e.field, "engine.window_secs (line 10)", "{e}");

@@ -40,6 +40,7 @@ pub mod codes;
 mod component;
 mod config;
 mod conn;
+mod error;
 mod fair;
 pub mod feed;
 pub mod files;
@@ -52,7 +53,7 @@ pub mod store;
 mod tls;
 
 pub use config::{
-    BatchingSection, EngineSection, FilesSection, LimitsSection, LogFormat, LogSection,
+    BatchingSection, EngineSection, FilesSection, LogFormat, LogSection,
     ReplaySection, RevocationsSection, ServeConfig, ServeParts, TlsSection, SAMPLE_CONFIG,
 };
 pub use feed::{FeedConfig, FeedSource, OfflinePolicy};
@@ -61,8 +62,9 @@ pub use reload::{
     FileResult, ReloadError, ReloadFile, ReloadReport, Reloaded, RevocationReload,
     KEPT_REVOCATIONS,
 };
-pub use service::{run, run_with_signals, serve, ServerError};
-pub use settings::{Batching, Files, Limits, ReloadControl, ServerConfig, TlsFiles};
+pub use error::ServerError;
+pub use service::{run, run_with_signals, serve};
+pub use settings::{Batching, Files, Invalid, Limits, ReloadControl, ServerConfig, TlsFiles};
 pub use store::{
     Answer, Backend, Fault, Marked, NewLife, RedisBackend, RedisConfig, Risk, Settings,
     SharedStore, Store, StoreError, StoreHealth, StoreProbe, MARK_SCRIPT,

@@ -8,26 +8,73 @@ use std::time::Duration;
 
 use gatehouse_protocol::MAX_FRAME_BODY;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::{Deserialize, Deserializer};
 use tokio::sync::Notify;
 
+use crate::error::ServerError;
 use crate::feed::FeedConfig;
-use crate::service::ServerError;
 use crate::store::Store;
 
-/// Transport limits.
-#[derive(Debug, Clone)]
+/// A setting out of range: its key as the configuration file names it (within its table), and
+/// what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct Invalid {
+    /// The key, as in the file (`idle_timeout_secs`, `timeout_ms`, …).
+    pub field: &'static str,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl Invalid {
+    /// `field` is out of range: `problem`.
+    pub fn new(field: &'static str, problem: impl Into<String>) -> Invalid {
+        Invalid {
+            field,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// A `Duration` written in whole seconds.
+pub(crate) mod seconds {
+    use super::{Deserialize, Deserializer, Duration};
+
+    /// Reads whole seconds.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_secs)
+    }
+}
+
+/// A `Duration` written in whole milliseconds.
+pub(crate) mod millis {
+    use super::{Deserialize, Deserializer, Duration};
+
+    /// Reads whole milliseconds.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+/// Transport limits: `[limits]` in the configuration file, read as they are (times in the unit
+/// their key names).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Most scanner connections at once; more are refused (QUIC `CONNECTION_REFUSED`).
     pub max_connections: usize,
     /// Most concurrent request streams per connection (QUIC flow control).
     pub max_streams_per_connection: u32,
     /// A connection with no traffic for this long is closed (scanners send keep-alives).
+    #[serde(rename = "idle_timeout_secs", with = "seconds")]
     pub idle_timeout: Duration,
     /// Largest request frame body accepted, at most [`MAX_FRAME_BODY`].
     pub max_frame_body: usize,
     /// How long a frame body may take to arrive once its header has.
+    #[serde(rename = "body_timeout_secs", with = "seconds")]
     pub body_timeout: Duration,
     /// How long the drain on shutdown waits for requests in flight.
+    #[serde(rename = "drain_timeout_secs", with = "seconds")]
     pub drain_timeout: Duration,
     /// Most TLS handshakes in progress at once; more connection attempts are refused.
     pub max_handshakes: usize,
@@ -37,8 +84,10 @@ pub struct Limits {
     /// Most handshakes in progress from one source IP address.
     pub max_handshakes_per_source: usize,
     /// How long a handshake may take.
+    #[serde(rename = "handshake_timeout_ms", with = "millis")]
     pub handshake_timeout: Duration,
     /// … and how long while handshakes in progress are at or above `retry_threshold`.
+    #[serde(rename = "pressure_handshake_timeout_ms", with = "millis")]
     pub pressure_handshake_timeout: Duration,
     /// Most connections of one scanner (one certificate) at once.
     pub max_connections_per_scanner: usize,
@@ -50,6 +99,7 @@ pub struct Limits {
     /// flooding scanner that resends at once makes the server read, decrypt and refuse its
     /// requests as fast as it can send them, at the expense of every other scanner; held, it
     /// is slowed to `max_streams_per_connection` requests per hold and per connection.
+    #[serde(rename = "busy_hold_ms", with = "millis")]
     pub busy_hold: Duration,
     /// Most request-body bytes one connection may have read and not yet answered; beyond it
     /// its streams wait (QUIC flow control then holds the peer back).
@@ -82,71 +132,83 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// The first value out of range, as (field, problem).
-    pub fn check(&self) -> Result<(), (&'static str, String)> {
+    /// The first value out of range, named by its key in the configuration file.
+    pub fn check(&self) -> Result<(), Invalid> {
         if self.max_connections == 0 {
-            return Err(("max_connections", "must be at least 1".into()));
+            return Err(Invalid::new("max_connections", "must be at least 1"));
         }
         if !(1..=100_000).contains(&self.max_streams_per_connection) {
-            return Err(("max_streams_per_connection", "must be 1 to 100000".into()));
+            return Err(Invalid::new(
+                "max_streams_per_connection",
+                "must be 1 to 100000",
+            ));
         }
         if self.idle_timeout < Duration::from_millis(100)
             || self.idle_timeout > Duration::from_secs(3600)
         {
-            return Err(("idle_timeout", "must be 0.1 s to 1 hour".into()));
+            return Err(Invalid::new("idle_timeout_secs", "must be 0.1 s to 1 hour"));
         }
         if !(64..=MAX_FRAME_BODY).contains(&self.max_frame_body) {
-            return Err((
+            return Err(Invalid::new(
                 "max_frame_body",
                 format!("must be 64 to {MAX_FRAME_BODY} bytes"),
             ));
         }
         if self.body_timeout.is_zero() {
-            return Err(("body_timeout", "must be positive".into()));
+            return Err(Invalid::new("body_timeout_secs", "must be positive"));
         }
         if self.drain_timeout > Duration::from_secs(600) {
-            return Err(("drain_timeout", "must be at most 600 s".into()));
+            return Err(Invalid::new("drain_timeout_secs", "must be at most 600 s"));
         }
         if self.max_handshakes == 0 {
-            return Err(("max_handshakes", "must be at least 1".into()));
+            return Err(Invalid::new("max_handshakes", "must be at least 1"));
         }
         if self.max_handshakes_per_source == 0 {
-            return Err(("max_handshakes_per_source", "must be at least 1".into()));
+            return Err(Invalid::new(
+                "max_handshakes_per_source",
+                "must be at least 1",
+            ));
         }
         if self.handshake_timeout < Duration::from_millis(100)
             || self.handshake_timeout > Duration::from_secs(60)
         {
-            return Err(("handshake_timeout", "must be 0.1 s to 60 s".into()));
+            return Err(Invalid::new(
+                "handshake_timeout_ms",
+                "must be 0.1 s to 60 s",
+            ));
         }
         if self.pressure_handshake_timeout < Duration::from_millis(100)
             || self.pressure_handshake_timeout > self.handshake_timeout
         {
-            return Err((
-                "pressure_handshake_timeout",
-                "must be 0.1 s to handshake_timeout".into(),
+            return Err(Invalid::new(
+                "pressure_handshake_timeout_ms",
+                "must be 0.1 s to handshake_timeout",
             ));
         }
         if self.max_connections_per_scanner == 0 {
-            return Err(("max_connections_per_scanner", "must be at least 1".into()));
+            return Err(Invalid::new(
+                "max_connections_per_scanner",
+                "must be at least 1",
+            ));
         }
         if self.max_queued_per_scanner == 0 {
-            return Err(("max_queued_per_scanner", "must be at least 1".into()));
+            return Err(Invalid::new("max_queued_per_scanner", "must be at least 1"));
         }
         if self.busy_hold > Duration::from_secs(1) {
-            return Err(("busy_hold_ms", "must be at most 1000".into()));
+            return Err(Invalid::new("busy_hold_ms", "must be at most 1000"));
         }
         if self.max_buffered_per_connection < self.max_frame_body
             || self.max_buffered_per_connection > u32::MAX as usize
         {
-            return Err((
+            return Err(Invalid::new(
                 "max_buffered_per_connection",
-                "must be at least max_frame_body, at most 4 GiB".into(),
+                "must be at least max_frame_body, at most 4 GiB",
             ));
         }
         if self.memory_budget < 4 * self.max_buffered_per_connection {
-            return Err((
+            return Err(Invalid::new(
                 "memory_budget",
-                "must hold at least 4 connections' max_buffered_per_connection".into(),
+                "must hold at least 4 connections' max_buffered_per_connection",
             ));
         }
         Ok(())
@@ -174,13 +236,13 @@ impl Default for Batching {
 }
 
 impl Batching {
-    /// The first value out of range, as (field, problem).
-    pub fn check(&self) -> Result<(), (&'static str, String)> {
+    /// The first value out of range, named by its key in the configuration file.
+    pub fn check(&self) -> Result<(), Invalid> {
         if !(1..=4096).contains(&self.max_batch) {
-            return Err(("max_batch", "must be 1 to 4096".into()));
+            return Err(Invalid::new("max_batch", "must be 1 to 4096"));
         }
         if !(1..=10_000_000).contains(&self.queue) {
-            return Err(("queue", "must be 1 to 10000000".into()));
+            return Err(Invalid::new("queue", "must be 1 to 10000000"));
         }
         Ok(())
     }
@@ -246,17 +308,16 @@ impl ServerConfig {
     }
 
     pub(crate) fn check(&self) -> Result<(), ServerError> {
-        let invalid =
-            |(field, problem): (&'static str, String)| ServerError::Invalid { field, problem };
+        let invalid = |Invalid { field, problem }| ServerError::Invalid { field, problem };
         self.limits.check().map_err(invalid)?;
         self.batching.check().map_err(invalid)?;
         if self.cert_chain.is_empty() {
-            return Err(invalid(("cert_chain", "is empty".into())));
+            return Err(invalid(Invalid::new("cert_chain", "is empty")));
         }
         if self.client_ca.is_empty() {
-            return Err(invalid((
+            return Err(invalid(Invalid::new(
                 "client_ca",
-                "is empty: client certificates are required".into(),
+                "is empty: client certificates are required",
             )));
         }
         Ok(())

@@ -57,6 +57,7 @@ use redis::{AsyncConnectionConfig, ConnectionInfo, Value};
 use tracing::{info, warn};
 
 use crate::component::{Component, Rows, Totals};
+use crate::settings::Invalid;
 use gatehouse_core::{Entry, Life, LifeBook, MarkOutcome, MarkRequest};
 
 /// The script of a mark round trip (see the module documentation). KEYS[1] is the shard's
@@ -168,61 +169,69 @@ impl Default for RedisConfig {
 }
 
 impl RedisConfig {
-    /// The first value out of range, as (field, problem).
-    pub fn check(&self) -> Result<(), (&'static str, String)> {
+    /// The first value out of range, named by its key in `[replay]`.
+    pub fn check(&self) -> Result<(), Invalid> {
         if self.urls.is_empty() {
-            return Err(("urls", "at least one URL is needed".into()));
+            return Err(Invalid::new("urls", "at least one URL is needed"));
         }
         if self.cluster && self.sentinel_master.is_some() {
-            return Err((
+            return Err(Invalid::new(
                 "sentinel_master",
-                "a Redis Cluster does not use Sentinel: set cluster = false or remove sentinel_master"
-                    .into(),
+                "a Redis Cluster does not use Sentinel: set cluster = false or remove \
+                 sentinel_master",
             ));
         }
         if !self.cluster && self.sentinel_master.is_none() && self.urls.len() > 1 {
-            return Err((
+            return Err(Invalid::new(
                 "urls",
                 "several URLs are the seed nodes of a cluster (cluster = true) or Sentinels \
-                 (sentinel_master = \"name\")"
-                    .into(),
+                 (sentinel_master = \"name\")",
             ));
         }
         for u in &self.urls {
             if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
-                return Err(("urls", format!("{u:?} is not a redis:// or rediss:// URL")));
+                return Err(Invalid::new(
+                    "urls",
+                    format!("{u:?} is not a redis:// or rediss:// URL"),
+                ));
             }
         }
         if self.sentinel_master.as_deref().is_some_and(str::is_empty) {
-            return Err(("sentinel_master", "must name the master".into()));
+            return Err(Invalid::new("sentinel_master", "must name the master"));
         }
         if self.prefix.len() > 64 {
-            return Err(("prefix", "at most 64 bytes".into()));
+            return Err(Invalid::new("prefix", "at most 64 bytes"));
         }
         if self.timeout.is_zero() || self.timeout > Duration::from_secs(5) {
-            return Err(("timeout", "must be more than 0 and at most 5 s".into()));
+            return Err(Invalid::new(
+                "timeout_ms",
+                "must be more than 0 and at most 5 s",
+            ));
         }
         if self.connect_timeout.is_zero() || self.connect_timeout > Duration::from_secs(60) {
-            return Err((
-                "connect_timeout",
-                "must be more than 0 and at most 60 s".into(),
+            return Err(Invalid::new(
+                "connect_timeout_ms",
+                "must be more than 0 and at most 60 s",
             ));
         }
         if self.probe_interval < Duration::from_millis(50)
             || self.probe_interval > Duration::from_secs(60)
         {
-            return Err(("probe_interval", "must be 50 ms to 60 s".into()));
+            return Err(Invalid::new("probe_interval_ms", "must be 50 ms to 60 s"));
         }
         if self.settings_interval < Duration::from_secs(1)
             || self.settings_interval > Duration::from_secs(3600)
         {
-            return Err(("settings_interval", "must be 1 s to 1 hour".into()));
+            return Err(Invalid::new(
+                "settings_interval_secs",
+                "must be 1 s to 1 hour",
+            ));
         }
         if self.skew_secs > 300 {
-            return Err(("skew_secs", "at most 300".into()));
+            return Err(Invalid::new("skew_secs", "at most 300"));
         }
         if self.replica_acks > 16 {
-            return Err(("replica_acks", "at most 16".into()));
+            return Err(Invalid::new("replica_acks", "at most 16"));
         }
         Ok(())
     }

@@ -15,8 +15,9 @@ use rustls::{
 use tracing::warn;
 
 use super::files::subject_common_name;
-use super::{ServerConfig, ServerError};
 use crate::admission::Admission;
+use crate::error::ServerError;
+use crate::settings::ServerConfig;
 use gatehouse_core::Engine;
 
 /// Bytes a connection may have in flight towards the server, over all its streams.
