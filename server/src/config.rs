@@ -979,20 +979,9 @@ mod tests {
     }
 
     #[test]
-    fn errors_name_the_field() {
+    fn times_and_store_settings_are_named_by_their_key_in_the_file() {
         let minimal = "listen = \"127.0.0.1:1\"\n[tls]\ncert = \"a\"\nkey = \"b\"\nclient_ca = \"c\"\n[files]\ntrust = \"t\"\nscanners = \"s\"\n";
         let f = Path::new("g.toml");
-        assert!(ServeConfig::parse(f, minimal).is_ok());
-
-        let e = ServeConfig::parse(f, &format!("{minimal}[engine]\nbackend = \"openssl\"\n"))
-            .unwrap_err();
-        assert_eq!(e.field, "engine.backend");
-        let e =
-            ServeConfig::parse(f, &format!("{minimal}[batching]\nmax_batch = 0\n")).unwrap_err();
-        assert_eq!(e.field, "batching.max_batch");
-        let e = ServeConfig::parse(f, &format!("{minimal}[limits]\nmax_frame_body = 999999\n"))
-            .unwrap_err();
-        assert_eq!(e.field, "limits.max_frame_body");
         // Times are named by their key in the file, unit and all, from the check itself.
         let e = ServeConfig::parse(f, &format!("{minimal}[limits]\nidle_timeout_secs = 0\n"))
             .unwrap_err();
@@ -1011,6 +1000,23 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.field, "replay.timeout_ms");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let minimal = "listen = \"127.0.0.1:1\"\n[tls]\ncert = \"a\"\nkey = \"b\"\nclient_ca = \"c\"\n[files]\ntrust = \"t\"\nscanners = \"s\"\n";
+        let f = Path::new("g.toml");
+        assert!(ServeConfig::parse(f, minimal).is_ok());
+
+        let e = ServeConfig::parse(f, &format!("{minimal}[engine]\nbackend = \"openssl\"\n"))
+            .unwrap_err();
+        assert_eq!(e.field, "engine.backend");
+        let e =
+            ServeConfig::parse(f, &format!("{minimal}[batching]\nmax_batch = 0\n")).unwrap_err();
+        assert_eq!(e.field, "batching.max_batch");
+        let e = ServeConfig::parse(f, &format!("{minimal}[limits]\nmax_frame_body = 999999\n"))
+            .unwrap_err();
+        assert_eq!(e.field, "limits.max_frame_body");
         let e = ServeConfig::parse(f, &format!("{minimal}[engine]\nwindow_secs = \"x\"\n"))
             .unwrap_err();
         assert_eq!(e.field, "engine.window_secs (line 10)", "{e}");

@@ -51,55 +51,20 @@ pub(crate) async fn connection(
     _held: Held,
 ) {
     let remote = incoming.remote_address();
-    let failed = |what: &str| {
-        shared.admission.handshake_failed();
-        debug!(%remote, "handshake failed: {what}");
-    };
-    let connecting = match incoming.accept() {
-        Ok(c) => c,
-        Err(e) => {
-            // The first flight already failed (no common ALPN, for example): a failed
-            // handshake too.
-            failed(&e.to_string());
+    let result = complete_handshake(&shared, incoming).await;
+    drop(handshake);
+    let conn = match result {
+        Ok(conn) => conn,
+        Err(what) => {
+            // Certificate refusals were also logged by the verifier, with their cause.
+            shared.admission.handshake_failed();
+            debug!(%remote, "handshake failed: {what}");
             return;
         }
     };
-    tokio::pin!(connecting);
-    let limits = &shared.limits;
-    // Under pressure a handshake gets the short timeout: a half-open connection holds a slot
-    // for a second, not ten. A scanner on a working network finishes in milliseconds.
-    let result =
-        match tokio::time::timeout(limits.pressure_handshake_timeout, &mut connecting).await {
-            Ok(r) => Some(r),
-            Err(_) => {
-                if shared.admission.under_pressure() {
-                    None
-                } else {
-                    let rest = limits
-                        .handshake_timeout
-                        .saturating_sub(limits.pressure_handshake_timeout);
-                    tokio::time::timeout(rest, &mut connecting).await.ok()
-                }
-            }
-        };
-    drop(handshake);
-    let conn = match result {
-        Some(Ok(conn)) => conn,
-        // Certificate refusals were also logged by the verifier, with their cause.
-        Some(Err(e)) => return failed(&e.to_string()),
-        None => return failed("timed out"),
-    };
-    let Some(id) = tls::scanner_id(&conn) else {
-        // The verifier insists on a usable CN, so this is only reachable if that changes.
-        refuse(&shared, &conn, "(none)");
+    let Some(id) = identify(&shared, &conn) else {
         return;
     };
-    let id: Arc<str> = Arc::from(id);
-    if shared.engine.scanner(&id).is_none() {
-        // Removed between the certificate check and now.
-        refuse(&shared, &conn, &id);
-        return;
-    }
     let _admitted = match shared.admission.admit_scanner(&id) {
         Ok(admitted) => admitted,
         Err(Refusal::TooManyConnections) => {
@@ -115,45 +80,9 @@ pub(crate) async fn connection(
             return;
         }
     };
-    // Request bodies this connection holds, read and not yet answered.
-    let buffered = Arc::new(Semaphore::new(limits.max_buffered_per_connection));
     info!(scanner = %id, %remote, "scanner connected");
-
     let mut streams = JoinSet::new();
-    let mut drain = shared.drain.clone();
-    let mut check = tokio::time::interval(REGISTRY_CHECK);
-    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let draining = loop {
-        tokio::select! {
-            bi = conn.accept_bi() => match bi {
-                Ok((send, recv)) => {
-                    let held = shared.admission.stream();
-                    streams.spawn(stream(
-                        Arc::clone(&shared),
-                        conn.clone(),
-                        Arc::clone(&id),
-                        Arc::clone(&buffered),
-                        (send, recv),
-                        held,
-                    ));
-                }
-                Err(e) => {
-                    debug!(scanner = %id, "connection ended: {e}");
-                    break false;
-                }
-            },
-            _ = drain.wait_for(|d| *d) => break true,
-            _ = check.tick() => {
-                if shared.engine.scanner(&id).is_none() {
-                    refuse(&shared, &conn, &id);
-                    break false;
-                }
-            }
-            Some(_) = streams.join_next(), if !streams.is_empty() => {}
-        }
-    };
-
-    if draining {
+    if serve_streams(&shared, &conn, &id, &mut streams).await {
         // Requests already read finish (each stream stops reading new ones); then goodbye.
         let finished = tokio::time::timeout(shared.limits.drain_timeout, async {
             while streams.join_next().await.is_some() {}
@@ -167,6 +96,93 @@ pub(crate) async fn connection(
     streams.abort_all();
     while streams.join_next().await.is_some() {}
     debug!(scanner = %id, "connection task done");
+}
+
+/// The handshake, within its time: under pressure a handshake gets the short timeout (a
+/// half-open connection holds a slot for a second, not ten; a scanner on a working network
+/// finishes in milliseconds). `Err` says why it failed.
+async fn complete_handshake(shared: &Shared, incoming: Incoming) -> Result<Connection, String> {
+    // The first flight may already have failed (no common ALPN, for example).
+    let connecting = incoming.accept().map_err(|e| e.to_string())?;
+    tokio::pin!(connecting);
+    let limits = &shared.limits;
+    let result =
+        match tokio::time::timeout(limits.pressure_handshake_timeout, &mut connecting).await {
+            Ok(r) => Some(r),
+            Err(_) if shared.admission.under_pressure() => None,
+            Err(_) => {
+                let rest = limits
+                    .handshake_timeout
+                    .saturating_sub(limits.pressure_handshake_timeout);
+                tokio::time::timeout(rest, &mut connecting).await.ok()
+            }
+        };
+    match result {
+        Some(r) => r.map_err(|e| e.to_string()),
+        None => Err("timed out".into()),
+    }
+}
+
+/// The registered scanner a completed handshake belongs to; `None` (the connection closed
+/// with `unknown scanner`) when it is not, or no longer, registered.
+fn identify(shared: &Shared, conn: &Connection) -> Option<Arc<str>> {
+    let Some(id) = tls::scanner_id(conn) else {
+        // The verifier insists on a usable CN, so this is only reachable if that changes.
+        refuse(shared, conn, "(none)");
+        return None;
+    };
+    let id: Arc<str> = Arc::from(id);
+    if shared.engine.scanner(&id).is_none() {
+        // Removed between the certificate check and now.
+        refuse(shared, conn, &id);
+        return None;
+    }
+    Some(id)
+}
+
+/// Accepts the connection's request streams until the peer goes, the scanner is removed from
+/// the registry (checked every [`REGISTRY_CHECK`] while idle) or the drain starts; `true` for
+/// the drain.
+async fn serve_streams(
+    shared: &Arc<Shared>,
+    conn: &Connection,
+    id: &Arc<str>,
+    streams: &mut JoinSet<()>,
+) -> bool {
+    // Request bodies this connection holds, read and not yet answered.
+    let buffered = Arc::new(Semaphore::new(shared.limits.max_buffered_per_connection));
+    let mut drain = shared.drain.clone();
+    let mut check = tokio::time::interval(REGISTRY_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            bi = conn.accept_bi() => match bi {
+                Ok((send, recv)) => {
+                    let held = shared.admission.stream();
+                    streams.spawn(stream(
+                        Arc::clone(shared),
+                        conn.clone(),
+                        Arc::clone(id),
+                        Arc::clone(&buffered),
+                        (send, recv),
+                        held,
+                    ));
+                }
+                Err(e) => {
+                    debug!(scanner = %id, "connection ended: {e}");
+                    return false;
+                }
+            },
+            _ = drain.wait_for(|d| *d) => return true,
+            _ = check.tick() => {
+                if shared.engine.scanner(id).is_none() {
+                    refuse(shared, conn, id);
+                    return false;
+                }
+            }
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+        }
+    }
 }
 
 /// Closes a connection whose scanner is not registered.
@@ -264,6 +280,8 @@ struct Hold {
     _charge: Charge,
 }
 
+/// Reads the requests of one stream, in order, and queues what each will be answered; stops the
+/// peer's sending side with the code of whatever ended it.
 async fn read_requests(
     shared: &Shared,
     conn: &Connection,
@@ -272,173 +290,197 @@ async fn read_requests(
     recv: &mut RecvStream,
     tx: mpsc::Sender<(Pending, Option<Hold>)>,
 ) {
-    let end = read_loop(shared, conn, id, buffered, recv, &tx).await;
-    if let End::Stop(code) = end {
-        let _ = recv.stop(code);
+    let mut reader = Reader {
+        shared,
+        conn,
+        id,
+        buffered,
+        recv,
+        tx: &tx,
+        drain: shared.drain.clone(),
+    };
+    if let End::Stop(code) = reader.run().await {
+        let _ = reader.recv.stop(code);
     }
 }
 
-async fn read_loop(
-    shared: &Shared,
-    conn: &Connection,
-    id: &str,
-    buffered: &Arc<Semaphore>,
-    recv: &mut RecvStream,
-    tx: &mpsc::Sender<(Pending, Option<Hold>)>,
-) -> End {
-    let metrics = &shared.metrics;
-    let mut drain = shared.drain.clone();
-    let error = |code: WireErrorCode, message: String| {
-        metrics.wire_error(code);
-        (
-            Pending::Ready(
-                Response::Error {
-                    id: 0,
-                    code,
-                    message,
-                },
-                Instant::now(),
-            ),
-            None,
-        )
-    };
-    loop {
-        // The next frame header; a stream idle between requests may be closed by the drain.
+/// The read side of one stream.
+struct Reader<'a> {
+    shared: &'a Shared,
+    conn: &'a Connection,
+    /// The scanner's id.
+    id: &'a str,
+    /// This connection's buffer for request bodies.
+    buffered: &'a Arc<Semaphore>,
+    recv: &'a mut RecvStream,
+    tx: &'a mpsc::Sender<(Pending, Option<Hold>)>,
+    drain: watch::Receiver<bool>,
+}
+
+impl Reader<'_> {
+    /// One request after another until the stream ends, a frame is refused or the drain starts.
+    async fn run(&mut self) -> End {
+        loop {
+            let header = match self.next_header().await {
+                Ok(h) => h,
+                Err(end) => return end,
+            };
+            self.hold_while_saturated(&header).await;
+            let hold = match self.reserve(&header).await {
+                Ok(hold) => hold,
+                Err(end) => return end,
+            };
+            let body = match self.body(&header).await {
+                Ok(body) => body,
+                Err(end) => return end,
+            };
+            let started = Instant::now();
+            let request = match Request::decode(header.kind, &body) {
+                Ok(r) => r,
+                Err(e) => {
+                    // SPEC §8.4: the id is echoed whenever it could be read (it is the first
+                    // key).
+                    let id = request_id(&body).unwrap_or(0);
+                    let message = e.to_string();
+                    return self
+                        .refuse_frame(
+                            WireErrorCode::MalformedFrame,
+                            message,
+                            id,
+                            End::Stop(codes::BAD_FRAME),
+                        )
+                        .await;
+                }
+            };
+            // Looked up per request: a reload may change the role, or remove the scanner.
+            let Some(scanner) = self.shared.engine.scanner(self.id) else {
+                refuse(self.shared, self.conn, self.id);
+                return End::Done;
+            };
+            let pending = self.pending(scanner, request, started);
+            if self.tx.send((pending, Some(hold))).await.is_err() {
+                return End::Done;
+            }
+        }
+    }
+
+    /// Queues an error response (counted by code) and ends the stream with `end`.
+    async fn refuse_frame(&self, code: WireErrorCode, message: String, id: u64, end: End) -> End {
+        self.shared.metrics.wire_error(code);
+        let response = Response::Error { id, code, message };
+        let _ = self
+            .tx
+            .send((Pending::Ready(response, Instant::now()), None))
+            .await;
+        end
+    }
+
+    /// The next frame header, checked (version, size within the limit, a request kind) before
+    /// anything is read or allocated for its body. A stream idle between requests may be
+    /// closed by the drain or the idle timeout.
+    async fn next_header(&mut self) -> Result<FrameHeader, End> {
         let mut header = [0u8; FRAME_HEADER_LEN];
+        let limits = &self.shared.limits;
         let read = tokio::select! {
             biased;
-            r = tokio::time::timeout(shared.limits.idle_timeout, recv.read_exact(&mut header)) => r,
-            _ = drain.wait_for(|d| *d) => return End::Done,
+            r = tokio::time::timeout(limits.idle_timeout, self.recv.read_exact(&mut header)) => r,
+            _ = self.drain.wait_for(|d| *d) => return Err(End::Done),
         };
         match read {
             Ok(Ok(())) => {}
-            Ok(Err(ReadExactError::FinishedEarly(0))) => return End::Done,
+            Ok(Err(ReadExactError::FinishedEarly(0))) => return Err(End::Done),
             Ok(Err(ReadExactError::FinishedEarly(_))) => {
-                let _ = tx
-                    .send(error(
-                        WireErrorCode::MalformedFrame,
-                        "frame header truncated".into(),
-                    ))
-                    .await;
-                return End::Done;
+                let message = "frame header truncated".into();
+                let code = WireErrorCode::MalformedFrame;
+                return Err(self.refuse_frame(code, message, 0, End::Done).await);
             }
             Ok(Err(ReadExactError::ReadError(e))) => {
                 debug!("stream read ended: {e}");
-                return End::Done;
+                return Err(End::Done);
             }
-            Err(_) => return End::Stop(codes::STREAM_TIMEOUT),
+            Err(_) => return Err(End::Stop(codes::STREAM_TIMEOUT)),
         }
-
-        // Bound the length before reading or allocating anything.
-        let h = match FrameHeader::decode(&header) {
-            Ok(h) => h,
-            Err(DecodeError::UnsupportedVersion(v)) => {
-                let _ = tx
-                    .send(error(
-                        WireErrorCode::UnsupportedVersion,
-                        format!("wire version {v} is not supported (this server speaks 1)"),
-                    ))
-                    .await;
-                return End::Stop(codes::BAD_FRAME);
-            }
-            Err(e) => {
-                let _ = tx
-                    .send(error(WireErrorCode::FrameTooLarge, e.to_string()))
-                    .await;
-                return End::Stop(codes::BAD_FRAME);
-            }
+        let (code, message) = match FrameHeader::decode(&header) {
+            Err(DecodeError::UnsupportedVersion(v)) => (
+                WireErrorCode::UnsupportedVersion,
+                format!("wire version {v} is not supported (this server speaks 1)"),
+            ),
+            Err(e) => (WireErrorCode::FrameTooLarge, e.to_string()),
+            Ok(h) if h.len > limits.max_frame_body => (
+                WireErrorCode::FrameTooLarge,
+                format!(
+                    "frame body of {} bytes exceeds the limit of {}",
+                    h.len, limits.max_frame_body
+                ),
+            ),
+            Ok(h) if !matches!(h.kind, kind::VERIFY | kind::VERIFY_BATCH | kind::PING) => (
+                WireErrorCode::UnknownKind,
+                format!("frame kind {:#04x} is not a request", h.kind),
+            ),
+            Ok(h) => return Ok(h),
         };
-        if h.len > shared.limits.max_frame_body {
-            let _ = tx
-                .send(error(
-                    WireErrorCode::FrameTooLarge,
-                    format!(
-                        "frame body of {} bytes exceeds the limit of {}",
-                        h.len, shared.limits.max_frame_body
-                    ),
-                ))
-                .await;
-            return End::Stop(codes::BAD_FRAME);
-        }
-        if !matches!(h.kind, kind::VERIFY | kind::VERIFY_BATCH | kind::PING) {
-            let _ = tx
-                .send(error(
-                    WireErrorCode::UnknownKind,
-                    format!("frame kind {:#04x} is not a request", h.kind),
-                ))
-                .await;
-            return End::Stop(codes::BAD_FRAME);
-        }
+        let end = End::Stop(codes::BAD_FRAME);
+        Err(self.refuse_frame(code, message, 0, end).await)
+    }
 
-        // A scanner at its share of the queue waits, its request unread (flow control holds
-        // it back), before the request is read and perhaps refused: answering `busy` at once
-        // would let a flooder make the server read and refuse as fast as it can resend.
-        if h.kind != kind::PING && shared.queue.saturated(id) {
-            shared.admission.busy_hold();
+    /// A scanner at its share of the queue waits, its request unread (flow control holds it
+    /// back), before the request is read and perhaps refused: answering `busy` at once would
+    /// let a flooder make the server read and refuse as fast as it can resend.
+    async fn hold_while_saturated(&mut self, header: &FrameHeader) {
+        if header.kind != kind::PING && self.shared.queue.saturated(self.id) {
+            self.shared.admission.busy_hold();
             tokio::select! {
                 biased;
-                _ = drain.wait_for(|d| *d) => {}
-                _ = tokio::time::sleep(shared.limits.busy_hold) => {}
+                _ = self.drain.wait_for(|d| *d) => {}
+                _ = tokio::time::sleep(self.shared.limits.busy_hold) => {}
             }
         }
+    }
 
-        // Room for the body before reading it: in this connection's buffer (waiting for it
-        // holds the peer back through flow control), then in the global budget (none left:
-        // the request is refused unread, the peer may retry).
+    /// Room for the body before reading it: in this connection's buffer (waiting for it holds
+    /// the peer back through flow control), then in the global budget (none left: the request
+    /// is refused unread, the peer may retry).
+    async fn reserve(&self, header: &FrameHeader) -> Result<Hold, End> {
         let room = tokio::time::timeout(
-            shared.limits.body_timeout,
-            Arc::clone(buffered).acquire_many_owned(h.len as u32),
+            self.shared.limits.body_timeout,
+            Arc::clone(self.buffered).acquire_many_owned(header.len as u32),
         )
         .await;
         let Ok(Ok(in_buffer)) = room else {
-            return End::Stop(codes::STREAM_TIMEOUT);
+            return Err(End::Stop(codes::STREAM_TIMEOUT));
         };
-        let Some(charge) = shared.admission.charge_body(h.len) else {
+        let Some(charge) = self.shared.admission.charge_body(header.len) else {
             debug!("memory budget spent: refusing a request unread");
-            return End::Stop(codes::OVER_BUDGET);
+            return Err(End::Stop(codes::OVER_BUDGET));
         };
-        let hold = Hold {
+        Ok(Hold {
             _buffered: in_buffer,
             _charge: charge,
-        };
-        let body =
-            match tokio::time::timeout(shared.limits.body_timeout, read_body(recv, h.len)).await {
-                Ok(Ok(body)) => body,
-                Ok(Err(ReadExactError::FinishedEarly(_))) => {
-                    let _ = tx
-                        .send(error(
-                            WireErrorCode::MalformedFrame,
-                            "frame body truncated".into(),
-                        ))
-                        .await;
-                    return End::Done;
-                }
-                Ok(Err(ReadExactError::ReadError(e))) => {
-                    debug!("stream read ended: {e}");
-                    return End::Done;
-                }
-                Err(_) => return End::Stop(codes::STREAM_TIMEOUT),
-            };
-        let started = Instant::now();
-        let request = match Request::decode(h.kind, &body) {
-            Ok(r) => r,
-            Err(e) => {
-                // SPEC §8.4: the id is echoed whenever it could be read (it is the first key).
-                let mut response = error(WireErrorCode::MalformedFrame, e.to_string());
-                if let (Pending::Ready(Response::Error { id, .. }, _), _) = &mut response {
-                    *id = request_id(&body).unwrap_or(0);
-                }
-                let _ = tx.send(response).await;
-                return End::Stop(codes::BAD_FRAME);
-            }
-        };
+        })
+    }
 
-        // Looked up per request: a reload may change the role, or remove the scanner.
-        let Some(scanner) = shared.engine.scanner(id) else {
-            refuse(shared, conn, id);
-            return End::Done;
-        };
-        let pending = match request {
+    /// The frame body, within the body timeout.
+    async fn body(&mut self, header: &FrameHeader) -> Result<Vec<u8>, End> {
+        let timeout = self.shared.limits.body_timeout;
+        match tokio::time::timeout(timeout, read_body(self.recv, header.len)).await {
+            Ok(Ok(body)) => Ok(body),
+            Ok(Err(ReadExactError::FinishedEarly(_))) => {
+                let message = "frame body truncated".into();
+                let code = WireErrorCode::MalformedFrame;
+                Err(self.refuse_frame(code, message, 0, End::Done).await)
+            }
+            Ok(Err(ReadExactError::ReadError(e))) => {
+                debug!("stream read ended: {e}");
+                Err(End::Done)
+            }
+            Err(_) => Err(End::Stop(codes::STREAM_TIMEOUT)),
+        }
+    }
+
+    /// What a decoded request will be answered: a pong now, or verdicts from the queue.
+    fn pending(&self, scanner: Arc<Scanner>, request: Request, started: Instant) -> Pending {
+        let metrics = &self.shared.metrics;
+        match request {
             Request::Ping { id } => {
                 metrics.request(Kind::Ping);
                 Pending::Ready(Response::Pong { id }, started)
@@ -450,23 +492,14 @@ async fn read_loop(
                 retry,
             } => {
                 metrics.request(Kind::Verify);
-                submit(
-                    shared,
-                    scanner,
-                    id,
-                    vec![(token, challenge)],
-                    retry,
-                    started,
-                )
+                let tokens = vec![(token, challenge)];
+                submit(self.shared, scanner, id, tokens, retry, started)
             }
             Request::VerifyBatch { id, tokens, retry } => {
                 metrics.request(Kind::VerifyBatch);
                 let tokens = tokens.into_iter().map(|t| (t, None)).collect();
-                submit(shared, scanner, id, tokens, retry, started)
+                submit(self.shared, scanner, id, tokens, retry, started)
             }
-        };
-        if tx.send((pending, Some(hold))).await.is_err() {
-            return End::Done;
         }
     }
 }

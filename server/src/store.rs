@@ -827,99 +827,31 @@ impl RedisBackend {
     /// [`Backend::reconnect`]; a cluster client is made at once (within the connect timeout)
     /// and follows the cluster by itself.
     pub async fn connect(config: &RedisConfig) -> Result<RedisBackend, StoreError> {
-        let password = match &config.password_file {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|source| StoreError::PasswordFile {
-                        path: path.clone(),
-                        source,
-                    })?
-                    .trim_end_matches(['\r', '\n'])
-                    .to_string(),
-            ),
-            None => None,
-        };
-        let with_auth = |info: ConnectionInfo| {
-            let mut redis_info = info.redis_settings().clone();
-            if let Some(user) = &config.username {
-                redis_info = redis_info.set_username(user.clone());
-            }
-            if let Some(p) = &password {
-                redis_info = redis_info.set_password(p.clone());
-            }
-            info.set_redis_settings(redis_info)
-        };
+        let credentials = Credentials::read(config)?;
         let infos = config
             .urls
             .iter()
             .map(|u| redis::IntoConnectionInfo::into_connection_info(u.as_str()))
             .collect::<Result<Vec<_>, redis::RedisError>>()?;
-        let sha = redis::Script::new(MARK_SCRIPT).get_hash().to_string();
         let prefix = config.prefix.as_bytes().to_vec();
         let (conn, target, label, slot_lives) = if config.cluster {
-            let infos: Vec<_> = infos.into_iter().map(with_auth).collect();
-            // One retry of its own (to follow a MOVED redirect); the batch's timeout bounds it,
-            // and past that the probe reconnects.
-            let client = ClusterClient::builder(infos)
-                .connection_timeout(config.connect_timeout)
-                .response_timeout(config.timeout)
-                .retries(1)
-                .build()?;
-            let conn =
-                match tokio::time::timeout(config.connect_timeout, client.get_async_connection())
-                    .await
-                {
-                    Ok(r) => r?,
-                    Err(_) => {
-                        return Err(StoreError::Redis(redis::RedisError::from((
-                            redis::ErrorKind::Io,
-                            "connecting to the cluster timed out",
-                        ))))
-                    }
-                };
-            let lives = slot_life_keys(&prefix);
-            (
-                Conn::Cluster(Box::new(client), RwLock::new(conn)),
-                None,
-                "redis-cluster",
-                lives,
-            )
+            let conn = connect_cluster(config, &credentials, infos).await?;
+            (conn, None, "redis-cluster", slot_life_keys(&prefix))
         } else if let Some(master) = &config.sentinel_master {
-            let node = infos
-                .first()
-                .map(|i| i.redis_settings().clone())
-                .unwrap_or_default();
-            let mut data = node.clone();
-            if let Some(user) = &config.username {
-                data = data.set_username(user.clone());
-            }
-            if let Some(p) = &password {
-                data = data.set_password(p.clone());
-            }
-            let node_info = redis::sentinel::SentinelNodeConnectionInfo::default()
-                .set_redis_connection_info(data);
-            let client = redis::sentinel::SentinelClient::build(
-                infos,
-                master.clone(),
-                Some(node_info),
-                redis::sentinel::SentinelServerType::Master,
-            )?;
+            let target = sentinel_target(master, &credentials, infos)?;
             (
                 Conn::Single(RwLock::new(None)),
-                Some(tokio::sync::Mutex::new(Target::Sentinel(Box::new(client)))),
+                Some(target),
                 "redis-sentinel",
                 Vec::new(),
             )
         } else {
-            let info = infos.into_iter().next().map(with_auth).ok_or_else(|| {
+            let info = infos.into_iter().next().ok_or_else(|| {
                 redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "no URL"))
             })?;
-            (
-                Conn::Single(RwLock::new(None)),
-                Some(tokio::sync::Mutex::new(Target::Server(Box::new(info)))),
-                "redis",
-                Vec::new(),
-            )
+            let target = Target::Server(Box::new(credentials.apply(info)));
+            let target = Some(tokio::sync::Mutex::new(target));
+            (Conn::Single(RwLock::new(None)), target, "redis", Vec::new())
         };
         Ok(RedisBackend {
             conn,
@@ -927,7 +859,7 @@ impl RedisBackend {
             label,
             prefix,
             slot_lives,
-            sha,
+            sha: redis::Script::new(MARK_SCRIPT).get_hash().to_string(),
             skew_secs: config.skew_secs,
             replica_acks: config.replica_acks,
             timeout: config.timeout,
@@ -1567,6 +1499,99 @@ impl Component for Store {
     fn not_ready(&self, _now: u64) -> Option<&'static str> {
         Store::not_ready(self)
     }
+}
+
+/// The AUTH user and password a store connection uses when the URLs do not carry them (the
+/// password from `password_file`, its line end trimmed).
+struct Credentials {
+    username: Option<String>,
+    password: Option<String>,
+}
+
+impl Credentials {
+    fn read(config: &RedisConfig) -> Result<Credentials, StoreError> {
+        let password = match &config.password_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|source| StoreError::PasswordFile {
+                        path: path.clone(),
+                        source,
+                    })?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string(),
+            ),
+            None => None,
+        };
+        Ok(Credentials {
+            username: config.username.clone(),
+            password,
+        })
+    }
+
+    /// `settings` with the user and password set (those the URL gave are replaced).
+    fn apply_to(&self, mut settings: redis::RedisConnectionInfo) -> redis::RedisConnectionInfo {
+        if let Some(user) = &self.username {
+            settings = settings.set_username(user.clone());
+        }
+        if let Some(p) = &self.password {
+            settings = settings.set_password(p.clone());
+        }
+        settings
+    }
+
+    fn apply(&self, info: ConnectionInfo) -> ConnectionInfo {
+        let settings = self.apply_to(info.redis_settings().clone());
+        info.set_redis_settings(settings)
+    }
+}
+
+/// A Redis Cluster connection from its seed nodes, within the connect timeout. One retry of
+/// its own (to follow a MOVED redirect); the batch's timeout bounds it, and past that the probe
+/// reconnects.
+async fn connect_cluster(
+    config: &RedisConfig,
+    credentials: &Credentials,
+    infos: Vec<ConnectionInfo>,
+) -> Result<Conn, StoreError> {
+    let infos: Vec<_> = infos.into_iter().map(|i| credentials.apply(i)).collect();
+    let client = ClusterClient::builder(infos)
+        .connection_timeout(config.connect_timeout)
+        .response_timeout(config.timeout)
+        .retries(1)
+        .build()?;
+    let conn =
+        match tokio::time::timeout(config.connect_timeout, client.get_async_connection()).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(StoreError::Redis(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "connecting to the cluster timed out",
+                ))))
+            }
+        };
+    Ok(Conn::Cluster(Box::new(client), RwLock::new(conn)))
+}
+
+/// The Sentinels (`infos`) to ask which server is `master`'s primary; the primary is reached
+/// with the first URL's settings and the credentials.
+fn sentinel_target(
+    master: &str,
+    credentials: &Credentials,
+    infos: Vec<ConnectionInfo>,
+) -> Result<tokio::sync::Mutex<Target>, StoreError> {
+    let node = infos
+        .first()
+        .map(|i| i.redis_settings().clone())
+        .unwrap_or_default();
+    let node_info = redis::sentinel::SentinelNodeConnectionInfo::default()
+        .set_redis_connection_info(credentials.apply_to(node));
+    let client = redis::sentinel::SentinelClient::build(
+        infos,
+        master,
+        Some(node_info),
+        redis::sentinel::SentinelServerType::Master,
+    )?;
+    Ok(tokio::sync::Mutex::new(Target::Sentinel(Box::new(client))))
 }
 
 #[cfg(test)]
