@@ -7,13 +7,10 @@
 //!
 //! Admission decides only from what it holds; `/metrics` reads it as a [`Component`].
 
-use std::collections::HashMap;
-use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
@@ -24,6 +21,7 @@ use tracing::debug;
 use crate::budget::{Budget, Charge, CONNECTION_COST, HANDSHAKE_COST};
 use crate::component::{Component, Rows};
 use crate::settings::Limits;
+use crate::tally::{Taken, Tally};
 
 /// Why a connection was refused: the `cause` label of `gatehouse_connections_refused`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,9 +85,9 @@ pub(crate) struct Admission {
     max_connections_per_scanner: usize,
     budget: Arc<Budget>,
     /// Handshakes in progress per source address.
-    sources: Counts<IpAddr>,
+    sources: Tally<IpAddr>,
     /// Open connections per scanner.
-    scanners: Counts<Arc<str>>,
+    scanners: Tally<Arc<str>>,
     connections: Gauge,
     streams: Gauge,
     handshakes: Gauge,
@@ -112,8 +110,8 @@ impl Admission {
             max_handshakes_per_source: limits.max_handshakes_per_source,
             max_connections_per_scanner: limits.max_connections_per_scanner,
             budget: Budget::new(limits.memory_budget),
-            sources: Counts::default(),
-            scanners: Counts::default(),
+            sources: Tally::default(),
+            scanners: Tally::default(),
             connections: Gauge::default(),
             streams: Gauge::default(),
             handshakes: Gauge::default(),
@@ -176,10 +174,11 @@ impl Admission {
             };
             return None;
         }
-        let Some(source) = self.sources.try_enter(
-            &incoming.remote_address().ip(),
-            self.max_handshakes_per_source,
-        ) else {
+        let source = &incoming.remote_address().ip();
+        let Some(source) = self
+            .sources
+            .try_take(source, 1, self.max_handshakes_per_source)
+        else {
             self.refuse(Cause::Source);
             incoming.refuse();
             return None;
@@ -199,10 +198,10 @@ impl Admission {
 
     /// Lets an established connection of scanner `id` in: a place among the scanner's
     /// connections and the connection's share of the budget, both held until dropped.
-    pub fn admit_scanner(&self, id: &Arc<str>) -> Result<(Slot<Arc<str>>, Charge), Refusal> {
+    pub fn admit_scanner(&self, id: &Arc<str>) -> Result<(Taken<Arc<str>>, Charge), Refusal> {
         let Some(slot) = self
             .scanners
-            .try_enter(id, self.max_connections_per_scanner)
+            .try_take(id, 1, self.max_connections_per_scanner)
         else {
             self.refuse(Cause::ScannerLimit);
             return Err(Refusal::TooManyConnections);
@@ -332,57 +331,10 @@ impl Component for Admission {
     }
 }
 
-/// How many of something each key holds; a key holding none has no entry, so the map is as
-/// large as the keys in use, never larger.
-pub(crate) struct Counts<K>(Arc<Mutex<HashMap<K, usize>>>);
-
-impl<K> Default for Counts<K> {
-    fn default() -> Self {
-        Counts(Arc::default())
-    }
-}
-
-impl<K: Hash + Eq + Clone> Counts<K> {
-    /// One more for `key`, unless it already holds `max`.
-    fn try_enter(&self, key: &K, max: usize) -> Option<Slot<K>> {
-        let mut m = self.0.lock();
-        let n = m.entry(key.clone()).or_insert(0);
-        if *n >= max {
-            if *n == 0 {
-                m.remove(key);
-            }
-            return None;
-        }
-        *n += 1;
-        Some(Slot {
-            counts: Arc::clone(&self.0),
-            key: key.clone(),
-        })
-    }
-}
-
-/// One unit of a [`Counts`], given back when dropped.
-pub(crate) struct Slot<K: Hash + Eq> {
-    counts: Arc<Mutex<HashMap<K, usize>>>,
-    key: K,
-}
-
-impl<K: Hash + Eq> Drop for Slot<K> {
-    fn drop(&mut self) {
-        let mut m = self.counts.lock();
-        if let Some(n) = m.get_mut(&self.key) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                m.remove(&self.key);
-            }
-        }
-    }
-}
-
 /// A handshake in progress: counted in the handshake gauge and against its source address, and
 /// charged to the budget, until dropped (when the handshake ends, however it ends).
 pub(crate) struct Handshake {
-    _source: Slot<IpAddr>,
+    _source: Taken<IpAddr>,
     _charge: Charge,
     _gauge: Held,
 }
@@ -431,10 +383,7 @@ mod tests {
         let third = a.admit_scanner(&id).unwrap();
         assert_eq!(a.refused[Cause::ScannerLimit as usize].get(), 1);
         drop((second, third));
-        assert!(
-            a.scanners.0.lock().is_empty(),
-            "no entry for a key holding none"
-        );
+        assert_eq!(a.scanners.keys(), 0, "no entry for a key holding none");
     }
 
     #[test]

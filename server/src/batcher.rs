@@ -8,7 +8,6 @@
 //! and no thread idles while work waits. Each request's verdicts go back to its stream through
 //! a oneshot channel.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -22,6 +21,7 @@ use super::metrics::Metrics;
 use super::store::Store;
 use crate::component::Component;
 use crate::settings::Batching;
+use crate::tally::{Taken, Tally};
 use gatehouse_core::{Clock, Engine, Item, Scanner};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
@@ -31,8 +31,8 @@ use prometheus_client::registry::Registry;
 struct Permit {
     tokens: usize,
     depth: Arc<Depth>,
-    /// Counted in its scanner's share too, once admitted.
-    share: Option<(Arc<Shares>, Arc<Scanner>)>,
+    /// Counted in its scanner's share too, once admitted (given back when dropped).
+    share: Option<Taken<String>>,
 }
 
 /// Tokens admitted and not yet answered (queued or verifying): the queue's own count, which
@@ -80,48 +80,6 @@ impl Component for Depth {
 impl Drop for Permit {
     fn drop(&mut self) {
         self.depth.tokens.fetch_sub(self.tokens, Ordering::Relaxed);
-        if let Some((shares, scanner)) = self.share.take() {
-            shares.release(&scanner.id, self.tokens);
-        }
-    }
-}
-
-/// Tokens admitted and not yet answered, per scanner id: one scanner cannot take the whole
-/// queue. Only scanners with tokens in flight have an entry, so it is bounded by the registry.
-#[derive(Default)]
-struct Shares(parking_lot::Mutex<HashMap<String, usize>>);
-
-impl Shares {
-    /// Counts `n` tokens for `id` unless that takes it past `max` (a scanner with nothing in
-    /// flight is always admitted once, however large its request).
-    fn try_admit(&self, id: &str, n: usize, max: usize) -> bool {
-        let mut m = self.0.lock();
-        match m.get_mut(id) {
-            Some(held) if *held > 0 && *held + n > max => false,
-            Some(held) => {
-                *held += n;
-                true
-            }
-            None => {
-                m.insert(id.to_owned(), n);
-                true
-            }
-        }
-    }
-
-    /// Tokens `id` has admitted and unanswered.
-    fn held(&self, id: &str) -> usize {
-        self.0.lock().get(id).copied().unwrap_or(0)
-    }
-
-    fn release(&self, id: &str, n: usize) {
-        let mut m = self.0.lock();
-        if let Some(held) = m.get_mut(id) {
-            *held = held.saturating_sub(n);
-            if *held == 0 {
-                m.remove(id);
-            }
-        }
     }
 }
 
@@ -133,14 +91,7 @@ impl Permit {
     fn split(&mut self, n: usize) -> Permit {
         let n = n.min(self.tokens);
         self.tokens -= n;
-        // The last piece takes the share itself: the emptied permit then releases nothing.
-        let share = if self.tokens == 0 {
-            self.share.take()
-        } else {
-            self.share
-                .as_ref()
-                .map(|(s, scanner)| (Arc::clone(s), Arc::clone(scanner)))
-        };
+        let share = self.share.as_mut().map(|share| share.split(n));
         Permit {
             tokens: n,
             depth: Arc::clone(&self.depth),
@@ -211,7 +162,9 @@ pub(crate) struct Queue {
     tx: SyncSender<Job>,
     capacity: usize,
     depth: Arc<Depth>,
-    shares: Arc<Shares>,
+    /// Tokens admitted and not yet answered, per scanner id: one scanner cannot take the
+    /// whole queue.
+    shares: Tally<String>,
     /// Most tokens of one scanner admitted at once.
     per_scanner: usize,
 }
@@ -250,10 +203,10 @@ impl Queue {
             return Err(Refused::Busy);
         }
         // A scanner past its share is busy, however much room the queue has for the others.
-        if !self.shares.try_admit(&scanner.id, n, self.per_scanner) {
+        let Some(share) = self.shares.try_take(&scanner.id, n, self.per_scanner) else {
             return Err(Refused::Busy);
-        }
-        permit.share = Some((Arc::clone(&self.shares), Arc::clone(&scanner)));
+        };
+        permit.share = Some(share);
         // Admitted whole, queued in pieces: a large request is verified as several small jobs,
         // so no batch in the pool is large and a single token of another scanner waits for
         // at most a small batch ahead of it.
@@ -338,7 +291,7 @@ fn start(
             tx,
             capacity: config.queue,
             depth,
-            shares: Arc::default(),
+            shares: Tally::default(),
             per_scanner: usize::MAX,
         },
         thread,

@@ -50,6 +50,7 @@ mod reload;
 mod service;
 mod settings;
 pub mod store;
+mod tally;
 mod tls;
 
 pub use config::{

@@ -28,6 +28,7 @@ use crate::component::{Component, Rows};
 use crate::settings::{Files, ReloadControl, ServerConfig, TlsFiles};
 use crate::tls::quinn_server_config;
 use gatehouse_core::{ConfigError, Engine, RevocationError};
+use gatehouse_protocol::Date;
 
 /// A file (or group of files) that reloads on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -652,22 +653,16 @@ pub(crate) fn cert_expiry(config: &ServerConfig) -> Expiry {
     )
 }
 
-/// `YYYY-MM-DD HH:MM:SS UTC` for Unix seconds.
+/// `YYYY-MM-DD HH:MM:SS UTC` for Unix seconds (the calendar date from the protocol's [`Date`],
+/// one civil-date computation for the whole project).
 pub fn format_unix(t: u64) -> String {
-    let days = (t / 86_400) as i64;
+    let date = Date::from_unix(t, 0).yyyymmdd();
     let secs = t % 86_400;
-    // Civil from days (the inverse of the days-from-civil algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
     format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+        date / 10_000,
+        date / 100 % 100,
+        date % 100,
         secs / 3600,
         secs % 3600 / 60,
         secs % 60
