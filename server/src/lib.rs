@@ -44,6 +44,7 @@ mod error;
 mod fair;
 pub mod feed;
 pub mod files;
+mod invalid;
 mod metrics;
 mod ops;
 mod reload;

@@ -13,28 +13,8 @@ use tokio::sync::Notify;
 
 use crate::error::ServerError;
 use crate::feed::FeedConfig;
+pub use crate::invalid::Invalid;
 use crate::store::Store;
-
-/// A setting out of range: its key as the configuration file names it (within its table), and
-/// what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {problem}")]
-pub struct Invalid {
-    /// The key, as in the file (`idle_timeout_secs`, `timeout_ms`, …).
-    pub field: &'static str,
-    /// What is wrong.
-    pub problem: String,
-}
-
-impl Invalid {
-    /// `field` is out of range: `problem`.
-    pub fn new(field: &'static str, problem: impl Into<String>) -> Invalid {
-        Invalid {
-            field,
-            problem: problem.into(),
-        }
-    }
-}
 
 /// A `Duration` written in whole seconds.
 pub(crate) mod seconds {

@@ -57,7 +57,7 @@ use redis::{AsyncConnectionConfig, ConnectionInfo, Value};
 use tracing::{info, warn};
 
 use crate::component::{Component, Rows, Totals};
-use crate::settings::Invalid;
+use crate::invalid::Invalid;
 use gatehouse_core::{Entry, Life, LifeBook, MarkOutcome, MarkRequest};
 
 /// The script of a mark round trip (see the module documentation). KEYS[1] is the shard's
