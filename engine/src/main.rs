@@ -9,8 +9,7 @@ use gatehouse_engine::server::LogFormat;
 
 mod cli;
 use cli::args::{Cli, Command};
-use cli::output::{init_logging, out, out_raw, say};
-use cli::runtime::runtime;
+use cli::output::{init_logging, say};
 use cli::{demo, dev_pki, issuer, reference, scan, serve, wallet};
 
 fn main() -> ExitCode {
@@ -31,27 +30,7 @@ fn main() -> ExitCode {
 /// Runs one command; an error it returns is printed and exits 1.
 fn run(command: Command) -> Result<ExitCode> {
     match command {
-        Command::Demo(args) => {
-            let opts = demo::DemoOptions {
-                holders: args.holders,
-                scanners: args.scanners,
-                seconds: args.seconds,
-                rate: args.rate,
-                progress: !args.json,
-                nodes: usize::from(args.nodes),
-            };
-            let report = runtime()?.block_on(demo::run(opts))?;
-            if args.json {
-                out!("{}", serde_json::to_string(&report)?);
-            } else {
-                out_raw!("{}", report.render());
-            }
-            Ok(if report.mismatches == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
+        Command::Demo(args) => demo::command(args),
         Command::Serve(args) => serve::serve(args),
         Command::Reload(args) => serve::reload(args),
         Command::DevPki(args) => dev_pki::run(args),

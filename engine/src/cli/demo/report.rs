@@ -1,0 +1,82 @@
+//! What the demo prints: the human summary, or one JSON object with `--json`.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    /// Median.
+    pub p50: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Maximum.
+    pub max: u64,
+}
+
+/// What the demo prints (and `--json` emits).
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoReport {
+    /// Requests answered.
+    pub requests: u64,
+    /// Answered requests per second of rush.
+    pub throughput_rps: f64,
+    /// From intended send time to verdict.
+    pub latency_us: Latency,
+    /// Verdicts by reason label.
+    pub verdicts: BTreeMap<String, u64>,
+    /// Verdicts that differ from the expected one.
+    pub mismatches: u64,
+    /// Requests that got no verdict (transport error or timeout).
+    pub errors: u64,
+    /// Mismatch examples (expected → got), at most 10.
+    pub mismatch_examples: Vec<String>,
+    /// Holders generated, and how long that took.
+    pub holders: usize,
+    /// Seconds spent generating the population.
+    pub setup_secs: f64,
+    /// Engine nodes.
+    pub nodes: usize,
+    /// Where one-time use was recorded (`memory`, or `redis` shared by the nodes).
+    pub store: String,
+}
+
+impl DemoReport {
+    /// The human summary.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        s.push_str(&format!(
+            "gatehouse demo: {} holders (issued in {:.1} s)\n",
+            self.holders, self.setup_secs
+        ));
+        if self.nodes > 1 {
+            s.push_str(&format!(
+                "  nodes           {} (one-time use shared on {}; each scanner's connections spread over the nodes)\n",
+                self.nodes, self.store
+            ));
+        }
+        s.push_str(&format!(
+            "  requests        {}\n  throughput      {:.0} req/s\n",
+            self.requests, self.throughput_rps
+        ));
+        s.push_str(&format!(
+            "  latency (open-loop, from intended send time)\n    p50 {:.2} ms   p99 {:.2} ms   p99.9 {:.2} ms   max {:.2} ms\n",
+            self.latency_us.p50 as f64 / 1e3,
+            self.latency_us.p99 as f64 / 1e3,
+            self.latency_us.p999 as f64 / 1e3,
+            self.latency_us.max as f64 / 1e3
+        ));
+        s.push_str("  verdicts\n");
+        for (k, v) in &self.verdicts {
+            s.push_str(&format!("    {k:<22} {v}\n"));
+        }
+        s.push_str(&format!("  mismatches      {}\n", self.mismatches));
+        for e in &self.mismatch_examples {
+            s.push_str(&format!("    {e}\n"));
+        }
+        s
+    }
+}

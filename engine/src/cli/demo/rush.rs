@@ -1,0 +1,220 @@
+//! The rush itself: the planned requests sent open-loop at their intended times, each
+//! latency measured from that time (no coordinated omission), each verdict compared with the
+//! expected one.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use gatehouse_engine::dev::progress::{Progress, ProgressMode};
+use gatehouse_protocol::Reason;
+use hdrhistogram::Histogram;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::Notify;
+
+use super::options::DemoOptions;
+use super::plan::Planned;
+use super::report::{DemoReport, Latency};
+
+/// What sends a token and returns the verdict's reason (the QUIC client in the demo).
+pub trait Transport: Send + Sync + 'static {
+    /// Sends `token` on scanner connection `scanner`.
+    fn verify(
+        &self,
+        scanner: usize,
+        token: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = Result<Reason>> + Send + '_>>;
+}
+
+/// What one request came to: its index, the verdict's reason (or why there is none), and its
+/// latency from the intended send time.
+type Outcome = (usize, Result<Reason>, Duration);
+
+/// Runs the planned requests open-loop through `transport` and returns the report.
+pub async fn rush(
+    transport: Arc<dyn Transport>,
+    planned: Vec<Planned>,
+    opts: &DemoOptions,
+) -> Result<DemoReport> {
+    let total = planned.len();
+    let rush = Arc::new(Rush {
+        transport,
+        start: Instant::now() + Duration::from_millis(50),
+        answered: Answered::new(total),
+        progress: Progress::new(
+            ProgressMode::enabled(opts.progress),
+            "rush",
+            total as u64,
+            "requests",
+        ),
+        planned,
+    });
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Outcome>();
+    for i in 0..total {
+        tokio::time::sleep_until((rush.start + rush.planned[i].at).into()).await;
+        tokio::spawn(rush.clone().send(i, tx.clone()));
+    }
+    drop(tx);
+    let mut tally = Tally::new()?;
+    let deadline = Instant::now() + Duration::from_secs_f64(opts.seconds + 30.0);
+    while let Ok(Some((i, r, latency))) = tokio::time::timeout_at(deadline.into(), rx.recv()).await
+    {
+        tally.record(i, r, latency, rush.planned[i].expect);
+    }
+    let elapsed = rush.start.elapsed().as_secs_f64().max(opts.seconds);
+    rush.progress.finish();
+    Ok(tally.report(elapsed))
+}
+
+/// What the requests of a rush share.
+struct Rush {
+    /// Where the tokens go.
+    transport: Arc<dyn Transport>,
+    /// The schedule.
+    planned: Vec<Planned>,
+    /// The instant the schedule's offsets count from.
+    start: Instant,
+    /// Which requests have been answered.
+    answered: Answered,
+    /// Requests answered, on stderr.
+    progress: Progress,
+}
+
+impl Rush {
+    /// Sends request `i` (a replay once its original is answered) and reports its outcome.
+    async fn send(self: Arc<Self>, i: usize, tx: UnboundedSender<Outcome>) {
+        let p = &self.planned[i];
+        if let Some(j) = p.after {
+            // A replay is only a replay once the original was answered.
+            self.answered.wait(j).await;
+        }
+        let intended = self.start + p.at;
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.transport.verify(p.scanner, p.token.clone()),
+        )
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")));
+        let latency = intended.elapsed();
+        self.answered.mark(i);
+        self.progress.inc(1);
+        let _ = tx.send((i, r, latency));
+    }
+}
+
+/// Per request: whether it has been answered, and a wake-up for the replays that wait on it.
+struct Answered {
+    /// Set once the request is answered.
+    flags: Vec<AtomicBool>,
+    /// Notified when the request is answered.
+    notify: Vec<Notify>,
+}
+
+impl Answered {
+    /// `total` requests, none answered.
+    fn new(total: usize) -> Answered {
+        Answered {
+            flags: (0..total).map(|_| AtomicBool::new(false)).collect(),
+            notify: (0..total).map(|_| Notify::new()).collect(),
+        }
+    }
+
+    /// Waits until request `j` is answered (looking again every 100 ms, in case the wake-up
+    /// came between the look and the wait).
+    async fn wait(&self, j: usize) {
+        while !self.flags[j].load(Ordering::Acquire) {
+            let notified = self.notify[j].notified();
+            if self.flags[j].load(Ordering::Acquire) {
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
+        }
+    }
+
+    /// Marks request `i` answered and wakes those waiting on it.
+    fn mark(&self, i: usize) {
+        self.flags[i].store(true, Ordering::Release);
+        self.notify[i].notify_waiters();
+    }
+}
+
+/// The rush's running count: latencies, verdicts, mismatches and errors.
+struct Tally {
+    /// Latency from the intended send time, microseconds.
+    hist: Histogram<u64>,
+    /// Verdicts by reason label.
+    verdicts: BTreeMap<String, u64>,
+    /// Requests answered.
+    requests: u64,
+    /// Verdicts other than the expected one.
+    mismatches: u64,
+    /// Requests without a verdict.
+    errors: u64,
+    /// The first few mismatches and errors.
+    examples: Vec<String>,
+}
+
+impl Tally {
+    /// Nothing counted yet.
+    fn new() -> Result<Tally> {
+        Ok(Tally {
+            hist: Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram")?,
+            verdicts: BTreeMap::new(),
+            requests: 0,
+            mismatches: 0,
+            errors: 0,
+            examples: Vec::new(),
+        })
+    }
+
+    /// Counts request `i`'s outcome against the verdict `expect`ed of it.
+    fn record(&mut self, i: usize, r: Result<Reason>, latency: Duration, expect: Reason) {
+        match r {
+            Ok(reason) => {
+                self.requests += 1;
+                let _ = self.hist.record((latency.as_micros() as u64).max(1));
+                *self.verdicts.entry(reason.label().to_string()).or_default() += 1;
+                if reason != expect {
+                    self.mismatches += 1;
+                    if self.examples.len() < 10 {
+                        self.examples
+                            .push(format!("request {i}: expected {expect}, got {reason}"));
+                    }
+                }
+            }
+            Err(e) => {
+                self.errors += 1;
+                if self.examples.len() < 10 {
+                    self.examples.push(format!("request {i}: {e:#}"));
+                }
+            }
+        }
+    }
+
+    /// The report of a rush that lasted `elapsed` seconds (one node, memory store: the caller
+    /// fills in the deployment).
+    fn report(self, elapsed: f64) -> DemoReport {
+        DemoReport {
+            requests: self.requests,
+            throughput_rps: self.requests as f64 / elapsed,
+            latency_us: Latency {
+                p50: self.hist.value_at_quantile(0.5),
+                p99: self.hist.value_at_quantile(0.99),
+                p999: self.hist.value_at_quantile(0.999),
+                max: self.hist.max(),
+            },
+            verdicts: self.verdicts,
+            mismatches: self.mismatches + self.errors,
+            errors: self.errors,
+            mismatch_examples: self.examples,
+            holders: 0,
+            setup_secs: 0.0,
+            nodes: 1,
+            store: "memory".into(),
+        }
+    }
+}
