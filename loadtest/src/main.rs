@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use gatehouse_engine::client::ClientOptions;
+use gatehouse_engine::client::{ClientIdentity, ClientOptions};
 use gatehouse_engine::dev::pki::DevPki;
 use gatehouse_engine::dev::progress::ProgressMode;
 use gatehouse_loadtest::budget::BudgetResult;
@@ -20,9 +20,10 @@ use gatehouse_loadtest::closed::{self, ClosedOptions};
 use gatehouse_loadtest::fleet::default_cache_dir;
 use gatehouse_loadtest::openloop::{OpenLoopOptions, MAX_SIGN_LEAD};
 use gatehouse_loadtest::report::{ModelInfo, PopulationInfo, TargetInfo};
+use gatehouse_loadtest::summary::GooseSummary;
 use gatehouse_loadtest::target::{identities_from_dir, identities_from_pki};
 use gatehouse_loadtest::{
-    compare, find_gatehouse, plan_differences, sweep, Budget, Connections, Fleet, FleetSpec,
+    compare, find_gatehouse, plan_differences, sweep, Budget, Check, Connections, Fleet, FleetSpec,
     Harness, Mix, Plan, Report, RushModel, ScannerSet, SpawnOptions, SpawnedSite, StoreKind,
     SweepOptions,
 };
@@ -47,96 +48,14 @@ struct Cli {
 enum Command {
     /// Generate (or load) the cached population and print its census; optionally export the
     /// files a staging engine needs.
-    Population {
-        #[command(flatten)]
-        fleet: FleetArgs,
-        /// Write trust.toml, scanners.toml and revocations.cbor here (for a staging engine).
-        #[arg(long)]
-        export: Option<PathBuf>,
-        /// With --export: also a development PKI (pki/) for the standard scanners. TEST ONLY.
-        #[arg(long, requires = "export")]
-        dev_pki: bool,
-    },
+    Population(PopulationArgs),
     /// An open-loop morning rush: ramp up, peak, ramp down.
-    Rush {
-        #[command(flatten)]
-        common: Common,
-        #[command(flatten)]
-        model: ModelArgs,
-        /// Seconds of ramp up.
-        #[arg(long, default_value_t = 10.0)]
-        ramp_up_secs: f64,
-        /// Seconds at the peak rate.
-        #[arg(long, default_value_t = 30.0)]
-        peak_secs: f64,
-        /// Seconds of ramp down.
-        #[arg(long, default_value_t = 10.0)]
-        ramp_down_secs: f64,
-        /// How far ahead of its send time a token may be signed (at most 10).
-        #[arg(long, default_value_t = 3.0)]
-        sign_lead_secs: f64,
-    },
+    Rush(RushArgs),
     /// Capacity sweep: step the open-loop rate up until the budget breaks.
-    Sweep {
-        #[command(flatten)]
-        common: Common,
-        #[command(flatten)]
-        model: ModelArgs,
-        /// First rate (default: the modelled peak).
-        #[arg(long)]
-        from: Option<f64>,
-        /// Each step's rate is this many times the last.
-        #[arg(long, default_value_t = 1.5)]
-        factor: f64,
-        /// Seconds per step (at most 10: each step is signed before its clock starts).
-        #[arg(long, default_value_t = 8.0)]
-        step_secs: f64,
-        /// Highest rate tried.
-        #[arg(long, default_value_t = 100_000.0)]
-        max_rps: f64,
-        /// Most steps (refinement included).
-        #[arg(long, default_value_t = 20)]
-        max_steps: usize,
-        /// Bisection steps between the last rate that held and the first that broke.
-        #[arg(long, default_value_t = 2)]
-        refine: usize,
-    },
+    Sweep(SweepArgs),
     /// Closed-loop scenarios (gate, partner, age, adversarial) on goose, with goose's
     /// HTML/JSON/Markdown reports. Arguments after `--` go to goose as they are.
-    Goose {
-        #[command(flatten)]
-        common: Common,
-        #[command(flatten)]
-        model: ModelArgs,
-        /// Terminals (goose users) at the peak (default: peak rate × mean think time).
-        #[arg(long)]
-        users: Option<usize>,
-        /// Most users when derived from the model.
-        #[arg(long, default_value_t = 1000)]
-        max_users: usize,
-        /// Seconds to start every user.
-        #[arg(long, default_value_t = 10)]
-        ramp_up_secs: u64,
-        /// Seconds to hold them.
-        #[arg(long, default_value_t = 30)]
-        peak_secs: u64,
-        /// Seconds to stop them.
-        #[arg(long, default_value_t = 5)]
-        ramp_down_secs: u64,
-        /// Shortest think time between two people at a terminal, ms.
-        #[arg(long, default_value_t = 500)]
-        think_min_ms: u64,
-        /// Longest think time, ms.
-        #[arg(long, default_value_t = 2500)]
-        think_max_ms: u64,
-        /// Where goose writes goose.html, goose.json and goose.md [default: goose/ in the
-        /// cache directory].
-        #[arg(long)]
-        report_dir: Option<PathBuf>,
-        /// Arguments for goose (after `--`).
-        #[arg(last = true)]
-        goose_args: Vec<String>,
-    },
+    Goose(GooseArgs),
     /// Hostile traffic: floods against an engine started on loopback while a gate scanner
     /// measures; prints the table and fails when a target is missed.
     Abuse {
@@ -148,27 +67,7 @@ enum Command {
     /// (or one node on the memory store), faults injected on a schedule, every accepted token
     /// shown again at another node; fails when any token is accepted twice (with
     /// --accept-risk: when the checker finds none).
-    Faults {
-        /// The `gatehouse` binary (default: as for the other commands).
-        #[arg(long)]
-        bin: Option<PathBuf>,
-        /// Topologies, comma-separated: single, partition, sentinel, cluster, memory (or all).
-        #[arg(long, default_value = "all")]
-        topology: String,
-        /// Faults per topology.
-        #[arg(long, default_value_t = 10)]
-        faults: usize,
-        /// Fresh tokens per second over all nodes.
-        #[arg(long, default_value_t = 60.0)]
-        rate: f64,
-        /// Seconds of steady traffic after each fault's recovery.
-        #[arg(long, default_value_t = 2.0)]
-        settle_secs: f64,
-        /// The nodes accept this risk (eviction, split-brain) and the store is set up to allow
-        /// it: the run passes only if the checker finds the double accepts it allows.
-        #[arg(long)]
-        accept_risk: Option<String>,
-    },
+    Faults(FaultsArgs),
     /// Render a JSON report (from `--report`) as the offline HTML report.
     Html {
         /// The JSON report.
@@ -180,15 +79,143 @@ enum Command {
     /// Compare two JSON reports (the second against the first). Refused when their plans
     /// differ (mode, population, plan shape or rate, sweep step), since the figures then
     /// describe the plans rather than the engine.
-    Compare {
-        /// The earlier report.
-        baseline: PathBuf,
-        /// The later report.
-        report: PathBuf,
-        /// Compare even when the plans differ (each difference is printed as a warning).
-        #[arg(long)]
-        allow_different_plans: bool,
-    },
+    Compare(CompareArgs),
+}
+
+// The arguments of each command; its help text is the doc comment of its `Command` variant.
+
+/// The arguments of `population`.
+#[derive(Args)]
+struct PopulationArgs {
+    #[command(flatten)]
+    fleet: FleetArgs,
+    /// Write trust.toml, scanners.toml and revocations.cbor here (for a staging engine).
+    #[arg(long)]
+    export: Option<PathBuf>,
+    /// With --export: also a development PKI (pki/) for the standard scanners. TEST ONLY.
+    #[arg(long, requires = "export")]
+    dev_pki: bool,
+}
+
+/// The arguments of `rush`.
+#[derive(Args)]
+struct RushArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Seconds of ramp up.
+    #[arg(long, default_value_t = 10.0)]
+    ramp_up_secs: f64,
+    /// Seconds at the peak rate.
+    #[arg(long, default_value_t = 30.0)]
+    peak_secs: f64,
+    /// Seconds of ramp down.
+    #[arg(long, default_value_t = 10.0)]
+    ramp_down_secs: f64,
+    /// How far ahead of its send time a token may be signed (at most 10).
+    #[arg(long, default_value_t = 3.0)]
+    sign_lead_secs: f64,
+}
+
+/// The arguments of `sweep`.
+#[derive(Args)]
+struct SweepArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// First rate (default: the modelled peak).
+    #[arg(long)]
+    from: Option<f64>,
+    /// Each step's rate is this many times the last.
+    #[arg(long, default_value_t = 1.5)]
+    factor: f64,
+    /// Seconds per step (at most 10: each step is signed before its clock starts).
+    #[arg(long, default_value_t = 8.0)]
+    step_secs: f64,
+    /// Highest rate tried.
+    #[arg(long, default_value_t = 100_000.0)]
+    max_rps: f64,
+    /// Most steps (refinement included).
+    #[arg(long, default_value_t = 20)]
+    max_steps: usize,
+    /// Bisection steps between the last rate that held and the first that broke.
+    #[arg(long, default_value_t = 2)]
+    refine: usize,
+}
+
+/// The arguments of `goose`.
+#[derive(Args)]
+struct GooseArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Terminals (goose users) at the peak (default: peak rate × mean think time).
+    #[arg(long)]
+    users: Option<usize>,
+    /// Most users when derived from the model.
+    #[arg(long, default_value_t = 1000)]
+    max_users: usize,
+    /// Seconds to start every user.
+    #[arg(long, default_value_t = 10)]
+    ramp_up_secs: u64,
+    /// Seconds to hold them.
+    #[arg(long, default_value_t = 30)]
+    peak_secs: u64,
+    /// Seconds to stop them.
+    #[arg(long, default_value_t = 5)]
+    ramp_down_secs: u64,
+    /// Shortest think time between two people at a terminal, ms.
+    #[arg(long, default_value_t = 500)]
+    think_min_ms: u64,
+    /// Longest think time, ms.
+    #[arg(long, default_value_t = 2500)]
+    think_max_ms: u64,
+    /// Where goose writes goose.html, goose.json and goose.md [default: goose/ in the
+    /// cache directory].
+    #[arg(long)]
+    report_dir: Option<PathBuf>,
+    /// Arguments for goose (after `--`).
+    #[arg(last = true)]
+    goose_args: Vec<String>,
+}
+
+/// The arguments of `faults`.
+#[derive(Args)]
+struct FaultsArgs {
+    /// The `gatehouse` binary (default: as for the other commands).
+    #[arg(long)]
+    bin: Option<PathBuf>,
+    /// Topologies, comma-separated: single, partition, sentinel, cluster, memory (or all).
+    #[arg(long, default_value = "all")]
+    topology: String,
+    /// Faults per topology.
+    #[arg(long, default_value_t = 10)]
+    faults: usize,
+    /// Fresh tokens per second over all nodes.
+    #[arg(long, default_value_t = 60.0)]
+    rate: f64,
+    /// Seconds of steady traffic after each fault's recovery.
+    #[arg(long, default_value_t = 2.0)]
+    settle_secs: f64,
+    /// The nodes accept this risk (eviction, split-brain) and the store is set up to allow
+    /// it: the run passes only if the checker finds the double accepts it allows.
+    #[arg(long)]
+    accept_risk: Option<String>,
+}
+
+/// The arguments of `compare`.
+#[derive(Args)]
+struct CompareArgs {
+    /// The earlier report.
+    baseline: PathBuf,
+    /// The later report.
+    report: PathBuf,
+    /// Compare even when the plans differ (each difference is printed as a warning).
+    #[arg(long)]
+    allow_different_plans: bool,
 }
 
 #[derive(Args, Clone)]
@@ -311,6 +338,13 @@ struct Common {
     /// Most requests one run may schedule.
     #[arg(long, default_value_t = 5_000_000)]
     max_requests: usize,
+}
+
+impl Common {
+    /// Progress on stderr for these options (see [`progress_mode`]).
+    fn progress(&self) -> ProgressMode {
+        progress_mode(self.fleet.quiet, self.json)
+    }
 }
 
 /// `--store`.
@@ -448,6 +482,70 @@ fn check_spawn(common: &Common) -> Result<()> {
     Ok(())
 }
 
+/// Where the scanners connect, as whom, and what the harness knows of the engine there.
+struct Endpoint {
+    /// The nodes (and their Redis), when the harness started them.
+    site: Option<SpawnedSite>,
+    /// Every node's address, in index order.
+    addrs: Vec<SocketAddr>,
+    /// Per scanner, its certificate and key.
+    identities: Vec<ClientIdentity>,
+    /// The name on the server certificate.
+    server_name: String,
+    /// Whether the fleet's revocations were loaded (spawned engines only).
+    revocations_loaded: Option<bool>,
+}
+
+/// Starts the nodes `--spawn` asks for on loopback, with a development PKI.
+async fn spawn_endpoint(
+    common: &Common,
+    fleet: &Fleet,
+    scanners: &ScannerSet,
+    replay_capacity: usize,
+) -> Result<Endpoint> {
+    let bin = match &common.gatehouse_bin {
+        Some(b) => b.clone(),
+        None => find_gatehouse()?,
+    };
+    let opts = spawn_options(common, bin, replay_capacity);
+    if !common.fleet.quiet {
+        eprintln!(
+            "engine: starting {} × {} serve on loopback (one-time use: {}) …",
+            opts.nodes,
+            opts.bin.display(),
+            opts.store.label()
+        );
+    }
+    let (site, pki): (SpawnedSite, DevPki) = SpawnedSite::start(fleet, scanners, &opts).await?;
+    if !common.fleet.quiet {
+        eprintln!("  one-time use: {}", site.store);
+    }
+    Ok(Endpoint {
+        identities: identities_from_pki(&pki, scanners)?,
+        addrs: site.addrs(),
+        site: Some(site),
+        server_name: "localhost".to_string(),
+        revocations_loaded: Some(!common.no_revocations),
+    })
+}
+
+/// The running engine `--target` names, with the scanner identities in `--cert-dir`.
+fn named_endpoint(common: &Common, addr: SocketAddr, scanners: &ScannerSet) -> Result<Endpoint> {
+    gatehouse_loadtest::target::check_target(addr)?;
+    let cert_dir = common
+        .cert_dir
+        .clone()
+        .context("--target needs --cert-dir (scanner certificates and keys)")?;
+    let ca = common.ca.clone().unwrap_or_else(|| cert_dir.join("ca.pem"));
+    Ok(Endpoint {
+        site: None,
+        addrs: vec![addr],
+        identities: identities_from_dir(&ca, &cert_dir, scanners)?,
+        server_name: common.server_name.clone(),
+        revocations_loaded: None,
+    })
+}
+
 /// Connects to the named engine or starts one; returns the harness.
 async fn connect(common: &Common, fleet: Fleet, replay_capacity: usize) -> Result<Harness> {
     let fleet = Arc::new(fleet);
@@ -457,43 +555,16 @@ async fn connect(common: &Common, fleet: Fleet, replay_capacity: usize) -> Resul
         ..ClientOptions::default()
     };
     check_spawn(common)?;
-    let (site, addrs, identities, server_name, revocations_loaded) = if common.spawn {
-        let bin = match &common.gatehouse_bin {
-            Some(b) => b.clone(),
-            None => find_gatehouse()?,
-        };
-        let opts = spawn_options(common, bin, replay_capacity);
-        if !common.fleet.quiet {
-            eprintln!(
-                "engine: starting {} × {} serve on loopback (one-time use: {}) …",
-                opts.nodes,
-                opts.bin.display(),
-                opts.store.label()
-            );
-        }
-        let (site, pki): (SpawnedSite, DevPki) =
-            SpawnedSite::start(&fleet, &scanners, &opts).await?;
-        if !common.fleet.quiet {
-            eprintln!("  one-time use: {}", site.store);
-        }
-        let ids = identities_from_pki(&pki, &scanners)?;
-        let addrs = site.addrs();
-        (
-            Some(site),
-            addrs,
-            ids,
-            "localhost".to_string(),
-            Some(!common.no_revocations),
-        )
+    let Endpoint {
+        site,
+        addrs,
+        identities,
+        server_name,
+        revocations_loaded,
+    } = if common.spawn {
+        spawn_endpoint(common, &fleet, &scanners, replay_capacity).await?
     } else if let Some(addr) = common.target {
-        gatehouse_loadtest::target::check_target(addr)?;
-        let cert_dir = common
-            .cert_dir
-            .clone()
-            .context("--target needs --cert-dir (scanner certificates and keys)")?;
-        let ca = common.ca.clone().unwrap_or_else(|| cert_dir.join("ca.pem"));
-        let ids = identities_from_dir(&ca, &cert_dir, &scanners)?;
-        (None, vec![addr], ids, common.server_name.clone(), None)
+        named_endpoint(common, addr, &scanners)?
     } else {
         bail!("say where the engine is: --spawn (start one on loopback) or --target ADDR");
     };
@@ -539,7 +610,7 @@ async fn connect(common: &Common, fleet: Fleet, replay_capacity: usize) -> Resul
             request_timeout: options.request_timeout,
             utc_offset_secs: common.utc_offset_secs,
             salt: 0,
-            progress: progress_mode(common.fleet.quiet, common.json),
+            progress: common.progress(),
         },
         mix: Mix::default(),
         max_requests: common.max_requests,
@@ -563,7 +634,7 @@ fn finish(
     common: &Common,
     budget: &Budget,
     budget_file: &Path,
-    mut checks: Vec<gatehouse_loadtest::Check>,
+    mut checks: Vec<Check>,
 ) -> Result<ExitCode> {
     if let Some(b) = &common.baseline {
         let before: serde_json::Value = serde_json::from_str(
@@ -576,7 +647,7 @@ fn finish(
         let differ = plan_differences(&before, &now);
         if !report.baseline.is_empty() {
             // A regression gate across different plans would judge the plans, not the engine.
-            checks.push(gatehouse_loadtest::Check {
+            checks.push(Check {
                 name: "baseline has the same plan".into(),
                 limit: "same mode, population and plan".into(),
                 observed: if differ.is_empty() {
@@ -664,374 +735,415 @@ async fn shutdown(mut h: Harness) {
     }
 }
 
+/// Runs the command named on the command line; the exit code says how it went.
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Population {
-            fleet,
-            export,
-            dev_pki,
-        } => {
-            let (f, info) = load_fleet(&fleet, progress_mode(fleet.quiet, false)).await?;
-            println!(
-                "{} holders ({} valid, {} revoked, {} expired; {} revocation entries), {} in {:.1} s, cached under {}",
-                info.holders,
-                info.valid,
-                info.revoked,
-                info.expired,
-                f.revocations.revoke.len(),
-                info.origin,
-                info.secs,
-                fleet.cache_dir.display()
-            );
-            if let Some(dir) = export {
-                std::fs::create_dir_all(&dir)?;
-                std::fs::write(dir.join("trust.toml"), f.trust_list().to_toml())?;
-                std::fs::write(dir.join("scanners.toml"), f.scanners().to_toml())?;
-                std::fs::write(dir.join("revocations.cbor"), f.revocations.encode())?;
-                if dev_pki {
-                    let ids = ScannerSet::new(&f.scanners()).ids;
-                    DevPki::generate(&ids)?.write_to(&dir.join("pki"))?;
-                }
-                println!(
-                    "wrote trust.toml, scanners.toml, revocations.cbor{} to {}",
-                    if dev_pki { " and pki/ (TEST ONLY)" } else { "" },
-                    dir.display()
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Rush {
-            common,
-            model,
-            ramp_up_secs,
-            peak_secs,
-            ramp_down_secs,
-            sign_lead_secs,
-        } => {
-            let m = model.model(common.fleet.holders)?;
-            check_spawn(&common)?;
-            let plan = Plan {
-                ramp_up_secs,
-                peak_secs,
-                ramp_down_secs,
-                peak_rps: model.run_peak(&m),
-            };
-            ensure!(
-                ramp_up_secs >= 0.0 && peak_secs >= 0.0 && ramp_down_secs >= 0.0,
-                "phase lengths must not be negative"
-            );
-            ensure!(
-                plan.duration() > 0.0 && plan.duration() <= 3600.0,
-                "a rush lasts more than 0 and at most 3600 s"
-            );
-            ensure!(
-                sign_lead_secs > 0.0 && sign_lead_secs <= MAX_SIGN_LEAD.as_secs_f64(),
-                "--sign-lead-secs must be in (0, {}]",
-                MAX_SIGN_LEAD.as_secs()
-            );
-            let budget_file = common
-                .budget
-                .clone()
-                .unwrap_or_else(|| default_budget("default.toml"));
-            let budget = Budget::load(&budget_file)?;
-            let (fleet, info) = load_fleet(
-                &common.fleet,
-                progress_mode(common.fleet.quiet, common.json),
-            )
-            .await?;
-            let h = connect(&common, fleet, replay_capacity_for(plan.peak_rps)).await?;
-            if !common.fleet.quiet {
-                eprintln!(
-                    "rush: {}\n  plan: ramp up {ramp_up_secs} s, peak {peak_secs} s at {:.0} req/s, ramp down {ramp_down_secs} s (~{:.0} requests)",
-                    m.explain(),
-                    plan.peak_rps,
-                    plan.expected_requests()
-                );
-            }
-            let result = h
-                .run_plan(&plan, Duration::from_secs_f64(sign_lead_secs))
-                .await;
-            let mut report = base_report("rush", &h, info, ModelInfo::new(&m, Some(&plan)));
-            shutdown(h).await;
-            let run = result?;
-            let checks = budget.check_run(&run);
-            report.run = Some(run);
-            finish(report, &common, &budget, &budget_file, checks)
-        }
-        Command::Sweep {
-            common,
-            model,
-            from,
-            factor,
-            step_secs,
-            max_rps,
-            max_steps,
-            refine,
-        } => {
-            let m = model.model(common.fleet.holders)?;
-            check_spawn(&common)?;
-            ensure!(
-                step_secs > 0.0 && step_secs <= MAX_SIGN_LEAD.as_secs_f64(),
-                "--step-secs must be in (0, {}]",
-                MAX_SIGN_LEAD.as_secs()
-            );
-            ensure!(max_steps <= 60, "--max-steps is at most 60");
-            let budget_file = common
-                .budget
-                .clone()
-                .unwrap_or_else(|| default_budget("sweep.toml"));
-            let budget = Budget::load(&budget_file)?;
-            let opts = SweepOptions {
-                from_rps: from.unwrap_or_else(|| model.run_peak(&m)),
-                factor,
-                step_secs,
-                max_rps,
-                max_steps,
-                refine,
-                pause: Duration::from_secs(2),
-            };
-            ensure!(
-                opts.max_rps * opts.step_secs <= common.max_requests as f64,
-                "--max-rps × --step-secs exceeds --max-requests"
-            );
-            let (fleet, info) = load_fleet(
-                &common.fleet,
-                progress_mode(common.fleet.quiet, common.json),
-            )
-            .await?;
-            let h = connect(&common, fleet, replay_capacity_for(max_rps)).await?;
-            if !common.fleet.quiet {
-                eprintln!("sweep: {}", m.explain());
-            }
-            let t0 = Instant::now();
-            let result = sweep(&h, &budget, &opts, m.peak_rps(), !common.fleet.quiet).await;
-            let mut report = base_report("sweep", &h, info, ModelInfo::new(&m, None));
-            shutdown(h).await;
-            let s = result?;
-            if !common.fleet.quiet {
-                eprintln!("  sweep took {:.0} s", t0.elapsed().as_secs_f64());
-            }
-            let checks = budget.check_sweep(&s);
-            report.sweep = Some(s);
-            finish(report, &common, &budget, &budget_file, checks)
-        }
-        Command::Goose {
-            common,
-            model,
+        Command::Population(args) => population(args).await,
+        Command::Rush(args) => rush(args).await,
+        Command::Sweep(args) => capacity_sweep(args).await,
+        Command::Goose(args) => goose(args).await,
+        Command::Abuse { bin } => abuse(bin).await,
+        Command::Faults(args) => fault_injection(args).await,
+        Command::Html { report, out } => html(&report, &out),
+        Command::Compare(args) => compare_reports(&args),
+    }
+}
+
+/// `population`: loads or generates the fleet, prints its census, exports its files.
+async fn population(args: PopulationArgs) -> Result<ExitCode> {
+    let fleet = &args.fleet;
+    let (f, info) = load_fleet(fleet, progress_mode(fleet.quiet, false)).await?;
+    println!(
+        "{} holders ({} valid, {} revoked, {} expired; {} revocation entries), {} in {:.1} s, cached under {}",
+        info.holders,
+        info.valid,
+        info.revoked,
+        info.expired,
+        f.revocations.revoke.len(),
+        info.origin,
+        info.secs,
+        fleet.cache_dir.display()
+    );
+    if let Some(dir) = &args.export {
+        export_population(&f, dir, args.dev_pki)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the files a staging engine needs for `f` (and, with `dev_pki`, a development PKI)
+/// to `dir`.
+fn export_population(f: &Fleet, dir: &Path, dev_pki: bool) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("trust.toml"), f.trust_list().to_toml())?;
+    std::fs::write(dir.join("scanners.toml"), f.scanners().to_toml())?;
+    std::fs::write(dir.join("revocations.cbor"), f.revocations.encode())?;
+    if dev_pki {
+        let ids = ScannerSet::new(&f.scanners()).ids;
+        DevPki::generate(&ids)?.write_to(&dir.join("pki"))?;
+    }
+    println!(
+        "wrote trust.toml, scanners.toml, revocations.cbor{} to {}",
+        if dev_pki { " and pki/ (TEST ONLY)" } else { "" },
+        dir.display()
+    );
+    Ok(())
+}
+
+/// The budget file `--budget` names, else `default` among the shipped budgets, and the budget
+/// in it.
+fn load_budget(common: &Common, default: &str) -> Result<(Budget, PathBuf)> {
+    let file = common
+        .budget
+        .clone()
+        .unwrap_or_else(|| default_budget(default));
+    Ok((Budget::load(&file)?, file))
+}
+
+impl RushArgs {
+    /// The plan these arguments describe, its peak from `m`; refuses a plan that cannot run.
+    fn plan(&self, m: &RushModel) -> Result<Plan> {
+        let plan = Plan {
+            ramp_up_secs: self.ramp_up_secs,
+            peak_secs: self.peak_secs,
+            ramp_down_secs: self.ramp_down_secs,
+            peak_rps: self.model.run_peak(m),
+        };
+        ensure!(
+            self.ramp_up_secs >= 0.0 && self.peak_secs >= 0.0 && self.ramp_down_secs >= 0.0,
+            "phase lengths must not be negative"
+        );
+        ensure!(
+            plan.duration() > 0.0 && plan.duration() <= 3600.0,
+            "a rush lasts more than 0 and at most 3600 s"
+        );
+        ensure!(
+            self.sign_lead_secs > 0.0 && self.sign_lead_secs <= MAX_SIGN_LEAD.as_secs_f64(),
+            "--sign-lead-secs must be in (0, {}]",
+            MAX_SIGN_LEAD.as_secs()
+        );
+        Ok(plan)
+    }
+}
+
+/// `rush`: one open-loop morning rush, judged by the budget.
+async fn rush(args: RushArgs) -> Result<ExitCode> {
+    let common = &args.common;
+    let m = args.model.model(common.fleet.holders)?;
+    check_spawn(common)?;
+    let plan = args.plan(&m)?;
+    let (budget, budget_file) = load_budget(common, "default.toml")?;
+    let (fleet, info) = load_fleet(&common.fleet, common.progress()).await?;
+    let h = connect(common, fleet, replay_capacity_for(plan.peak_rps)).await?;
+    if !common.fleet.quiet {
+        eprintln!(
+            "rush: {}\n  plan: ramp up {} s, peak {} s at {:.0} req/s, ramp down {} s (~{:.0} requests)",
+            m.explain(),
+            args.ramp_up_secs,
+            args.peak_secs,
+            plan.peak_rps,
+            args.ramp_down_secs,
+            plan.expected_requests()
+        );
+    }
+    let result = h
+        .run_plan(&plan, Duration::from_secs_f64(args.sign_lead_secs))
+        .await;
+    let mut report = base_report("rush", &h, info, ModelInfo::new(&m, Some(&plan)));
+    shutdown(h).await;
+    let run = result?;
+    let checks = budget.check_run(&run);
+    report.run = Some(run);
+    finish(report, common, &budget, &budget_file, checks)
+}
+
+impl SweepArgs {
+    /// How the sweep steps, its first rate from `m` unless `--from` names one; refuses steps
+    /// that cannot run.
+    fn options(&self, m: &RushModel) -> Result<SweepOptions> {
+        ensure!(
+            self.step_secs > 0.0 && self.step_secs <= MAX_SIGN_LEAD.as_secs_f64(),
+            "--step-secs must be in (0, {}]",
+            MAX_SIGN_LEAD.as_secs()
+        );
+        ensure!(self.max_steps <= 60, "--max-steps is at most 60");
+        Ok(SweepOptions {
+            from_rps: self.from.unwrap_or_else(|| self.model.run_peak(m)),
+            factor: self.factor,
+            step_secs: self.step_secs,
+            max_rps: self.max_rps,
+            max_steps: self.max_steps,
+            refine: self.refine,
+            pause: Duration::from_secs(2),
+        })
+    }
+}
+
+/// `sweep`: steps the open-loop rate up to the knee, judged by the sweep budget.
+async fn capacity_sweep(args: SweepArgs) -> Result<ExitCode> {
+    let common = &args.common;
+    let m = args.model.model(common.fleet.holders)?;
+    check_spawn(common)?;
+    let opts = args.options(&m)?;
+    let (budget, budget_file) = load_budget(common, "sweep.toml")?;
+    ensure!(
+        opts.max_rps * opts.step_secs <= common.max_requests as f64,
+        "--max-rps × --step-secs exceeds --max-requests"
+    );
+    let (fleet, info) = load_fleet(&common.fleet, common.progress()).await?;
+    let h = connect(common, fleet, replay_capacity_for(args.max_rps)).await?;
+    if !common.fleet.quiet {
+        eprintln!("sweep: {}", m.explain());
+    }
+    let t0 = Instant::now();
+    let result = sweep(&h, &budget, &opts, m.peak_rps(), !common.fleet.quiet).await;
+    let mut report = base_report("sweep", &h, info, ModelInfo::new(&m, None));
+    shutdown(h).await;
+    let s = result?;
+    if !common.fleet.quiet {
+        eprintln!("  sweep took {:.0} s", t0.elapsed().as_secs_f64());
+    }
+    let checks = budget.check_sweep(&s);
+    report.sweep = Some(s);
+    finish(report, common, &budget, &budget_file, checks)
+}
+
+impl GooseArgs {
+    /// Refuses think times and test plans that cannot run.
+    fn check(&self) -> Result<()> {
+        ensure!(
+            self.think_min_ms <= self.think_max_ms && self.think_max_ms > 0,
+            "--think-min-ms must not exceed --think-max-ms"
+        );
+        ensure!(
+            self.ramp_up_secs + self.peak_secs + self.ramp_down_secs <= 3600,
+            "a goose run lasts at most 3600 s"
+        );
+        Ok(())
+    }
+
+    /// The mean think time, seconds.
+    fn mean_think(&self) -> f64 {
+        (self.think_min_ms + self.think_max_ms) as f64 / 2000.0
+    }
+
+    /// Terminals at the peak: `--users`, else the model's peak rate times the mean think time
+    /// (at most `--max-users`).
+    fn users(&self, m: &RushModel) -> usize {
+        self.users
+            .unwrap_or_else(|| (self.model.run_peak(m) * self.mean_think()).ceil() as usize)
+            .clamp(1, self.max_users.max(1))
+    }
+
+    /// The closed-loop run's knobs, with `users` terminals and the budget's thresholds.
+    fn options(&self, users: usize, budget: &Budget) -> ClosedOptions {
+        let common = &self.common;
+        ClosedOptions {
             users,
-            max_users,
-            ramp_up_secs,
-            peak_secs,
-            ramp_down_secs,
-            think_min_ms,
-            think_max_ms,
-            report_dir,
-            goose_args,
-        } => {
-            let m = model.model(common.fleet.holders)?;
-            check_spawn(&common)?;
-            ensure!(
-                think_min_ms <= think_max_ms && think_max_ms > 0,
-                "--think-min-ms must not exceed --think-max-ms"
-            );
-            ensure!(
-                ramp_up_secs + peak_secs + ramp_down_secs <= 3600,
-                "a goose run lasts at most 3600 s"
-            );
-            let mean_think = (think_min_ms + think_max_ms) as f64 / 2000.0;
-            let users = users
-                .unwrap_or_else(|| (model.run_peak(&m) * mean_think).ceil() as usize)
-                .clamp(1, max_users.max(1));
-            let budget_file = common
-                .budget
+            ramp_up_secs: self.ramp_up_secs,
+            peak_secs: self.peak_secs,
+            ramp_down_secs: self.ramp_down_secs,
+            think: (
+                Duration::from_millis(self.think_min_ms),
+                Duration::from_millis(self.think_max_ms),
+            ),
+            report_dir: self
+                .report_dir
                 .clone()
-                .unwrap_or_else(|| default_budget("default.toml"));
-            let budget = Budget::load(&budget_file)?;
-            let (fleet, info) = load_fleet(
-                &common.fleet,
-                progress_mode(common.fleet.quiet, common.json),
-            )
-            .await?;
-            let peak = model.run_peak(&m).max(users as f64 / mean_think.max(0.001));
-            let h = connect(&common, fleet, replay_capacity_for(peak * 2.0)).await?;
-            let addr: SocketAddr = h.conns.addr(0).context("no engine address")?;
-            let opts = ClosedOptions {
-                users,
-                ramp_up_secs,
-                peak_secs,
-                ramp_down_secs,
-                think: (
-                    Duration::from_millis(think_min_ms),
-                    Duration::from_millis(think_max_ms),
-                ),
-                report_dir: report_dir.unwrap_or_else(|| common.fleet.cache_dir.join("goose")),
-                thresholds: budget.goose_thresholds(),
-                goose_args,
-                utc_offset_secs: common.utc_offset_secs,
-                request_timeout: Duration::from_millis(common.request_timeout_ms),
-            };
-            if !common.fleet.quiet {
-                eprintln!(
-                    "goose: {users} terminals (≈ {:.0} req/s at {mean_think:.1} s mean think time), test plan ramp {ramp_up_secs} s / hold {peak_secs} s / down {ramp_down_secs} s",
-                    users as f64 / mean_think
-                );
-            }
-            let result = closed::run(
-                h.fleet.clone(),
-                h.scanners.clone(),
-                h.conns.clone(),
-                addr,
-                &opts,
-            )
-            .await;
-            let mut report = base_report("goose", &h, info, ModelInfo::new(&m, None));
-            shutdown(h).await;
-            let (g, held) = result?;
-            let mut checks = vec![
-                gatehouse_loadtest::Check {
-                    name: "mismatches".into(),
-                    limit: format!("≤ {}", budget.max_mismatches),
-                    observed: g.mismatches.to_string(),
-                    passed: g.mismatches <= budget.max_mismatches,
-                },
-                gatehouse_loadtest::Check {
-                    name: "goose thresholds".into(),
-                    limit: budget.goose_thresholds().join(", "),
-                    observed: if held { "held" } else { "failed" }.into(),
-                    passed: held,
-                },
-                gatehouse_loadtest::Check {
-                    name: "requests".into(),
-                    limit: "≥ 1".into(),
-                    observed: g.requests.to_string(),
-                    passed: g.requests >= 1,
-                },
-            ];
-            if g.requests > 0 {
-                let rate = g.errors as f64 / g.requests as f64;
-                checks.push(gatehouse_loadtest::Check {
-                    name: "error rate".into(),
-                    limit: format!("≤ {}", budget.max_error_rate),
-                    observed: format!("{rate:.6}"),
-                    passed: rate <= budget.max_error_rate,
-                });
-            }
-            report.goose = Some(g);
-            finish(report, &common, &budget, &budget_file, checks)
-        }
-        Command::Abuse { bin } => {
-            let bin = match bin {
-                Some(b) => b,
-                None => find_gatehouse()?,
-            };
-            Ok(if abuse::run(bin).await? {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(EXIT_MISSED)
-            })
-        }
-        Command::Faults {
-            bin,
-            topology,
-            faults,
-            rate,
-            settle_secs,
-            accept_risk,
-        } => {
-            let bin = match bin {
-                Some(b) => b,
-                None => find_gatehouse()?,
-            };
-            let topologies = if topology == "all" {
-                faults::Topology::ALL.to_vec()
-            } else {
-                topology
-                    .split(',')
-                    .map(|t| faults::Topology::parse(t.trim()))
-                    .collect::<Result<Vec<_>>>()?
-            };
-            let opts = faults::FaultOptions {
-                bin,
-                topologies,
-                faults,
-                rate,
-                settle_secs,
-                accept_risk,
-            };
-            Ok(if faults::run(opts).await? {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(EXIT_MISSED)
-            })
-        }
-        Command::Html { report, out } => {
-            let len = std::fs::metadata(&report)
-                .with_context(|| format!("reading {}", report.display()))?
-                .len();
-            ensure!(
-                len <= MAX_REPORT_BYTES,
-                "{} is {len} bytes: larger than any report ({MAX_REPORT_BYTES} bytes at most)",
-                report.display()
-            );
-            let parsed: Report = serde_json::from_str(
-                &std::fs::read_to_string(&report)
-                    .with_context(|| format!("reading {}", report.display()))?,
-            )
-            .with_context(|| {
-                format!(
-                    "{} is not a gatehouse-loadtest JSON report",
-                    report.display()
-                )
-            })?;
-            write_html(&parsed, &out)?;
-            println!("wrote {}", out.display());
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Compare {
-            baseline,
-            report,
-            allow_different_plans,
-        } => {
-            let read = |p: &Path| -> Result<serde_json::Value> {
-                Ok(serde_json::from_str(
-                    &std::fs::read_to_string(p)
-                        .with_context(|| format!("reading {}", p.display()))?,
-                )?)
-            };
-            let (before, now) = (read(&baseline)?, read(&report)?);
-            let differ = plan_differences(&before, &now);
-            if !differ.is_empty() {
-                for d in &differ {
-                    eprintln!("gatehouse-loadtest: the plans differ: {d}");
-                }
-                ensure!(
-                    allow_different_plans,
-                    "the two runs had different plans, so their figures are not comparable \
-                     (--allow-different-plans compares them anyway)"
-                );
-                eprintln!(
-                    "gatehouse-loadtest: warning: comparing runs of different plans; differences below are not the engine's alone"
-                );
-            }
-            let diffs = compare(&before, &now);
-            ensure!(!diffs.is_empty(), "the two reports share no metric");
-            for d in diffs {
-                println!(
-                    "{:<16} {:>12.1} → {:>12.1}  ({:+.1}%){}",
-                    d.metric,
-                    d.before,
-                    d.now,
-                    d.change_pct,
-                    if d.worse && d.change_pct.abs() > 0.05 {
-                        "  worse"
-                    } else {
-                        ""
-                    }
-                );
-            }
-            Ok(ExitCode::SUCCESS)
+                .unwrap_or_else(|| common.fleet.cache_dir.join("goose")),
+            thresholds: budget.goose_thresholds(),
+            goose_args: self.goose_args.clone(),
+            utc_offset_secs: common.utc_offset_secs,
+            request_timeout: Duration::from_millis(common.request_timeout_ms),
         }
     }
+}
+
+/// `goose`: the closed-loop scenarios under goose, judged by the budget and goose's
+/// thresholds.
+async fn goose(args: GooseArgs) -> Result<ExitCode> {
+    let common = &args.common;
+    let m = args.model.model(common.fleet.holders)?;
+    check_spawn(common)?;
+    args.check()?;
+    let mean_think = args.mean_think();
+    let users = args.users(&m);
+    let (budget, budget_file) = load_budget(common, "default.toml")?;
+    let (fleet, info) = load_fleet(&common.fleet, common.progress()).await?;
+    let peak = args
+        .model
+        .run_peak(&m)
+        .max(users as f64 / mean_think.max(0.001));
+    let h = connect(common, fleet, replay_capacity_for(peak * 2.0)).await?;
+    let addr: SocketAddr = h.conns.addr(0).context("no engine address")?;
+    if !common.fleet.quiet {
+        eprintln!(
+            "goose: {users} terminals (≈ {:.0} req/s at {mean_think:.1} s mean think time), test plan ramp {} s / hold {} s / down {} s",
+            users as f64 / mean_think,
+            args.ramp_up_secs,
+            args.peak_secs,
+            args.ramp_down_secs
+        );
+    }
+    let opts = args.options(users, &budget);
+    let result = closed::run(
+        h.fleet.clone(),
+        h.scanners.clone(),
+        h.conns.clone(),
+        addr,
+        &opts,
+    )
+    .await;
+    let mut report = base_report("goose", &h, info, ModelInfo::new(&m, None));
+    shutdown(h).await;
+    let (g, held) = result?;
+    let checks = goose_checks(&g, held, &budget);
+    report.goose = Some(g);
+    finish(report, common, &budget, &budget_file, checks)
+}
+
+/// The budget's checks of a closed-loop run: mismatches, goose's thresholds (`held`), some
+/// requests made, and the error rate.
+fn goose_checks(g: &GooseSummary, held: bool, budget: &Budget) -> Vec<Check> {
+    let mut checks = vec![
+        Check {
+            name: "mismatches".into(),
+            limit: format!("≤ {}", budget.max_mismatches),
+            observed: g.mismatches.to_string(),
+            passed: g.mismatches <= budget.max_mismatches,
+        },
+        Check {
+            name: "goose thresholds".into(),
+            limit: budget.goose_thresholds().join(", "),
+            observed: if held { "held" } else { "failed" }.into(),
+            passed: held,
+        },
+        Check {
+            name: "requests".into(),
+            limit: "≥ 1".into(),
+            observed: g.requests.to_string(),
+            passed: g.requests >= 1,
+        },
+    ];
+    if g.requests > 0 {
+        let rate = g.errors as f64 / g.requests as f64;
+        checks.push(Check {
+            name: "error rate".into(),
+            limit: format!("≤ {}", budget.max_error_rate),
+            observed: format!("{rate:.6}"),
+            passed: rate <= budget.max_error_rate,
+        });
+    }
+    checks
+}
+
+/// The exit code of a suite that passed (`true`) or missed a target.
+fn suite_exit(passed: bool) -> ExitCode {
+    if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_MISSED)
+    }
+}
+
+/// `abuse`: the hostile-traffic suite against the `gatehouse` binary `bin` (or the one found).
+async fn abuse(bin: Option<PathBuf>) -> Result<ExitCode> {
+    let bin = match bin {
+        Some(b) => b,
+        None => find_gatehouse()?,
+    };
+    Ok(suite_exit(abuse::run(bin).await?))
+}
+
+/// `faults`: one-time use under injected faults, on each topology named.
+async fn fault_injection(args: FaultsArgs) -> Result<ExitCode> {
+    let bin = match args.bin {
+        Some(b) => b,
+        None => find_gatehouse()?,
+    };
+    let topologies = if args.topology == "all" {
+        faults::Topology::ALL.to_vec()
+    } else {
+        args.topology
+            .split(',')
+            .map(|t| faults::Topology::parse(t.trim()))
+            .collect::<Result<Vec<_>>>()?
+    };
+    let opts = faults::FaultOptions {
+        bin,
+        topologies,
+        faults: args.faults,
+        rate: args.rate,
+        settle_secs: args.settle_secs,
+        accept_risk: args.accept_risk,
+    };
+    Ok(suite_exit(faults::run(opts).await?))
+}
+
+/// `html`: renders the JSON report at `report` as the HTML page `out`.
+fn html(report: &Path, out: &Path) -> Result<ExitCode> {
+    let len = std::fs::metadata(report)
+        .with_context(|| format!("reading {}", report.display()))?
+        .len();
+    ensure!(
+        len <= MAX_REPORT_BYTES,
+        "{} is {len} bytes: larger than any report ({MAX_REPORT_BYTES} bytes at most)",
+        report.display()
+    );
+    let parsed: Report = serde_json::from_str(
+        &std::fs::read_to_string(report)
+            .with_context(|| format!("reading {}", report.display()))?,
+    )
+    .with_context(|| {
+        format!(
+            "{} is not a gatehouse-loadtest JSON report",
+            report.display()
+        )
+    })?;
+    write_html(&parsed, out)?;
+    println!("wrote {}", out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `compare`: prints how the second report's metrics moved against the first's; refuses
+/// reports of different plans unless told otherwise.
+fn compare_reports(args: &CompareArgs) -> Result<ExitCode> {
+    let read = |p: &Path| -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(
+            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        )?)
+    };
+    let (before, now) = (read(&args.baseline)?, read(&args.report)?);
+    let differ = plan_differences(&before, &now);
+    if !differ.is_empty() {
+        for d in &differ {
+            eprintln!("gatehouse-loadtest: the plans differ: {d}");
+        }
+        ensure!(
+            args.allow_different_plans,
+            "the two runs had different plans, so their figures are not comparable \
+             (--allow-different-plans compares them anyway)"
+        );
+        eprintln!(
+            "gatehouse-loadtest: warning: comparing runs of different plans; differences below are not the engine's alone"
+        );
+    }
+    let diffs = compare(&before, &now);
+    ensure!(!diffs.is_empty(), "the two reports share no metric");
+    for d in diffs {
+        println!(
+            "{:<16} {:>12.1} → {:>12.1}  ({:+.1}%){}",
+            d.metric,
+            d.before,
+            d.now,
+            d.change_pct,
+            if d.worse && d.change_pct.abs() > 0.05 {
+                "  worse"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
