@@ -134,13 +134,6 @@ struct BuildLabels {
     version: &'static str,
 }
 
-/// Why a revocation list was refused (`gatehouse_revocation_lists_refused_total`).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct WhyLabel {
-    /// `unsigned`, `malformed`, `unknown_key` or `bad_signature`.
-    pub why: &'static str,
-}
-
 /// Request kinds, for counters.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Kind {

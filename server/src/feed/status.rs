@@ -9,9 +9,17 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use prometheus_client::encoding::EncodeLabelSet;
+
 use super::follower::{Follower, REFUSALS};
 use super::source::FeedConfig;
-use crate::metrics::WhyLabel;
+
+/// Why a revocation list was refused (`gatehouse_revocation_lists_refused_total`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WhyLabel {
+    /// `unsigned`, `malformed`, `unknown_key` or `bad_signature`.
+    why: &'static str,
+}
 
 /// What the feed follower reports, for `/metrics` and `/readyz`.
 #[derive(Debug, Default)]
