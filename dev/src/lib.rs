@@ -7,3 +7,4 @@ pub mod pki;
 pub mod population;
 pub mod progress;
 pub mod redis;
+pub mod rng;

@@ -793,21 +793,7 @@ async fn shutdown_drains_requests_in_flight() {
 }
 
 /// SplitMix64, for reproducible garbage.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
+use gatehouse_engine::dev::rng::SplitMix64 as Rng;
 
 fn error_code(responses: &[Response]) -> Option<WireErrorCode> {
     match responses {
@@ -884,10 +870,10 @@ async fn garbage_on_one_connection_does_not_disturb_another() {
     // Random bytes, some behind a plausible header.
     let mut rng = Rng(0x5eed);
     for i in 0..60 {
-        let len = (rng.next() % 300) as usize;
+        let len = (rng.next_u64() % 300) as usize;
         let mut bytes = if i % 2 == 0 {
-            let k = [kind::VERIFY, kind::VERIFY_BATCH, kind::PING][(rng.next() % 3) as usize];
-            header(1, k, (rng.next() % 400) as u32)
+            let k = [kind::VERIFY, kind::VERIFY_BATCH, kind::PING][(rng.next_u64() % 3) as usize];
+            header(1, k, (rng.next_u64() % 400) as u32)
         } else {
             Vec::new()
         };

@@ -11,6 +11,7 @@ use std::time::Duration;
 use gatehouse_engine::dev::population::{
     derive_id, derive_key, effective_revoked, expected, repeated, Population, Presented,
 };
+use gatehouse_engine::dev::rng::SplitMix64;
 use gatehouse_engine::Role;
 use gatehouse_protocol::{Credential, Presentation, Reason};
 use rayon::prelude::*;
@@ -30,30 +31,6 @@ pub struct Planned {
     pub expect: Reason,
     /// For replays: index of the request whose token this repeats (sent first).
     pub after: Option<usize>,
-}
-
-/// A small deterministic PRNG (splitmix64) for the schedule.
-struct Rng(u64);
-
-impl Rng {
-    /// The next 64 random bits.
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n` (0 when `n` is 0).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    /// A number in `[0, 1)`.
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 /// The request mix (per mille): the rest are valid presentations.
@@ -161,7 +138,7 @@ impl<'a> Venues<'a> {
     /// The scanner a holder of `c` shows the token to: six times in ten its unit's gate (the
     /// welfare counter for family), three a partner, one an age check; any scanner where
     /// there is none of the kind.
-    fn pick(&self, c: &Credential, rng: &mut Rng) -> usize {
+    fn pick(&self, c: &Credential, rng: &mut SplitMix64) -> usize {
         let gate = if c.category.is_family() {
             "welfare"
         } else {
@@ -187,7 +164,7 @@ impl<'a> Venues<'a> {
 
 /// Pass 1: arrival times, holders, scanners and kinds (cheap, sequential, from one seed).
 fn draft(pop: &Population, venues: &Venues<'_>, opts: &DemoOptions) -> Vec<Draft> {
-    let mut rng = Rng(0x6a7e_4008);
+    let mut rng = SplitMix64(0x6a7e_4008);
     let mut t = 0.0f64;
     let n = (opts.rate * opts.seconds).ceil() as usize;
     let mut drafts: Vec<Draft> = Vec::with_capacity(n);
@@ -223,7 +200,7 @@ fn draft(pop: &Population, venues: &Venues<'_>, opts: &DemoOptions) -> Vec<Draft
 
 /// The request a replay at `t` repeats: a valid original sent at least 0.5 s earlier (one of
 /// the 50 before the latest such), if any.
-fn replay_target(drafts: &[Draft], t: f64, rng: &mut Rng) -> Option<usize> {
+fn replay_target(drafts: &[Draft], t: f64, rng: &mut SplitMix64) -> Option<usize> {
     let cutoff = t - 0.5;
     drafts
         .iter()
