@@ -12,7 +12,9 @@ use gatehouse_protocol::{
     PrivateKey, RevocationEntry, RevocationKind, RevocationList, UnitPath,
 };
 
-use gatehouse_engine::server::feed::{parse_head, FeedHead, Object};
+use gatehouse_engine::server::feed::{
+    parse_head, AnyTransport, FeedConfig, FeedError, FeedHead, FeedSource, Object, Transport,
+};
 use gatehouse_engine::{compact, IssuerKey, RevocationKey, TrustList};
 
 /// Refuses to go on when one of `paths` exists, unless `force`: no command replaces a key, a
@@ -275,19 +277,11 @@ pub fn revocation_keygen(
 }
 
 /// Where `issuer revoke --feed` and `issuer compact` publish: a directory (served as is by
-/// any HTTP server for `https://` feeds) or a Redis key prefix.
-#[derive(Debug, Clone)]
-pub enum FeedTarget {
-    /// A directory.
-    Dir(PathBuf),
-    /// A Redis server and key prefix.
-    Redis {
-        /// `redis://` URL.
-        url: String,
-        /// Key prefix.
-        prefix: String,
-    },
-}
+/// any HTTP server for `https://` feeds) or a Redis key prefix. Objects are read and written
+/// through the nodes' own feed transports, so the publisher and the nodes agree on where each
+/// object lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedTarget(FeedSource);
 
 impl FeedTarget {
     /// Where `--feed` points, read as a node reads `[revocations] feed` (the same rules, so the
@@ -295,75 +289,85 @@ impl FeedTarget {
     /// or a directory (`dir:` prefix optional). An `http(s)://` feed is served from a
     /// directory: publish to that directory.
     pub fn parse(text: &str, key: Option<&str>) -> Result<FeedTarget> {
-        match gatehouse_engine::server::FeedSource::parse(text, key) {
-            gatehouse_engine::server::FeedSource::Dir(dir) => Ok(FeedTarget::Dir(dir)),
-            gatehouse_engine::server::FeedSource::Redis { url, prefix } => {
-                Ok(FeedTarget::Redis { url, prefix })
-            }
-            gatehouse_engine::server::FeedSource::Http(url) => bail!(
+        match FeedSource::parse(text, key) {
+            FeedSource::Http(url) => bail!(
                 "--feed {url}: nodes read an HTTP feed, a publisher writes the directory the \
                  web server serves (give that directory)"
             ),
+            source => Ok(FeedTarget(source)),
         }
     }
 
-    fn read(&self, object: Object) -> Result<Option<Vec<u8>>> {
-        match self {
-            FeedTarget::Dir(dir) => {
-                let path = dir.join(object.file_name());
-                match std::fs::read(&path) {
-                    Ok(b) => Ok(Some(b)),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                    Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-                }
+    /// The feed's transport, with a runtime of its own to drive it (the commands are not
+    /// async).
+    fn open(&self) -> Result<Publisher> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the feed's runtime")?;
+        let transport = AnyTransport::open(&FeedConfig::new(self.0.clone()))
+            .map_err(|e| Publisher::error(&self.0, e))?;
+        Ok(Publisher {
+            source: self.0.clone(),
+            runtime,
+            transport,
+        })
+    }
+}
+
+/// A feed open for publishing: its transport and the runtime that drives it.
+struct Publisher {
+    source: FeedSource,
+    runtime: tokio::runtime::Runtime,
+    transport: AnyTransport,
+}
+
+impl Publisher {
+    /// The error of a transport, said as the publisher says it: what it was doing to which
+    /// file, or the Redis client's own words.
+    fn error(source: &FeedSource, e: FeedError) -> anyhow::Error {
+        match (source, e) {
+            (FeedSource::Dir(dir), FeedError::Fetch { object, problem }) => {
+                anyhow::anyhow!("reading {}: {problem}", dir.join(object).display())
             }
-            FeedTarget::Redis { url, prefix } => {
-                let mut con = redis::Client::open(url.as_str())?.get_connection()?;
-                let v: Option<Vec<u8>> = redis::cmd("GET")
-                    .arg(object.redis_key(prefix))
-                    .query(&mut con)?;
-                Ok(v)
+            (_, FeedError::Fetch { problem, .. } | FeedError::Write { problem, .. }) => {
+                anyhow::anyhow!(problem)
             }
+            (_, e) => anyhow::anyhow!("{e}"),
+        }
+    }
+
+    /// One object, whole (`None` when the feed does not hold it).
+    fn read(&mut self, object: Object) -> Result<Option<Vec<u8>>> {
+        match self
+            .runtime
+            .block_on(self.transport.get(object, usize::MAX))
+        {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(FeedError::Missing(_)) => Ok(None),
+            Err(e) => Err(Publisher::error(&self.source, e)),
         }
     }
 
     /// Writes one object; a directory gets it whole or not at all (write aside, rename).
-    fn write(&self, object: Object, bytes: &[u8]) -> Result<()> {
-        match self {
-            FeedTarget::Dir(dir) => {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-                let path = dir.join(object.file_name());
-                let tmp = dir.join(format!(".{}.tmp", object.file_name()));
-                std::fs::write(&tmp, bytes)
-                    .with_context(|| format!("writing {}", tmp.display()))?;
-                std::fs::rename(&tmp, &path)
-                    .with_context(|| format!("renaming to {}", path.display()))?;
-                Ok(())
-            }
-            FeedTarget::Redis { url, prefix } => {
-                let mut con = redis::Client::open(url.as_str())?.get_connection()?;
-                let () = redis::cmd("SET")
-                    .arg(object.redis_key(prefix))
-                    .arg(bytes)
-                    .query(&mut con)?;
-                Ok(())
-            }
-        }
+    fn write(&mut self, object: Object, bytes: Vec<u8>) -> Result<()> {
+        self.runtime
+            .block_on(self.transport.put(object, bytes))
+            .map_err(|e| Publisher::error(&self.source, e))
     }
 
-    fn head(&self) -> Result<Option<FeedHead>> {
+    fn head(&mut self) -> Result<Option<FeedHead>> {
         self.read(Object::Head)?
             .map(|b| parse_head(&b).map_err(|e| anyhow::anyhow!("{e}")))
             .transpose()
     }
 
-    fn write_head(&self, head: FeedHead) -> Result<()> {
-        self.write(Object::Head, serde_json::to_string(&head)?.as_bytes())
+    fn write_head(&mut self, head: FeedHead) -> Result<()> {
+        self.write(Object::Head, serde_json::to_vec(&head)?)
     }
 
     /// Reads and authenticates one list with the publisher's own key.
-    fn list(&self, object: Object, key: &PrivateKey) -> Result<RevocationList> {
+    fn list(&mut self, object: Object, key: &PrivateKey) -> Result<RevocationList> {
         let bytes = self
             .read(object)?
             .with_context(|| format!("the feed lacks {}", object.file_name()))?;
@@ -409,7 +413,8 @@ pub fn feed_publish(
     reinstate: &[(RevocationKind, String)],
 ) -> Result<RevocationList> {
     let (revoke, reinstate) = (entries(revoke)?, entries(reinstate)?);
-    let (list, object, head) = match target.head()? {
+    let mut feed = target.open()?;
+    let (list, object, head) = match feed.head()? {
         None => {
             if !reinstate.is_empty() {
                 bail!("the feed is empty: there is nothing to reinstate");
@@ -442,9 +447,9 @@ pub fn feed_publish(
             };
             // The digest of the state this delta brings a node to (SPEC §11.5): the feed's
             // state at its head, folded from its lists, with this delta applied.
-            let snapshot = target.list(Object::Snapshot(h.snapshot), key)?;
+            let snapshot = feed.list(Object::Snapshot(h.snapshot), key)?;
             let mut deltas = (h.snapshot + 1..=h.epoch)
-                .map(|n| target.list(Object::Delta(n), key))
+                .map(|n| feed.list(Object::Delta(n), key))
                 .collect::<Result<Vec<_>>>()?;
             deltas.push(list.clone());
             let after = compact(&snapshot, &deltas).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -460,26 +465,27 @@ pub fn feed_publish(
         }
     };
     let signed = list.sign(key).map_err(|e| anyhow::anyhow!("{e}"))?;
-    target.write(object, &signed)?;
-    target.write_head(head)?;
+    feed.write(object, signed)?;
+    feed.write_head(head)?;
     Ok(list)
 }
 
 /// `issuer compact`: folds the feed's snapshot and the deltas after it into a snapshot at the
 /// head's epoch, signed, and points the head at it. Older objects stay for nodes part-way.
 pub fn feed_compact(target: &FeedTarget, key: &PrivateKey) -> Result<RevocationList> {
-    let head = target
+    let mut feed = target.open()?;
+    let head = feed
         .head()?
         .context("the feed is empty: nothing to compact")?;
-    let snapshot = target.list(Object::Snapshot(head.snapshot), key)?;
+    let snapshot = feed.list(Object::Snapshot(head.snapshot), key)?;
     let deltas = (head.snapshot + 1..=head.epoch)
-        .map(|n| target.list(Object::Delta(n), key))
+        .map(|n| feed.list(Object::Delta(n), key))
         .collect::<Result<Vec<_>>>()?;
     let folded = compact(&snapshot, &deltas).map_err(|e| anyhow::anyhow!("{e}"))?;
     if head.snapshot != head.epoch {
         let signed = folded.sign(key).map_err(|e| anyhow::anyhow!("{e}"))?;
-        target.write(Object::Snapshot(folded.epoch), &signed)?;
-        target.write_head(FeedHead {
+        feed.write(Object::Snapshot(folded.epoch), signed)?;
+        feed.write_head(FeedHead {
             epoch: head.epoch,
             snapshot: folded.epoch,
         })?;
@@ -784,6 +790,62 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// The publisher writes a Redis feed through the nodes' own transport: what it publishes
+    /// is what a node's transport reads, under the same keys.
+    #[test]
+    fn a_feed_published_to_redis_is_what_a_node_reads() {
+        let redis = match gatehouse_engine::dev::redis::RedisServer::start() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("no redis-server ({e}): the Redis publisher is not exercised");
+                return;
+            }
+        };
+        let key = generate_key().unwrap();
+        let mut trust = TrustList::new();
+        trust.insert_revocation_key(RevocationKey {
+            name: "publisher test (TEST ONLY)".into(),
+            public: key.public().clone(),
+        });
+        let target = FeedTarget::parse(&redis.url(), Some("pub-test")).unwrap();
+        let ids = |n: u8| vec![(RevocationKind::Credential, hex::encode([n; 16]))];
+        assert_eq!(feed_publish(&target, &key, &ids(1), &[]).unwrap().epoch, 1);
+        let second = feed_publish(&target, &key, &ids(2), &ids(1)).unwrap();
+        assert_eq!((second.epoch, second.base), (2, Some(1)));
+        let folded = feed_compact(&target, &key).unwrap();
+        assert_eq!(folded.revoke, entries(&ids(2)).unwrap());
+
+        let source = FeedSource::parse(&redis.url(), Some("pub-test"));
+        let mut node = AnyTransport::open(&FeedConfig::new(source)).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            assert_eq!(
+                node.head().await.unwrap(),
+                FeedHead {
+                    epoch: 2,
+                    snapshot: 2
+                }
+            );
+            let delta = node.get(Object::Delta(2), 1 << 20).await.unwrap();
+            assert_eq!(
+                gatehouse_engine::server::feed::open_list(&delta, &trust).unwrap(),
+                second
+            );
+            let snapshot = node.get(Object::Snapshot(2), 1 << 20).await.unwrap();
+            assert_eq!(
+                gatehouse_engine::server::feed::open_list(&snapshot, &trust).unwrap(),
+                folded
+            );
+        });
+        assert!(redis
+            .command("EXISTS pub-test:snapshot:1")
+            .unwrap()
+            .contains('1'));
+    }
+
     #[test]
     fn reload_status_reads_what_readyz_writes() {
         let body = "ready\nreloads 2\npid 77\nreload trust ok 1800000000 1 issuer keys\nreload revocations failed 1800000000 revocations.cbor: (file): No such file\n";
@@ -892,7 +954,7 @@ mod tests {
         assert_eq!(trust.revocation_keys(), 1);
         let rk = read_key(&rkey).unwrap();
         assert!(trust.revocation_key(&rk.public().key_id()).is_some());
-        let feed = FeedTarget::Dir(dir.join("feed"));
+        let feed = FeedTarget(FeedSource::Dir(dir.join("feed")));
         let cid = (RevocationKind::Credential, hex::encode(c.id));
         let sid = (RevocationKind::Sponsor, hex::encode(c.subject));
         assert!(feed_publish(&feed, &rk, &[], std::slice::from_ref(&cid)).is_err());
@@ -910,7 +972,7 @@ mod tests {
         assert_eq!(folded.epoch, 2);
         assert_eq!(folded.revoke, entries(&[sid]).unwrap());
         assert_eq!(
-            feed.head().unwrap(),
+            feed.open().unwrap().head().unwrap(),
             Some(FeedHead {
                 epoch: 2,
                 snapshot: 2
