@@ -50,6 +50,7 @@ use rustls::RootCertStore;
 
 use gatehouse_protocol::codes;
 mod fleet;
+pub mod ops;
 
 pub use fleet::{FleetClient, FleetOptions};
 

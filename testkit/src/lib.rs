@@ -1,15 +1,12 @@
-//! Test support shared by the suites: one HTTP/1.1 `GET` for a node's operations endpoint
-//! (`/metrics`, `/healthz`, `/readyz`), async and blocking, bounded in time and size; and free
-//! loopback ports. The product does not depend on this crate.
+//! Test support shared by the suites: the client's bounded `GET` for a node's operations
+//! endpoint (`/metrics`, `/healthz`, `/readyz`) with the suites' bounds, async and blocking;
+//! free loopback ports; processes killed when a test ends. The product does not depend on this crate.
 
 // Test support: a port that cannot be had is a broken test machine, said at once.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long one exchange may take.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
@@ -17,67 +14,22 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_RESPONSE: u64 = 64 * 1024 * 1024;
 
 /// One HTTP response, as text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Response {
-    /// The status code (0 when the status line does not hold one).
-    pub status: u16,
-    /// The status line and headers.
-    pub head: String,
-    /// The body.
-    pub body: String,
-}
-
-impl Response {
-    fn parse(bytes: &[u8]) -> Response {
-        let text = String::from_utf8_lossy(bytes);
-        let status = text
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        Response {
-            status,
-            head: head.to_string(),
-            body: body.to_string(),
-        }
-    }
-}
-
-fn get_request(path: &str) -> String {
-    format!("GET {path} HTTP/1.1\r\nHost: gatehouse\r\nConnection: close\r\n\r\n")
-}
+pub type Response = gatehouse_client::ops::OpsResponse;
 
 /// Sends `request` as it is (a test of malformed requests writes its own) and reads the whole
 /// response, within [`TIMEOUT`].
 pub async fn request(addr: SocketAddr, request: &str) -> std::io::Result<Response> {
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(request.as_bytes()).await?;
-        let mut buf = Vec::new();
-        s.take(MAX_RESPONSE).read_to_end(&mut buf).await?;
-        Ok::<_, std::io::Error>(buf)
-    };
-    let buf = tokio::time::timeout(TIMEOUT, exchange)
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time"))??;
-    Ok(Response::parse(&buf))
+    gatehouse_client::ops::exchange(addr, request, TIMEOUT, MAX_RESPONSE).await
 }
 
 /// `GET path`.
 pub async fn get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
-    request(addr, &get_request(path)).await
+    gatehouse_client::ops::get_async(addr, path, TIMEOUT, MAX_RESPONSE).await
 }
 
 /// `GET path`, blocking (for tests that drive processes from a plain thread).
 pub fn get_blocking(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
-    let mut s = std::net::TcpStream::connect_timeout(&addr, TIMEOUT)?;
-    s.set_read_timeout(Some(TIMEOUT))?;
-    s.set_write_timeout(Some(TIMEOUT))?;
-    s.write_all(get_request(path).as_bytes())?;
-    let mut buf = Vec::new();
-    s.take(MAX_RESPONSE).read_to_end(&mut buf)?;
-    Ok(Response::parse(&buf))
+    gatehouse_client::ops::get(addr, path, TIMEOUT, MAX_RESPONSE)
 }
 
 /// A child process killed and reaped when dropped, also when a test fails.
@@ -144,6 +96,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_get_reads_the_whole_answer() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {

@@ -2,7 +2,6 @@
 //! issuing credentials, revocation epochs, rotating tokens as QR codes. For development and
 //! tests: a real issuer keeps its key in an HSM, a real wallet in the phone's secure area.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,6 +11,7 @@ use gatehouse_protocol::{
     PrivateKey, RevocationEntry, RevocationKind, RevocationList, UnitPath,
 };
 
+use gatehouse_engine::client::ops;
 use gatehouse_engine::server::feed::{
     parse_head, AnyTransport, FeedConfig, FeedError, FeedHead, FeedSource, Object, Transport,
 };
@@ -648,31 +648,6 @@ impl ReloadStatus {
     }
 }
 
-/// One bounded `GET` to the operations endpoint: (status, body).
-pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: gatehouse\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut buf = Vec::new();
-    s.take(1 << 20).read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf);
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
 #[cfg(unix)]
 fn hangup(pid: u32) -> std::io::Result<()> {
     let pid = i32::try_from(pid)
@@ -725,10 +700,14 @@ pub fn reload_server(
     let unreachable =
         |e: String| ReloadCommandError::Unreachable(format!("operations endpoint {addr}: {e}"));
     let status = || -> std::result::Result<ReloadStatus, ReloadCommandError> {
-        let (code, body) = http_get(addr, "/readyz", Duration::from_secs(5))
+        let r = ops::get(addr, "/readyz", Duration::from_secs(5), 1 << 20)
             .map_err(|e| unreachable(e.to_string()))?;
-        ReloadStatus::parse(&body)
-            .ok_or_else(|| unreachable(format!("/readyz answered {code} without reload status")))
+        ReloadStatus::parse(&r.body).ok_or_else(|| {
+            unreachable(format!(
+                "/readyz answered {} without reload status",
+                r.status
+            ))
+        })
     };
     let before = status()?;
     // Signal only the server this config names: a pid that is not the one its operations
