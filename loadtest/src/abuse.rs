@@ -9,7 +9,7 @@
 //! every attack is bounded in count and time and stops what it started. TEST PKI ONLY.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -136,15 +136,78 @@ impl World {
 
 /// Runs the suite against `bin`; the exit code says whether every row passed.
 pub async fn run(bin: PathBuf) -> Result<bool> {
-    let dir = std::env::temp_dir().join(format!("gatehouse-abuse-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let ids: Vec<String> = IDS.iter().map(|s| s.to_string()).collect();
-    let world = Arc::new(World {
-        pki: DevPki::generate(&ids)?,
-        issuer: population::issuer_key(21),
-        next_holder: AtomicU64::new(1),
-        next_nonce: AtomicU64::new(1),
-    });
+    let target = Target::start(bin).await?;
+    let rows = attack(&target).await?;
+    drop(target);
+    Ok(print_table(&rows))
+}
+
+/// The engine under attack, what the attackers and the gate need to reach it.
+struct Target {
+    engine: Engine,
+    world: Arc<World>,
+    /// Where the measuring gate (and the attackers' scanners) connect.
+    probe: Probe,
+    /// The engine's operations port (`/healthz`, metrics).
+    ops: SocketAddr,
+}
+
+impl Target {
+    /// Writes the engine's files, starts `bin serve` on loopback and waits until a gate can
+    /// connect and the start fence has passed.
+    async fn start(bin: PathBuf) -> Result<Target> {
+        let dir = std::env::temp_dir().join(format!("gatehouse-abuse-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let ids: Vec<String> = IDS.iter().map(|s| s.to_string()).collect();
+        let world = Arc::new(World {
+            pki: DevPki::generate(&ids)?,
+            issuer: population::issuer_key(21),
+            next_holder: AtomicU64::new(1),
+            next_nonce: AtomicU64::new(1),
+        });
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        let ops: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        write_config(&dir, &world, addr, ops)?;
+        let log = std::fs::File::create(dir.join("engine.log"))?;
+        let launched = SystemTime::now();
+        let child = Command::new(&bin)
+            .args(["serve", "--config"])
+            .arg(dir.join("gatehouse.toml"))
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let engine = Engine { child, dir };
+        let options = ClientOptions {
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(2),
+            ..ClientOptions::default()
+        };
+        let probe = Probe { addr, options };
+        wait_ready(&world, &probe, launched).await?;
+        Ok(Target {
+            engine,
+            world,
+            probe,
+            ops,
+        })
+    }
+
+    /// Runs `attack` under the measuring gate (see [`measure`]).
+    async fn measure(
+        &self,
+        name: &'static str,
+        attack: impl std::future::Future<Output = Result<String>>,
+    ) -> Result<Row> {
+        measure(&self.world, &self.probe, name, &self.engine, attack).await
+    }
+}
+
+/// Writes the PKI, the trust list, the scanners and `gatehouse.toml` (listening on `addr`,
+/// operations on `ops`) into `dir`.
+fn write_config(dir: &Path, world: &World, addr: SocketAddr, ops: SocketAddr) -> Result<()> {
     world.pki.write_to(&dir.join("pki"))?;
     std::fs::write(
         dir.join("trust.toml"),
@@ -161,8 +224,6 @@ pub async fn run(bin: PathBuf) -> Result<bool> {
         });
     }
     std::fs::write(dir.join("scanners.toml"), registry.to_toml())?;
-    let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-    let ops: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
     std::fs::write(
         dir.join("gatehouse.toml"),
         format!(
@@ -172,221 +233,61 @@ pub async fn run(bin: PathBuf) -> Result<bool> {
              [files]\ntrust = \"trust.toml\"\nscanners = \"scanners.toml\"\n"
         ),
     )?;
-    let log = std::fs::File::create(dir.join("engine.log"))?;
-    let launched = SystemTime::now();
-    let child = Command::new(&bin)
-        .args(["serve", "--config"])
-        .arg(dir.join("gatehouse.toml"))
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let engine = Engine { child, dir };
+    Ok(())
+}
 
-    // Ready when the gate connects (bounded).
-    let options = ClientOptions {
-        connect_timeout: Duration::from_secs(1),
-        request_timeout: Duration::from_secs(2),
-        ..ClientOptions::default()
-    };
+/// Waits (at most 30 s) until the gate connects, then past the memory store's start fence
+/// (`node_restarted`), as in `SpawnedEngine::start`.
+async fn wait_ready(world: &World, probe: &Probe, launched: SystemTime) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let gate = loop {
-        match ScannerClient::connect_with(addr, "localhost", world.identity("gate-a")?, options)
-            .await
+        match ScannerClient::connect_with(
+            probe.addr,
+            "localhost",
+            world.identity("gate-a")?,
+            probe.options,
+        )
+        .await
         {
             Ok(c) => break c,
             Err(e) if Instant::now() > deadline => bail!("the engine is not ready: {e}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     };
-    // Past the memory store's start fence (`node_restarted`), as in `SpawnedEngine::start`.
     tokio::time::sleep(gatehouse_loadtest::target::until_past_fence(
         launched,
         SystemTime::now(),
     ))
     .await;
-
     // Each row's gate gets its own connection on its own thread (see `measure`).
     gate.close().await;
-    let probe = Probe { addr, options };
+    Ok(())
+}
 
+/// The rows: a baseline, each attack, and the memory after them.
+async fn attack(t: &Target) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
-    let mut peak_rss = 0;
-    // Baseline.
-    let row = measure(&world, &probe, "baseline", &engine, async {
-        Ok(String::new())
-    })
-    .await?;
+    let row = t.measure("baseline", async { Ok(String::new()) }).await?;
     let baseline_rss = row.rss;
     rows.push(row);
-
-    // 1. Half-open handshake flood: 2,000 Initials/s from eight addresses, never answered.
     let initials = capture_initials((ATTACK_SECS * 2000) as usize).await?;
-    let flood = {
-        let world = Arc::clone(&world);
-        let initials = Arc::new(initials);
-        async move {
-            let initials = Arc::clone(&initials);
-            let sender = tokio::task::spawn_blocking(move || send_initials(&initials, addr));
-            // Meanwhile, fresh connections of the gate, each timed.
-            let mut worst = Duration::ZERO;
-            for _ in 0..(ATTACK_SECS * 2) {
-                let t = Instant::now();
-                let c = ScannerClient::connect_with(
-                    addr,
-                    "localhost",
-                    world.identity("gate-a")?,
-                    options,
-                )
-                .await;
-                worst = worst.max(t.elapsed());
-                if let Ok(c) = c {
-                    c.close().await;
-                } else {
-                    worst = Duration::from_secs(99);
-                }
-                tokio::time::sleep(Duration::from_millis(400)).await;
-            }
-            let sent = sender.await??;
-            if worst >= Duration::from_secs(1) {
-                bail!("a scanner took {worst:?} to connect");
-            }
-            Ok(format!("{sent} Initials; slowest connect {worst:.1?}"))
-        }
-    };
-    rows.push(measure(&world, &probe, "handshake flood", &engine, flood).await?);
-
-    // 2. One scanner keeps 48 batches of 128 in flight on 3 connections.
-    let queue = {
-        let world = Arc::clone(&world);
-        async move {
-            let batch: Arc<Vec<Vec<u8>>> =
-                Arc::new((0..128).map(|_| world.token()).collect::<Result<_>>()?);
-            let busy = Arc::new(AtomicU64::new(0));
-            let mut tasks = Vec::new();
-            for _ in 0..3 {
-                let c = ScannerClient::connect_with(
-                    addr,
-                    "localhost",
-                    world.identity("flood-1")?,
-                    options,
-                )
-                .await?;
-                for _ in 0..16 {
-                    let (c, batch, busy) = (c.clone(), Arc::clone(&batch), Arc::clone(&busy));
-                    tasks.push(tokio::spawn(async move {
-                        let end = Instant::now() + Duration::from_secs(ATTACK_SECS);
-                        for _ in 0..100_000 {
-                            if Instant::now() > end {
-                                break;
-                            }
-                            if let Ok(v) = c.verify_batch(&batch).await {
-                                let b = v.iter().filter(|v| v.reason == Reason::Busy).count();
-                                busy.fetch_add(b as u64, Ordering::Relaxed);
-                            }
-                        }
-                    }));
-                }
-            }
-            for t in tasks {
-                let _ = t.await;
-            }
-            Ok(format!(
-                "flooder told busy for {} tokens",
-                busy.load(Ordering::Relaxed)
-            ))
-        }
-    };
-    rows.push(measure(&world, &probe, "queue flood (1 scanner)", &engine, queue).await?);
-
-    // 3. Slow bodies: 16 connections x 64 streams, each announcing 128 KiB and sending 100 KiB.
-    let slow = {
-        let world = Arc::clone(&world);
-        async move {
-            let mut held = Vec::new();
-            let mut conns = Vec::new();
-            let mut opened = 0;
-            for _ in 0..16 {
-                let Ok(c) = ScannerClient::connect_with(
-                    addr,
-                    "localhost",
-                    world.identity("slow-1")?,
-                    options,
-                )
-                .await
-                else {
-                    continue;
-                };
-                for _ in 0..64 {
-                    let Ok(Ok((mut send, recv))) =
-                        tokio::time::timeout(Duration::from_millis(200), c.connection().open_bi())
-                            .await
-                    else {
-                        break;
-                    };
-                    let mut head = [0u8; FRAME_HEADER_LEN];
-                    head[0] = gatehouse_protocol::WIRE_VERSION;
-                    head[1] = gatehouse_protocol::kind::VERIFY_BATCH;
-                    head[2..].copy_from_slice(&(128u32 * 1024).to_be_bytes());
-                    let _ = tokio::time::timeout(Duration::from_millis(200), async {
-                        send.write_all(&head).await?;
-                        send.write_all(&vec![0u8; 100 * 1024]).await
-                    })
-                    .await;
-                    opened += 1;
-                    held.push((send, recv));
-                }
-                conns.push(c);
-            }
-            tokio::time::sleep(Duration::from_secs(ATTACK_SECS.saturating_sub(3))).await;
-            drop(held);
-            for c in conns {
-                c.close().await;
-            }
-            Ok(format!("{opened} stalled bodies"))
-        }
-    };
-    rows.push(measure(&world, &probe, "slow bodies", &engine, slow).await?);
-
-    // 4. The operations port held open by 300 idle connections; /healthz probed 10 times a
-    //    second.
-    let idle = async move {
-        let mut idle = Vec::new();
-        for _ in 0..300 {
-            if let Ok(Ok(s)) =
-                tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(ops)).await
-            {
-                idle.push(s);
-            }
-        }
-        let (mut ok, mut probes) = (0, 0);
-        for _ in 0..(ATTACK_SECS * 10) {
-            probes += 1;
-            if healthz(ops).await {
-                ok += 1;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        drop(idle);
-        if ok != probes {
-            bail!("/healthz answered {ok} of {probes}");
-        }
-        Ok(format!("/healthz {ok}/{probes}"))
-    };
-    rows.push(measure(&world, &probe, "ops port held open", &engine, idle).await?);
-
+    let flood = handshake_flood(Arc::clone(&t.world), initials, t.probe);
+    rows.push(t.measure("handshake flood", flood).await?);
+    let queue = queue_flood(Arc::clone(&t.world), t.probe);
+    rows.push(t.measure("queue flood (1 scanner)", queue).await?);
+    let slow = slow_bodies(Arc::clone(&t.world), t.probe);
+    rows.push(t.measure("slow bodies", slow).await?);
+    rows.push(
+        t.measure("ops port held open", hold_ops_port(t.ops))
+            .await?,
+    );
     // After: memory back near the baseline (the half-open state and buffers are freed).
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut after = measure(&world, &probe, "after", &engine, async {
-        Ok(String::new())
-    })
-    .await?;
-    for r in &rows {
-        peak_rss = peak_rss.max(r.rss);
-    }
-    peak_rss = peak_rss.max(engine.rss("VmHWM:"));
+    let mut after = t.measure("after", async { Ok(String::new()) }).await?;
+    let peak_rss = rows
+        .iter()
+        .map(|r| r.rss)
+        .fold(t.engine.rss("VmHWM:"), u64::max);
     let back = after.rss.saturating_sub(baseline_rss) <= 32 * 1024 * 1024;
     after.note = format!(
         "peak RSS over the run {:.1} MiB; {} the baseline",
@@ -399,14 +300,150 @@ pub async fn run(bin: PathBuf) -> Result<bool> {
     );
     after.pass = after.pass && back && peak_rss <= 256 * 1000 * 1000;
     rows.push(after);
-    drop(engine);
+    Ok(rows)
+}
 
+/// 1. Half-open handshake flood: 2,000 Initials/s from eight addresses, never answered, while
+///    the gate connects afresh every 400 ms; fails when one connect takes a second.
+async fn handshake_flood(
+    world: Arc<World>,
+    initials: Vec<Vec<u8>>,
+    probe: Probe,
+) -> Result<String> {
+    let Probe { addr, options } = probe;
+    let initials = Arc::new(initials);
+    let sender = tokio::task::spawn_blocking(move || send_initials(&initials, addr));
+    // Meanwhile, fresh connections of the gate, each timed.
+    let mut worst = Duration::ZERO;
+    for _ in 0..(ATTACK_SECS * 2) {
+        let t = Instant::now();
+        let c = ScannerClient::connect_with(addr, "localhost", world.identity("gate-a")?, options)
+            .await;
+        worst = worst.max(t.elapsed());
+        if let Ok(c) = c {
+            c.close().await;
+        } else {
+            worst = Duration::from_secs(99);
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let sent = sender.await??;
+    if worst >= Duration::from_secs(1) {
+        bail!("a scanner took {worst:?} to connect");
+    }
+    Ok(format!("{sent} Initials; slowest connect {worst:.1?}"))
+}
+
+/// 2. One scanner keeps 48 batches of 128 in flight on 3 connections.
+async fn queue_flood(world: Arc<World>, probe: Probe) -> Result<String> {
+    let Probe { addr, options } = probe;
+    let batch: Arc<Vec<Vec<u8>>> =
+        Arc::new((0..128).map(|_| world.token()).collect::<Result<_>>()?);
+    let busy = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let c = ScannerClient::connect_with(addr, "localhost", world.identity("flood-1")?, options)
+            .await?;
+        for _ in 0..16 {
+            let (c, batch, busy) = (c.clone(), Arc::clone(&batch), Arc::clone(&busy));
+            tasks.push(tokio::spawn(async move {
+                let end = Instant::now() + Duration::from_secs(ATTACK_SECS);
+                for _ in 0..100_000 {
+                    if Instant::now() > end {
+                        break;
+                    }
+                    if let Ok(v) = c.verify_batch(&batch).await {
+                        let b = v.iter().filter(|v| v.reason == Reason::Busy).count();
+                        busy.fetch_add(b as u64, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(format!(
+        "flooder told busy for {} tokens",
+        busy.load(Ordering::Relaxed)
+    ))
+}
+
+/// 3. Slow bodies: 16 connections x 64 streams, each announcing 128 KiB and sending 100 KiB.
+async fn slow_bodies(world: Arc<World>, probe: Probe) -> Result<String> {
+    let Probe { addr, options } = probe;
+    let mut held = Vec::new();
+    let mut conns = Vec::new();
+    let mut opened = 0;
+    for _ in 0..16 {
+        let Ok(c) =
+            ScannerClient::connect_with(addr, "localhost", world.identity("slow-1")?, options)
+                .await
+        else {
+            continue;
+        };
+        for _ in 0..64 {
+            let Ok(Ok((mut send, recv))) =
+                tokio::time::timeout(Duration::from_millis(200), c.connection().open_bi()).await
+            else {
+                break;
+            };
+            let mut head = [0u8; FRAME_HEADER_LEN];
+            head[0] = gatehouse_protocol::WIRE_VERSION;
+            head[1] = gatehouse_protocol::kind::VERIFY_BATCH;
+            head[2..].copy_from_slice(&(128u32 * 1024).to_be_bytes());
+            let _ = tokio::time::timeout(Duration::from_millis(200), async {
+                send.write_all(&head).await?;
+                send.write_all(&vec![0u8; 100 * 1024]).await
+            })
+            .await;
+            opened += 1;
+            held.push((send, recv));
+        }
+        conns.push(c);
+    }
+    tokio::time::sleep(Duration::from_secs(ATTACK_SECS.saturating_sub(3))).await;
+    drop(held);
+    for c in conns {
+        c.close().await;
+    }
+    Ok(format!("{opened} stalled bodies"))
+}
+
+/// 4. The operations port held open by 300 idle connections; /healthz probed 10 times a
+///    second.
+async fn hold_ops_port(ops: SocketAddr) -> Result<String> {
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(ops)).await
+        {
+            idle.push(s);
+        }
+    }
+    let (mut ok, mut probes) = (0, 0);
+    for _ in 0..(ATTACK_SECS * 10) {
+        probes += 1;
+        if healthz(ops).await {
+            ok += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(idle);
+    if ok != probes {
+        bail!("/healthz answered {ok} of {probes}");
+    }
+    Ok(format!("/healthz {ok}/{probes}"))
+}
+
+/// Prints the table; whether every row passed.
+fn print_table(rows: &[Row]) -> bool {
     println!(
         "| attack | gate p99 | gate max | gate requests | errors | wrong verdicts | engine RSS | pass | notes |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     let mut all = true;
-    for r in &rows {
+    for r in rows {
         all &= r.pass;
         println!(
             "| {} | {:.2} ms | {:.2} ms | {} | {} | {} | {:.1} MiB | {} | {} |",
@@ -421,7 +458,7 @@ pub async fn run(bin: PathBuf) -> Result<bool> {
             r.note
         );
     }
-    Ok(all)
+    all
 }
 
 fn mib(b: u64) -> f64 {
@@ -429,6 +466,7 @@ fn mib(b: u64) -> f64 {
 }
 
 /// Where the measuring gate connects, and how.
+#[derive(Clone, Copy)]
 struct Probe {
     addr: SocketAddr,
     options: ClientOptions,
@@ -453,33 +491,99 @@ async fn measure(
     let n = (ATTACK_SECS * GATE_RPS) as usize;
     // Signed ahead: the gate's own CPU must not slow its sending.
     let tokens: Vec<Vec<u8>> = (0..n).map(|_| world.token()).collect::<Result<_>>()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let rss_peak = Arc::new(AtomicU64::new(0));
-    let sampler = {
-        let (stop, peak) = (Arc::clone(&stop), Arc::clone(&rss_peak));
-        let pid = engine.child.id();
-        tokio::spawn(async move {
-            for _ in 0..10_000 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-                if let Some(kb) = s
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                {
-                    peak.fetch_max(kb * 1024, Ordering::Relaxed);
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let sampler = RssSampler::start(engine.child.id());
     let drops_before = udp_receive_drops();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let identity = world.identity("gate-a")?;
-    let (addr, options) = (probe.addr, probe.options);
-    let gate = std::thread::Builder::new()
+    let gate = spawn_gate(world.identity("gate-a")?, *probe, tokens, ready_tx)?;
+    // The attack starts once the gate is connected (a failed connect ends the gate thread).
+    let _ = ready_rx.await;
+    let attack_result = run.await;
+    let answers = tokio::task::spawn_blocking(move || gate.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the gate thread panicked"))??;
+    let tally = GateTally::of(answers);
+    let rss = sampler.stop().await;
+    let (mut note, attack_ok) = match attack_result {
+        Ok(note) => (note, true),
+        Err(e) => (format!("{e:#}"), false),
+    };
+    if let (Some(a), Some(b)) = (drops_before, udp_receive_drops()) {
+        let sep = if note.is_empty() { "" } else { "; " };
+        note = format!(
+            "{note}{sep}{} UDP datagrams dropped (host)",
+            b.saturating_sub(a)
+        );
+    }
+    Ok(Row {
+        attack,
+        p99: tally.p99,
+        max: tally.max,
+        sent: n,
+        errors: tally.errors,
+        wrong: tally.wrong,
+        rss,
+        pass: attack_ok
+            && tally.errors == 0
+            && tally.wrong == 0
+            && tally.p99 <= Duration::from_millis(10),
+        note,
+    })
+}
+
+/// Samples the engine's resident memory every 100 ms and keeps the peak.
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RssSampler {
+    /// Starts sampling process `pid`.
+    fn start(pid: u32) -> RssSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(0));
+        let task = {
+            let (stop, peak) = (Arc::clone(&stop), Arc::clone(&peak));
+            tokio::spawn(async move {
+                for _ in 0..10_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let s =
+                        std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                    if let Some(kb) = s
+                        .lines()
+                        .find_map(|l| l.strip_prefix("VmRSS:"))
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                    {
+                        peak.fetch_max(kb * 1024, Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        };
+        RssSampler { stop, peak, task }
+    }
+
+    /// Stops sampling; the peak RSS seen, bytes.
+    async fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+/// Starts the measuring gate on a thread and runtime of its own: it connects as `identity`,
+/// says so on `ready`, then sends `tokens` at [`GATE_RPS`], each at its time.
+fn spawn_gate(
+    identity: ClientIdentity,
+    probe: Probe,
+    tokens: Vec<Vec<u8>>,
+    ready: tokio::sync::oneshot::Sender<()>,
+) -> Result<std::thread::JoinHandle<Result<GateAnswers>>> {
+    let Probe { addr, options } = probe;
+    let n = tokens.len();
+    Ok(std::thread::Builder::new()
         .name("abuse-gate".into())
         .spawn(move || -> Result<GateAnswers> {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -490,7 +594,7 @@ async fn measure(
                     .await
                     .context("the gate cannot connect")?;
                 let start = Instant::now() + Duration::from_millis(200);
-                let _ = ready_tx.send(());
+                let _ = ready.send(());
                 let mut sends = Vec::with_capacity(n);
                 for (i, t) in tokens.into_iter().enumerate() {
                     let gate = gate.clone();
@@ -508,55 +612,47 @@ async fn measure(
                 gate.close().await;
                 Ok(answers)
             })
-        })?;
-    // The attack starts once the gate is connected (a failed connect ends the gate thread).
-    let _ = ready_rx.await;
-    let attack_result = run.await;
-    let answers = tokio::task::spawn_blocking(move || gate.join())
-        .await?
-        .map_err(|_| anyhow::anyhow!("the gate thread panicked"))??;
-    let mut latencies = Vec::with_capacity(n);
-    let (mut errors, mut wrong) = (0, 0);
-    for (d, reason) in answers {
-        match reason {
-            Some(Reason::Accepted) => latencies.push(d),
-            Some(_) => {
-                latencies.push(d);
-                wrong += 1;
+        })?)
+}
+
+/// What the gate's answers add up to.
+struct GateTally {
+    /// 99th percentile latency of the verdicts (`Duration::MAX`: none).
+    p99: Duration,
+    /// Slowest verdict.
+    max: Duration,
+    /// Verifies without an answer.
+    errors: usize,
+    /// Verdicts other than accepted.
+    wrong: usize,
+}
+
+impl GateTally {
+    /// Counts the errors and wrong verdicts of `answers`, and their latency percentiles.
+    fn of(answers: GateAnswers) -> GateTally {
+        let mut latencies = Vec::with_capacity(answers.len());
+        let (mut errors, mut wrong) = (0, 0);
+        for (d, reason) in answers {
+            match reason {
+                Some(Reason::Accepted) => latencies.push(d),
+                Some(_) => {
+                    latencies.push(d);
+                    wrong += 1;
+                }
+                None => errors += 1,
             }
-            None => errors += 1,
+        }
+        latencies.sort();
+        GateTally {
+            p99: latencies
+                .get((latencies.len() * 99 / 100).saturating_sub(1))
+                .copied()
+                .unwrap_or(Duration::MAX),
+            max: latencies.last().copied().unwrap_or(Duration::MAX),
+            errors,
+            wrong,
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    let _ = sampler.await;
-    latencies.sort();
-    let p99 = latencies
-        .get((latencies.len() * 99 / 100).saturating_sub(1))
-        .copied()
-        .unwrap_or(Duration::MAX);
-    let max = latencies.last().copied().unwrap_or(Duration::MAX);
-    let (mut note, attack_ok) = match attack_result {
-        Ok(note) => (note, true),
-        Err(e) => (format!("{e:#}"), false),
-    };
-    if let (Some(a), Some(b)) = (drops_before, udp_receive_drops()) {
-        let sep = if note.is_empty() { "" } else { "; " };
-        note = format!(
-            "{note}{sep}{} UDP datagrams dropped (host)",
-            b.saturating_sub(a)
-        );
-    }
-    Ok(Row {
-        attack,
-        p99,
-        max,
-        sent: n,
-        errors,
-        wrong,
-        rss: rss_peak.load(Ordering::Relaxed),
-        pass: attack_ok && errors == 0 && wrong == 0 && p99 <= Duration::from_millis(10),
-        note,
-    })
 }
 
 /// Datagrams this host dropped for a full socket receive buffer (`RcvbufErrors` in
