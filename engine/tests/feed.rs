@@ -386,6 +386,21 @@ impl Node {
         self.engine.revocation_epoch().0
     }
 
+    /// Waits (bounded) until the node is at `epoch` and the pull that brought it is over (the
+    /// engine's revocation deadline moved past now): the node judges tokens on it.
+    async fn serving(&self, epoch: u64) {
+        self.reach(epoch).await;
+        for _ in 0..2000 {
+            if self.engine.revocations().fresh_until()
+                > gatehouse_engine::Clock::now(&gatehouse_engine::SystemClock)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("node at epoch {epoch} never became fresh");
+    }
+
     /// Waits (bounded) until the node is at `epoch`; returns how long it took.
     async fn reach(&self, epoch: u64) -> Duration {
         let started = Instant::now();
@@ -954,7 +969,8 @@ async fn nodes_follow_a_feed_kept_in_redis() {
         start(&world, world.engine(), Some(config)).await,
     ];
     for n in &nodes {
-        n.reach(1).await;
+        // The snapshot is in force before its pull ends; the node serves once it has.
+        n.serving(1).await;
         assert_eq!(n.reason(&parent).await, Reason::Accepted);
     }
     let published = Instant::now();
