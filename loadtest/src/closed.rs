@@ -17,7 +17,7 @@
 //! gate rush's latency.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -179,62 +179,142 @@ impl Ctx {
         .map_err(|e| e.to_string())?
     }
 
-    async fn transaction(self: Arc<Self>, user: &mut GooseUser, which: Which) -> TransactionResult {
-        let mut rng = self.rng();
-        let me = user.weighted_users_index;
+    /// A holder at random.
+    fn any_holder(&self, rng: &mut Rng) -> usize {
+        rng.below(self.fleet.len() as u64) as usize
+    }
+
+    /// A genuine token at the user's own gate, partner or age counter (`which`), signed.
+    async fn genuine(self: &Arc<Self>, which: Which, user_index: usize, rng: &mut Rng) -> Shown {
         let pick = |list: &[u16], rng: &mut Rng| -> u16 {
-            list.get(me % list.len().max(1))
+            list.get(user_index % list.len().max(1))
                 .copied()
                 .unwrap_or(rng.below(self.scanners.ids.len() as u64) as u16)
         };
-        let any_holder = |rng: &mut Rng| rng.below(self.fleet.len() as u64) as usize;
-        let (prepared, scanner, genuine) = match which {
-            Which::Gate | Which::Partner | Which::Age => {
-                let scanner = match which {
-                    Which::Gate => pick(&self.gates, &mut rng),
-                    Which::Partner => pick(&self.partners, &mut rng),
-                    _ => pick(&self.ages, &mut rng),
-                };
-                let h = match self.by_gate.get(&scanner) {
-                    Some(list) if which == Which::Gate && !list.is_empty() => {
-                        list[rng.below(list.len() as u64) as usize] as usize
-                    }
-                    _ => any_holder(&mut rng),
-                };
-                (
-                    self.prepare(h, scanner, Presented::Genuine).await,
-                    scanner,
-                    true,
-                )
+        let scanner = match which {
+            Which::Gate => pick(&self.gates, rng),
+            Which::Partner => pick(&self.partners, rng),
+            _ => pick(&self.ages, rng),
+        };
+        let h = match self.by_gate.get(&scanner) {
+            Some(list) if which == Which::Gate && !list.is_empty() => {
+                list[rng.below(list.len() as u64) as usize] as usize
             }
+            _ => self.any_holder(rng),
+        };
+        Shown {
+            prepared: self.prepare(h, scanner, Presented::Genuine).await,
+            scanner,
+            genuine: true,
+        }
+    }
+
+    /// An adversarial request at any scanner: a replay of the user's `last` token (a genuine
+    /// one when it has none yet), a forgery, a stale token or garbage, one in four each.
+    async fn adversarial(self: &Arc<Self>, last: Option<LastToken>, rng: &mut Rng) -> Shown {
+        let roll = rng.below(4);
+        match (roll, last) {
+            (0, Some(l)) => Shown {
+                prepared: Ok((l.token, repeated(l.expect))),
+                scanner: l.scanner,
+                genuine: false,
+            },
+            (0, None) => {
+                let s = rng.below(self.scanners.ids.len() as u64) as u16;
+                Shown {
+                    prepared: self
+                        .prepare(self.any_holder(rng), s, Presented::Genuine)
+                        .await,
+                    scanner: s,
+                    genuine: true,
+                }
+            }
+            (r, _) => {
+                let s = rng.below(self.scanners.ids.len() as u64) as u16;
+                let p = match r {
+                    1 => Presented::Forged,
+                    2 => Presented::Stale,
+                    _ => Presented::Garbage,
+                };
+                Shown {
+                    prepared: self.prepare(self.any_holder(rng), s, p).await,
+                    scanner: s,
+                    genuine: false,
+                }
+            }
+        }
+    }
+
+    /// Sends `token` at `scanner` to its node and waits (at most the request timeout).
+    async fn verify(&self, scanner: u16, token: &[u8]) -> Answer {
+        tokio::time::timeout(
+            self.request_timeout,
+            target::verify(
+                &self.conns,
+                self.conns.home(scanner as usize),
+                scanner as usize,
+                token,
+            ),
+        )
+        .await
+    }
+
+    /// What is wrong with `answer` (`None`: it is the `expect`ed verdict).
+    fn problem(&self, answer: &Answer, expect: Reason, scanner: u16) -> Option<String> {
+        match answer {
+            Ok(Ok(got)) if is_retry(*got) => Some(format!("engine answered {got}")),
+            Ok(Ok(got)) if *got == expect => None,
+            Ok(Ok(got)) => Some(format!(
+                "mismatch at {}: expected {expect}, got {got}",
+                self.scanners.ids[scanner as usize]
+            )),
+            Ok(Err(e)) => Some(format!("{e:#}")),
+            Err(_) => Some("timed out".to_string()),
+        }
+    }
+
+    /// Counts one request of scenario `name` in the run's statistics.
+    fn record(&self, name: &str, answer: &Answer, problem: Option<&str>, took: Duration) {
+        let ok = problem.is_none();
+        let mut s = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        s.requests += 1;
+        if let Ok(Ok(got)) = answer {
+            *s.verdicts.entry(got.label().to_string()).or_default() += 1;
+            if ok || !is_retry(*got) {
+                let _ = s.hist.record((took.as_micros() as u64).max(1));
+            }
+            if !ok && !is_retry(*got) {
+                s.mismatches += 1;
+            } else if !ok {
+                s.errors += 1;
+            }
+        } else {
+            s.errors += 1;
+        }
+        if let Some(p) = problem {
+            if s.examples.len() < 10 {
+                s.examples.push(format!("{name}: {p}"));
+            }
+        }
+    }
+
+    /// One person at a terminal of scenario `which`: shows a token, checks the verdict,
+    /// records it in goose and in the run's statistics.
+    async fn transaction(self: Arc<Self>, user: &mut GooseUser, which: Which) -> TransactionResult {
+        let mut rng = self.rng();
+        let shown = match which {
             Which::Adversarial => {
                 let last = user.get_session_data::<LastToken>().cloned();
-                let roll = rng.below(4);
-                match (roll, last) {
-                    (0, Some(l)) => (Ok((l.token, repeated(l.expect))), l.scanner, false),
-                    (0, None) => {
-                        let s = rng.below(self.scanners.ids.len() as u64) as u16;
-                        (
-                            self.prepare(any_holder(&mut rng), s, Presented::Genuine)
-                                .await,
-                            s,
-                            true,
-                        )
-                    }
-                    (r, _) => {
-                        let s = rng.below(self.scanners.ids.len() as u64) as u16;
-                        let p = match r {
-                            1 => Presented::Forged,
-                            2 => Presented::Stale,
-                            _ => Presented::Garbage,
-                        };
-                        (self.prepare(any_holder(&mut rng), s, p).await, s, false)
-                    }
-                }
+                self.adversarial(last, &mut rng).await
+            }
+            _ => {
+                self.genuine(which, user.weighted_users_index, &mut rng)
+                    .await
             }
         };
         let name = which.label();
-        let (token, expect) = match prepared {
+        let scanner = shown.scanner;
+        let (token, expect) = match shown.prepared {
             Ok(p) => p,
             Err(e) => {
                 return Err(Box::new(TransactionError::Custom(format!(
@@ -243,53 +323,12 @@ impl Ctx {
             }
         };
         let started = Instant::now();
-        let answer = tokio::time::timeout(
-            self.request_timeout,
-            target::verify(
-                &self.conns,
-                self.conns.home(scanner as usize),
-                scanner as usize,
-                &token,
-            ),
-        )
-        .await;
+        let answer = self.verify(scanner, &token).await;
         let took = started.elapsed();
-        let (ok, problem) = match &answer {
-            Ok(Ok(got)) if is_retry(*got) => (false, Some(format!("engine answered {got}"))),
-            Ok(Ok(got)) if *got == expect => (true, None),
-            Ok(Ok(got)) => (
-                false,
-                Some(format!(
-                    "mismatch at {}: expected {expect}, got {got}",
-                    self.scanners.ids[scanner as usize]
-                )),
-            ),
-            Ok(Err(e)) => (false, Some(format!("{e:#}"))),
-            Err(_) => (false, Some("timed out".to_string())),
-        };
-        {
-            let mut s = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-            s.requests += 1;
-            if let Ok(Ok(got)) = &answer {
-                *s.verdicts.entry(got.label().to_string()).or_default() += 1;
-                if ok || !is_retry(*got) {
-                    let _ = s.hist.record((took.as_micros() as u64).max(1));
-                }
-                if !ok && !is_retry(*got) {
-                    s.mismatches += 1;
-                } else if !ok {
-                    s.errors += 1;
-                }
-            } else {
-                s.errors += 1;
-            }
-            if let Some(p) = &problem {
-                if s.examples.len() < 10 {
-                    s.examples.push(format!("{name}: {p}"));
-                }
-            }
-        }
-        if genuine && ok {
+        let problem = self.problem(&answer, expect, scanner);
+        let ok = problem.is_none();
+        self.record(name, &answer, problem.as_deref(), took);
+        if shown.genuine && ok {
             user.set_session_data(LastToken {
                 token,
                 expect,
@@ -300,6 +339,17 @@ impl Ctx {
             .await
     }
 }
+
+/// What a user shows: the token and the verdict it must get (or why it could not be signed),
+/// at which scanner, and whether it is a genuine token (kept for the user's next replay).
+struct Shown {
+    prepared: Result<(Arc<[u8]>, Reason), String>,
+    scanner: u16,
+    genuine: bool,
+}
+
+/// The engine's answer to one request, or the request timeout.
+type Answer = Result<Result<Reason>, tokio::time::error::Elapsed>;
 
 fn scenario(
     ctx: &Arc<Ctx>,
@@ -329,69 +379,8 @@ pub async fn run(
     target: std::net::SocketAddr,
     opts: &ClosedOptions,
 ) -> Result<(GooseSummary, bool)> {
-    let idx = |prefix: &str| -> Vec<u16> {
-        scanners
-            .ids
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.starts_with(prefix))
-            .map(|(i, _)| i as u16)
-            .collect()
-    };
-    let mut gates = idx("gate-");
-    gates.extend(idx("welfare-"));
-    let mut by_gate: HashMap<u16, Vec<u32>> = HashMap::new();
-    for h in 0..fleet.len() {
-        if let Some(g) = scanners.home_gate(fleet.credential(h)) {
-            by_gate.entry(g).or_default().push(h as u32);
-        }
-    }
-    let mut salt = [0u8; 8];
-    use rand_core::RngCore as _;
-    let _ = rand_core::OsRng.try_fill_bytes(&mut salt);
-    let ctx = Arc::new(Ctx {
-        partners: idx("partner-"),
-        ages: idx("age-"),
-        gates,
-        by_gate,
-        fleet,
-        scanners,
-        conns,
-        thieves: (0..8)
-            .map(|k| derive_key("gatehouse-loadtest goose thief", k))
-            .collect(),
-        salt: u64::from_le_bytes(salt),
-        counter: AtomicU64::new(0),
-        utc_offset_secs: opts.utc_offset_secs,
-        request_timeout: opts.request_timeout,
-        stats: Mutex::new(Stats {
-            hist: histogram(),
-            verdicts: BTreeMap::new(),
-            requests: 0,
-            mismatches: 0,
-            errors: 0,
-            examples: Vec::new(),
-        }),
-    });
-    std::fs::create_dir_all(&opts.report_dir)
-        .with_context(|| format!("creating {}", opts.report_dir.display()))?;
-    let reports: Vec<String> = ["html", "json", "md"]
-        .iter()
-        .map(|ext| {
-            opts.report_dir
-                .join(format!("goose.{ext}"))
-                .display()
-                .to_string()
-        })
-        .collect();
-    let mut args: Vec<String> = Vec::new();
-    for r in &reports {
-        args.push("--report-file".into());
-        args.push(r.clone());
-    }
-    args.extend(opts.goose_args.iter().cloned());
-    let config = GooseConfiguration::parse_args_default(&args)
-        .map_err(|e| anyhow::anyhow!("goose arguments: {e}"))?;
+    let ctx = Arc::new(Ctx::new(fleet, scanners, conns, opts));
+    let reports = goose_reports(&opts.report_dir)?;
     let plan = format!(
         "{u},{}s;{u},{}s;0,{}s",
         opts.ramp_up_secs,
@@ -399,32 +388,7 @@ pub async fn run(
         opts.ramp_down_secs,
         u = opts.users.max(1)
     );
-    let host = format!("quic://{target}");
-    let mut attack = GooseAttack::initialize_with_config(config)
-        .map_err(|e| anyhow::anyhow!("goose: {e}"))?
-        .register_scenario(scenario(&ctx, Which::Gate, 6, opts.think)?)
-        .register_scenario(scenario(&ctx, Which::Partner, 3, opts.think)?)
-        .register_scenario(scenario(&ctx, Which::Age, 1, opts.think)?)
-        .register_scenario(scenario(&ctx, Which::Adversarial, 1, opts.think)?)
-        .set_default(GooseDefault::Host, host.as_str())
-        .and_then(|a| a.set_default(GooseDefault::TestPlan, plan.as_str()))
-        .and_then(|a| a.set_default(GooseDefault::NoTelnet, true))
-        .and_then(|a| {
-            a.set_default(
-                GooseDefault::Timeout,
-                opts.request_timeout
-                    .as_secs_f64()
-                    .ceil()
-                    .to_string()
-                    .as_str(),
-            )
-        })
-        .map_err(|e| anyhow::anyhow!("goose defaults: {e}"))?;
-    for t in &opts.thresholds {
-        attack = attack
-            .set_default(GooseDefault::Threshold, t.as_str())
-            .map_err(|e| anyhow::anyhow!("goose threshold {t}: {e}"))?;
-    }
+    let attack = goose_attack(&ctx, opts, target, &reports, &plan)?;
     let (results, held) = match attack.execute().await {
         Ok(m) => (m.thresholds.clone(), true),
         Err(goose::GooseError::ThresholdsFailed { metrics, .. }) => {
@@ -458,4 +422,115 @@ pub async fn run(
         },
         held,
     ))
+}
+
+impl Ctx {
+    /// The scenarios' shared state: the scanners of each kind, the holders of each gate, a
+    /// fresh salt, nothing counted yet.
+    fn new(
+        fleet: Arc<Fleet>,
+        scanners: Arc<ScannerSet>,
+        conns: Arc<Connections>,
+        opts: &ClosedOptions,
+    ) -> Ctx {
+        let idx = |prefix: &str| -> Vec<u16> {
+            scanners
+                .ids
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.starts_with(prefix))
+                .map(|(i, _)| i as u16)
+                .collect()
+        };
+        let mut gates = idx("gate-");
+        gates.extend(idx("welfare-"));
+        let mut by_gate: HashMap<u16, Vec<u32>> = HashMap::new();
+        for h in 0..fleet.len() {
+            if let Some(g) = scanners.home_gate(fleet.credential(h)) {
+                by_gate.entry(g).or_default().push(h as u32);
+            }
+        }
+        let mut salt = [0u8; 8];
+        use rand_core::RngCore as _;
+        let _ = rand_core::OsRng.try_fill_bytes(&mut salt);
+        Ctx {
+            partners: idx("partner-"),
+            ages: idx("age-"),
+            gates,
+            by_gate,
+            fleet,
+            scanners,
+            conns,
+            thieves: (0..8)
+                .map(|k| derive_key("gatehouse-loadtest goose thief", k))
+                .collect(),
+            salt: u64::from_le_bytes(salt),
+            counter: AtomicU64::new(0),
+            utc_offset_secs: opts.utc_offset_secs,
+            request_timeout: opts.request_timeout,
+            stats: Mutex::new(Stats {
+                hist: histogram(),
+                verdicts: BTreeMap::new(),
+                requests: 0,
+                mismatches: 0,
+                errors: 0,
+                examples: Vec::new(),
+            }),
+        }
+    }
+}
+
+/// Creates `dir`; the goose reports (HTML, JSON, Markdown) to write there.
+fn goose_reports(dir: &Path) -> Result<Vec<String>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(["html", "json", "md"]
+        .iter()
+        .map(|ext| dir.join(format!("goose.{ext}")).display().to_string())
+        .collect())
+}
+
+/// The goose attack: the four scenarios at their weights against `target`, the test `plan`,
+/// the `reports` to write, the budget's thresholds and the operator's goose arguments.
+fn goose_attack(
+    ctx: &Arc<Ctx>,
+    opts: &ClosedOptions,
+    target: std::net::SocketAddr,
+    reports: &[String],
+    plan: &str,
+) -> Result<Box<GooseAttack>> {
+    let mut args: Vec<String> = Vec::new();
+    for r in reports {
+        args.push("--report-file".into());
+        args.push(r.clone());
+    }
+    args.extend(opts.goose_args.iter().cloned());
+    let config = GooseConfiguration::parse_args_default(&args)
+        .map_err(|e| anyhow::anyhow!("goose arguments: {e}"))?;
+    let host = format!("quic://{target}");
+    let mut attack = GooseAttack::initialize_with_config(config)
+        .map_err(|e| anyhow::anyhow!("goose: {e}"))?
+        .register_scenario(scenario(ctx, Which::Gate, 6, opts.think)?)
+        .register_scenario(scenario(ctx, Which::Partner, 3, opts.think)?)
+        .register_scenario(scenario(ctx, Which::Age, 1, opts.think)?)
+        .register_scenario(scenario(ctx, Which::Adversarial, 1, opts.think)?)
+        .set_default(GooseDefault::Host, host.as_str())
+        .and_then(|a| a.set_default(GooseDefault::TestPlan, plan))
+        .and_then(|a| a.set_default(GooseDefault::NoTelnet, true))
+        .and_then(|a| {
+            a.set_default(
+                GooseDefault::Timeout,
+                opts.request_timeout
+                    .as_secs_f64()
+                    .ceil()
+                    .to_string()
+                    .as_str(),
+            )
+        })
+        .map_err(|e| anyhow::anyhow!("goose defaults: {e}"))?;
+    for t in &opts.thresholds {
+        attack = attack
+            .set_default(GooseDefault::Threshold, t.as_str())
+            .map_err(|e| anyhow::anyhow!("goose threshold {t}: {e}"))?;
+    }
+    Ok(attack)
 }
