@@ -160,6 +160,8 @@ fn overview(out: &mut String, r: &Report) {
     out.push_str("</table>\n");
 }
 
+/// The open-loop run: its counts, its charts over time, percentiles, verdicts, nodes and
+/// examples.
 fn run_section(out: &mut String, r: &RunSummary) -> Result<()> {
     out.push_str("<h2>Open-loop run</h2>\n");
     let _ = writeln!(
@@ -178,75 +180,70 @@ fn run_section(out: &mut String, r: &RunSummary) -> Result<()> {
         r.mismatches
     );
     if !r.timeline.is_empty() {
-        let ms = |v: u64| v as f64 / 1e3;
-        let answered: Vec<&Second> = r.timeline.iter().filter(|s| s.answered > 0).collect();
-        figure(
-            out,
-            &line_chart(
-                "Latency over time (per second of the plan)",
-                "second",
-                "ms",
-                &[
-                    (
-                        "p50",
-                        answered
-                            .iter()
-                            .map(|s| (s.t as f64, ms(s.p50_us)))
-                            .collect(),
-                    ),
-                    (
-                        "p99",
-                        answered
-                            .iter()
-                            .map(|s| (s.t as f64, ms(s.p99_us)))
-                            .collect(),
-                    ),
-                ],
-                &[],
-                None,
-            )?,
-        );
-        figure(
-            out,
-            &line_chart(
-                "Rate over time",
-                "second",
-                "requests per second",
-                &[
-                    (
-                        "planned",
-                        r.timeline
-                            .iter()
-                            .map(|s| (s.t as f64, s.planned_rps))
-                            .collect(),
-                    ),
-                    (
-                        "sent",
-                        r.timeline
-                            .iter()
-                            .map(|s| (s.t as f64, s.sent as f64))
-                            .collect(),
-                    ),
-                    (
-                        "answered",
-                        r.timeline
-                            .iter()
-                            .map(|s| (s.t as f64, s.answered as f64))
-                            .collect(),
-                    ),
-                    (
-                        "errors",
-                        r.timeline
-                            .iter()
-                            .map(|s| (s.t as f64, s.errors as f64))
-                            .collect(),
-                    ),
-                ],
-                &[],
-                None,
-            )?,
-        );
+        timeline_charts(out, &r.timeline)?;
     }
+    percentile_sections(out, r)?;
+    out.push_str("<h3>Harness send lag</h3>\n");
+    latency_table(out, &[("send lag".to_string(), r.send_lag_us)]);
+    out.push_str("<h3>Verdicts</h3>\n");
+    verdict_table(out, &r.verdicts, &r.expected);
+    if r.nodes.len() > 1 {
+        node_table(out, r);
+    }
+    list(out, "Mismatches and errors (examples)", &{
+        let mut v = r.mismatch_examples.clone();
+        v.extend(r.error_examples.iter().cloned());
+        v
+    });
+    Ok(())
+}
+
+/// Two charts per second of the plan: latency (p50, p99 of the seconds with answers) and
+/// rate (planned, sent, answered, errors).
+fn timeline_charts(out: &mut String, timeline: &[Second]) -> Result<()> {
+    let ms = |v: u64| v as f64 / 1e3;
+    let answered: Vec<&Second> = timeline.iter().filter(|s| s.answered > 0).collect();
+    let latency = |f: fn(&Second) -> u64| -> Vec<(f64, f64)> {
+        answered.iter().map(|s| (s.t as f64, ms(f(s)))).collect()
+    };
+    figure(
+        out,
+        &line_chart(
+            "Latency over time (per second of the plan)",
+            "second",
+            "ms",
+            &[
+                ("p50", latency(|s| s.p50_us)),
+                ("p99", latency(|s| s.p99_us)),
+            ],
+            &[],
+            None,
+        )?,
+    );
+    let rate = |f: fn(&Second) -> f64| -> Vec<(f64, f64)> {
+        timeline.iter().map(|s| (s.t as f64, f(s))).collect()
+    };
+    figure(
+        out,
+        &line_chart(
+            "Rate over time",
+            "second",
+            "requests per second",
+            &[
+                ("planned", rate(|s| s.planned_rps)),
+                ("sent", rate(|s| s.sent as f64)),
+                ("answered", rate(|s| s.answered as f64)),
+                ("errors", rate(|s| s.errors as f64)),
+            ],
+            &[],
+            None,
+        )?,
+    );
+    Ok(())
+}
+
+/// Percentiles per phase (chart and table, with the whole run) and per scenario.
+fn percentile_sections(out: &mut String, r: &RunSummary) -> Result<()> {
     out.push_str("<h3>Percentiles per phase</h3>\n");
     let phases = ordered_phases(&r.phases);
     if !phases.is_empty() {
@@ -262,18 +259,6 @@ fn run_section(out: &mut String, r: &RunSummary) -> Result<()> {
         figure(out, &percentile_bars("Latency per scenario", &scenarios)?);
         latency_table(out, &scenarios);
     }
-    out.push_str("<h3>Harness send lag</h3>\n");
-    latency_table(out, &[("send lag".to_string(), r.send_lag_us)]);
-    out.push_str("<h3>Verdicts</h3>\n");
-    verdict_table(out, &r.verdicts, &r.expected);
-    if r.nodes.len() > 1 {
-        node_table(out, r);
-    }
-    list(out, "Mismatches and errors (examples)", &{
-        let mut v = r.mismatch_examples.clone();
-        v.extend(r.error_examples.iter().cloned());
-        v
-    });
     Ok(())
 }
 

@@ -376,6 +376,42 @@ impl Report {
     /// The human summary.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        self.render_setting(&mut out);
+        if let Some(r) = &self.run {
+            let _ = writeln!(
+                out,
+                "  plan       ramp up {:.0} s, peak {:.0} s at {:.0} req/s, ramp down {:.0} s",
+                self.model.plan_ramp_up_secs,
+                self.model.plan_peak_secs,
+                self.model.plan_peak_rps,
+                self.model.plan_ramp_down_secs
+            );
+            render_run(&mut out, r);
+        }
+        if let Some(s) = &self.sweep {
+            render_sweep(&mut out, s);
+        }
+        if let Some(g) = &self.goose {
+            render_goose(&mut out, g);
+        }
+        render_baseline(&mut out, &self.baseline);
+        if let Some(b) = &self.budget {
+            render_budget(&mut out, b);
+        }
+        let _ = writeln!(
+            out,
+            "  result     {}",
+            if self.passed {
+                "PASS"
+            } else {
+                "FAIL (see the checks marked MISS)"
+            }
+        );
+        out
+    }
+
+    /// The first lines: the mode and the engine, the population, the nodes, the model.
+    fn render_setting(&self, out: &mut String) {
         let _ = writeln!(
             out,
             "gatehouse-loadtest {}: {} → {}{}",
@@ -419,117 +455,107 @@ impl Report {
             );
         }
         let _ = writeln!(out, "  model      {}", self.model.explanation);
-        if let Some(r) = &self.run {
-            let _ = writeln!(
-                out,
-                "  plan       ramp up {:.0} s, peak {:.0} s at {:.0} req/s, ramp down {:.0} s",
-                self.model.plan_ramp_up_secs,
-                self.model.plan_peak_secs,
-                self.model.plan_peak_rps,
-                self.model.plan_ramp_down_secs
-            );
-            render_run(&mut out, r);
-        }
-        if let Some(s) = &self.sweep {
-            let _ = writeln!(out, "  capacity sweep, {:.0} s per step:", s.step_secs);
-            for st in &s.steps {
-                let _ = writeln!(
-                    out,
-                    "    {:>9.0} req/s  {}  answered {:>8}  p50 {:>9}  p99 {:>9}  p99.9 {:>9}  errors {:>6}  mismatches {}  lag p99 {:>9}  cpu h/e {}/{}{}{}",
-                    st.rate_rps,
-                    if st.passed { "held " } else { "BROKE" },
-                    st.run.answered,
-                    ms(st.run.latency_us.p50_us),
-                    ms(st.run.latency_us.p99_us),
-                    ms(st.run.latency_us.p999_us),
-                    st.run.errors,
-                    st.run.mismatches,
-                    ms(st.run.send_lag_us.p99_us),
-                    st.run.cpu.harness_secs.map_or("-".into(), |s| format!("{s:.1}")),
-                    engine_cpu(&st.run),
-                    st.run.cross_node_replays.map_or(String::new(), |c| format!(
-                        "  cross-node replayed {}/{}",
-                        c.replayed, c.expected_replayed
-                    )),
-                    if st.failed_checks.is_empty() {
-                        String::new()
-                    } else {
-                        format!("  ({})", st.failed_checks.join("; "))
-                    }
-                );
-            }
-            let _ = writeln!(
-                out,
-                "  knee       {:.0} req/s = {:.1} × the modelled peak of {:.0} req/s ({}){}",
-                s.knee_rps,
-                s.headroom,
-                s.modelled_peak_rps,
-                s.stopped,
-                if s.harness_limited {
-                    "; the harness lagged past the knee: the engine may carry more"
-                } else {
-                    ""
-                }
-            );
-        }
-        if let Some(g) = &self.goose {
-            let _ = writeln!(
-                out,
-                "  goose (closed loop) test plan {}: {} requests, {} errors, {} mismatches",
-                g.test_plan, g.requests, g.errors, g.mismatches
-            );
-            render_latency(&mut out, "all", &g.latency_us);
-            for t in &g.thresholds {
-                let _ = writeln!(out, "    threshold {t}");
-            }
-            for e in &g.examples {
-                let _ = writeln!(out, "    {e}");
-            }
-            for r in &g.goose_reports {
-                let _ = writeln!(out, "    goose report: {r}");
-            }
-        }
-        if !self.baseline.is_empty() {
-            let _ = writeln!(out, "  against the baseline:");
-            for d in &self.baseline {
-                let _ = writeln!(
-                    out,
-                    "    {:<16} {:>12.1} → {:>12.1}  ({:+.1}%){}",
-                    d.metric,
-                    d.before,
-                    d.now,
-                    d.change_pct,
-                    if d.worse && d.change_pct.abs() > 0.05 {
-                        "  worse"
-                    } else {
-                        ""
-                    }
-                );
-            }
-        }
-        if let Some(b) = &self.budget {
-            let _ = writeln!(out, "  budget {}:", b.file);
-            for c in &b.checks {
-                let _ = writeln!(
-                    out,
-                    "    {} {:<22} observed {:>14}  limit {}",
-                    if c.passed { "ok  " } else { "MISS" },
-                    c.name,
-                    c.observed,
-                    c.limit
-                );
-            }
-        }
+    }
+}
+
+/// A capacity sweep: one line per step, then the knee.
+fn render_sweep(out: &mut String, s: &SweepSummary) {
+    let _ = writeln!(out, "  capacity sweep, {:.0} s per step:", s.step_secs);
+    for st in &s.steps {
         let _ = writeln!(
             out,
-            "  result     {}",
-            if self.passed {
-                "PASS"
+            "    {:>9.0} req/s  {}  answered {:>8}  p50 {:>9}  p99 {:>9}  p99.9 {:>9}  errors {:>6}  mismatches {}  lag p99 {:>9}  cpu h/e {}/{}{}{}",
+            st.rate_rps,
+            if st.passed { "held " } else { "BROKE" },
+            st.run.answered,
+            ms(st.run.latency_us.p50_us),
+            ms(st.run.latency_us.p99_us),
+            ms(st.run.latency_us.p999_us),
+            st.run.errors,
+            st.run.mismatches,
+            ms(st.run.send_lag_us.p99_us),
+            st.run.cpu.harness_secs.map_or("-".into(), |s| format!("{s:.1}")),
+            engine_cpu(&st.run),
+            st.run.cross_node_replays.map_or(String::new(), |c| format!(
+                "  cross-node replayed {}/{}",
+                c.replayed, c.expected_replayed
+            )),
+            if st.failed_checks.is_empty() {
+                String::new()
             } else {
-                "FAIL (see the checks marked MISS)"
+                format!("  ({})", st.failed_checks.join("; "))
             }
         );
-        out
+    }
+    let _ = writeln!(
+        out,
+        "  knee       {:.0} req/s = {:.1} × the modelled peak of {:.0} req/s ({}){}",
+        s.knee_rps,
+        s.headroom,
+        s.modelled_peak_rps,
+        s.stopped,
+        if s.harness_limited {
+            "; the harness lagged past the knee: the engine may carry more"
+        } else {
+            ""
+        }
+    );
+}
+
+/// A closed-loop run: its counts, latency, thresholds, examples and goose's reports.
+fn render_goose(out: &mut String, g: &GooseSummary) {
+    let _ = writeln!(
+        out,
+        "  goose (closed loop) test plan {}: {} requests, {} errors, {} mismatches",
+        g.test_plan, g.requests, g.errors, g.mismatches
+    );
+    render_latency(out, "all", &g.latency_us);
+    for t in &g.thresholds {
+        let _ = writeln!(out, "    threshold {t}");
+    }
+    for e in &g.examples {
+        let _ = writeln!(out, "    {e}");
+    }
+    for r in &g.goose_reports {
+        let _ = writeln!(out, "    goose report: {r}");
+    }
+}
+
+/// The comparison with the baseline, one line per metric (nothing without one).
+fn render_baseline(out: &mut String, baseline: &[BaselineDiff]) {
+    if baseline.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "  against the baseline:");
+    for d in baseline {
+        let _ = writeln!(
+            out,
+            "    {:<16} {:>12.1} → {:>12.1}  ({:+.1}%){}",
+            d.metric,
+            d.before,
+            d.now,
+            d.change_pct,
+            if d.worse && d.change_pct.abs() > 0.05 {
+                "  worse"
+            } else {
+                ""
+            }
+        );
+    }
+}
+
+/// The budget's checks, each marked ok or MISS.
+fn render_budget(out: &mut String, b: &BudgetResult) {
+    let _ = writeln!(out, "  budget {}:", b.file);
+    for c in &b.checks {
+        let _ = writeln!(
+            out,
+            "    {} {:<22} observed {:>14}  limit {}",
+            if c.passed { "ok  " } else { "MISS" },
+            c.name,
+            c.observed,
+            c.limit
+        );
     }
 }
 
