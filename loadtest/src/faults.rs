@@ -660,104 +660,132 @@ impl Deployment {
         t0: Instant,
     ) -> Result<(f64, f64)> {
         let at = t0.elapsed().as_secs_f64();
-        match (self, fault) {
-            (Deployment::Single { server, .. }, Fault::Restart) => {
-                server.stop();
-                // Without persistence: the data is gone (the AOF removed with the process).
-                remove_aof(server)?;
-                server.restart()?;
-            }
-            (Deployment::Single { server, .. }, Fault::RestartAof) => {
-                server.stop();
-                server.restart()?;
-            }
-            (Deployment::Single { server, .. }, Fault::Flushall) => {
-                let r = server.command("FLUSHALL")?;
-                ensure!(r.starts_with("+OK"), "FLUSHALL: {r}");
-            }
-            (Deployment::Single { server, .. }, Fault::Fill) => {
-                // Fill past maxmemory with keys that never expire (64 KiB each, at most 40 MiB;
-                // the script stops at the first refused write), hold it a second, free it.
-                let r = server.command(
-                    "EVAL \"for i = 1, 640 do local ok = redis.pcall('SET', 'gatehouse-filler:' .. i, \
-                     string.rep('x', 65536)) if type(ok) == 'table' and ok.err then return i end \
-                     end return 0\" 0",
-                )?;
-                ensure!(r.starts_with(':'), "filling: {}", r.trim());
-                std::thread::sleep(Duration::from_secs(1));
-                let r = server.command(
-                    "EVAL \"for i = 1, 640 do redis.call('DEL', 'gatehouse-filler:' .. i) end \
-                     return 0\" 0",
-                )?;
-                ensure!(r.starts_with(':'), "freeing: {}", r.trim());
-            }
-            (Deployment::Single { proxy: Some(p), .. }, Fault::Partition) => {
-                p.set_cut(true);
-                std::thread::sleep(Duration::from_secs(3));
-                p.set_cut(false);
-            }
-            (Deployment::Sentinel(s), Fault::KillPrimary) => {
-                let old = s.primary_port()?;
-                s.server(old).context("the primary's server")?.stop();
-                s.wait_primary_change(old, Duration::from_secs(30))?;
-                s.server(old).context("the old primary")?.restart()?;
-                // The store answers marks again once a replica can acknowledge them
-                // (replica_acks = 1): the old primary, back as a replica.
-                s.wait_replicas(1, Duration::from_secs(30))?;
-            }
-            (Deployment::Sentinel(s), Fault::StopPrimary) => {
-                let old = s.primary_port()?;
-                s.server(old).context("the primary's server")?.pause()?;
-                let changed = s.wait_primary_change(old, Duration::from_secs(30));
-                // The old primary comes back believing it is the primary, until the
-                // Sentinels demote it: the split brain.
-                s.server(old).context("the old primary")?.resume()?;
-                changed?;
-                s.wait_replicas(1, Duration::from_secs(30))?;
-            }
-            (Deployment::Cluster(c), Fault::KillMaster) => {
-                let master = *c.masters().first().context("no master")?;
-                let node = c
-                    .nodes_mut()
-                    .iter_mut()
-                    .find(|n| n.port() == master)
-                    .context("the master's server")?;
-                node.stop();
-                let deadline = Instant::now() + Duration::from_secs(30);
-                while c.wait_ok(Duration::from_millis(500)).is_err() || c.masters().len() < 3 {
-                    ensure!(Instant::now() < deadline, "the cluster did not fail over");
-                }
-                if let Some(node) = c.nodes_mut().iter_mut().find(|n| n.port() == master) {
-                    node.restart()?;
-                }
-                // Its slots answer marks again once the old master is back as a replica of
-                // the promoted one (replica_acks = 1).
-                c.wait_ok(Duration::from_secs(30))?;
-                let deadline = Instant::now() + Duration::from_secs(30);
-                while c.masters().iter().any(|m| c.replicas_of(*m).is_empty()) {
-                    ensure!(
-                        Instant::now() < deadline,
-                        "the old master did not come back as a replica"
-                    );
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-            (Deployment::Cluster(c), Fault::ClusterFailover) => {
-                let master = *c.masters().first().context("no master")?;
-                let replica = *c.replicas_of(master).first().context("no replica")?;
-                c.failover(replica)?;
-                c.wait_ok(Duration::from_secs(30))?;
-            }
-            (Deployment::Memory, Fault::RestartNode) => {
+        match self {
+            Deployment::Single { server, proxy } => inject_single(server, proxy.as_ref(), fault)?,
+            Deployment::Sentinel(s) => inject_sentinel(s, fault)?,
+            Deployment::Cluster(c) => inject_cluster(c, fault)?,
+            Deployment::Memory if fault == Fault::RestartNode => {
                 let mut nodes = nodes.lock();
                 let node = nodes.first_mut().context("no node")?;
                 node.kill();
                 node.start()?;
             }
-            (_, f) => bail!("fault {f:?} does not fit this topology"),
+            Deployment::Memory => bail!("fault {fault:?} does not fit this topology"),
         }
         Ok((at, t0.elapsed().as_secs_f64()))
     }
+}
+
+/// Injects `fault` into one Redis server (reached through `proxy` by node 2 on the partition
+/// topology) and repairs it.
+fn inject_single(server: &mut RedisServer, proxy: Option<&Proxy>, fault: Fault) -> Result<()> {
+    match (fault, proxy) {
+        (Fault::Restart, _) => {
+            server.stop();
+            // Without persistence: the data is gone (the AOF removed with the process).
+            remove_aof(server)?;
+            server.restart()?;
+        }
+        (Fault::RestartAof, _) => {
+            server.stop();
+            server.restart()?;
+        }
+        (Fault::Flushall, _) => {
+            let r = server.command("FLUSHALL")?;
+            ensure!(r.starts_with("+OK"), "FLUSHALL: {r}");
+        }
+        (Fault::Fill, _) => {
+            // Fill past maxmemory with keys that never expire (64 KiB each, at most 40 MiB;
+            // the script stops at the first refused write), hold it a second, free it.
+            let r = server.command(
+                "EVAL \"for i = 1, 640 do local ok = redis.pcall('SET', 'gatehouse-filler:' .. i, \
+                 string.rep('x', 65536)) if type(ok) == 'table' and ok.err then return i end \
+                 end return 0\" 0",
+            )?;
+            ensure!(r.starts_with(':'), "filling: {}", r.trim());
+            std::thread::sleep(Duration::from_secs(1));
+            let r = server.command(
+                "EVAL \"for i = 1, 640 do redis.call('DEL', 'gatehouse-filler:' .. i) end \
+                 return 0\" 0",
+            )?;
+            ensure!(r.starts_with(':'), "freeing: {}", r.trim());
+        }
+        (Fault::Partition, Some(p)) => {
+            p.set_cut(true);
+            std::thread::sleep(Duration::from_secs(3));
+            p.set_cut(false);
+        }
+        (f, _) => bail!("fault {f:?} does not fit this topology"),
+    }
+    Ok(())
+}
+
+/// Injects `fault` into a Sentinel deployment and waits until the store answers marks again.
+fn inject_sentinel(s: &mut RedisSentinels, fault: Fault) -> Result<()> {
+    match fault {
+        Fault::KillPrimary => {
+            let old = s.primary_port()?;
+            s.server(old).context("the primary's server")?.stop();
+            s.wait_primary_change(old, Duration::from_secs(30))?;
+            s.server(old).context("the old primary")?.restart()?;
+            // The store answers marks again once a replica can acknowledge them
+            // (replica_acks = 1): the old primary, back as a replica.
+            s.wait_replicas(1, Duration::from_secs(30))?;
+        }
+        Fault::StopPrimary => {
+            let old = s.primary_port()?;
+            s.server(old).context("the primary's server")?.pause()?;
+            let changed = s.wait_primary_change(old, Duration::from_secs(30));
+            // The old primary comes back believing it is the primary, until the
+            // Sentinels demote it: the split brain.
+            s.server(old).context("the old primary")?.resume()?;
+            changed?;
+            s.wait_replicas(1, Duration::from_secs(30))?;
+        }
+        f => bail!("fault {f:?} does not fit this topology"),
+    }
+    Ok(())
+}
+
+/// Injects `fault` into a Redis Cluster and waits until every slot answers marks again.
+fn inject_cluster(c: &mut RedisCluster, fault: Fault) -> Result<()> {
+    match fault {
+        Fault::KillMaster => {
+            let master = *c.masters().first().context("no master")?;
+            let node = c
+                .nodes_mut()
+                .iter_mut()
+                .find(|n| n.port() == master)
+                .context("the master's server")?;
+            node.stop();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while c.wait_ok(Duration::from_millis(500)).is_err() || c.masters().len() < 3 {
+                ensure!(Instant::now() < deadline, "the cluster did not fail over");
+            }
+            if let Some(node) = c.nodes_mut().iter_mut().find(|n| n.port() == master) {
+                node.restart()?;
+            }
+            // Its slots answer marks again once the old master is back as a replica of
+            // the promoted one (replica_acks = 1).
+            c.wait_ok(Duration::from_secs(30))?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while c.masters().iter().any(|m| c.replicas_of(*m).is_empty()) {
+                ensure!(
+                    Instant::now() < deadline,
+                    "the old master did not come back as a replica"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Fault::ClusterFailover => {
+            let master = *c.masters().first().context("no master")?;
+            let replica = *c.replicas_of(master).first().context("no replica")?;
+            c.failover(replica)?;
+            c.wait_ok(Duration::from_secs(30))?;
+        }
+        f => bail!("fault {f:?} does not fit this topology"),
+    }
+    Ok(())
 }
 
 fn remove_aof(server: &RedisServer) -> Result<()> {

@@ -163,114 +163,174 @@ pub async fn sweep(
 ) -> Result<SweepSummary> {
     anyhow::ensure!(opts.factor > 1.0, "--factor must be above 1");
     anyhow::ensure!(opts.from_rps > 0.0, "--from must be positive");
-    let lead = Duration::from_secs_f64(opts.step_secs.min(openloop::MAX_SIGN_LEAD.as_secs_f64()));
-    let mut steps: Vec<SweepStep> = Vec::new();
-    let mut rate = opts.from_rps;
-    let mut last_pass: Option<f64> = None;
-    let mut first_fail: Option<f64> = None;
-    let stopped;
-    let run_step = |rate: f64| {
-        let plan = Plan::constant(rate, opts.step_secs);
-        async move {
-            if progress {
-                eprintln!("  step: {rate:.0} req/s for {} s", opts.step_secs);
-            }
-            let mut run = h.run_plan(&plan, lead).await?;
-            run.timeline.clear();
-            let checks = budget.check_run(&run);
-            let failed: Vec<String> = checks
-                .iter()
-                .filter(|c| !c.passed)
-                .map(|c| format!("{} {} (limit {})", c.name, c.observed, c.limit))
-                .collect();
-            if progress {
-                eprintln!(
-                    "    p99 {:.2} ms, p99.9 {:.2} ms, errors {}, mismatches {}: {}",
-                    run.latency_us.p99_us as f64 / 1e3,
-                    run.latency_us.p999_us as f64 / 1e3,
-                    run.errors,
-                    run.mismatches,
-                    if failed.is_empty() {
-                        "held".to_string()
-                    } else {
-                        failed.join("; ")
-                    }
+    let sweep = Sweep {
+        h,
+        budget,
+        opts,
+        lead: Duration::from_secs_f64(opts.step_secs.min(openloop::MAX_SIGN_LEAD.as_secs_f64())),
+        progress,
+        steps: Vec::new(),
+    };
+    sweep.run(modelled_peak_rps).await
+}
+
+/// A capacity sweep in progress: what it runs against, how it steps, the steps so far.
+struct Sweep<'a> {
+    h: &'a Harness,
+    budget: &'a Budget,
+    opts: &'a SweepOptions,
+    /// The signing lead of every step.
+    lead: Duration,
+    /// Whether to print each step on stderr.
+    progress: bool,
+    steps: Vec<SweepStep>,
+}
+
+/// Where the climb stopped: the last rate that held, the first that broke, and why.
+struct Climb {
+    last_pass: Option<f64>,
+    first_fail: Option<f64>,
+    stopped: String,
+}
+
+impl Sweep<'_> {
+    /// Climbs, refines between the last rate that held and the first that broke, summarises.
+    async fn run(mut self, modelled_peak_rps: f64) -> Result<SweepSummary> {
+        let climb = self.climb().await?;
+        if let (Some(lo), Some(hi)) = (climb.last_pass, climb.first_fail) {
+            self.refine(lo, hi).await?;
+        }
+        Ok(self.summary(climb.stopped, modelled_peak_rps))
+    }
+
+    /// Runs one step at `rate` and judges it by the budget.
+    async fn step(&self, rate: f64) -> Result<SweepStep> {
+        let plan = Plan::constant(rate, self.opts.step_secs);
+        if self.progress {
+            eprintln!("  step: {rate:.0} req/s for {} s", self.opts.step_secs);
+        }
+        let mut run = self.h.run_plan(&plan, self.lead).await?;
+        run.timeline.clear();
+        let checks = self.budget.check_run(&run);
+        let failed: Vec<String> = checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| format!("{} {} (limit {})", c.name, c.observed, c.limit))
+            .collect();
+        if self.progress {
+            eprintln!(
+                "    p99 {:.2} ms, p99.9 {:.2} ms, errors {}, mismatches {}: {}",
+                run.latency_us.p99_us as f64 / 1e3,
+                run.latency_us.p999_us as f64 / 1e3,
+                run.errors,
+                run.mismatches,
+                if failed.is_empty() {
+                    "held".to_string()
+                } else {
+                    failed.join("; ")
+                }
+            );
+        }
+        Ok(SweepStep {
+            rate_rps: rate,
+            passed: failed.is_empty(),
+            failed_checks: failed,
+            run,
+        })
+    }
+
+    /// Steps up by the factor from the first rate until a step breaks the budget or gives a
+    /// wrong verdict, the rate passes the maximum, or the steps run out.
+    async fn climb(&mut self) -> Result<Climb> {
+        let opts = self.opts;
+        let mut rate = opts.from_rps;
+        let mut last_pass = None;
+        let (first_fail, stopped) = loop {
+            if self.steps.len() >= opts.max_steps {
+                break (
+                    None,
+                    format!("stopped after --max-steps {}", opts.max_steps),
                 );
             }
-            anyhow::Ok(SweepStep {
-                rate_rps: rate,
-                passed: failed.is_empty(),
-                failed_checks: failed,
-                run,
-            })
-        }
-    };
-    loop {
-        if steps.len() >= opts.max_steps {
-            stopped = format!("stopped after --max-steps {}", opts.max_steps);
-            break;
-        }
-        if rate > opts.max_rps {
-            stopped = format!("every step up to --max-rps {} held", opts.max_rps);
-            break;
-        }
-        let step = run_step(rate).await?;
-        let passed = step.passed;
-        let wrong = step.run.mismatches > 0;
-        steps.push(step);
-        if wrong {
-            stopped = "wrong verdicts: the sweep stops at the first mismatch".into();
-            first_fail = Some(rate);
-            break;
-        }
-        if !passed {
-            first_fail = Some(rate);
-            stopped = format!("the budget broke at {rate:.0} req/s");
-            break;
-        }
-        last_pass = Some(rate);
-        rate *= opts.factor;
-        tokio::time::sleep(opts.pause).await;
+            if rate > opts.max_rps {
+                break (
+                    None,
+                    format!("every step up to --max-rps {} held", opts.max_rps),
+                );
+            }
+            let step = self.step(rate).await?;
+            let passed = step.passed;
+            let wrong = step.run.mismatches > 0;
+            self.steps.push(step);
+            if wrong {
+                break (
+                    Some(rate),
+                    "wrong verdicts: the sweep stops at the first mismatch".into(),
+                );
+            }
+            if !passed {
+                break (Some(rate), format!("the budget broke at {rate:.0} req/s"));
+            }
+            last_pass = Some(rate);
+            rate *= opts.factor;
+            tokio::time::sleep(opts.pause).await;
+        };
+        Ok(Climb {
+            last_pass,
+            first_fail,
+            stopped,
+        })
     }
-    if let (Some(mut lo), Some(mut hi)) = (last_pass, first_fail) {
-        for _ in 0..opts.refine {
-            if steps.len() >= opts.max_steps || steps.iter().any(|s| s.run.mismatches > 0) {
+
+    /// Bisects (geometrically) between `lo`, which held, and `hi`, which broke, for the
+    /// refinement steps left; never after a wrong verdict.
+    async fn refine(&mut self, mut lo: f64, mut hi: f64) -> Result<()> {
+        for _ in 0..self.opts.refine {
+            if self.steps.len() >= self.opts.max_steps
+                || self.steps.iter().any(|s| s.run.mismatches > 0)
+            {
                 break;
             }
-            tokio::time::sleep(opts.pause).await;
+            tokio::time::sleep(self.opts.pause).await;
             let mid = (lo * hi).sqrt();
-            let step = run_step(mid).await?;
+            let step = self.step(mid).await?;
             if step.passed {
                 lo = mid;
             } else {
                 hi = mid;
             }
-            steps.push(step);
+            self.steps.push(step);
+        }
+        Ok(())
+    }
+
+    /// The sweep's result: the knee, the first failure, the headroom over the modelled peak.
+    fn summary(self, stopped: String, modelled_peak_rps: f64) -> SweepSummary {
+        let steps = self.steps;
+        let knee_rps = steps
+            .iter()
+            .filter(|s| s.passed)
+            .map(|s| s.rate_rps)
+            .fold(0.0, f64::max);
+        let first_failure_rps = steps
+            .iter()
+            .filter(|s| !s.passed)
+            .map(|s| s.rate_rps)
+            .reduce(f64::min);
+        // The harness measured itself if it could not send on time where the budget broke.
+        let harness_limited = steps
+            .iter()
+            .filter(|s| !s.passed)
+            .any(|s| s.run.send_lag_us.p99_us > 20_000);
+        SweepSummary {
+            step_secs: self.opts.step_secs,
+            steps,
+            knee_rps,
+            first_failure_rps,
+            stopped,
+            modelled_peak_rps,
+            headroom: knee_rps / modelled_peak_rps.max(1e-9),
+            harness_limited,
         }
     }
-    let knee_rps = steps
-        .iter()
-        .filter(|s| s.passed)
-        .map(|s| s.rate_rps)
-        .fold(0.0, f64::max);
-    let first_failure_rps = steps
-        .iter()
-        .filter(|s| !s.passed)
-        .map(|s| s.rate_rps)
-        .reduce(f64::min);
-    // The harness measured itself if it could not send on time where the budget broke.
-    let harness_limited = steps
-        .iter()
-        .filter(|s| !s.passed)
-        .any(|s| s.run.send_lag_us.p99_us > 20_000);
-    Ok(SweepSummary {
-        step_secs: opts.step_secs,
-        steps,
-        knee_rps,
-        first_failure_rps,
-        stopped,
-        modelled_peak_rps,
-        headroom: knee_rps / modelled_peak_rps.max(1e-9),
-        harness_limited,
-    })
 }

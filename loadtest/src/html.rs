@@ -335,6 +335,8 @@ fn ordered_phases(phases: &BTreeMap<String, Latency>) -> Vec<(String, Latency)> 
     v
 }
 
+/// The capacity sweep: the knee, each step's percentiles against its rate, the step table
+/// and the verdicts of all steps.
 fn sweep_section(out: &mut String, s: &SweepSummary) -> Result<()> {
     out.push_str("<h2>Capacity sweep</h2>\n");
     let _ = writeln!(
@@ -385,6 +387,26 @@ fn sweep_section(out: &mut String, s: &SweepSummary) -> Result<()> {
             )?,
         );
     }
+    step_table(out, s);
+    let mut verdicts = BTreeMap::<String, u64>::new();
+    let mut expected = BTreeMap::<String, u64>::new();
+    for st in &s.steps {
+        for (k, v) in &st.run.verdicts {
+            *verdicts.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &st.run.expected {
+            *expected.entry(k.clone()).or_default() += v;
+        }
+    }
+    out.push_str("<h3>Verdicts, all steps</h3>\n");
+    verdict_table(out, &verdicts, &expected);
+    Ok(())
+}
+
+/// One row per sweep step: the offered rate (the knee marked), held or broke, percentiles,
+/// errors, send lag and the checks that failed.
+fn step_table(out: &mut String, s: &SweepSummary) {
+    let ms = |v: u64| v as f64 / 1e3;
     out.push_str(
         "<table>\n<tr><th>offered req/s</th><th class=\"l\">budget</th><th>answered</th>\
          <th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>p99.9 ms</th><th>max ms</th>\
@@ -421,19 +443,6 @@ fn sweep_section(out: &mut String, s: &SweepSummary) -> Result<()> {
         );
     }
     out.push_str("</table>\n");
-    let mut verdicts = BTreeMap::<String, u64>::new();
-    let mut expected = BTreeMap::<String, u64>::new();
-    for st in &s.steps {
-        for (k, v) in &st.run.verdicts {
-            *verdicts.entry(k.clone()).or_default() += v;
-        }
-        for (k, v) in &st.run.expected {
-            *expected.entry(k.clone()).or_default() += v;
-        }
-    }
-    out.push_str("<h3>Verdicts, all steps</h3>\n");
-    verdict_table(out, &verdicts, &expected);
-    Ok(())
 }
 
 fn budget_section(out: &mut String, r: &Report) {

@@ -357,61 +357,35 @@ pub fn schedule<'a>(
     let partners = scanners.with_prefix("partner");
     let ages = scanners.with_prefix("age");
     anyhow::ensure!(!scanners.ids.is_empty(), "no scanners");
-    let mut rng = Rng(seed ^ 0x6a7e_4008_0000_0001);
-    let mut out: Vec<Arrival> = Vec::with_capacity(expected.ceil() as usize + 16);
-    let mut recent_genuine: std::collections::VecDeque<u32> = Default::default();
+    let mut s = Scheduler {
+        scanners,
+        partners,
+        ages,
+        mix,
+        rng: Rng(seed ^ 0x6a7e_4008_0000_0001),
+        out: Vec::with_capacity(expected.ceil() as usize + 16),
+        recent_genuine: Default::default(),
+    };
     let mut t = 0.0f64;
     let lambda = plan.peak_rps;
     let end = plan.duration();
-    let adversarial = mix.replay + mix.forged + mix.garbage + mix.stale;
     loop {
-        t += -(1.0 - rng.unit()).ln() / lambda;
+        t += -(1.0 - s.rng.unit()).ln() / lambda;
         if t >= end {
             break;
         }
-        if rng.unit() * lambda >= plan.rate_at(t) {
+        if s.rng.unit() * lambda >= plan.rate_at(t) {
             continue;
         }
         anyhow::ensure!(
-            out.len() < max_requests,
+            s.out.len() < max_requests,
             "the plan exceeded {max_requests} requests (--max-requests)"
         );
-        let holder = rng.below(fleet_len as u64) as usize;
-        let c = holders(holder);
-        let where_ = rng.below(10);
-        let (scanner, scenario) = match where_ {
-            0..=5 => (scanners.home_gate(c), Scenario::Gate),
-            6..=8 => (
-                partners
-                    .get(rng.below(partners.len() as u64) as usize)
-                    .copied(),
-                Scenario::Partner,
-            ),
-            _ => (
-                ages.get(rng.below(ages.len() as u64) as usize).copied(),
-                Scenario::Age,
-            ),
-        };
-        let scanner = scanner.unwrap_or(rng.below(scanners.ids.len() as u64) as u16);
-        let roll = rng.below(1000) as u32;
-        let mut kind = if roll < mix.replay {
-            Kind::Replay { of: 0 }
-        } else if roll < mix.replay + mix.forged {
-            Kind::Forged
-        } else if roll < mix.replay + mix.forged + mix.garbage {
-            Kind::Garbage
-        } else if roll < adversarial {
-            Kind::Stale
-        } else {
-            Kind::Genuine
-        };
-        while recent_genuine
-            .front()
-            .is_some_and(|&j| out[j as usize].at < t - REPLAY_MAX_GAP)
-        {
-            recent_genuine.pop_front();
-        }
-        let mut arrival = Arrival {
+        let holder = s.rng.below(fleet_len as u64) as usize;
+        let (scanner, scenario) = s.place(holders(holder));
+        let kind = s.kind();
+        s.forget_older_than(t - REPLAY_MAX_GAP);
+        let arrival = Arrival {
             at: t,
             holder: holder as u32,
             scanner,
@@ -419,34 +393,109 @@ pub fn schedule<'a>(
             phase: plan.phase_at(t),
             scenario,
         };
-        if let Kind::Replay { .. } = kind {
-            // The newest genuine request at least REPLAY_MIN_GAP old, shown again where it was
-            // first shown; when there is none yet, this arrival is genuine instead.
-            let candidates: Vec<u32> = recent_genuine
+        s.push(arrival);
+    }
+    Ok(s.out)
+}
+
+/// What [`schedule`] carries from one arrival to the next.
+struct Scheduler<'s> {
+    scanners: &'s ScannerSet,
+    /// The partners' scanners.
+    partners: Vec<u16>,
+    /// The age-check counters' scanners.
+    ages: Vec<u16>,
+    mix: &'s Mix,
+    rng: Rng,
+    /// The arrivals so far.
+    out: Vec<Arrival>,
+    /// Genuine arrivals of the last REPLAY_MAX_GAP seconds (indices into `out`), oldest
+    /// first: what a replay may repeat.
+    recent_genuine: std::collections::VecDeque<u32>,
+}
+
+impl Scheduler<'_> {
+    /// Where the holder of `c` shows a token: 60 % its own gate, 30 % a partner, 10 % an
+    /// age-check counter (any scanner when there is no such one).
+    fn place(&mut self, c: &Credential) -> (u16, Scenario) {
+        let rng = &mut self.rng;
+        let (scanner, scenario) = match rng.below(10) {
+            0..=5 => (self.scanners.home_gate(c), Scenario::Gate),
+            6..=8 => (
+                self.partners
+                    .get(rng.below(self.partners.len() as u64) as usize)
+                    .copied(),
+                Scenario::Partner,
+            ),
+            _ => (
+                self.ages
+                    .get(rng.below(self.ages.len() as u64) as usize)
+                    .copied(),
+                Scenario::Age,
+            ),
+        };
+        let scanner = scanner.unwrap_or(rng.below(self.scanners.ids.len() as u64) as u16);
+        (scanner, scenario)
+    }
+
+    /// What an arrival shows, drawn from the mix (per mille): a replay (of an arrival still to
+    /// pick), a forgery, garbage, a stale token, else a genuine token.
+    fn kind(&mut self) -> Kind {
+        let mix = self.mix;
+        let roll = self.rng.below(1000) as u32;
+        if roll < mix.replay {
+            Kind::Replay { of: 0 }
+        } else if roll < mix.replay + mix.forged {
+            Kind::Forged
+        } else if roll < mix.replay + mix.forged + mix.garbage {
+            Kind::Garbage
+        } else if roll < mix.replay + mix.forged + mix.garbage + mix.stale {
+            Kind::Stale
+        } else {
+            Kind::Genuine
+        }
+    }
+
+    /// Drops the genuine arrivals sent before `t` from the replay candidates.
+    fn forget_older_than(&mut self, t: f64) {
+        while self
+            .recent_genuine
+            .front()
+            .is_some_and(|&j| self.out[j as usize].at < t)
+        {
+            self.recent_genuine.pop_front();
+        }
+    }
+
+    /// Adds `arrival`. A replay repeats the newest genuine arrival at least REPLAY_MIN_GAP
+    /// old, shown again where it was first shown; when there is none yet, it is genuine
+    /// instead. Anything but a genuine arrival is of the adversarial scenario.
+    fn push(&mut self, mut arrival: Arrival) {
+        if let Kind::Replay { .. } = arrival.kind {
+            let candidates: Vec<u32> = self
+                .recent_genuine
                 .iter()
                 .copied()
-                .filter(|&j| out[j as usize].at <= t - REPLAY_MIN_GAP)
+                .filter(|&j| self.out[j as usize].at <= arrival.at - REPLAY_MIN_GAP)
                 .collect();
-            kind = match candidates.len() {
+            arrival.kind = match candidates.len() {
                 0 => Kind::Genuine,
                 n => {
-                    let of = candidates[n - 1 - (rng.below(n.min(50) as u64) as usize)];
-                    let orig = out[of as usize];
+                    let of = candidates[n - 1 - (self.rng.below(n.min(50) as u64) as usize)];
+                    let orig = self.out[of as usize];
                     arrival.holder = orig.holder;
                     arrival.scanner = orig.scanner;
                     Kind::Replay { of }
                 }
             };
         }
-        arrival.kind = kind;
-        if kind != Kind::Genuine {
+        if arrival.kind != Kind::Genuine {
             arrival.scenario = Scenario::Adversarial;
         } else {
-            recent_genuine.push_back(out.len() as u32);
+            self.recent_genuine.push_back(self.out.len() as u32);
         }
-        out.push(arrival);
+        self.out.push(arrival);
     }
-    Ok(out)
 }
 
 #[cfg(test)]
