@@ -21,7 +21,6 @@ use gatehouse_engine::dev::pki::DevPki;
 use gatehouse_engine::dev::population::{self, derive_key, Holder};
 use gatehouse_engine::{Role, Scanner, ScannerRegistry, DEFAULT_GATE_ADMITS};
 use gatehouse_protocol::{Reason, UnitPath, FRAME_HEADER_LEN};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The scanners: the measuring gate, the queue flooder, the slow-body sender.
@@ -666,18 +665,9 @@ fn udp_receive_drops() -> Option<u64> {
 }
 
 async fn healthz(ops: SocketAddr) -> bool {
-    let exchange = async {
-        let mut s = TcpStream::connect(ops).await?;
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: probe\r\n\r\n")
-            .await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        Ok::<_, std::io::Error>(buf)
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), exchange).await,
-        Ok(Ok(b)) if b.starts_with(b"HTTP/1.1 200")
-    )
+    let got =
+        gatehouse_engine::client::ops::get_async(ops, "/healthz", Duration::from_secs(1), 4096);
+    matches!(got.await, Ok(r) if r.status == 200)
 }
 
 /// `count` distinct client Initial datagrams (no client certificate), as a QUIC client sends

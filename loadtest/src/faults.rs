@@ -1119,23 +1119,8 @@ fn free_udp_port() -> Result<u16> {
 }
 
 fn http_status(port: u16, path: &str) -> Option<u16> {
-    let mut s = TcpStream::connect_timeout(
-        &SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_millis(300),
-    )
-    .ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = [0u8; 64];
-    let n = s.read(&mut buf).ok()?;
-    std::str::from_utf8(&buf[..n])
-        .ok()?
-        .split(' ')
-        .nth(1)?
-        .parse()
-        .ok()
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let r =
+        gatehouse_engine::client::ops::get(addr, path, Duration::from_secs(1), 64 * 1024).ok()?;
+    (r.status != 0).then_some(r.status)
 }

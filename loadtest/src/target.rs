@@ -180,17 +180,9 @@ fn free_tcp_port() -> Result<u16> {
 /// The `revocations …` line of a node's `/readyz` (its revocation epoch, entries and state
 /// digest), or why it could not be read.
 pub fn revocation_state(ops: SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let read = || -> std::io::Result<String> {
-        let mut s = std::net::TcpStream::connect_timeout(&ops, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: gatehouse\r\nConnection: close\r\n\r\n")?;
-        let mut body = String::new();
-        s.take(64 * 1024).read_to_string(&mut body)?;
-        Ok(body)
-    };
-    match read() {
-        Ok(body) => body
+    match gatehouse_engine::client::ops::get(ops, "/readyz", Duration::from_secs(2), 64 * 1024) {
+        Ok(r) => r
+            .body
             .lines()
             .find_map(|l| l.strip_prefix("revocations "))
             .map_or_else(|| "(no revocations line)".to_string(), str::to_string),
