@@ -55,16 +55,16 @@ mod tally;
 mod tls;
 
 pub use config::{
-    BatchingSection, EngineSection, FilesSection, LogFormat, LogSection,
-    ReplaySection, RevocationsSection, ServeConfig, ServeParts, TlsSection, SAMPLE_CONFIG,
+    BatchingSection, EngineSection, FilesSection, LogFormat, LogSection, ReplaySection,
+    RevocationsSection, ServeConfig, ServeParts, TlsSection, SAMPLE_CONFIG,
 };
+pub use error::ServerError;
 pub use feed::{FeedConfig, FeedSource, OfflinePolicy};
 pub use reload::{
     format_unix, reload, reload_files, reload_revocations, reload_scanners, reload_trust,
     FileResult, ReloadError, ReloadFile, ReloadReport, Reloaded, RevocationReload,
     KEPT_REVOCATIONS,
 };
-pub use error::ServerError;
 pub use service::{run, run_with_signals, serve};
 pub use settings::{Batching, Files, Invalid, Limits, ReloadControl, ServerConfig, TlsFiles};
 pub use store::{
