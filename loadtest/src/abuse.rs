@@ -168,7 +168,6 @@ impl Target {
         let ops: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
         write_config(&dir, &world, addr, ops)?;
         let log = std::fs::File::create(dir.join("engine.log"))?;
-        let launched = SystemTime::now();
         let child = Command::new(&bin)
             .args(["serve", "--config"])
             .arg(dir.join("gatehouse.toml"))
@@ -185,7 +184,7 @@ impl Target {
             ..ClientOptions::default()
         };
         let probe = Probe { addr, options };
-        wait_ready(&world, &probe, launched).await?;
+        wait_ready(&world, &probe).await?;
         Ok(Target {
             engine,
             world,
@@ -236,8 +235,11 @@ fn write_config(dir: &Path, world: &World, addr: SocketAddr, ops: SocketAddr) ->
 }
 
 /// Waits (at most 30 s) until the gate connects, then past the memory store's start fence
-/// (`node_restarted`), as in `SpawnedEngine::start`.
-async fn wait_ready(world: &World, probe: &Probe, launched: SystemTime) -> Result<()> {
+/// (`node_restarted`). The node started before the gate could connect, so its fence is at most
+/// that second + the skew + 1; the gate's tokens are signed a second back ([`World::token`]),
+/// so they pass it a second later still. (Counting from the launch instead let the baseline's
+/// tokens meet the fence: all 600 were denied `node_restarted`.)
+async fn wait_ready(world: &World, probe: &Probe) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let gate = loop {
         match ScannerClient::connect_with(
@@ -253,11 +255,9 @@ async fn wait_ready(world: &World, probe: &Probe, launched: SystemTime) -> Resul
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     };
-    tokio::time::sleep(gatehouse_loadtest::target::until_past_fence(
-        launched,
-        SystemTime::now(),
-    ))
-    .await;
+    let connected = SystemTime::now();
+    let past = gatehouse_loadtest::target::until_past_fence(connected, SystemTime::now());
+    tokio::time::sleep(past + Duration::from_secs(1)).await;
     // Each row's gate gets its own connection on its own thread (see `measure`).
     gate.close().await;
     Ok(())
