@@ -1130,18 +1130,7 @@ fn compare_reports(args: &CompareArgs) -> Result<ExitCode> {
     let diffs = compare(&before, &now);
     ensure!(!diffs.is_empty(), "the two reports share no metric");
     for d in diffs {
-        println!(
-            "{:<16} {:>12.1} → {:>12.1}  ({:+.1}%){}",
-            d.metric,
-            d.before,
-            d.now,
-            d.change_pct,
-            if d.worse && d.change_pct.abs() > 0.05 {
-                "  worse"
-            } else {
-                ""
-            }
-        );
+        println!("{d}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -528,19 +528,7 @@ fn render_baseline(out: &mut String, baseline: &[BaselineDiff]) {
     }
     let _ = writeln!(out, "  against the baseline:");
     for d in baseline {
-        let _ = writeln!(
-            out,
-            "    {:<16} {:>12.1} → {:>12.1}  ({:+.1}%){}",
-            d.metric,
-            d.before,
-            d.now,
-            d.change_pct,
-            if d.worse && d.change_pct.abs() > 0.05 {
-                "  worse"
-            } else {
-                ""
-            }
-        );
+        let _ = writeln!(out, "    {d}");
     }
 }
 

@@ -300,6 +300,23 @@ pub struct BaselineDiff {
     pub worse: bool,
 }
 
+/// One line: the metric, before → now, the change, and `worse` when it is (a change within
+/// 0.05 % is not called worse).
+impl std::fmt::Display for BaselineDiff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let worse = if self.worse && self.change_pct.abs() > 0.05 {
+            "  worse"
+        } else {
+            ""
+        };
+        write!(
+            f,
+            "{:<16} {:>12.1} → {:>12.1}  ({:+.1}%){worse}",
+            self.metric, self.before, self.now, self.change_pct
+        )
+    }
+}
+
 /// What one open-loop run measured, raw: counts and HDR histograms.
 #[derive(Debug)]
 pub struct RunStats {

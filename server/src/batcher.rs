@@ -165,7 +165,7 @@ impl Inline {
     pub async fn verify(mut self) -> Vec<Verdict> {
         let pool = Arc::clone(&self.pool);
         let tokens = std::mem::take(&mut self.tokens);
-        let items = pool.items(&self.scanner, tokens, self.retry);
+        let items: Vec<Item> = pool.items(&self.scanner, tokens, self.retry).collect();
         let n = items.len();
         pool.metrics.batch(n);
         pool.inline.fetch_add(1, Ordering::Relaxed);
@@ -517,21 +517,18 @@ impl Pool {
     }
 
     /// One request's tokens as engine items.
-    fn items(
+    fn items<'a>(
         &self,
-        scanner: &Arc<Scanner>,
+        scanner: &'a Arc<Scanner>,
         tokens: Vec<(Vec<u8>, Option<Vec<u8>>)>,
         retry: Option<[u8; gatehouse_protocol::RETRY_KEY_LEN]>,
-    ) -> Vec<Item> {
-        tokens
-            .into_iter()
-            .map(|(token, challenge)| Item {
-                scanner: Arc::clone(scanner),
-                token,
-                challenge,
-                retry,
-            })
-            .collect()
+    ) -> impl Iterator<Item = Item> + 'a {
+        tokens.into_iter().map(move |(token, challenge)| Item {
+            scanner: Arc::clone(scanner),
+            token,
+            challenge,
+            retry,
+        })
     }
 
     /// One verification thread's turn: this batch, then whatever is waiting, until nothing is.
@@ -562,14 +559,7 @@ impl Pool {
         let mut replies = Vec::with_capacity(jobs.len());
         for job in jobs {
             let n = job.tokens.len();
-            for (token, challenge) in job.tokens {
-                items.push(Item {
-                    scanner: Arc::clone(&job.scanner),
-                    token,
-                    challenge,
-                    retry: job.retry,
-                });
-            }
+            items.extend(self.items(&job.scanner, job.tokens, job.retry));
             replies.push((n, job.reply, job.permit));
         }
         let deliver = move |verdicts: Vec<Verdict>| {
@@ -635,8 +625,8 @@ mod tests {
         })
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_request_is_answered_whole_and_the_threads_come_back_idle() {
+    /// A queue and pool of two verification threads over an empty engine, on the memory store.
+    fn two_threads() -> (Queue, JoinHandle<()>, Arc<Pool>) {
         let engine = Engine::new(
             EngineConfig {
                 threads: 2,
@@ -646,19 +636,18 @@ mod tests {
             ScannerRegistry::new(),
         )
         .unwrap();
-        let metrics = Arc::new(Metrics::new());
         let config = Batching {
             max_batch: 8,
             queue: 10_000,
         };
-        let (queue, thread, pool) = start(
-            Arc::new(engine),
-            config,
-            Arc::clone(&metrics),
-            Store::Memory,
-            Arc::new(gatehouse_core::SystemClock),
-        )
-        .unwrap();
+        let clock = Arc::new(gatehouse_core::SystemClock);
+        let metrics = Arc::new(Metrics::new());
+        start(Arc::new(engine), config, metrics, Store::Memory, clock).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_request_is_answered_whole_and_the_threads_come_back_idle() {
+        let (queue, thread, pool) = two_threads();
         // Three scanners, requests of 1 to 40 tokens (6,150 in all, many more than the two
         // threads take at once): every token is garbage, so every verdict is `malformed`.
         // (Verdict order within a request is checked end to end in tests/hostile.rs.)
@@ -699,23 +688,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn at_low_load_a_request_is_verified_on_the_task_that_read_it() {
-        let engine = Engine::new(
-            EngineConfig {
-                threads: 2,
-                ..EngineConfig::default()
-            },
-            TrustList::new(),
-            ScannerRegistry::new(),
-        )
-        .unwrap();
-        let metrics = Arc::new(Metrics::new());
-        let config = Batching {
-            max_batch: 8,
-            queue: 10_000,
-        };
-        let clock = Arc::new(gatehouse_core::SystemClock);
-        let (queue, thread, pool) =
-            start(Arc::new(engine), config, metrics, Store::Memory, clock).unwrap();
+        let (queue, thread, pool) = two_threads();
         // One request at a time, each answered before the next: no thread hop at all.
         for n in [1, 3, PIECE] {
             let tokens = (0..n).map(|_| (vec![0u8; 3], None)).collect();
