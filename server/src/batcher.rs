@@ -8,7 +8,7 @@
 //! and no thread idles while work waits. Each request's verdicts go back to its stream through
 //! a oneshot channel.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -23,7 +23,6 @@ use crate::component::Component;
 use crate::settings::Batching;
 use crate::tally::{Taken, Tally};
 use gatehouse_core::{Clock, Engine, Item, Scanner};
-use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
@@ -101,106 +100,33 @@ impl Permit {
     }
 }
 
-/// A request's verdicts on their way back: from the verification threads a piece at a time,
-/// or verified by the task that awaits them (run to completion).
-pub(crate) enum Receipt {
-    /// Queued in pieces; each piece's verdicts arrive through its channel (none: the piece
-    /// found no room and is answered `busy`).
-    Queued(Vec<(usize, Option<oneshot::Receiver<Vec<Verdict>>>)>),
-    /// Admitted with a verification slot of its own: verified where it is awaited.
-    Inline(Inline),
-}
+/// A request's verdicts on their way back, a piece at a time.
+pub(crate) struct Receipt(Vec<(usize, Option<oneshot::Receiver<Vec<Verdict>>>)>);
 
 impl Receipt {
     /// The verdicts in request order, and how many tokens were answered `busy` (a piece the
     /// queue had no room for) or `unavailable` (a piece whose work was lost).
     pub async fn verdicts(self) -> (Vec<Verdict>, usize, usize) {
-        match self {
-            Receipt::Inline(inline) => (inline.verify().await, 0, 0),
-            Receipt::Queued(pieces) => {
-                let (mut verdicts, mut busy, mut lost) = (Vec::new(), 0, 0);
-                for (n, rx) in pieces {
-                    match rx {
-                        None => {
-                            busy += n;
-                            verdicts.extend(std::iter::repeat_n(Verdict::deny(Reason::Busy), n));
-                        }
-                        Some(rx) => match rx.await {
-                            Ok(mut v) => {
-                                v.resize(n, Verdict::deny(Reason::Unavailable));
-                                verdicts.append(&mut v);
-                            }
-                            Err(_) => {
-                                lost += n;
-                                let unavailable = Verdict::deny(Reason::Unavailable);
-                                verdicts.extend(std::iter::repeat_n(unavailable, n));
-                            }
-                        },
+        let (mut verdicts, mut busy, mut lost) = (Vec::new(), 0, 0);
+        for (n, rx) in self.0 {
+            match rx {
+                None => {
+                    busy += n;
+                    verdicts.extend(std::iter::repeat_n(Verdict::deny(Reason::Busy), n));
+                }
+                Some(rx) => match rx.await {
+                    Ok(mut v) => {
+                        v.resize(n, Verdict::deny(Reason::Unavailable));
+                        verdicts.append(&mut v);
                     }
-                }
-                (verdicts, busy, lost)
+                    Err(_) => {
+                        lost += n;
+                        verdicts.extend(std::iter::repeat_n(Verdict::deny(Reason::Unavailable), n));
+                    }
+                },
             }
         }
-    }
-}
-
-/// A request verified by the task that reads and answers it: no thread hop. It holds one of
-/// the pool's verification slots from admission until its checks are done, so verification
-/// stays within the pool's thread count and fair under load (work that arrives meanwhile waits
-/// in the fair queue, and the slot takes it over). Verify it at once: a slot held while its
-/// holder awaits something queued after it could wait for itself.
-pub(crate) struct Inline {
-    pool: Arc<Pool>,
-    scanner: Arc<Scanner>,
-    tokens: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    retry: Option<[u8; gatehouse_protocol::RETRY_KEY_LEN]>,
-    permit: Option<Permit>,
-    /// Whether the slot is still held.
-    slot: bool,
-}
-
-impl Inline {
-    /// Verifies on this task: the checks, then (Redis) the marks awaited here, the slot given
-    /// back before that wait.
-    pub async fn verify(mut self) -> Vec<Verdict> {
-        let pool = Arc::clone(&self.pool);
-        let tokens = std::mem::take(&mut self.tokens);
-        let items: Vec<Item> = pool.items(&self.scanner, tokens, self.retry).collect();
-        let n = items.len();
-        pool.metrics.batch(n);
-        pool.inline.fetch_add(1, Ordering::Relaxed);
-        let now = pool.clock.now();
-        let mut verdicts = match &pool.store {
-            Store::Memory => pool.engine.verify_batch_serial(&items, now),
-            Store::Shared(store) => {
-                pool.engine.raise_fence(store.accept_from());
-                let prepared = pool.engine.prepare_serial(&items, now);
-                self.release_slot();
-                if prepared.marks().is_empty() {
-                    pool.engine.complete(prepared, &[], &items)
-                } else {
-                    let marked = store.mark(prepared.marks(), now).await;
-                    pool.engine.raise_fence(marked.accept_from);
-                    pool.engine.complete(prepared, &marked.outcomes, &items)
-                }
-            }
-        };
-        verdicts.resize(n, Verdict::deny(Reason::Unavailable));
-        verdicts
-        // Dropped here: the permit, and the slot if still held (see `Drop`).
-    }
-
-    fn release_slot(&mut self) {
-        if std::mem::take(&mut self.slot) {
-            self.pool.release_slot();
-        }
-    }
-}
-
-impl Drop for Inline {
-    fn drop(&mut self) {
-        drop(self.permit.take());
-        self.release_slot();
+        (verdicts, busy, lost)
     }
 }
 
@@ -241,8 +167,6 @@ pub(crate) struct Queue {
     shares: Tally<String>,
     /// Most tokens of one scanner admitted at once.
     per_scanner: usize,
-    /// The verification slots, for requests verified where they were read.
-    pool: Arc<Pool>,
 }
 
 impl Queue {
@@ -283,18 +207,6 @@ impl Queue {
             return Err(Refused::Busy);
         };
         permit.share = Some(share);
-        // Run to completion: a small request that finds a verification slot free and nothing
-        // waiting is verified by the task that read it.
-        if n <= PIECE && self.pool.claim_idle_slot() {
-            return Ok(Receipt::Inline(Inline {
-                pool: Arc::clone(&self.pool),
-                scanner,
-                tokens,
-                retry,
-                permit: Some(permit),
-                slot: true,
-            }));
-        }
         // Admitted whole, queued in pieces: a large request is verified as several small jobs,
         // so no batch in the pool is large and a single token of another scanner waits for
         // at most a small batch ahead of it.
@@ -324,7 +236,7 @@ impl Queue {
         if pieces.iter().all(|(_, rx)| rx.is_none()) {
             return Err(Refused::Busy);
         }
-        Ok(Receipt::Queued(pieces))
+        Ok(Receipt(pieces))
     }
 }
 
@@ -365,8 +277,6 @@ fn start(
         runtime: tokio::runtime::Handle::current(),
         metrics: Arc::clone(&metrics),
         clock,
-        inline: AtomicU64::new(0),
-        handed: AtomicU64::new(0),
     });
     // Jobs never outnumber admitted tokens, so the channel fills only if admission is wrong.
     let (tx, rx) = mpsc::sync_channel(config.queue.max(1));
@@ -376,7 +286,6 @@ fn start(
         .spawn(move || collect(&rx, &shared))?;
     let depth = Arc::new(Depth::new(config.queue));
     metrics.add(Arc::clone(&depth) as Arc<dyn Component>);
-    metrics.add(Arc::clone(&pool) as Arc<dyn Component>);
     Ok((
         Queue {
             tx,
@@ -384,27 +293,10 @@ fn start(
             depth,
             shares: Tally::default(),
             per_scanner: usize::MAX,
-            pool: Arc::clone(&pool),
         },
         thread,
         pool,
     ))
-}
-
-/// The hops a request's path takes, for `/metrics`.
-impl Component for Pool {
-    fn register_metrics(&self, scrape: &mut Registry, _now: u64) {
-        scrape.register(
-            "gatehouse_requests_verified_inline",
-            "Requests verified and answered by the task that read them (no thread hop)",
-            ConstCounter::new(self.inline.load(Ordering::Relaxed)),
-        );
-        scrape.register(
-            "gatehouse_batches_handed_off",
-            "Batches handed to a verification thread (queued work: two thread hops each way)",
-            ConstCounter::new(self.handed.load(Ordering::Relaxed)),
-        );
-    }
 }
 
 /// Requests waiting for a verification thread, and how many threads are on a batch.
@@ -430,10 +322,6 @@ struct Pool {
     metrics: Arc<Metrics>,
     /// The engine's `now` for each batch.
     clock: Arc<dyn Clock>,
-    /// Requests verified by the task that read them, and batches handed to a verification
-    /// thread: the thread hops a request's path took.
-    inline: AtomicU64,
-    handed: AtomicU64,
 }
 
 /// Requests taken for one batch, and their tokens.
@@ -477,58 +365,10 @@ impl Pool {
                 starts.push(batch);
             }
         }
-        self.start(starts);
-    }
-
-    /// Hands each batch to a verification thread.
-    fn start(self: &Arc<Self>, batches: Vec<Batch>) {
-        for batch in batches {
-            self.handed.fetch_add(1, Ordering::Relaxed);
+        for batch in starts {
             let pool = Arc::clone(self);
             self.engine.spawn(move || pool.work(batch));
         }
-    }
-
-    /// Takes a verification slot if one is free and no work waits for one.
-    fn claim_idle_slot(&self) -> bool {
-        let mut w = self.waiting.lock();
-        if w.busy < self.threads && w.fair.is_empty() {
-            w.busy += 1;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Gives back a slot taken by [`Pool::claim_idle_slot`]: work that queued meanwhile takes
-    /// it over, on a verification thread.
-    fn release_slot(self: &Arc<Self>) {
-        let next = {
-            let mut w = self.waiting.lock();
-            let next = self.take(&mut w);
-            if next.is_none() {
-                w.busy -= 1;
-            }
-            next
-        };
-        if let Some(batch) = next {
-            self.start(vec![batch]);
-        }
-    }
-
-    /// One request's tokens as engine items.
-    fn items<'a>(
-        &self,
-        scanner: &'a Arc<Scanner>,
-        tokens: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-        retry: Option<[u8; gatehouse_protocol::RETRY_KEY_LEN]>,
-    ) -> impl Iterator<Item = Item> + 'a {
-        tokens.into_iter().map(move |(token, challenge)| Item {
-            scanner: Arc::clone(scanner),
-            token,
-            challenge,
-            retry,
-        })
     }
 
     /// One verification thread's turn: this batch, then whatever is waiting, until nothing is.
@@ -559,7 +399,14 @@ impl Pool {
         let mut replies = Vec::with_capacity(jobs.len());
         for job in jobs {
             let n = job.tokens.len();
-            items.extend(self.items(&job.scanner, job.tokens, job.retry));
+            for (token, challenge) in job.tokens {
+                items.push(Item {
+                    scanner: Arc::clone(&job.scanner),
+                    token,
+                    challenge,
+                    retry: job.retry,
+                });
+            }
             replies.push((n, job.reply, job.permit));
         }
         let deliver = move |verdicts: Vec<Verdict>| {
@@ -625,8 +472,8 @@ mod tests {
         })
     }
 
-    /// A queue and pool of two verification threads over an empty engine, on the memory store.
-    fn two_threads() -> (Queue, JoinHandle<()>, Arc<Pool>) {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_request_is_answered_whole_and_the_threads_come_back_idle() {
         let engine = Engine::new(
             EngineConfig {
                 threads: 2,
@@ -636,18 +483,19 @@ mod tests {
             ScannerRegistry::new(),
         )
         .unwrap();
+        let metrics = Arc::new(Metrics::new());
         let config = Batching {
             max_batch: 8,
             queue: 10_000,
         };
-        let clock = Arc::new(gatehouse_core::SystemClock);
-        let metrics = Arc::new(Metrics::new());
-        start(Arc::new(engine), config, metrics, Store::Memory, clock).unwrap()
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_request_is_answered_whole_and_the_threads_come_back_idle() {
-        let (queue, thread, pool) = two_threads();
+        let (queue, thread, pool) = start(
+            Arc::new(engine),
+            config,
+            Arc::clone(&metrics),
+            Store::Memory,
+            Arc::new(gatehouse_core::SystemClock),
+        )
+        .unwrap();
         // Three scanners, requests of 1 to 40 tokens (6,150 in all, many more than the two
         // threads take at once): every token is garbage, so every verdict is `malformed`.
         // (Verdict order within a request is checked end to end in tests/hostile.rs.)
@@ -682,56 +530,6 @@ mod tests {
         assert_eq!(w.busy, 0);
         assert!(w.fair.is_empty());
         drop(w);
-        drop(queue);
-        thread.join().unwrap();
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn at_low_load_a_request_is_verified_on_the_task_that_read_it() {
-        let (queue, thread, pool) = two_threads();
-        // One request at a time, each answered before the next: no thread hop at all.
-        for n in [1, 3, PIECE] {
-            let tokens = (0..n).map(|_| (vec![0u8; 3], None)).collect();
-            let receipt = queue.submit(scanner("a"), tokens, None).unwrap();
-            assert!(matches!(receipt, Receipt::Inline(_)), "{n} tokens queued");
-            let (verdicts, busy, lost) = receipt.verdicts().await;
-            assert_eq!((verdicts.len(), busy, lost), (n, 0, 0));
-        }
-        assert_eq!(pool.inline.load(Ordering::Relaxed), 3);
-        assert_eq!(
-            pool.handed.load(Ordering::Relaxed),
-            0,
-            "a batch went to another thread"
-        );
-        // A request larger than a piece goes to the verification threads, in pieces; so does
-        // one that finds every slot taken.
-        let big = (0..PIECE + 1).map(|_| (vec![0u8; 3], None)).collect();
-        let receipt = queue.submit(scanner("a"), big, None).unwrap();
-        assert!(matches!(receipt, Receipt::Queued(_)));
-        assert_eq!(receipt.verdicts().await.0.len(), PIECE + 1);
-        let held: Vec<_> = (0..2)
-            .map(|_| {
-                queue
-                    .submit(scanner("b"), vec![(vec![0u8; 3], None)], None)
-                    .unwrap()
-            })
-            .collect();
-        assert!(held.iter().all(|r| matches!(r, Receipt::Inline(_))));
-        let queued = queue
-            .submit(scanner("c"), vec![(vec![0u8; 3], None)], None)
-            .unwrap();
-        assert!(matches!(queued, Receipt::Queued(_)), "no slot was free");
-        // The slots come back when their requests are done, and take over what waited.
-        for r in held {
-            assert_eq!(r.verdicts().await.0.len(), 1);
-        }
-        assert_eq!(queued.verdicts().await.0.len(), 1);
-        assert_eq!(queue.depth.tokens(), 0);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while pool.waiting.lock().busy > 0 && std::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-        assert_eq!(pool.waiting.lock().busy, 0);
         drop(queue);
         thread.join().unwrap();
     }

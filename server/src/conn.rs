@@ -357,7 +357,7 @@ impl Reader<'_> {
                 refuse(self.shared, self.conn, self.id);
                 return End::Done;
             };
-            let pending = self.pending(scanner, request, started).await;
+            let pending = self.pending(scanner, request, started);
             if self.tx.send((pending, Some(hold))).await.is_err() {
                 return End::Done;
             }
@@ -478,7 +478,7 @@ impl Reader<'_> {
     }
 
     /// What a decoded request will be answered: a pong now, or verdicts from the queue.
-    async fn pending(&self, scanner: Arc<Scanner>, request: Request, started: Instant) -> Pending {
+    fn pending(&self, scanner: Arc<Scanner>, request: Request, started: Instant) -> Pending {
         let metrics = &self.shared.metrics;
         match request {
             Request::Ping { id } => {
@@ -493,12 +493,12 @@ impl Reader<'_> {
             } => {
                 metrics.request(Kind::Verify);
                 let tokens = vec![(token, challenge)];
-                submit(self.shared, scanner, id, tokens, retry, started).await
+                submit(self.shared, scanner, id, tokens, retry, started)
             }
             Request::VerifyBatch { id, tokens, retry } => {
                 metrics.request(Kind::VerifyBatch);
                 let tokens = tokens.into_iter().map(|t| (t, None)).collect();
-                submit(self.shared, scanner, id, tokens, retry, started).await
+                submit(self.shared, scanner, id, tokens, retry, started)
             }
         }
     }
@@ -517,7 +517,7 @@ async fn read_body(recv: &mut RecvStream, len: usize) -> Result<Vec<u8>, ReadExa
     Ok(body)
 }
 
-async fn submit(
+fn submit(
     shared: &Shared,
     scanner: Arc<Scanner>,
     id: u64,
@@ -537,14 +537,6 @@ async fn submit(
     }
     let role = scanner.role.index();
     match shared.queue.submit(scanner, tokens, retry) {
-        // Verified here, at once: the request runs to completion on this task.
-        Ok(Receipt::Inline(inline)) => Pending::Ready(
-            Response::Verdicts {
-                id,
-                verdicts: inline.verify().await,
-            },
-            started,
-        ),
         Ok(rx) => Pending::Verdicts {
             id,
             tokens: n,
