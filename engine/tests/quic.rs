@@ -10,6 +10,7 @@
 //! - shutdown drains requests in flight; `/readyz` turns 503;
 //! - garbage and oversized frames on one connection do not disturb another;
 //! - a full queue answers `busy` at once;
+//! - at low load a request crosses no thread (run to completion);
 //! - `/metrics`, `/healthz`, `/readyz` and the HTTP error paths.
 //!
 //! Every wait is bounded by `tokio::time::timeout`, every loop by a count.
@@ -953,6 +954,45 @@ async fn a_full_queue_answers_busy_at_once() {
         Some(f64::from(busy))
     );
     assert_eq!(metric(&body, "gatehouse_queue_depth"), Some(0.0));
+    server.shutdown().await;
+}
+
+/// Run to completion: at low load a request is read, verified and answered on the thread that
+/// received it. The runtime here has one thread, so any hand-off (to a batcher thread, a
+/// verification pool, a blocking task) is a hop the node counts in
+/// `gatehouse_thread_hops_total`; with the old batcher thread every request counted one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn at_low_load_a_request_crosses_no_thread() {
+    let world = World::new();
+    let server = start(world.engine(|_| {}), world.server_config()).await;
+    let h = world.holder(410, |_| {});
+    let gate = server.client(&world, "gate-a").await;
+    for _ in 0..20 {
+        let v = timeout(LONG, gate.verify(&token(&h), None))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(v.reason, Reason::Accepted);
+    }
+    // A batch of 20 is verified in three pieces, one after another on the same thread.
+    let batch: Vec<Vec<u8>> = (0..20).map(|_| token(&h)).collect();
+    let verdicts = timeout(LONG, gate.verify_batch(&batch))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(verdicts.iter().all(|v| v.reason == Reason::Accepted));
+    let (_, body) = get(server.ops, "/metrics").await;
+    assert_eq!(
+        metric(
+            &body,
+            "gatehouse_verdicts_total{role=\"gate\",reason=\"accepted\"}"
+        ),
+        Some(40.0)
+    );
+    for step in ["verify", "answer"] {
+        let series = format!("gatehouse_thread_hops_total{{step=\"{step}\"}}");
+        assert_eq!(metric(&body, &series), Some(0.0), "{series}");
+    }
     server.shutdown().await;
 }
 

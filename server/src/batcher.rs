@@ -1,17 +1,22 @@
-//! The micro-batcher: tokens from every connection, through one bounded queue, to the engine in
-//! batches.
+//! The micro-batcher: tokens from every connection, through one bounded, fair queue, to the
+//! engine in batches, verified on the runtime thread that read them.
 //!
-//! A dedicated OS thread moves requests from the queue's channel into a fair queue (deficit
-//! round robin over scanners, [`Fair`]) and starts a batch on every idle verification thread.
-//! A verification thread that finishes a batch takes the next one itself, so work waits in
-//! the fair queue, in an order that is still ours to choose, until a thread is actually free,
-//! and no thread idles while work waits. Each request's verdicts go back to its stream through
-//! a oneshot channel.
+//! A request's tokens are admitted (queue capacity, the scanner's share) and queued in pieces
+//! in a fair queue (deficit round robin over scanners, [`Fair`]). Up to `threads` verification
+//! turns run at once, each a task on the async runtime: the connection that queues work while
+//! a turn is free starts one, on its own thread (a spawned task waits in that worker's
+//! next-task slot; no other thread is woken). A turn takes a batch fairly from the queue,
+//! verifies it, answers its requests, yields to the runtime (the packets of other connections
+//! on that thread are read between batches: bounded work per turn) and takes the next, until
+//! nothing waits. At low load a request is therefore read, verified and answered on one thread
+//! with no hand-off; under load work waits in the fair queue, in an order that is still ours to
+//! choose, until a turn takes it. Each request's verdicts go back to its stream through a
+//! oneshot channel, with the thread that sent them, so the node counts the requests whose path
+//! crossed a thread ([`Hops`]).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::thread::ThreadId;
 
 use gatehouse_protocol::{Reason, Verdict};
 use tokio::sync::oneshot;
@@ -19,10 +24,11 @@ use tokio::sync::oneshot;
 use super::fair::Fair;
 use super::metrics::Metrics;
 use super::store::Store;
-use crate::component::Component;
+use crate::component::{Component, Rows};
 use crate::settings::Batching;
 use crate::tally::{Taken, Tally};
 use gatehouse_core::{Clock, Engine, Item, Scanner};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
@@ -100,22 +106,32 @@ impl Permit {
     }
 }
 
+/// Verdicts for one piece, and the thread that sent them.
+type Answer = (Vec<Verdict>, ThreadId);
+
 /// A request's verdicts on their way back, a piece at a time.
-pub(crate) struct Receipt(Vec<(usize, Option<oneshot::Receiver<Vec<Verdict>>>)>);
+pub(crate) struct Receipt {
+    pieces: Vec<(usize, Option<oneshot::Receiver<Answer>>)>,
+    hops: Arc<Hops>,
+}
 
 impl Receipt {
     /// The verdicts in request order, and how many tokens were answered `busy` (a piece the
-    /// queue had no room for) or `unavailable` (a piece whose work was lost).
+    /// queue had no room for) or `unavailable` (a piece whose work was lost). Awaited on the
+    /// thread that writes the response: a piece answered from another thread counts a hop.
     pub async fn verdicts(self) -> (Vec<Verdict>, usize, usize) {
         let (mut verdicts, mut busy, mut lost) = (Vec::new(), 0, 0);
-        for (n, rx) in self.0 {
+        for (n, rx) in self.pieces {
             match rx {
                 None => {
                     busy += n;
                     verdicts.extend(std::iter::repeat_n(Verdict::deny(Reason::Busy), n));
                 }
                 Some(rx) => match rx.await {
-                    Ok(mut v) => {
+                    Ok((mut v, from)) => {
+                        if from != std::thread::current().id() {
+                            self.hops.answer.fetch_add(1, Ordering::Relaxed);
+                        }
                         v.resize(n, Verdict::deny(Reason::Unavailable));
                         verdicts.append(&mut v);
                     }
@@ -130,36 +146,75 @@ impl Receipt {
     }
 }
 
+/// Pieces of requests whose path crossed a thread: verified on a thread other than the one
+/// that read them, or answered to the writing task from another thread. At low load both stay
+/// at zero (run to completion); under load on several cores the runtime moves some work to an
+/// idle core, and these say how much. Read by `/metrics` (a [`Component`]).
+#[derive(Debug, Default)]
+pub(crate) struct Hops {
+    verify: AtomicU64,
+    answer: AtomicU64,
+}
+
+impl Hops {
+    #[cfg(test)]
+    fn counts(&self) -> (u64, u64) {
+        (
+            self.verify.load(Ordering::Relaxed),
+            self.answer.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Component for Hops {
+    fn register_metrics(&self, scrape: &mut Registry, _now: u64) {
+        let hops = [("verify", &self.verify), ("answer", &self.answer)]
+            .into_iter()
+            .map(|(step, n)| {
+                (
+                    [("step", step)],
+                    ConstCounter::new(n.load(Ordering::Relaxed)),
+                )
+            })
+            .collect();
+        scrape.register(
+            "gatehouse_thread_hops",
+            "Pieces of requests (up to 8 tokens) verified on a thread other than the one that \
+             read them (step=verify), or answered from another thread (step=answer)",
+            Rows(hops),
+        );
+    }
+}
+
 /// One request's tokens on their way to the engine.
 struct Job {
     scanner: Arc<Scanner>,
     tokens: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     retry: Option<[u8; gatehouse_protocol::RETRY_KEY_LEN]>,
-    reply: oneshot::Sender<Vec<Verdict>>,
+    reply: oneshot::Sender<Answer>,
     permit: Permit,
+    /// The thread that read the request.
+    read_on: ThreadId,
 }
 
 /// Why a request was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refused {
-    /// The queue is full: answer `busy`.
+    /// The queue is full, or the scanner at its share: answer `busy`.
     Busy,
-    /// The batcher is gone (shutting down): answer `unavailable`.
-    Unavailable,
 }
 
 impl Refused {
     pub fn reason(self) -> Reason {
         match self {
             Refused::Busy => Reason::Busy,
-            Refused::Unavailable => Reason::Unavailable,
         }
     }
 }
 
-/// The sending side of the queue, shared by every connection.
+/// The admitting side of the queue, shared by every connection.
 pub(crate) struct Queue {
-    tx: SyncSender<Job>,
+    pool: Arc<Pool>,
     capacity: usize,
     depth: Arc<Depth>,
     /// Tokens admitted and not yet answered, per scanner id: one scanner cannot take the
@@ -183,7 +238,8 @@ impl Queue {
     }
 
     /// Queues one request's tokens (each with its challenge); the verdicts, in order, arrive
-    /// through the returned receipt. Never blocks.
+    /// through the returned receipt. Never blocks; called on a runtime thread, where a free
+    /// verification turn starts.
     pub fn submit(
         &self,
         scanner: Arc<Scanner>,
@@ -208,8 +264,10 @@ impl Queue {
         };
         permit.share = Some(share);
         // Admitted whole, queued in pieces: a large request is verified as several small jobs,
-        // so no batch in the pool is large and a single token of another scanner waits for
-        // at most a small batch ahead of it.
+        // so no batch is large and a single token of another scanner waits for at most a small
+        // batch ahead of it.
+        let read_on = std::thread::current().id();
+        let mut jobs = Vec::with_capacity(n.div_ceil(PIECE));
         let mut pieces = Vec::with_capacity(n.div_ceil(PIECE));
         let mut start = 0;
         while start < n {
@@ -217,39 +275,35 @@ impl Queue {
             let rest = tokens.split_off(len);
             let piece = std::mem::replace(&mut tokens, rest);
             let (reply, rx) = oneshot::channel();
-            let job = Job {
+            jobs.push(Job {
                 scanner: Arc::clone(&scanner),
                 tokens: piece,
                 retry,
                 reply,
                 permit: permit.split(len),
-            };
-            match self.tx.try_send(job) {
-                Ok(()) => pieces.push((len, Some(rx))),
-                // A piece that cannot be queued is answered like a refused request; the
-                // pieces already queued are verified.
-                Err(TrySendError::Full(_)) => pieces.push((len, None)),
-                Err(TrySendError::Disconnected(_)) => return Err(Refused::Unavailable),
-            }
+                read_on,
+            });
+            pieces.push((len, Some(rx)));
             start += len;
         }
-        if pieces.iter().all(|(_, rx)| rx.is_none()) {
-            return Err(Refused::Busy);
-        }
-        Ok(Receipt(pieces))
+        Pool::offer(&self.pool, jobs);
+        Ok(Receipt {
+            pieces,
+            hops: Arc::clone(&self.pool.hops),
+        })
     }
 }
 
-/// Starts the batcher thread. It ends when the last [`Queue`] is dropped; what it had handed
-/// over is still verified and answered.
+/// The queue of a node. Verification turns run as tasks on the runtime of the caller (which
+/// must be inside one), at most `engine.config().threads` at once (0: one per core).
 pub(crate) fn spawn(
     engine: Arc<Engine>,
     config: Batching,
     metrics: Arc<Metrics>,
     store: Store,
     clock: Arc<dyn Clock>,
-) -> std::io::Result<(Queue, JoinHandle<()>)> {
-    start(engine, config, metrics, store, clock).map(|(queue, thread, _)| (queue, thread))
+) -> Queue {
+    start(engine, config, metrics, store, clock).0
 }
 
 fn start(
@@ -258,13 +312,14 @@ fn start(
     metrics: Arc<Metrics>,
     store: Store,
     clock: Arc<dyn Clock>,
-) -> std::io::Result<(Queue, JoinHandle<()>, Arc<Pool>)> {
+) -> (Queue, Arc<Pool>) {
     let threads = match engine.config().threads {
         0 => std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
         n => n,
     };
+    let hops = Arc::new(Hops::default());
     let pool = Arc::new(Pool {
         waiting: parking_lot::Mutex::new(Waiting {
             fair: Fair::new(config.max_batch),
@@ -277,55 +332,65 @@ fn start(
         runtime: tokio::runtime::Handle::current(),
         metrics: Arc::clone(&metrics),
         clock,
+        hops: Arc::clone(&hops),
     });
-    // Jobs never outnumber admitted tokens, so the channel fills only if admission is wrong.
-    let (tx, rx) = mpsc::sync_channel(config.queue.max(1));
-    let shared = Arc::clone(&pool);
-    let thread = std::thread::Builder::new()
-        .name("gatehouse-batcher".into())
-        .spawn(move || collect(&rx, &shared))?;
     let depth = Arc::new(Depth::new(config.queue));
     metrics.add(Arc::clone(&depth) as Arc<dyn Component>);
-    Ok((
-        Queue {
-            tx,
-            capacity: config.queue,
-            depth,
-            shares: Tally::default(),
-            per_scanner: usize::MAX,
-        },
-        thread,
-        pool,
-    ))
+    metrics.add(hops as Arc<dyn Component>);
+    let queue = Queue {
+        pool: Arc::clone(&pool),
+        capacity: config.queue,
+        depth,
+        shares: Tally::default(),
+        per_scanner: usize::MAX,
+    };
+    (queue, pool)
 }
 
-/// Requests waiting for a verification thread, and how many threads are on a batch.
+/// Requests waiting for a verification turn, and how many turns are running.
 struct Waiting {
     fair: Fair<Job>,
     busy: usize,
 }
 
-/// What the batcher thread and the verification threads share.
+/// What the connections and the verification turns share.
 ///
-/// Work waits here, not in the pool's queue, so its order stays ours to choose until a thread
-/// is actually free: a thread that finishes a batch takes the next one itself, under the same
-/// lock the batcher uses to see whether a thread is idle. No thread idles while work waits, no
-/// batch is handed out before a thread can start it, and nothing polls.
+/// Work waits here, in fair order, until a turn takes it: a turn that finishes a batch takes
+/// the next one itself, under the same lock a connection uses to see whether a turn is free.
+/// No turn idles while work waits, no batch is taken before a turn can start it, and nothing
+/// polls.
 struct Pool {
     waiting: parking_lot::Mutex<Waiting>,
     threads: usize,
     max_batch: usize,
     engine: Arc<Engine>,
-    /// Where a batch's marks go, and the runtime that performs those that are IO.
+    /// Where a batch's marks go.
     store: Store,
+    /// The runtime the turns (and the marks that are IO) run on.
     runtime: tokio::runtime::Handle,
     metrics: Arc<Metrics>,
     /// The engine's `now` for each batch.
     clock: Arc<dyn Clock>,
+    hops: Arc<Hops>,
 }
 
 /// Requests taken for one batch, and their tokens.
 type Batch = (Vec<Job>, usize);
+
+/// A running verification turn, counted in `Waiting::busy`; given back when it finds the queue
+/// empty, or when dropped unfinished (its task cancelled).
+struct Turn {
+    pool: Arc<Pool>,
+    counted: bool,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if self.counted {
+            self.pool.waiting.lock().busy -= 1;
+        }
+    }
+}
 
 impl Pool {
     /// The next batch, taken scanner by scanner (deficit round robin, [`Fair`]): a scanner with
@@ -347,57 +412,43 @@ impl Pool {
         (!jobs.is_empty()).then_some((jobs, tokens))
     }
 
-    /// Queues `jobs` and starts a batch on every idle verification thread.
-    fn offer(self: &Arc<Self>, jobs: Vec<Job>) {
-        let mut starts = Vec::new();
+    /// Queues `jobs` and starts a turn for each of them while turns are free. A turn spawned
+    /// from a runtime thread runs on that thread next (tokio's next-task slot), unless the
+    /// runtime has an idle thread for a second one.
+    fn offer(pool: &Arc<Self>, jobs: Vec<Job>) {
+        let mut starts = 0;
         {
-            let mut w = self.waiting.lock();
+            let mut w = pool.waiting.lock();
+            let n = jobs.len();
             for job in jobs {
                 let key = Arc::clone(&job.scanner);
                 w.fair.push(&key.id, job.tokens.len(), job);
             }
-            debug_assert!(w.busy <= self.threads);
-            while w.busy < self.threads {
-                let Some(batch) = self.take(&mut w) else {
-                    break;
-                };
+            while w.busy < pool.threads && starts < n {
                 w.busy += 1;
-                starts.push(batch);
+                starts += 1;
             }
         }
-        for batch in starts {
-            let pool = Arc::clone(self);
-            self.engine.spawn(move || pool.work(batch));
-        }
-    }
-
-    /// One verification thread's turn: this batch, then whatever is waiting, until nothing is.
-    fn work(&self, mut batch: Batch) {
-        loop {
-            self.run(batch);
-            let mut w = self.waiting.lock();
-            match self.take(&mut w) {
-                Some(next) => batch = next,
-                None => {
-                    w.busy -= 1;
-                    return;
-                }
-            }
-            drop(w);
-            // Under load every core is verifying: let a runtime thread that has a packet to
-            // read (another scanner's request) have the core now, not when this thread's time
-            // slice ends. One batch is about a millisecond of work.
-            std::thread::yield_now();
+        for _ in 0..starts {
+            let turn = Turn {
+                pool: Arc::clone(pool),
+                counted: true,
+            };
+            pool.runtime.spawn(turn.work());
         }
     }
 
     /// Verifies one batch on this thread and answers its requests (or, with Redis, hands its
-    /// marks to the runtime, which answers them).
+    /// marks to a task of their own on this runtime, which answers them).
     fn run(&self, (jobs, tokens): Batch) {
         self.metrics.batch(tokens);
+        let here = std::thread::current().id();
         let mut items = Vec::with_capacity(tokens);
         let mut replies = Vec::with_capacity(jobs.len());
         for job in jobs {
+            if job.read_on != here {
+                self.hops.verify.fetch_add(1, Ordering::Relaxed);
+            }
             let n = job.tokens.len();
             for (token, challenge) in job.tokens {
                 items.push(Item {
@@ -410,18 +461,17 @@ impl Pool {
             replies.push((n, job.reply, job.permit));
         }
         let deliver = move |verdicts: Vec<Verdict>| {
+            let from = std::thread::current().id();
             let mut verdicts = verdicts.into_iter();
             for (n, reply, permit) in replies {
                 let mut v: Vec<Verdict> = verdicts.by_ref().take(n).collect();
                 // The engine answers every item; should it not, the rest are not judged.
                 v.resize(n, Verdict::deny(Reason::Unavailable));
                 drop(permit);
-                let _ = reply.send(v);
+                let _ = reply.send((v, from));
             }
         };
         let now = self.clock.now();
-        // One batch per thread, its checks in order: a thread waiting on parallel parts of
-        // its batch could be handed another batch meanwhile and answer its own late.
         match &self.store {
             Store::Memory => deliver(self.engine.verify_batch_serial(&items, now)),
             Store::Shared(store) => {
@@ -432,7 +482,8 @@ impl Pool {
                     deliver(self.engine.complete(prepared, &[], &items));
                     return;
                 }
-                // The marks are IO, on the runtime; this thread goes on to the next batch.
+                // The marks are IO: awaited by a task of their own, spawned on this thread,
+                // while this turn goes on to the next batch.
                 let engine = Arc::clone(&self.engine);
                 let store = store.clone();
                 self.runtime.spawn(async move {
@@ -447,16 +498,30 @@ impl Pool {
     }
 }
 
-/// The batcher thread: moves requests from the channel to the verification threads.
-fn collect(rx: &Receiver<Job>, pool: &Arc<Pool>) {
-    // While a verification thread is idle, a batch goes at once with whatever is already
-    // queued: at low load a token waits for nobody. When every thread is busy, requests wait
-    // in `Pool`, and a thread that finishes takes the next batch fairly from there.
-    while let Ok(job) = rx.recv() {
-        let mut jobs = vec![job];
-        // Everything already sent joins the fair queue at once.
-        jobs.extend(rx.try_iter());
-        pool.offer(jobs);
+impl Turn {
+    /// One verification turn: batches from the queue until none waits. Between batches (about
+    /// a millisecond of work each at most) the turn yields, so the other tasks of this runtime
+    /// thread (other scanners' packets, the endpoint) run: a queue flood delays them by one
+    /// batch, not by its backlog.
+    async fn work(mut self) {
+        loop {
+            let batch = {
+                let mut w = self.pool.waiting.lock();
+                let batch = self.pool.take(&mut w);
+                if batch.is_none() {
+                    // Given back under the lock `offer` queues under: work queued after this
+                    // sees the turn free and starts one.
+                    w.busy -= 1;
+                    self.counted = false;
+                }
+                batch
+            };
+            let Some(batch) = batch else {
+                return;
+            };
+            self.pool.run(batch);
+            tokio::task::yield_now().await;
+        }
     }
 }
 
@@ -472,32 +537,35 @@ mod tests {
         })
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_request_is_answered_whole_and_the_threads_come_back_idle() {
+    /// A queue of `queue` tokens, batches of up to 8, verified by up to `threads` turns.
+    fn queue(threads: usize, queue: usize) -> (Queue, Arc<Pool>) {
         let engine = Engine::new(
             EngineConfig {
-                threads: 2,
+                threads,
                 ..EngineConfig::default()
             },
             TrustList::new(),
             ScannerRegistry::new(),
         )
         .unwrap();
-        let metrics = Arc::new(Metrics::new());
         let config = Batching {
             max_batch: 8,
-            queue: 10_000,
+            queue,
         };
-        let (queue, thread, pool) = start(
+        start(
             Arc::new(engine),
             config,
-            Arc::clone(&metrics),
+            Arc::new(Metrics::new()),
             Store::Memory,
             Arc::new(gatehouse_core::SystemClock),
         )
-        .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_request_is_answered_whole_and_the_turns_come_back_idle() {
+        let (queue, pool) = queue(2, 10_000);
         // Three scanners, requests of 1 to 40 tokens (6,150 in all, many more than the two
-        // threads take at once): every token is garbage, so every verdict is `malformed`.
+        // turns take at once): every token is garbage, so every verdict is `malformed`.
         // (Verdict order within a request is checked end to end in tests/hostile.rs.)
         let mut receipts = Vec::new();
         for i in 0..300usize {
@@ -519,8 +587,8 @@ mod tests {
             answered += n;
         }
         assert_eq!(answered, (0..300).map(|i| 1 + i % 40).sum::<usize>());
-        // Every permit came back, and every thread gave its turn back (a thread marks itself
-        // idle just after answering its last batch).
+        // Every permit came back, and every turn was given back (a turn ends just after
+        // answering its last batch).
         assert_eq!(queue.depth.tokens(), 0);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while pool.waiting.lock().busy > 0 && std::time::Instant::now() < deadline {
@@ -529,8 +597,56 @@ mod tests {
         let w = pool.waiting.lock();
         assert_eq!(w.busy, 0);
         assert!(w.fair.is_empty());
-        drop(w);
-        drop(queue);
-        thread.join().unwrap();
+    }
+
+    /// Sends one garbage token as scanner `who` and waits for its verdict.
+    async fn one(queue: &Queue, who: &str) -> Verdict {
+        let receipt = queue
+            .submit(scanner(who), vec![(vec![0u8; 3], None)], None)
+            .unwrap();
+        let (verdicts, busy, lost) = receipt.verdicts().await;
+        assert_eq!((verdicts.len(), busy, lost), (1, 0, 0));
+        verdicts[0]
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn at_low_load_a_request_is_verified_and_answered_on_the_thread_that_read_it() {
+        let (queue, pool) = queue(1, 64);
+        for i in 0..50 {
+            assert_eq!(
+                one(&queue, ["a", "b"][i % 2]).await.reason,
+                Reason::Malformed
+            );
+        }
+        assert_eq!(pool.hops.counts(), (0, 0));
+        // The last turn ends when it next runs and finds the queue empty.
+        for _ in 0..100 {
+            if pool.waiting.lock().busy == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(pool.waiting.lock().busy, 0);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_read_on_another_thread_counts_a_hop_each_way() {
+        // The probe itself: a request queued from a thread outside the runtime is verified on
+        // the runtime's thread and answered back to the outside thread.
+        let (queue, pool) = queue(1, 64);
+        let queue = Arc::new(queue);
+        let outside = Arc::clone(&queue);
+        let handle = tokio::runtime::Handle::current();
+        let (tx, rx) = oneshot::channel();
+        std::thread::spawn(move || {
+            let receipt = outside
+                .submit(scanner("a"), vec![(vec![0u8; 3], None)], None)
+                .unwrap();
+            let verdicts = handle.block_on(receipt.verdicts());
+            let _ = tx.send(verdicts.0[0]);
+        });
+        let verdict = rx.await.unwrap();
+        assert_eq!(verdict.reason, Reason::Malformed);
+        assert_eq!(pool.hops.counts(), (1, 1));
     }
 }

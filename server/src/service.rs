@@ -52,7 +52,6 @@ struct Node {
     background: Vec<JoinHandle<()>>,
     /// The operations endpoint, stopped last: it answers `draining` during the drain.
     ops_task: Option<JoinHandle<()>>,
-    batcher: std::thread::JoinHandle<()>,
     connections: JoinSet<()>,
 }
 
@@ -86,13 +85,13 @@ impl Node {
             socket,
             Arc::new(TokioRuntime),
         )?;
-        let (queue, batcher) = batcher::spawn(
+        let queue = batcher::spawn(
             Arc::clone(&engine),
             config.batching,
             Arc::clone(&metrics),
             config.store.clone(),
             Arc::clone(&clock),
-        )?;
+        );
         let (drain_tx, drain) = watch::channel(false);
         let shared = Arc::new(conn::Shared {
             engine: Arc::clone(&engine),
@@ -138,7 +137,6 @@ impl Node {
             reload_task,
             background,
             ops_task,
-            batcher,
             connections: JoinSet::new(),
         })
     }
@@ -175,7 +173,7 @@ impl Node {
     }
 
     /// The drain: not ready, no new connections, requests in flight answered (at most the
-    /// drain timeout), every connection closed, then the tasks and the batcher stopped.
+    /// drain timeout), every connection closed, then the tasks stopped.
     async fn drain(mut self) {
         info!(
             connections = self.connections.len(),
@@ -203,17 +201,7 @@ impl Node {
         for t in &self.background {
             t.abort();
         }
-        // The batcher thread ends once the last queue handle is gone.
         drop(self.shared);
-        let batcher = self.batcher;
-        let joined = tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::task::spawn_blocking(move || batcher.join()),
-        )
-        .await;
-        if joined.is_err() {
-            warn!("the batcher thread did not stop in time");
-        }
         if let Some(t) = self.ops_task {
             t.abort();
         }
