@@ -33,7 +33,8 @@ pub struct EngineConfig {
     pub replay_capacity: usize,
     /// Offset of the local civil date from UTC, for age checks (Korea: +9 h).
     pub utc_offset_secs: i32,
-    /// Signature-verification threads (0: one per core).
+    /// Signature-verification threads of the engine's own pool (`verify_batch`), and in the
+    /// server the most verification turns at once (0: one per core).
     pub threads: usize,
     /// The fence at start: tokens signed before this time (Unix seconds) are denied
     /// `node_restarted`. A node whose one-time-use table lives in memory sets it to

@@ -60,7 +60,7 @@ replay_capacity = 750000
 issuer_cache_capacity = 1310720
 # Offset of local civil time from UTC, for age checks (Korea: +9 h).
 utc_offset_secs = 32400
-# Signature-verification threads (0: one per core).
+# Most verification turns at once, each on a runtime thread (0: one per core).
 threads = 0
 
 [limits]
@@ -115,7 +115,7 @@ store = "memory"
 # probe_interval_ms = 500
 
 [batching]
-# A verification thread that is free takes the waiting requests, scanner by scanner, up to
+# A verification turn takes the waiting requests, scanner by scanner, up to
 # max_batch tokens. Small batches keep a token's wait short when another scanner has a backlog
 # (signatures are checked one by one, so larger batches gain little).
 max_batch = 8
@@ -264,7 +264,7 @@ pub struct EngineSection {
     pub issuer_cache_capacity: usize,
     /// Local offset from UTC for age checks, seconds.
     pub utc_offset_secs: i32,
-    /// Verification threads (0: one per core).
+    /// Most verification turns at once (0: one per core).
     pub threads: usize,
 }
 
@@ -290,7 +290,7 @@ impl Default for EngineSection {
 pub struct BatchingSection {
     /// Tokens per batch.
     pub max_batch: usize,
-    /// No longer used (a batch starts as soon as a verification thread is free); accepted so
+    /// No longer used (a batch starts as soon as a verification turn is free); accepted so
     /// that older configuration files still load, with a warning.
     pub max_wait_us: Option<u64>,
     /// Tokens admitted and not yet answered.
@@ -605,7 +605,7 @@ impl ServeConfig {
         let mut w = Vec::new();
         if self.batching.max_wait_us.is_some() {
             w.push(format!(
-                "{}: batching.max_wait_us no longer has an effect (a batch starts as soon as a verification thread is free); remove it",
+                "{}: batching.max_wait_us no longer has an effect (a batch starts as soon as a verification turn is free); remove it",
                 self.source.display()
             ));
         }

@@ -15,9 +15,10 @@
 //!   requests on one stream; responses come back in order on the same stream. An unreadable
 //!   frame gets a `Response::Error` and the stream is closed; other streams and connections are
 //!   not affected.
-//! - **Micro-batching**: tokens from every connection go through one bounded queue to a
-//!   batcher; a verification thread that is free takes what waits, scanner by scanner, up to
-//!   [`Batching::max_batch`] tokens. When the queue is full a token is answered `busy` at once:
+//! - **Micro-batching, run to completion**: tokens from every connection go through one bounded,
+//!   fair queue; a verification turn on the runtime thread that read them takes what waits,
+//!   scanner by scanner, up to [`Batching::max_batch`] tokens at a time, and yields between
+//!   batches. When the queue is full a token is answered `busy` at once:
 //!   a gate queue in the morning rush gets a fast "retry" rather than a slow answer.
 //! - **Operations**: `/metrics` (Prometheus), `/healthz`, `/readyz` on a separate TCP listener;
 //!   reload of trust list, scanner registry, revocations and TLS files, each on its own merits

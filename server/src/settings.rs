@@ -198,7 +198,7 @@ impl Limits {
 /// Micro-batching and admission.
 #[derive(Debug, Clone, Copy)]
 pub struct Batching {
-    /// Most tokens a verification thread takes at once (a request larger than this is queued
+    /// Most tokens a verification turn takes at once (a request larger than this is queued
     /// in pieces of at most 8 tokens, and a batch may exceed it by less than one piece).
     pub max_batch: usize,
     /// Most tokens admitted and not yet answered; beyond it tokens are answered `busy`. An idle
