@@ -361,6 +361,7 @@ mod tests {
                 harness_secs: None,
                 engine_secs: None,
                 redis_secs: None,
+                engine_context_switches: None,
                 wall_secs: 1.0,
             },
             nodes: vec![],

@@ -80,6 +80,7 @@ impl Harness {
         .await??;
         let node_cpu0 = self.node_cpu_secs();
         let redis_cpu0 = self.site.as_ref().and_then(SpawnedSite::redis_cpu_secs);
+        let switches0 = self.site.as_ref().and_then(SpawnedSite::context_switches);
         let opts = OpenLoopOptions {
             sign_lead,
             salt,
@@ -103,6 +104,10 @@ impl Harness {
         summary.cpu.redis_secs = redis_cpu0
             .zip(self.site.as_ref().and_then(SpawnedSite::redis_cpu_secs))
             .map(|(a, b)| b - a);
+        // A thread that exits takes its counts with it: a negative difference is unknown.
+        summary.cpu.engine_context_switches = switches0
+            .zip(self.site.as_ref().and_then(SpawnedSite::context_switches))
+            .and_then(|(a, b)| b.checked_sub(a));
         if let Some(site) = self.site.as_ref().filter(|s| s.engines.len() > 1) {
             summary.revocation_states = site.revocation_states();
         }

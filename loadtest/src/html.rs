@@ -20,7 +20,7 @@ use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
 use crate::report::Report;
-use crate::summary::{Latency, RunSummary, Second, SweepStep, SweepSummary};
+use crate::summary::{per_answer, Latency, RunSummary, Second, SweepStep, SweepSummary};
 
 const WIDTH: u32 = 1000;
 const HEIGHT: u32 = 360;
@@ -272,16 +272,18 @@ fn node_table(out: &mut String, r: &RunSummary) {
     out.push_str(
         "<table>\n<tr><th class=\"l\">node</th><th>requests</th><th>answered</th>\
          <th>errors</th><th>mismatches</th><th>accepted</th><th>replayed</th>\
-         <th>p50 ms</th><th>p99 ms</th><th>CPU s</th></tr>\n",
+         <th>p50 ms</th><th>p99 ms</th><th>CPU s</th><th>CPU µs per answer</th>\
+         <th>switches per answer</th></tr>\n",
     );
     let ms = |us: u64| format!("{:.2}", us as f64 / 1e3);
     let cpu = |s: Option<f64>| s.map_or("–".to_string(), |s| format!("{s:.1}"));
+    let per = |total: Option<f64>, answered: u64| cpu(per_answer(total, answered));
     let count = |v: &BTreeMap<String, u64>, k: &str| v.get(k).copied().unwrap_or(0);
     for n in &r.nodes {
         let _ = writeln!(
             out,
             "<tr><td class=\"l\">{} {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>–</td></tr>",
             n.node,
             esc(&n.address),
             n.requests,
@@ -292,13 +294,14 @@ fn node_table(out: &mut String, r: &RunSummary) {
             count(&n.verdicts, "replayed"),
             ms(n.latency_us.p50_us),
             ms(n.latency_us.p99_us),
-            cpu(n.cpu_secs)
+            cpu(n.cpu_secs),
+            per(n.cpu_secs.map(|s| s * 1e6), n.answered)
         );
     }
     let _ = writeln!(
         out,
         "<tr><td class=\"l\">total</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-         <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n</table>",
+         <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n</table>",
         r.nodes.iter().map(|n| n.requests).sum::<u64>(),
         r.answered,
         r.errors,
@@ -307,7 +310,9 @@ fn node_table(out: &mut String, r: &RunSummary) {
         count(&r.verdicts, "replayed"),
         ms(r.latency_us.p50_us),
         ms(r.latency_us.p99_us),
-        cpu(r.cpu.engine_secs)
+        cpu(r.cpu.engine_secs),
+        per(r.cpu.engine_secs.map(|s| s * 1e6), r.answered),
+        per(r.cpu.engine_context_switches.map(|n| n as f64), r.answered)
     );
     if let Some(c) = &r.cross_node_replays {
         let _ = writeln!(
@@ -823,6 +828,7 @@ mod tests {
                 harness_secs: Some(4.0),
                 engine_secs: Some(6.0),
                 redis_secs: None,
+                engine_context_switches: Some(30_000),
                 wall_secs: 10.5,
             },
             nodes: Vec::new(),
@@ -1009,9 +1015,12 @@ mod tests {
         assert!(html.contains("Per node (scanner i sends to node i % 2)"));
         assert!(html.contains("<td class=\"l\">0 127.0.0.1:4433</td><td>2111</td>"));
         assert!(html.contains("<td class=\"l\">1 127.0.0.1:4434</td><td>2210</td>"));
-        // The second node's p99 and CPU; the total row sums the requests.
-        assert!(html.contains("<td>3.50</td><td>3.5</td>"));
+        // The second node's p99, CPU and CPU per answer (3.5 s over 2,210); the total row
+        // sums the requests and gives the engine's CPU and switches per answer (6.0 s and
+        // 30,000 over 4,321).
+        assert!(html.contains("<td>3.50</td><td>3.5</td><td>1583.7</td><td>–</td>"));
         assert!(html.contains("<td class=\"l\">total</td><td>4321</td>"));
+        assert!(html.contains("<td>6.0</td><td>1388.6</td><td>6.9</td></tr>"));
         assert!(html.contains("204 of the 204 whose original reached"));
         assert_offline(&html);
     }

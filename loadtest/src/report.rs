@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::budget::BudgetResult;
 use crate::fleet::Origin;
 use crate::model::{Plan, RushModel};
-use crate::summary::{BaselineDiff, GooseSummary, Latency, RunSummary, SweepSummary};
+use crate::summary::{per_answer, BaselineDiff, GooseSummary, Latency, RunSummary, SweepSummary};
 
 /// Where the population came from.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -228,15 +228,34 @@ pub fn plan_differences(before: &serde_json::Value, now: &serde_json::Value) -> 
         .collect()
 }
 
-/// The engine CPU of a sweep step: the total, and per node when there are several.
+/// " (500.0 µs, 2.5 switches per answered request)": the engine's CPU and context switches
+/// per answered request, as far as they are known ("" when neither is).
+fn per_request(cpu_us: Option<f64>, switches: Option<f64>) -> String {
+    let parts: Vec<String> = [
+        cpu_us.map(|us| format!("{us:.1} µs")),
+        switches.map(|n| format!("{n:.1} switches")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({} per answered request)", parts.join(", "))
+    }
+}
+
+/// The engine CPU of a sweep step: the total, per node when there are several, and per
+/// answered request.
 fn engine_cpu(r: &RunSummary) -> String {
     let one = |x: Option<f64>| x.map_or("-".to_string(), |s| format!("{s:.1}"));
+    let (us, switches) = r.cpu.engine_per_answer(r.answered);
     let engine = if r.nodes.len() > 1 {
         let per: Vec<String> = r.nodes.iter().map(|n| one(n.cpu_secs)).collect();
         format!("{} ({})", one(r.cpu.engine_secs), per.join("+"))
     } else {
         one(r.cpu.engine_secs)
-    };
+    } + &per_request(us, switches);
     match r.cpu.redis_secs {
         Some(s) => format!("{engine} redis {s:.1}"),
         None => engine,
@@ -302,11 +321,13 @@ fn render_run(out: &mut String, r: &RunSummary) {
         let _ = writeln!(out, "    {e}");
     }
     let cpu = |x: Option<f64>| x.map_or("n/a".to_string(), |s| format!("{s:.1} s"));
+    let (us, switches) = r.cpu.engine_per_answer(r.answered);
     let _ = writeln!(
         out,
-        "  cpu        harness {}, engine {}{} over {:.1} s wall",
+        "  cpu        harness {}, engine {}{}{} over {:.1} s wall",
         cpu(r.cpu.harness_secs),
         cpu(r.cpu.engine_secs),
+        per_request(us, switches),
         r.cpu
             .redis_secs
             .map_or(String::new(), |s| format!(", redis {s:.1} s")),
@@ -328,14 +349,19 @@ fn render_nodes(out: &mut String, r: &RunSummary) {
                mismatches: u64,
                l: &Latency,
                cpu: Option<f64>,
+               switches: Option<u64>,
                verdicts: &BTreeMap<String, u64>| {
         let v: Vec<String> = verdicts.iter().map(|(k, n)| format!("{k} {n}")).collect();
         let _ = writeln!(
             out,
-            "    {name:<24} requests {requests:>8}  answered {answered:>8}  errors {errors:>5}  mismatches {mismatches:>3}  p50 {:>9}  p99 {:>9}  cpu {}",
+            "    {name:<24} requests {requests:>8}  answered {answered:>8}  errors {errors:>5}  mismatches {mismatches:>3}  p50 {:>9}  p99 {:>9}  cpu {}{}",
             ms(l.p50_us),
             ms(l.p99_us),
             cpu.map_or("n/a".to_string(), |s| format!("{s:.1} s")),
+            per_request(
+                per_answer(cpu.map(|s| s * 1e6), answered),
+                per_answer(switches.map(|n| n as f64), answered)
+            ),
         );
         let _ = writeln!(out, "      verdicts {}", v.join(", "));
     };
@@ -349,6 +375,7 @@ fn render_nodes(out: &mut String, r: &RunSummary) {
             n.mismatches,
             &n.latency_us,
             n.cpu_secs,
+            None,
             &n.verdicts,
         );
     }
@@ -361,6 +388,7 @@ fn render_nodes(out: &mut String, r: &RunSummary) {
         r.mismatches,
         &r.latency_us,
         r.cpu.engine_secs,
+        r.cpu.engine_context_switches,
         &r.verdicts,
     );
     if let Some(c) = &r.cross_node_replays {
@@ -564,6 +592,108 @@ mod tests {
         assert!(p99.worse && (p99.change_pct - 50.0).abs() < 1e-9);
         let tput = d.iter().find(|d| d.metric == "throughput_rps").unwrap();
         assert!(!tput.worse);
+    }
+
+    /// A run that answered 12,000 requests, its engine using 6.0 s of CPU and switched 30,000
+    /// times (two nodes when `nodes`).
+    fn run_with_engine_cpu(nodes: bool) -> RunSummary {
+        use crate::summary::{Cpu, NodeSummary};
+        let node = |i: usize, answered: u64, cpu: f64| NodeSummary {
+            node: i,
+            address: format!("127.0.0.1:{}", 4433 + i),
+            requests: answered,
+            answered,
+            cpu_secs: Some(cpu),
+            ..Default::default()
+        };
+        RunSummary {
+            planned: 12_000,
+            answered: 12_000,
+            errors: 0,
+            skipped: 0,
+            dropped: 0,
+            error_rate: 0.0,
+            mismatches: 0,
+            throughput_rps: 1_200.0,
+            elapsed_secs: 10.0,
+            prefill_secs: 0.5,
+            latency_us: Latency::default(),
+            phases: BTreeMap::new(),
+            scenarios: BTreeMap::new(),
+            send_lag_us: Latency::default(),
+            verdicts: BTreeMap::new(),
+            expected: BTreeMap::new(),
+            mismatch_examples: Vec::new(),
+            error_examples: Vec::new(),
+            cpu: Cpu {
+                harness_secs: Some(4.0),
+                engine_secs: Some(6.0),
+                redis_secs: None,
+                engine_context_switches: Some(30_000),
+                wall_secs: 10.5,
+            },
+            nodes: if nodes {
+                vec![node(0, 4_000, 2.5), node(1, 8_000, 3.5)]
+            } else {
+                Vec::new()
+            },
+            cross_node_replays: None,
+            revocation_states: Vec::new(),
+            timeline: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_report_gives_engine_cpu_and_context_switches_per_answered_request() {
+        let per = "(500.0 µs, 2.5 switches per answered request)";
+        let mut out = String::new();
+        render_run(&mut out, &run_with_engine_cpu(false));
+        assert!(
+            out.contains(&format!(
+                "harness 4.0 s, engine 6.0 s {per} over 10.5 s wall"
+            )),
+            "{out}"
+        );
+        // Per node: its CPU per answered request (its switches are not counted apart); in
+        // total, both.
+        let mut out = String::new();
+        render_run(&mut out, &run_with_engine_cpu(true));
+        assert!(
+            out.contains("cpu 2.5 s (625.0 µs per answered request)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("cpu 3.5 s (437.5 µs per answered request)"),
+            "{out}"
+        );
+        assert!(out.contains(&format!("cpu 6.0 s {per}\n")), "{out}");
+        // A sweep step, one node and two.
+        assert_eq!(
+            engine_cpu(&run_with_engine_cpu(false)),
+            format!("6.0 {per}")
+        );
+        assert_eq!(
+            engine_cpu(&run_with_engine_cpu(true)),
+            format!("6.0 (2.5+3.5) {per}")
+        );
+        // Unknown (not spawned, or an older report): nothing added.
+        let mut r = run_with_engine_cpu(false);
+        r.cpu.engine_secs = None;
+        r.cpu.engine_context_switches = None;
+        assert_eq!(engine_cpu(&r), "-");
+        r.cpu.engine_secs = Some(6.0);
+        assert_eq!(engine_cpu(&r), "6.0 (500.0 µs per answered request)");
+    }
+
+    #[test]
+    fn a_report_without_context_switches_still_loads() {
+        let cpu: crate::summary::Cpu = serde_json::from_value(serde_json::json!(
+            {"harness_secs": 4.0, "engine_secs": 6.0, "wall_secs": 10.5}
+        ))
+        .unwrap();
+        assert_eq!(cpu.engine_context_switches, None);
+        let json = serde_json::to_value(cpu).unwrap();
+        assert!(json.get("engine_context_switches").is_none(), "{json}");
     }
 
     #[test]

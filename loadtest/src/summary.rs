@@ -64,8 +64,29 @@ pub struct Cpu {
     /// The Redis server(s) the harness started for the nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_secs: Option<f64>,
+    /// Context switches, voluntary and involuntary, of the engine's threads, when the harness
+    /// started it (with several nodes, their sum; Linux). Misses those of threads that exited
+    /// during the run (see [`crate::cpu::process_context_switches`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_context_switches: Option<u64>,
     /// Wall-clock seconds over which they were measured.
     pub wall_secs: f64,
+}
+
+impl Cpu {
+    /// The engine's CPU microseconds and context switches per answered request, each when
+    /// known.
+    pub fn engine_per_answer(&self, answered: u64) -> (Option<f64>, Option<f64>) {
+        (
+            per_answer(self.engine_secs.map(|s| s * 1e6), answered),
+            per_answer(self.engine_context_switches.map(|n| n as f64), answered),
+        )
+    }
+}
+
+/// `total` / `answered` (`None` when nothing was answered).
+pub fn per_answer(total: Option<f64>, answered: u64) -> Option<f64> {
+    total.filter(|_| answered > 0).map(|t| t / answered as f64)
 }
 
 /// What one node was sent and answered during a run.
@@ -202,6 +223,7 @@ impl RunSummary {
                 harness_secs: s.harness_cpu_secs,
                 engine_secs: engine_cpu_secs,
                 redis_secs: None,
+                engine_context_switches: None,
                 wall_secs: s.elapsed_secs + s.prefill_secs,
             },
             nodes: s

@@ -307,6 +307,15 @@ impl SpawnedSite {
         self.engines.iter().map(SpawnedEngine::cpu_secs).collect()
     }
 
+    /// Context switches of the nodes' threads so far, summed over the nodes (Linux; `None`
+    /// when one of them cannot be read).
+    pub fn context_switches(&self) -> Option<u64> {
+        self.engines
+            .iter()
+            .map(SpawnedEngine::context_switches)
+            .sum()
+    }
+
     /// CPU seconds the Redis servers have used so far (Linux; `None` without Redis).
     pub fn redis_cpu_secs(&self) -> Option<f64> {
         if self.redis_pids.is_empty() {
@@ -467,6 +476,12 @@ impl SpawnedEngine {
     pub fn cpu_secs(&self) -> Option<f64> {
         self.pid()
             .and_then(|p| crate::cpu::process_cpu_secs(&p.to_string()))
+    }
+
+    /// Context switches of the engine's threads so far (Linux).
+    pub fn context_switches(&self) -> Option<u64> {
+        self.pid()
+            .and_then(|p| crate::cpu::process_context_switches(&p.to_string()))
     }
 
     /// The last lines of the engine's log.

@@ -98,6 +98,14 @@ fn two_nodes_on_one_redis_agree_and_every_cross_node_replay_is_replayed() {
         "{}",
         run["cpu"]
     );
+    // So are the nodes' context switches (every answer wakes a thread of theirs).
+    assert!(
+        run["cpu"]["engine_context_switches"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "{}",
+        run["cpu"]
+    );
 
     // Replays crossed nodes, and the other node knew the token was used.
     let c = &run["cross_node_replays"];
