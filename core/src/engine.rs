@@ -10,6 +10,10 @@ use gatehouse_protocol::{
 };
 use rayon::prelude::*;
 
+mod batched;
+
+pub use batched::BatchStats;
+
 use super::cache::{CachedCredential, IssuerCache};
 use super::registry::{Role, Scanner, ScannerRegistry, TrustList};
 use super::replay::{Entry, MarkOutcome, MarkRequest, ReplayGuard};
@@ -36,6 +40,10 @@ pub struct EngineConfig {
     /// Signature-verification threads of the engine's own pool (`verify_batch`), and in the
     /// server the most verification turns at once (0: one per core).
     pub threads: usize,
+    /// Verify the signatures of a batch checked on one thread with one multi-scalar equation
+    /// (`gatehouse-batch`) when it needs at least this many; fewer go one by one. 0: never.
+    /// An equation that fails sends every member to the single verifier.
+    pub batch_from: usize,
     /// The fence at start: tokens signed before this time (Unix seconds) are denied
     /// `node_restarted`. A node whose one-time-use table lives in memory sets it to
     /// [`restart_fence`](super::restart_fence)`(start, skew)`: it cannot know what it accepted
@@ -56,6 +64,7 @@ impl Default for EngineConfig {
             replay_capacity: 750_000,
             utc_offset_secs: 9 * 3600,
             threads: 0,
+            batch_from: 0,
             accept_from: 0,
         }
     }
@@ -134,6 +143,18 @@ impl Prepared {
     }
 }
 
+/// A token that passed checks 1–4, before its signatures are verified.
+struct Unsigned {
+    token: Token,
+    /// The issuer's key, from the trust list in force.
+    issuer: gatehouse_protocol::PublicKey,
+    /// The credential's digest, the issuer cache's key.
+    digest: [u8; 32],
+    /// The device key, when the issuer cache vouches for the credential (no issuer signature
+    /// to verify).
+    cached: Option<gatehouse_protocol::PublicKey>,
+}
+
 /// What survives the stateless checks: enough to mark the token used and apply policy.
 struct Checked {
     replay_id: [u8; 16],
@@ -181,6 +202,7 @@ pub struct Engine {
     replay: ReplayGuard,
     pool: rayon::ThreadPool,
     stats: Stats,
+    batch_stats: BatchStats,
     fence: AtomicU64,
 }
 
@@ -204,6 +226,7 @@ impl Engine {
             revocations: Revocations::new(RevocationState::empty()?),
             pool,
             stats: Stats::new(),
+            batch_stats: BatchStats::default(),
             fence: AtomicU64::new(config.accept_from),
             config,
         })
@@ -287,6 +310,11 @@ impl Engine {
         &self.stats
     }
 
+    /// How the batch equation has fared ([`EngineConfig::batch_from`]).
+    pub fn batch_stats(&self) -> &BatchStats {
+        &self.batch_stats
+    }
+
     /// Verifies one token on the calling thread, with the engine's memory one-time-use table.
     pub fn verify(
         &self,
@@ -350,10 +378,19 @@ impl Engine {
                     .collect()
             })
         } else {
-            items
+            let unsigned: Vec<Result<Unsigned, Reason>> = items
                 .iter()
-                .map(|it| self.check(&it.token, now, &trust, &rev))
-                .collect()
+                .map(|it| self.precheck(&it.token, now, &trust, &rev))
+                .collect();
+            let batch_from = self.config.batch_from;
+            if batch_from > 0 && batched::needed(&unsigned) >= batch_from {
+                self.signatures_batched(unsigned)
+            } else {
+                unsigned
+                    .into_iter()
+                    .map(|u| u.and_then(|u| self.signatures(u, false)))
+                    .collect()
+            }
         };
         let mut marks = Vec::with_capacity(items.len());
         let slots = checked
@@ -455,6 +492,18 @@ impl Engine {
         trust: &TrustList,
         rev: &RevocationState,
     ) -> Result<Checked, Reason> {
+        let unsigned = self.precheck(bytes, now, trust, rev)?;
+        self.signatures(unsigned, false)
+    }
+
+    /// Checks 1–4 and the issuer cache: everything before a signature is verified.
+    fn precheck(
+        &self,
+        bytes: &[u8],
+        now: u64,
+        trust: &TrustList,
+        rev: &RevocationState,
+    ) -> Result<Unsigned, Reason> {
         let token = Token::decode(bytes).map_err(|e| match e {
             DecodeError::UnsupportedVersion(_) => Reason::UnsupportedVersion,
             _ => Reason::Malformed,
@@ -488,11 +537,37 @@ impl Engine {
         }
 
         let digest = signed.digest();
-        let device_key = match self.cache.get(&digest) {
-            Some(hit) if hit.issuer_kid == signed.issuer_kid => hit.device_key,
-            _ => {
-                self.check_signature(&issuer.public, &signed.to_be_signed(), &signed.signature)
-                    .map_err(|_| Reason::BadIssuerSignature)?;
+        let cached = match self.cache.get(&digest) {
+            Some(hit) if hit.issuer_kid == signed.issuer_kid => Some(hit.device_key),
+            _ => None,
+        };
+        Ok(Unsigned {
+            token,
+            issuer: issuer.public.clone(),
+            digest,
+            cached,
+        })
+    }
+
+    /// Checks 5–6, the signatures, of a token that passed the others: the issuer's (unless
+    /// the cache vouches for the credential) and the device's. `verified`: a batch equation
+    /// already proved both, so only what the single path would also do (parse the device key,
+    /// remember the credential) is left.
+    fn signatures(&self, u: Unsigned, verified: bool) -> Result<Checked, Reason> {
+        let Unsigned {
+            token,
+            issuer,
+            digest,
+            cached,
+        } = u;
+        let signed = &token.credential;
+        let device_key = match cached {
+            Some(key) => key,
+            None => {
+                if !verified {
+                    self.check_signature(&issuer, &signed.to_be_signed(), &signed.signature)
+                        .map_err(|_| Reason::BadIssuerSignature)?;
+                }
                 let device_key = token.device_key().map_err(|_| Reason::BadDeviceSignature)?;
                 self.cache.insert(
                     digest,
@@ -504,8 +579,10 @@ impl Engine {
                 device_key
             }
         };
-        self.check_signature(&device_key, &token.to_be_signed(), &token.signature)
-            .map_err(|_| Reason::BadDeviceSignature)?;
+        if !verified {
+            self.check_signature(&device_key, &token.to_be_signed(), &token.signature)
+                .map_err(|_| Reason::BadDeviceSignature)?;
+        }
 
         let replay_id = token.replay_id();
         let expiry = token

@@ -13,7 +13,7 @@ mod revocation;
 
 pub use cache::{CachedCredential, IssuerCache};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use engine::{Engine, EngineConfig, EngineError, Item, Prepared, Stats};
+pub use engine::{BatchStats, Engine, EngineConfig, EngineError, Item, Prepared, Stats};
 pub use fence::{restart_fence, Life, LifeBook, Observed};
 pub use policy::{decide, military_discount_eligible};
 pub use registry::{

@@ -62,6 +62,9 @@ issuer_cache_capacity = 1310720
 utc_offset_secs = 32400
 # Most verification turns at once, each on a runtime thread (0: one per core).
 threads = 0
+# A turn whose batch needs at least this many signatures checks them with one multi-scalar
+# equation (a failed equation sends every token to the single check); 0: always one by one.
+batch_from = 16
 
 [limits]
 max_connections = 10000
@@ -246,6 +249,11 @@ pub enum LogFormat {
     Json,
 }
 
+/// Signatures from which a batch is checked with one equation, by default: below it the
+/// equation barely beats one-by-one checks (measured: 16 signatures under distinct keys
+/// 1.04 x ring, with the issuer's signatures merged more).
+const DEFAULT_BATCH_FROM: usize = 16;
+
 /// `[engine]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -266,6 +274,8 @@ pub struct EngineSection {
     pub utc_offset_secs: i32,
     /// Most verification turns at once (0: one per core).
     pub threads: usize,
+    /// Signatures from which a batch is checked with one equation (0: never).
+    pub batch_from: usize,
 }
 
 impl Default for EngineSection {
@@ -280,6 +290,7 @@ impl Default for EngineSection {
             issuer_cache_capacity: d.issuer_cache_capacity,
             utc_offset_secs: d.utc_offset_secs,
             threads: d.threads,
+            batch_from: DEFAULT_BATCH_FROM,
         }
     }
 }
@@ -665,6 +676,9 @@ impl ServeConfig {
         if e.threads > 1024 {
             return Err(self.error("engine.threads", "must be at most 1024"));
         }
+        if e.batch_from > 4096 {
+            return Err(self.error("engine.batch_from", "must be at most 4096"));
+        }
         match self.replay.store.as_str() {
             "memory" => {}
             "redis" => {
@@ -787,6 +801,7 @@ impl ServeConfig {
             replay_capacity: e.replay_capacity,
             utc_offset_secs: e.utc_offset_secs,
             threads: e.threads,
+            batch_from: e.batch_from,
             accept_from: 0,
         }
     }

@@ -40,7 +40,6 @@ impl<T> Fair<T> {
     }
 
     /// Whether nothing is queued.
-    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

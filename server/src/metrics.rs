@@ -359,6 +359,22 @@ impl Metrics {
             Rows(verdicts),
         );
 
+        let batches = engine.batch_stats();
+        scrape.register(
+            "gatehouse_signature_batches",
+            "Batches whose signatures were checked with one multi-scalar equation",
+            ConstCounter::new(batches.batches()),
+        );
+        scrape.register(
+            "gatehouse_signature_batches_failed",
+            "Of those, equations that failed: every token of the batch was then checked singly",
+            ConstCounter::new(batches.failed()),
+        );
+        scrape.register(
+            "gatehouse_signatures_batched",
+            "Signatures that went into batch equations",
+            ConstCounter::new(batches.signatures()),
+        );
         let ((hits, misses), replay_live, replay_capacity) = engine.occupancy();
         scrape.register(
             "gatehouse_issuer_cache_hits",

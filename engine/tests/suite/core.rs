@@ -720,6 +720,98 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// A batch whose signatures are checked with one equation (`batch_from`) gives exactly the
+    /// verdicts of one-by-one checks, strict or not, with tokens whose bytes were flipped
+    /// anywhere (signatures, parity bits, keys) mixed in: a failed equation falls back to the
+    /// engine's own single check.
+    #[test]
+    fn a_batch_checked_with_one_equation_equals_one_by_one(
+        kinds in proptest::collection::vec(kind(), 1..48),
+        flips in proptest::collection::vec((any::<usize>(), 1u8..=255), 0..6),
+        strict in any::<bool>(),
+    ) {
+        let config = |batch_from| EngineConfig {
+            strict_signatures: strict,
+            batch_from,
+            ..EngineConfig::default()
+        };
+        let seq = world_with(config(0));
+        let eq = world_with(config(1));
+        let holders: Vec<Holder> = (0..4).map(|_| seq.holder()).collect();
+        let mut items: Vec<(String, Vec<u8>)> = Vec::new();
+        for (i, k) in kinds.iter().enumerate() {
+            let h = &holders[i % holders.len()];
+            let fresh = || h.present(NOW - 1, derive_id("equation nonce", i as u64), None).unwrap();
+            let (scanner, token) = match k {
+                Kind::Valid => ("gate-1-12", fresh()),
+                Kind::Garbage(g) => ("partner", g.clone()),
+                Kind::Truncated => { let t = fresh(); ("gate-1-12", t[..t.len() / 2].to_vec()) }
+                Kind::Replay(j) => match items.get(*j % items.len().max(1)) {
+                    Some((_, t)) => ("age", t.clone()),
+                    None => ("gate-1-12", fresh()),
+                },
+                Kind::Stale => ("gate-1-12", h.present(NOW - 60, [0; 16], None).unwrap()),
+                Kind::WrongGate => ("gate-2", fresh()),
+            };
+            items.push((scanner.to_string(), token));
+        }
+        for (at, mask) in &flips {
+            let (_, t) = &mut items[at % kinds.len()];
+            if !t.is_empty() {
+                let n = t.len();
+                t[(at / 7) % n] ^= mask;
+            }
+        }
+        let to_items = |w: &World| -> Vec<Item> {
+            items
+                .iter()
+                .map(|(s, t)| Item::new(w.engine.scanner(s).unwrap(), t.clone()))
+                .collect()
+        };
+        let one_by_one: Vec<Reason> = to_items(&seq)
+            .iter()
+            .map(|it| seq.engine.verify_batch_serial(std::slice::from_ref(it), NOW)[0].reason)
+            .collect();
+        let together: Vec<Reason> = eq
+            .engine
+            .verify_batch_serial(&to_items(&eq), NOW)
+            .into_iter()
+            .map(|v| v.reason)
+            .collect();
+        prop_assert_eq!(&together, &one_by_one);
+        // The equation ran whenever a token reached its signatures, and failed whenever one
+        // of them was bad.
+        let reached = one_by_one.iter().any(|r| !matches!(
+            r,
+            Reason::Malformed
+                | Reason::UnsupportedVersion
+                | Reason::UnknownIssuer
+                | Reason::IssuerKeyNotValid
+                | Reason::NotYetValid
+                | Reason::Expired
+                | Reason::OutsideLeave
+                | Reason::FromFuture
+                | Reason::Stale
+                | Reason::NodeRestarted
+                | Reason::RevocationsStale
+                | Reason::Revoked
+        ));
+        let bad = one_by_one.iter().any(|r| matches!(
+            r,
+            Reason::BadIssuerSignature | Reason::BadDeviceSignature
+        ));
+        let stats = eq.engine.batch_stats();
+        prop_assert_eq!(stats.batches(), u64::from(reached));
+        if bad {
+            prop_assert_eq!(stats.failed(), 1);
+        }
+        prop_assert_eq!(seq.engine.batch_stats().batches(), 0);
+    }
+}
+
 #[test]
 fn a_retry_of_the_same_scan_gets_the_first_verdict_marked_as_a_repeat() {
     let w = world();
