@@ -274,6 +274,54 @@ fn pipeline(c: &mut Criterion) {
     g.finish();
 }
 
+/// `equation/{one-by-one,equation}/{8,16,32}`: a verification turn's serial batch of `n`
+/// first-use tokens of distinct holders, 2,048 of them cycling through an issuer cache of the
+/// smallest size (512 slots): mostly cold, two signatures per token, as in a morning rush. The
+/// signatures are checked one by one (`batch_from = 0`) or with one equation
+/// (`batch_from = 1`). Throughput is in tokens.
+fn equation(c: &mut Criterion) {
+    let h = holders(2048);
+    let pool = tokens(&h, 2048);
+    let mut g = c.benchmark_group("equation");
+    g.measurement_time(Duration::from_secs(6));
+    for (label, batch_from) in [("one-by-one", 0), ("equation", 1)] {
+        let e = engine(EngineConfig {
+            batch_from,
+            issuer_cache_capacity: 1,
+            ..EngineConfig::default()
+        });
+        let gate = e.scanner("gate-1-1").unwrap();
+        let items: Vec<Item> = pool
+            .iter()
+            .map(|t| Item::new(gate.clone(), t.clone()))
+            .collect();
+        for n in [8usize, 16, 32] {
+            g.throughput(Throughput::Elements(n as u64));
+            g.bench_function(BenchmarkId::new(label, n), |b| {
+                b.iter_custom(|iters| {
+                    let mut spent = Duration::ZERO;
+                    let mut done = 0u64;
+                    while done < iters {
+                        for chunk in items.chunks(n) {
+                            if done == iters {
+                                break;
+                            }
+                            let start = Instant::now();
+                            let v = e.verify_batch_serial(black_box(chunk), NOW);
+                            spent += start.elapsed();
+                            assert!(v.iter().all(|v| v.reason.is_accept()));
+                            done += 1;
+                        }
+                        e.purge(NOW + 3600);
+                    }
+                    spent
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
 /// `quic/roundtrip`: one Verify request on a warm connection over loopback QUIC (mTLS), to the
 /// real service with its micro-batcher; compare with `pipeline/accept` for the QUIC layer's
 /// share.
@@ -351,6 +399,7 @@ criterion_group!(
     replay,
     cache,
     pipeline,
+    equation,
     quic
 );
 criterion_main!(benches);

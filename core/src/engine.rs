@@ -153,6 +153,8 @@ struct Unsigned {
     /// The device key, when the issuer cache vouches for the credential (no issuer signature
     /// to verify).
     cached: Option<gatehouse_protocol::PublicKey>,
+    /// The device key parsed from the token (when not cached), once, by a batch.
+    parsed: Option<gatehouse_protocol::PublicKey>,
 }
 
 /// What survives the stateless checks: enough to mark the token used and apply policy.
@@ -546,6 +548,7 @@ impl Engine {
             issuer: issuer.public.clone(),
             digest,
             cached,
+            parsed: None,
         })
     }
 
@@ -559,6 +562,7 @@ impl Engine {
             issuer,
             digest,
             cached,
+            parsed,
         } = u;
         let signed = &token.credential;
         let device_key = match cached {
@@ -568,7 +572,10 @@ impl Engine {
                     self.check_signature(&issuer, &signed.to_be_signed(), &signed.signature)
                         .map_err(|_| Reason::BadIssuerSignature)?;
                 }
-                let device_key = token.device_key().map_err(|_| Reason::BadDeviceSignature)?;
+                let device_key = match parsed {
+                    Some(key) => key,
+                    None => token.device_key().map_err(|_| Reason::BadDeviceSignature)?,
+                };
                 self.cache.insert(
                     digest,
                     CachedCredential {

@@ -996,6 +996,43 @@ async fn at_low_load_a_request_crosses_no_thread() {
     server.shutdown().await;
 }
 
+/// With `batch_from` set, a request's signatures go through one equation: a batch of valid
+/// tokens is accepted through it, and a batch with one forged token fails the equation, falls
+/// back to single checks and still gets every verdict right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_checked_with_one_equation_give_the_same_verdicts() {
+    let world = World::new();
+    let server = start(world.engine(|c| c.batch_from = 1), world.server_config()).await;
+    let gate = server.client(&world, "gate-a").await;
+    let holders: Vec<Holder> = (0..6).map(|i| world.holder(420 + i, |_| {})).collect();
+    let batch: Vec<Vec<u8>> = holders.iter().map(token).collect();
+    let verdicts = timeout(LONG, gate.verify_batch(&batch))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(verdicts.iter().all(|v| v.reason == Reason::Accepted));
+    // The third token's device signature is forged (its last byte flipped).
+    let mut batch: Vec<Vec<u8>> = holders.iter().map(token).collect();
+    let last = batch[2].len() - 1;
+    batch[2][last] ^= 1;
+    let reasons: Vec<Reason> = timeout(LONG, gate.verify_batch(&batch))
+        .await
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|v| v.reason)
+        .collect();
+    let mut want = vec![Reason::Accepted; 6];
+    want[2] = Reason::BadDeviceSignature;
+    assert_eq!(reasons, want);
+    let (_, body) = get(server.ops, "/metrics").await;
+    let batches = metric(&body, "gatehouse_signature_batches_total").unwrap();
+    let failed = metric(&body, "gatehouse_signature_batches_failed_total").unwrap();
+    assert!(batches >= 2.0, "{batches} equations");
+    assert!(failed >= 1.0, "{failed} failed equations");
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_endpoint() {
     let world = World::new();

@@ -64,7 +64,8 @@ utc_offset_secs = 32400
 threads = 0
 # A turn whose batch needs at least this many signatures checks them with one multi-scalar
 # equation (a failed equation sends every token to the single check); 0: always one by one.
-batch_from = 16
+# Off by default: see README, "Batch verification". 32 is the measured crossover.
+batch_from = 0
 
 [limits]
 max_connections = 10000
@@ -249,10 +250,14 @@ pub enum LogFormat {
     Json,
 }
 
-/// Signatures from which a batch is checked with one equation, by default: below it the
-/// equation barely beats one-by-one checks (measured: 16 signatures under distinct keys
-/// 1.04 x ring, with the issuer's signatures merged more).
-const DEFAULT_BATCH_FROM: usize = 16;
+/// Signatures from which a batch is checked with one equation, by default: never, for now.
+/// Measured with `cargo bench -p gatehouse-benches --bench core -- equation` (one core, tokens
+/// of distinct holders), a turn's batch of 8 or 16 tokens was 0.9-0.95 x as fast with the
+/// equation and one of 32 tokens 1.14-1.30 x; the single-core knee did not move measurably
+/// (README). And a scanner that puts one bad signature into every batch would make its batches
+/// pay the equation and the single checks, which nothing routes around yet. An operator can
+/// turn it on (32 is the measured crossover).
+const DEFAULT_BATCH_FROM: usize = 0;
 
 /// `[engine]`.
 #[derive(Debug, Clone, Deserialize)]

@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use gatehouse_batch::{verify_batch, Entry};
-use gatehouse_protocol::{PublicKey, Reason, Signature};
+use gatehouse_protocol::Reason;
 
 use super::{Checked, Engine, Unsigned};
 
@@ -60,28 +60,51 @@ impl Engine {
     /// Checks 5–6 of every token of a batch with one equation (see the module docs).
     pub(super) fn signatures_batched(
         &self,
-        unsigned: Vec<Result<Unsigned, Reason>>,
+        mut unsigned: Vec<Result<Unsigned, Reason>>,
     ) -> Vec<Result<Checked, Reason>> {
-        let mut owned: Vec<(PublicKey, Vec<u8>, Signature)> =
-            Vec::with_capacity(2 * unsigned.len());
-        for u in unsigned.iter().flatten() {
-            let device_key = match &u.cached {
-                Some(key) => Some(key.clone()),
-                None => {
-                    let signed = &u.token.credential;
-                    owned.push((u.issuer.clone(), signed.to_be_signed(), signed.signature));
-                    // A key that does not parse is denied by the single path's own steps.
-                    u.token.device_key().ok()
-                }
-            };
-            if let Some(key) = device_key {
-                owned.push((key, u.token.to_be_signed(), u.token.signature));
+        // A device key not in the cache is parsed (decompressed) once, here; the single path
+        // takes it from `parsed`. One that does not parse is denied by the single path's own
+        // steps.
+        for u in unsigned.iter_mut().flatten() {
+            if u.cached.is_none() {
+                u.parsed = u.token.device_key().ok();
             }
         }
-        let entries: Vec<Entry<'_>> = owned
-            .iter()
-            .map(|(key, msg, sig)| Entry { key, msg, sig })
-            .collect();
+        // The signed bytes of every signature, in the order the entries take them.
+        let mut messages: Vec<Vec<u8>> = Vec::with_capacity(2 * unsigned.len());
+        for u in unsigned.iter().flatten() {
+            if u.cached.is_none() {
+                messages.push(u.token.credential.to_be_signed());
+            }
+            if u.cached.is_some() || u.parsed.is_some() {
+                messages.push(u.token.to_be_signed());
+            }
+        }
+        let mut messages_in_order = messages.iter();
+        let mut entries: Vec<Entry<'_>> = Vec::with_capacity(messages.len());
+        for u in unsigned.iter().flatten() {
+            if u.cached.is_none() {
+                let Some(msg) = messages_in_order.next() else {
+                    break;
+                };
+                let signed = &u.token.credential;
+                entries.push(Entry {
+                    key: &u.issuer,
+                    msg,
+                    sig: &signed.signature,
+                });
+            }
+            if let Some(key) = u.cached.as_ref().or(u.parsed.as_ref()) {
+                let Some(msg) = messages_in_order.next() else {
+                    break;
+                };
+                entries.push(Entry {
+                    key,
+                    msg,
+                    sig: &u.token.signature,
+                });
+            }
+        }
         let verified = verify_batch(&entries).is_ok();
         self.batch_stats.record(entries.len(), verified);
         unsigned
