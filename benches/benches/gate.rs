@@ -198,13 +198,17 @@ fn accept(p: Pipeline) -> Pipeline {
 //
 // The signature checks run on the engine's pool (one thread here). Callgrind counts the
 // calling thread from the bench function (dispatch, waiting, one-time use and policy in item
-// order) and, on the pool thread, every call of `Engine::check` (the stateless checks: decode
-// to device signature). Not counted: rayon's scheduling and idle loop on the pool thread,
+// order) and, on the pool thread, every call of `Engine::precheck` and `Engine::signatures`
+// (together the stateless checks, `Engine::check`: decode to device signature; `check` itself
+// is inlined). Not counted: rayon's scheduling and idle loop on the pool thread,
 // whose spinning depends on timing, not on our code.
 #[library_benchmark(
     setup = batch_of_fresh_tokens,
     config = LibraryBenchmarkConfig::default()
-        .tool(Callgrind::with_args(["--toggle-collect=gatehouse_core::engine::Engine::check"]))
+        .tool(Callgrind::with_args([
+            "--toggle-collect=gatehouse_core::engine::Engine::precheck",
+            "--toggle-collect=gatehouse_core::engine::Engine::signatures",
+        ]))
 )]
 fn batch_64(p: Pipeline) -> (Pipeline, Vec<gatehouse_protocol::Verdict>) {
     let v = p.engine.verify_batch(black_box(&p.items), NOW);
