@@ -996,6 +996,37 @@ async fn at_low_load_a_request_crosses_no_thread() {
     server.shutdown().await;
 }
 
+/// One-time use and retries are node-wide, whichever connection a request arrives on: a token
+/// accepted on one connection is `replayed` on another; the same scan's retry (same key) on a
+/// third gets the first verdict back, marked as a repeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_time_use_and_retries_hold_across_connections() {
+    let world = World::new();
+    let server = start(world.engine(|_| {}), world.server_config()).await;
+    let h = world.holder(430, |_| {});
+    let t = token(&h);
+    let key = [5u8; 16];
+    let first = server.client(&world, "gate-a").await;
+    let v = timeout(LONG, first.verify_scan(&t, None, Some(key)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((v.reason, v.repeat), (Reason::Accepted, false));
+    let other = server.client(&world, "gate-a").await;
+    let again = timeout(LONG, other.verify(&t, None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.reason, Reason::Replayed);
+    let third = server.client(&world, "gate-a").await;
+    let retry = timeout(LONG, third.verify_scan(&t, None, Some(key)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((retry.reason, retry.repeat), (Reason::Accepted, true));
+    server.shutdown().await;
+}
+
 /// With `batch_from` set, a request's signatures go through one equation: a batch of valid
 /// tokens is accepted through it, and a batch with one forged token fails the equation, falls
 /// back to single checks and still gets every verdict right.
