@@ -153,8 +153,9 @@ fn the_unit_allows_every_system_call_of_a_run_and_the_old_filter_is_caught() {
             .any(|l| l.contains(" sched_setscheduler(") && l.contains("SCHED_IDLE")),
         "no snapshot thread lowered itself in the run"
     );
+    // strace splits a call that another thread interrupts: `exit_group(0 <unfinished ...>`.
     assert!(
-        serve.contains(" exit_group(0)"),
+        serve.contains(" exit_group(0)") || serve.contains(" exit_group(0 <unfinished ...>"),
         "the server did not exit 0"
     );
     let recorded = started.elapsed();
