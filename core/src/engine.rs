@@ -481,11 +481,6 @@ impl Engine {
             .spawn(move || done(engine.verify_batch(&items, now)));
     }
 
-    /// Runs `job` on the verification pool (for a shell that prepares batches itself).
-    pub fn spawn(&self, job: impl FnOnce() + Send + 'static) {
-        self.pool.spawn(job);
-    }
-
     /// Checks 1–6 of the SPEC: everything that needs no mutable state, cheapest first.
     fn check(
         &self,

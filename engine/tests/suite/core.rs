@@ -683,6 +683,35 @@ fn kind() -> impl Strategy<Value = Kind> {
     ]
 }
 
+/// (scanner, token) for each kind, in order, from `holders` in turn; `nonce` labels the fresh
+/// tokens' nonces, and a replay repeats an earlier token of the list.
+fn scans(kinds: &[Kind], holders: &[Holder], nonce: &str) -> Vec<(String, Vec<u8>)> {
+    let mut items: Vec<(String, Vec<u8>)> = Vec::new();
+    for (i, k) in kinds.iter().enumerate() {
+        let h = &holders[i % holders.len()];
+        let fresh = || {
+            h.present(NOW - 1, derive_id(nonce, i as u64), None)
+                .unwrap()
+        };
+        let (scanner, token) = match k {
+            Kind::Valid => ("gate-1-12", fresh()),
+            Kind::Garbage(g) => ("partner", g.clone()),
+            Kind::Truncated => {
+                let t = fresh();
+                ("gate-1-12", t[..t.len() / 2].to_vec())
+            }
+            Kind::Replay(j) => match items.get(*j % items.len().max(1)) {
+                Some((_, t)) => ("age", t.clone()),
+                None => ("gate-1-12", fresh()),
+            },
+            Kind::Stale => ("gate-1-12", h.present(NOW - 60, [0; 16], None).unwrap()),
+            Kind::WrongGate => ("gate-2", fresh()),
+        };
+        items.push((scanner.to_string(), token));
+    }
+    items
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
@@ -693,23 +722,7 @@ proptest! {
         let seq = world();
         let bat = world_with(EngineConfig { threads: 2, ..EngineConfig::default() });
         let holders: Vec<Holder> = (0..4).map(|_| seq.holder()).collect();
-        let mut items: Vec<(String, Vec<u8>)> = Vec::new();
-        for (i, k) in kinds.iter().enumerate() {
-            let h = &holders[i % holders.len()];
-            let fresh = || h.present(NOW - 1, derive_id("batch nonce", i as u64), None).unwrap();
-            let (scanner, token) = match k {
-                Kind::Valid => ("gate-1-12", fresh()),
-                Kind::Garbage(g) => ("partner", g.clone()),
-                Kind::Truncated => { let t = fresh(); ("gate-1-12", t[..t.len() / 2].to_vec()) }
-                Kind::Replay(j) => match items.get(*j % items.len().max(1)) {
-                    Some((_, t)) => ("age", t.clone()),
-                    None => ("gate-1-12", fresh()),
-                },
-                Kind::Stale => ("gate-1-12", h.present(NOW - 60, [0; 16], None).unwrap()),
-                Kind::WrongGate => ("gate-2", fresh()),
-            };
-            items.push((scanner.to_string(), token));
-        }
+        let items = scans(&kinds, &holders, "batch nonce");
         let one_by_one: Vec<Reason> = items.iter().map(|(s, t)| seq.reason(s, t, NOW)).collect();
         let batch_items: Vec<Item> = items
             .iter()
@@ -741,23 +754,7 @@ proptest! {
         let seq = world_with(config(0));
         let eq = world_with(config(1));
         let holders: Vec<Holder> = (0..4).map(|_| seq.holder()).collect();
-        let mut items: Vec<(String, Vec<u8>)> = Vec::new();
-        for (i, k) in kinds.iter().enumerate() {
-            let h = &holders[i % holders.len()];
-            let fresh = || h.present(NOW - 1, derive_id("equation nonce", i as u64), None).unwrap();
-            let (scanner, token) = match k {
-                Kind::Valid => ("gate-1-12", fresh()),
-                Kind::Garbage(g) => ("partner", g.clone()),
-                Kind::Truncated => { let t = fresh(); ("gate-1-12", t[..t.len() / 2].to_vec()) }
-                Kind::Replay(j) => match items.get(*j % items.len().max(1)) {
-                    Some((_, t)) => ("age", t.clone()),
-                    None => ("gate-1-12", fresh()),
-                },
-                Kind::Stale => ("gate-1-12", h.present(NOW - 60, [0; 16], None).unwrap()),
-                Kind::WrongGate => ("gate-2", fresh()),
-            };
-            items.push((scanner.to_string(), token));
-        }
+        let mut items = scans(&kinds, &holders, "equation nonce");
         for (at, mask) in &flips {
             let (_, t) = &mut items[at % kinds.len()];
             if !t.is_empty() {
