@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use gatehouse_benches::{engine, holders, tokens, NOW};
 use gatehouse_engine::dev::population::derive_id;
-use gatehouse_engine::{Engine, EngineConfig, Item, Mark, ReplayGuard, RevocationState};
+use gatehouse_engine::{
+    BatchMode, Batching, Engine, EngineConfig, Item, Mark, ReplayGuard, RevocationState,
+};
 use gatehouse_protocol::{
     verify, verify_strict, Backend, RevocationEntry, RevocationKind, RevocationList, Token,
 };
@@ -291,16 +293,25 @@ fn pipeline(c: &mut Criterion) {
 /// first-use tokens of distinct holders, 2,048 of them, with the issuer cache at its smallest
 /// setting (`issuer_cache_capacity = 1`; the cache still keeps some slots per shard, and the
 /// one-by-one times, about 55-65 µs a token, show most issuer signatures are found there). The
-/// signatures are checked one by one (`batch_from = 0`) or with one equation
-/// (`batch_from = 1`). Throughput is in tokens.
+/// signatures are checked one by one (`batch = "off"`), with one equation (`"equation"`,
+/// `batch_from = 1`) or, where the CPU has AVX-512 IFMA, with multi-buffer calls
+/// (`"multibuffer"`). Throughput is in tokens.
 fn equation(c: &mut Criterion) {
     let h = holders(2048);
     let pool = tokens(&h, 2048);
     let mut g = c.benchmark_group("equation");
     g.measurement_time(Duration::from_secs(6));
-    for (label, batch_from) in [("one-by-one", 0), ("equation", 1)] {
+    let mut paths = vec![
+        ("one-by-one", BatchMode::Off),
+        ("equation", BatchMode::Equation),
+    ];
+    if Batching::resolve(BatchMode::Multibuffer, false, 1).is_ok() {
+        paths.push(("multibuffer", BatchMode::Multibuffer));
+    }
+    for (label, batch) in paths {
         let e = engine(EngineConfig {
-            batch_from,
+            batch,
+            batch_from: 1,
             issuer_cache_capacity: 1,
             ..EngineConfig::default()
         });

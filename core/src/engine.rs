@@ -12,7 +12,8 @@ use rayon::prelude::*;
 
 mod batched;
 
-pub use batched::BatchStats;
+use batched::Proven;
+pub use batched::{BatchMode, BatchStats, Batching, MB_FROM, SUSPECT_SECS};
 
 use super::cache::{CachedCredential, IssuerCache};
 use super::registry::{Role, Scanner, ScannerRegistry, TrustList};
@@ -40,9 +41,13 @@ pub struct EngineConfig {
     /// Signature-verification threads of the engine's own pool (`verify_batch`), and in the
     /// server the most verification turns at once (0: one per core).
     pub threads: usize,
-    /// Verify the signatures of a batch checked on one thread with one multi-scalar equation
-    /// (`gatehouse-batch`) when it needs at least this many; fewer go one by one. 0: never.
-    /// An equation that fails sends every member to the single verifier.
+    /// How the signatures of a batch checked on one thread are verified: multi-buffer
+    /// (`gatehouse-mb`, AVX-512 IFMA), one multi-scalar equation (`gatehouse-batch`), or one
+    /// by one ([`BatchMode`]; `Auto` picks multi-buffer where it runs).
+    pub batch: BatchMode,
+    /// The equation's crossover: a batch that needs at least this many signatures is checked
+    /// with one equation, fewer go one by one. 0: never (with [`BatchMode::Auto`]). An
+    /// equation that fails sends every member to the single verifier.
     pub batch_from: usize,
     /// The fence at start: tokens signed before this time (Unix seconds) are denied
     /// `node_restarted`. A node whose one-time-use table lives in memory sets it to
@@ -51,6 +56,10 @@ pub struct EngineConfig {
     /// ([`Engine::raise_fence`]): a shared store that may have forgotten moves it.
     pub accept_from: u64,
 }
+
+/// The equation's measured crossover (README, "Batch verification"): from 32 signatures (16
+/// tokens of uncached holders) one equation costs less than the single checks.
+pub const DEFAULT_BATCH_FROM: usize = 32;
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -64,7 +73,8 @@ impl Default for EngineConfig {
             replay_capacity: 750_000,
             utc_offset_secs: 9 * 3600,
             threads: 0,
-            batch_from: 0,
+            batch: BatchMode::Auto,
+            batch_from: DEFAULT_BATCH_FROM,
             accept_from: 0,
         }
     }
@@ -80,6 +90,9 @@ pub enum EngineError {
     /// The revocation state could not be built.
     #[error(transparent)]
     Revocation(#[from] RevocationError),
+    /// The batch path configured cannot run here.
+    #[error("engine.batch: {0}")]
+    Batch(String),
 }
 
 /// One token to verify, as a scanner sent it.
@@ -205,6 +218,7 @@ pub struct Engine {
     pool: rayon::ThreadPool,
     stats: Stats,
     batch_stats: BatchStats,
+    batching: Batching,
     fence: AtomicU64,
 }
 
@@ -220,7 +234,10 @@ impl Engine {
             .thread_name(|i| format!("gatehouse-verify-{i}"))
             .build()
             .map_err(|e| EngineError::Pool(e.to_string()))?;
+        let batching = Batching::resolve(config.batch, config.strict_signatures, config.batch_from)
+            .map_err(EngineError::Batch)?;
         Ok(Engine {
+            batching,
             cache: IssuerCache::new(config.issuer_cache_capacity),
             replay: ReplayGuard::new(config.replay_capacity),
             trust: ArcSwap::from_pointee(trust),
@@ -317,6 +334,11 @@ impl Engine {
         &self.batch_stats
     }
 
+    /// The batch path this engine runs ([`EngineConfig::batch`], resolved at start).
+    pub fn batching(&self) -> Batching {
+        self.batching
+    }
+
     /// Verifies one token on the calling thread, with the engine's memory one-time-use table.
     pub fn verify(
         &self,
@@ -384,14 +406,17 @@ impl Engine {
                 .iter()
                 .map(|it| self.precheck(&it.token, now, &trust, &rev))
                 .collect();
-            let batch_from = self.config.batch_from;
-            if batch_from > 0 && batched::needed(&unsigned) >= batch_from {
-                self.signatures_batched(unsigned)
-            } else {
-                unsigned
+            match self.batching {
+                Batching::Equation(from) if batched::needed(&unsigned) >= from => {
+                    self.signatures_batched(unsigned, items, now)
+                }
+                Batching::Multibuffer if batched::needed(&unsigned) >= MB_FROM => {
+                    self.signatures_multibuffer(unsigned)
+                }
+                _ => unsigned
                     .into_iter()
-                    .map(|u| u.and_then(|u| self.signatures(u, false)))
-                    .collect()
+                    .map(|u| u.and_then(|u| self.signatures(u, Proven::NONE)))
+                    .collect(),
             }
         };
         let mut marks = Vec::with_capacity(items.len());
@@ -490,7 +515,7 @@ impl Engine {
         rev: &RevocationState,
     ) -> Result<Checked, Reason> {
         let unsigned = self.precheck(bytes, now, trust, rev)?;
-        self.signatures(unsigned, false)
+        self.signatures(unsigned, Proven::NONE)
     }
 
     /// Checks 1–4 and the issuer cache: everything before a signature is verified.
@@ -548,10 +573,10 @@ impl Engine {
     }
 
     /// Checks 5–6, the signatures, of a token that passed the others: the issuer's (unless
-    /// the cache vouches for the credential) and the device's. `verified`: a batch equation
-    /// already proved both, so only what the single path would also do (parse the device key,
-    /// remember the credential) is left.
-    fn signatures(&self, u: Unsigned, verified: bool) -> Result<Checked, Reason> {
+    /// the cache vouches for the credential) and the device's. `proven`: which of them a batch
+    /// path already proved; for those only what the single path would also do (parse the
+    /// device key, remember the credential) is left.
+    fn signatures(&self, u: Unsigned, proven: Proven) -> Result<Checked, Reason> {
         let Unsigned {
             token,
             issuer,
@@ -563,7 +588,7 @@ impl Engine {
         let device_key = match cached {
             Some(key) => key,
             None => {
-                if !verified {
+                if !proven.issuer {
                     self.check_signature(&issuer, &signed.to_be_signed(), &signed.signature)
                         .map_err(|_| Reason::BadIssuerSignature)?;
                 }
@@ -581,7 +606,7 @@ impl Engine {
                 device_key
             }
         };
-        if !verified {
+        if !proven.device {
             self.check_signature(&device_key, &token.to_be_signed(), &token.signature)
                 .map_err(|_| Reason::BadDeviceSignature)?;
         }

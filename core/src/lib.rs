@@ -13,7 +13,10 @@ mod revocation;
 
 pub use cache::{CachedCredential, IssuerCache};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use engine::{BatchStats, Engine, EngineConfig, EngineError, Item, Prepared, Stats};
+pub use engine::{
+    BatchMode, BatchStats, Batching, Engine, EngineConfig, EngineError, Item, Prepared, Stats,
+    DEFAULT_BATCH_FROM, MB_FROM, SUSPECT_SECS,
+};
 pub use fence::{restart_fence, Life, LifeBook, Observed};
 pub use policy::{decide, military_discount_eligible};
 pub use registry::{

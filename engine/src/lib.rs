@@ -57,9 +57,10 @@ pub use gatehouse_dev as dev;
 pub use gatehouse_server as server;
 
 pub use crate::core::{
-    compact, decide, military_discount_eligible, restart_fence, CachedCredential, Clock,
-    ConfigError, Engine, EngineConfig, EngineError, Entry, IssuerCache, IssuerKey, Item, Life,
-    LifeBook, ManualClock, Mark, MarkOutcome, MarkRequest, Observed, Prepared, ReplayGuard,
-    RevocationError, RevocationKey, RevocationState, Revocations, Role, Scanner, ScannerRegistry,
-    Stats, SystemClock, TrustList, DEFAULT_GATE_ADMITS,
+    compact, decide, military_discount_eligible, restart_fence, BatchMode, BatchStats, Batching,
+    CachedCredential, Clock, ConfigError, Engine, EngineConfig, EngineError, Entry, IssuerCache,
+    IssuerKey, Item, Life, LifeBook, ManualClock, Mark, MarkOutcome, MarkRequest, Observed,
+    Prepared, ReplayGuard, RevocationError, RevocationKey, RevocationState, Revocations, Role,
+    Scanner, ScannerRegistry, Stats, SystemClock, TrustList, DEFAULT_BATCH_FROM,
+    DEFAULT_GATE_ADMITS, MB_FROM, SUSPECT_SECS,
 };

@@ -16,6 +16,11 @@ mod support;
 
 use suite::{world, world_with, NOW};
 
+/// The batch path of the suite's worlds: the engine's own choice (`Auto`).
+fn batch_path() -> Option<(BatchMode, usize)> {
+    None
+}
+
 fn store() -> support::TestStore {
     support::TestStore::Memory
 }

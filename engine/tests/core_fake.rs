@@ -11,6 +11,13 @@ mod fence;
 mod suite;
 mod support;
 
+use gatehouse_engine::BatchMode;
+
+/// The batch path of the suite's worlds: the engine's own choice (`Auto`).
+fn batch_path() -> Option<(BatchMode, usize)> {
+    None
+}
+
 fn store() -> support::TestStore {
     support::TestStore::fake()
 }

@@ -29,7 +29,8 @@ use gatehouse_engine::dev::pki::DevPki;
 use gatehouse_engine::dev::population::{self, derive_key, Holder};
 use gatehouse_engine::server::{self, Batching, Files, ServeConfig, ServerConfig, ServerError};
 use gatehouse_engine::{
-    Engine, EngineConfig, IssuerKey, Role, Scanner, ScannerRegistry, TrustList, DEFAULT_GATE_ADMITS,
+    BatchMode, Engine, EngineConfig, IssuerKey, Role, Scanner, ScannerRegistry, TrustList,
+    DEFAULT_GATE_ADMITS,
 };
 use gatehouse_protocol::{
     kind, Attributes, Credential, CredentialType, Entitlements, HolderCategory, Predicate,
@@ -1027,15 +1028,71 @@ async fn one_time_use_and_retries_hold_across_connections() {
     server.shutdown().await;
 }
 
-/// With `batch_from` set, a request's signatures go through one equation: a batch of valid
-/// tokens is accepted through it, and a batch with one forged token fails the equation, falls
-/// back to single checks and still gets every verdict right.
+/// With `batch = "equation"`, a request's signatures go through one equation: a batch of
+/// valid tokens is accepted through it, and a batch with one forged token fails the equation,
+/// falls back to single checks and still gets every verdict right.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signatures_checked_with_one_equation_give_the_same_verdicts() {
+    let body = batch_path_verdicts(BatchMode::Equation, 420).await;
+    let batches = metric(&body, "gatehouse_signature_batches_total").unwrap();
+    let failed = metric(&body, "gatehouse_signature_batches_failed_total").unwrap();
+    assert!(batches >= 2.0, "{batches} equations");
+    assert!(failed >= 1.0, "{failed} failed equations");
+    assert!(
+        body.contains("batch=\"equation\""),
+        "gatehouse_signature_paths names the path"
+    );
+}
+
+/// With `batch = "multibuffer"` (where the CPU has AVX-512 IFMA), a request's signatures go
+/// through multi-buffer calls: the same verdicts, the forged one not proven by its call and
+/// denied by the single check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_checked_in_multibuffer_calls_give_the_same_verdicts() {
+    let runs = gatehouse_engine::Batching::resolve(BatchMode::Multibuffer, false, 0).is_ok();
+    if !runs {
+        assert!(
+            std::env::var_os("GATEHOUSE_REQUIRE_MB").is_none_or(|v| v != "1"),
+            "GATEHOUSE_REQUIRE_MB=1 but multi-buffer cannot run here"
+        );
+        eprintln!("multi-buffer cannot run here: skipped");
+        return;
+    }
+    let body = batch_path_verdicts(BatchMode::Multibuffer, 430).await;
+    let calls = metric(&body, "gatehouse_multibuffer_calls_total").unwrap();
+    let signatures = metric(&body, "gatehouse_multibuffer_signatures_total").unwrap();
+    let unproven = metric(&body, "gatehouse_multibuffer_unproven_total").unwrap();
+    // 12 signatures of 6 new holders (calls of 8 and 4), then their 6 device signatures
+    // (the issuer's are cached): one call of 6.
+    assert_eq!(calls, 3.0, "{calls} calls");
+    assert_eq!(signatures, 18.0);
+    assert_eq!(unproven, 1.0, "the forged signature");
+    assert_eq!(
+        metric(&body, "gatehouse_signature_batches_total"),
+        Some(0.0)
+    );
+    assert!(
+        body.contains("batch=\"multibuffer\""),
+        "gatehouse_signature_paths names the path"
+    );
+}
+
+/// Two batches of six tokens through a node on `batch`: all accepted, then the same holders
+/// with the third token's device signature forged. Returns `/metrics`.
+async fn batch_path_verdicts(batch: BatchMode, first_holder: u64) -> String {
     let world = World::new();
-    let server = start(world.engine(|c| c.batch_from = 1), world.server_config()).await;
+    let server = start(
+        world.engine(|c| {
+            c.batch = batch;
+            c.batch_from = 1;
+        }),
+        world.server_config(),
+    )
+    .await;
     let gate = server.client(&world, "gate-a").await;
-    let holders: Vec<Holder> = (0..6).map(|i| world.holder(420 + i, |_| {})).collect();
+    let holders: Vec<Holder> = (0..6)
+        .map(|i| world.holder(first_holder + i, |_| {}))
+        .collect();
     let batch: Vec<Vec<u8>> = holders.iter().map(token).collect();
     let verdicts = timeout(LONG, gate.verify_batch(&batch))
         .await
@@ -1057,11 +1114,8 @@ async fn signatures_checked_with_one_equation_give_the_same_verdicts() {
     want[2] = Reason::BadDeviceSignature;
     assert_eq!(reasons, want);
     let (_, body) = get(server.ops, "/metrics").await;
-    let batches = metric(&body, "gatehouse_signature_batches_total").unwrap();
-    let failed = metric(&body, "gatehouse_signature_batches_failed_total").unwrap();
-    assert!(batches >= 2.0, "{batches} equations");
-    assert!(failed >= 1.0, "{failed} failed equations");
     server.shutdown().await;
+    body
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -110,10 +110,12 @@ pub fn verify8(lanes: &[Lane<'_>]) -> Result<u8, MbError> {
     Ok(ok)
 }
 
-/// crypto_mb's own verdict, without [`verify8`]'s second look at the lanes it refuses: for the
-/// tests (which must see the library's answer, byte orders included) and for benchmarks.
-#[doc(hidden)]
-pub fn verify8_mb_only(lanes: &[Lane<'_>]) -> Result<u8, MbError> {
+/// crypto_mb's own answer, without [`verify8`]'s second look at the lanes it refuses: a set
+/// bit proves lane i valid (what `gatehouse_protocol::verify` accepts; never a false accept), a
+/// clear bit proves nothing (see [`verify8`]). For a caller that settles every lane not proven
+/// with its own single verifier anyway (the engine does, with its own backend and
+/// strictness), and for the tests, which must see the library's answer.
+pub fn prove8(lanes: &[Lane<'_>]) -> Result<u8, MbError> {
     multi_buffer(lanes).map(|(ok, _)| ok)
 }
 

@@ -8,7 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use gatehouse_mb::{status, verify8, verify8_mb_only, Lane, MbError, Status, LANES};
+use gatehouse_mb::{prove8, status, verify8, Lane, MbError, Status, LANES};
 use gatehouse_protocol::{verify, Backend, PrivateKey, PublicKey, Signature};
 use p256::elliptic_curve::ops::Reduce;
 use p256::elliptic_curve::point::AffineCoordinates;
@@ -252,7 +252,7 @@ fn every_lane_agrees_with_the_single_verifier_on_random_and_mutated_signatures()
         let got = verify8(&lanes).unwrap();
         // crypto_mb's own answer too: verify8's second look at refused lanes must not be what
         // makes them agree (these random cases never hit the exceptional case it is for).
-        let raw = verify8_mb_only(&lanes).unwrap();
+        let raw = prove8(&lanes).unwrap();
         let mut want = 0u8;
         for (i, c) in cases.iter().enumerate() {
             if verify(Backend::Ring, keys[c.key].public(), &c.msg, &c.sig).is_ok() {
@@ -328,7 +328,7 @@ fn known_answer_fixes_the_byte_orders() {
             msg: KAT_MSG,
             sig,
         }];
-        let raw = verify8_mb_only(&lane).unwrap();
+        let raw = prove8(&lane).unwrap();
         assert_eq!(verify8(&lane).unwrap(), raw);
         raw
     };
@@ -361,11 +361,7 @@ fn known_answer_fixes_the_byte_orders() {
             msg: KAT_MSG,
             sig: &sig,
         });
-        assert_eq!(
-            verify8_mb_only(&lanes),
-            Ok(1 << pos),
-            "known answer in lane {pos}"
-        );
+        assert_eq!(prove8(&lanes), Ok(1 << pos), "known answer in lane {pos}");
         assert_eq!(verify8(&lanes), Ok(1 << pos), "known answer in lane {pos}");
     }
 }
@@ -434,7 +430,7 @@ fn every_lane_count_from_zero_to_eight() {
     for n in 0..=LANES {
         let all = ((1u16 << n) - 1) as u8;
         assert_eq!(verify8(&lanes[..n]), Ok(all), "{n} valid lanes");
-        assert_eq!(verify8_mb_only(&lanes[..n]), Ok(all), "{n} valid lanes");
+        assert_eq!(prove8(&lanes[..n]), Ok(all), "{n} valid lanes");
         // Each lane broken in turn (its message swapped for another's): only that bit clears.
         for bad in 0..n {
             let mut l = lanes[..n].to_vec();
@@ -445,7 +441,7 @@ fn every_lane_count_from_zero_to_eight() {
                 "{n} lanes, lane {bad} bad"
             );
             assert_eq!(
-                verify8_mb_only(&l),
+                prove8(&l),
                 Ok(all & !(1 << bad)),
                 "{n} lanes, lane {bad} bad"
             );
@@ -501,7 +497,7 @@ fn the_doubling_and_infinity_cases_of_the_last_addition() {
             })
             .collect();
         let got = verify8(&lanes).unwrap();
-        let raw = verify8_mb_only(&lanes).unwrap();
+        let raw = prove8(&lanes).unwrap();
         for (i, (k, m, s, doubling)) in chunk.iter().enumerate() {
             let want = verify(Backend::Ring, k.public(), m, s).is_ok();
             assert_eq!(want, *doubling, "ring on the constructed case {i}");

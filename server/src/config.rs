@@ -14,7 +14,8 @@ use crate::files::{load_certs, load_key, load_revocations, load_scanners, load_t
 use crate::settings::TlsFiles;
 use crate::settings::{Batching, Files, Limits, ServerConfig};
 use crate::store::{RedisConfig, Risk, SharedStore, Store};
-use gatehouse_core::{ConfigError, Engine, EngineConfig, ScannerRegistry, TrustList};
+use gatehouse_core::Batching as BatchPath;
+use gatehouse_core::{BatchMode, ConfigError, Engine, EngineConfig, ScannerRegistry, TrustList};
 
 /// A sample configuration with every setting at its default (paths relative to the file).
 pub const SAMPLE_CONFIG: &str = r#"# gatehouse serve --config gatehouse.toml
@@ -62,10 +63,14 @@ issuer_cache_capacity = 1310720
 utc_offset_secs = 32400
 # Most verification turns at once, each on a runtime thread (0: one per core).
 threads = 0
-# A turn whose batch needs at least this many signatures checks them with one multi-scalar
-# equation (a failed equation sends every token to the single check); 0: always one by one.
-# Off by default: see README, "Batch verification". 32 is the measured crossover.
-batch_from = 0
+# How a verification turn checks the signatures of its batch: "auto" (multi-buffer where the
+# CPU has AVX-512 IFMA and signatures are not strict, else the equation below), "multibuffer"
+# (refuses to start where it cannot run), "equation", or "off" (one by one).
+batch = "auto"
+# A batch that needs at least this many signatures is checked with one multi-scalar equation
+# (a failed equation sends its tokens to the single check); 0: no equation under "auto". 32
+# is the measured crossover (README, "Batch verification").
+batch_from = 32
 
 [limits]
 max_connections = 10000
@@ -250,15 +255,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// Signatures from which a batch is checked with one equation, by default: never, for now.
-/// Measured with `cargo bench -p gatehouse-benches --bench core -- equation` (one core, tokens
-/// of distinct holders), a turn's batch of 8 or 16 tokens was 0.9-0.95 x as fast with the
-/// equation and one of 32 tokens 1.14-1.30 x; the single-core knee did not move measurably
-/// (README). And a scanner that puts one bad signature into every batch would make its batches
-/// pay the equation and the single checks, which nothing routes around yet. An operator can
-/// turn it on (32 is the measured crossover).
-const DEFAULT_BATCH_FROM: usize = 0;
-
 /// `[engine]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -279,6 +275,8 @@ pub struct EngineSection {
     pub utc_offset_secs: i32,
     /// Most verification turns at once (0: one per core).
     pub threads: usize,
+    /// `"auto"`, `"multibuffer"`, `"equation"` or `"off"`.
+    pub batch: String,
     /// Signatures from which a batch is checked with one equation (0: never).
     pub batch_from: usize,
 }
@@ -295,7 +293,8 @@ impl Default for EngineSection {
             issuer_cache_capacity: d.issuer_cache_capacity,
             utc_offset_secs: d.utc_offset_secs,
             threads: d.threads,
-            batch_from: DEFAULT_BATCH_FROM,
+            batch: d.batch.label().into(),
+            batch_from: d.batch_from,
         }
     }
 }
@@ -655,6 +654,34 @@ impl ServeConfig {
         }
     }
 
+    /// `engine.batch` and `engine.batch_from`: a known path that can run here, as configured.
+    fn check_batch(&self) -> Result<(), ConfigError> {
+        let e = &self.engine;
+        match BatchMode::from_label(&e.batch) {
+            None => {
+                return Err(self.error(
+                    "engine.batch",
+                    format!(
+                        "unknown batch path {:?} (auto, multibuffer, equation, off)",
+                        e.batch
+                    ),
+                ))
+            }
+            Some(mode) => {
+                if let Err(why) = BatchPath::resolve(mode, e.strict_signatures, e.batch_from) {
+                    return Err(self.error("engine.batch", why));
+                }
+                if mode == BatchMode::Equation && e.batch_from == 0 {
+                    return Err(self.error(
+                        "engine.batch_from",
+                        "must be at least 1 with batch = \"equation\"",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn check(&self) -> Result<(), ConfigError> {
         let e = &self.engine;
         if !(1..=3600).contains(&e.window_secs) {
@@ -684,6 +711,7 @@ impl ServeConfig {
         if e.batch_from > 4096 {
             return Err(self.error("engine.batch_from", "must be at most 4096"));
         }
+        self.check_batch()?;
         match self.replay.store.as_str() {
             "memory" => {}
             "redis" => {
@@ -806,6 +834,7 @@ impl ServeConfig {
             replay_capacity: e.replay_capacity,
             utc_offset_secs: e.utc_offset_secs,
             threads: e.threads,
+            batch: BatchMode::from_label(&e.batch).unwrap_or(BatchMode::Auto),
             batch_from: e.batch_from,
             accept_from: 0,
         }
@@ -1031,6 +1060,28 @@ mod tests {
         let e = ServeConfig::parse(f, &format!("{minimal}[engine]\nbackend = \"openssl\"\n"))
             .unwrap_err();
         assert_eq!(e.field, "engine.backend");
+        let e =
+            ServeConfig::parse(f, &format!("{minimal}[engine]\nbatch = \"gpu\"\n")).unwrap_err();
+        assert_eq!(e.field, "engine.batch");
+        // Multi-buffer does not check the R parity: strict signatures cannot use it.
+        let e = ServeConfig::parse(
+            f,
+            &format!("{minimal}[engine]\nbatch = \"multibuffer\"\nstrict_signatures = true\n"),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "engine.batch");
+        assert!(e.to_string().contains("strict"), "{e}");
+        let e = ServeConfig::parse(
+            f,
+            &format!("{minimal}[engine]\nbatch = \"equation\"\nbatch_from = 0\n"),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "engine.batch_from");
+        for ok in ["auto", "equation", "off"] {
+            let c =
+                ServeConfig::parse(f, &format!("{minimal}[engine]\nbatch = \"{ok}\"\n")).unwrap();
+            assert_eq!(c.engine.batch, ok);
+        }
         let e =
             ServeConfig::parse(f, &format!("{minimal}[batching]\nmax_batch = 0\n")).unwrap_err();
         assert_eq!(e.field, "batching.max_batch");

@@ -114,6 +114,13 @@ struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SignatureLabels {
+    single: &'static str,
+    batch: &'static str,
+    multibuffer: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
 }
@@ -359,22 +366,7 @@ impl Metrics {
             Rows(verdicts),
         );
 
-        let batches = engine.batch_stats();
-        scrape.register(
-            "gatehouse_signature_batches",
-            "Batches whose signatures were checked with one multi-scalar equation",
-            ConstCounter::new(batches.batches()),
-        );
-        scrape.register(
-            "gatehouse_signature_batches_failed",
-            "Of those, equations that failed: every token of the batch was then checked singly",
-            ConstCounter::new(batches.failed()),
-        );
-        scrape.register(
-            "gatehouse_signatures_batched",
-            "Signatures that went into batch equations",
-            ConstCounter::new(batches.signatures()),
-        );
+        register_signatures(scrape, engine);
         let ((hits, misses), replay_live, replay_capacity) = engine.occupancy();
         scrape.register(
             "gatehouse_issuer_cache_hits",
@@ -547,6 +539,62 @@ impl Collector for ProcessCollector {
         }
         Ok(())
     }
+}
+
+/// How signatures are checked: the paths in force and the batch paths' counters.
+fn register_signatures(scrape: &mut Registry, engine: &Engine) {
+    let config = engine.config();
+    scrape.register(
+        "gatehouse_signature_paths",
+        "How signatures are checked: the single verifier (ring, p256, or strict), the batch \
+             path in force (off, equation, multibuffer) and whether multi-buffer can run here",
+        Info::new(SignatureLabels {
+            single: if config.strict_signatures {
+                "strict"
+            } else {
+                config.backend.label()
+            },
+            batch: engine.batching().label(),
+            multibuffer: gatehouse_mb::status().label(),
+        }),
+    );
+    let batches = engine.batch_stats();
+    scrape.register(
+        "gatehouse_signature_batches",
+        "Batches whose signatures were checked with one multi-scalar equation",
+        ConstCounter::new(batches.batches()),
+    );
+    scrape.register(
+        "gatehouse_signature_batches_failed",
+        "Of those, equations that failed: every token of the batch was then checked singly",
+        ConstCounter::new(batches.failed()),
+    );
+    scrape.register(
+        "gatehouse_signatures_batched",
+        "Signatures that went into batch equations",
+        ConstCounter::new(batches.signatures()),
+    );
+    scrape.register(
+        "gatehouse_signatures_routed_single",
+        "Signatures kept out of an equation because their scanner's tokens made one fail \
+             recently (checked singly)",
+        ConstCounter::new(batches.routed()),
+    );
+    scrape.register(
+        "gatehouse_multibuffer_calls",
+        "Multi-buffer (AVX-512 IFMA) calls of up to eight signatures",
+        ConstCounter::new(batches.mb_calls()),
+    );
+    scrape.register(
+        "gatehouse_multibuffer_signatures",
+        "Signatures checked in multi-buffer calls",
+        ConstCounter::new(batches.mb_signatures()),
+    );
+    scrape.register(
+        "gatehouse_multibuffer_unproven",
+        "Of those, signatures a call did not prove (then checked singly)",
+        ConstCounter::new(batches.mb_unproven()),
+    );
 }
 
 #[cfg(test)]

@@ -98,6 +98,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     report.setup_secs = setup_secs;
     report.nodes = opts.nodes;
     report.store = deployment.store();
+    report.signatures = deployment.signatures();
     quic.close().await;
     deployment.stop().await?;
     Ok(report)

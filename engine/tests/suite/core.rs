@@ -56,8 +56,33 @@ pub fn world() -> World {
     world_with(EngineConfig::default())
 }
 
+/// A world on the including test binary's store, with its batch path (`crate::batch_path()`)
+/// where the test left the path to `Auto` and the path can run with the test's strictness.
 pub fn world_with(config: EngineConfig) -> World {
+    let config = match crate::batch_path() {
+        Some((batch, batch_from))
+            if config.batch == BatchMode::Auto
+                && Batching::resolve(batch, config.strict_signatures, batch_from).is_ok() =>
+        {
+            EngineConfig {
+                batch,
+                batch_from,
+                ..config
+            }
+        }
+        _ => config,
+    };
     world_on(config, crate::store())
+}
+
+/// Whether multi-buffer can run here; with `GATEHOUSE_REQUIRE_MB=1` it must.
+pub fn multibuffer_runs() -> bool {
+    let runs = Batching::resolve(BatchMode::Multibuffer, false, 0).is_ok();
+    assert!(
+        runs || std::env::var_os("GATEHOUSE_REQUIRE_MB").is_none_or(|v| v != "1"),
+        "GATEHOUSE_REQUIRE_MB=1 but multi-buffer cannot run here"
+    );
+    runs
 }
 
 /// A world on a store of the test's choosing.
@@ -736,23 +761,31 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
-    /// A batch whose signatures are checked with one equation (`batch_from`) gives exactly the
-    /// verdicts of one-by-one checks, strict or not, with tokens whose bytes were flipped
-    /// anywhere (signatures, parity bits, keys) mixed in: a failed equation falls back to the
-    /// engine's own single check.
+    /// A batch whose signatures are checked with one equation (`batch_from`), or with
+    /// multi-buffer calls where they run (not strict), gives exactly the verdicts of one-by-one
+    /// checks, strict or not, with tokens whose bytes were flipped anywhere (signatures, parity
+    /// bits, keys) mixed in: a failed equation, or a signature a call did not prove, falls back
+    /// to the engine's own single check.
     #[test]
     fn a_batch_checked_with_one_equation_equals_one_by_one(
         kinds in proptest::collection::vec(kind(), 1..48),
         flips in proptest::collection::vec((any::<usize>(), 1u8..=255), 0..6),
         strict in any::<bool>(),
+        multibuffer in any::<bool>(),
     ) {
-        let config = |batch_from| EngineConfig {
+        let multibuffer = multibuffer && !strict && multibuffer_runs();
+        let config = |batch| EngineConfig {
             strict_signatures: strict,
-            batch_from,
+            batch,
+            batch_from: 1,
             ..EngineConfig::default()
         };
-        let seq = world_with(config(0));
-        let eq = world_with(config(1));
+        let seq = world_with(config(BatchMode::Off));
+        let eq = world_with(config(if multibuffer {
+            BatchMode::Multibuffer
+        } else {
+            BatchMode::Equation
+        }));
         let holders: Vec<Holder> = (0..4).map(|_| seq.holder()).collect();
         let mut items = scans(&kinds, &holders, "equation nonce");
         for (at, mask) in &flips {
@@ -801,11 +834,39 @@ proptest! {
             Reason::BadIssuerSignature | Reason::BadDeviceSignature
         ));
         let stats = eq.engine.batch_stats();
-        prop_assert_eq!(stats.batches(), u64::from(reached));
-        if bad {
-            prop_assert_eq!(stats.failed(), 1);
+        if multibuffer {
+            // Every token that reached its signatures put at least one into a call; a call
+            // takes three or more.
+            let reaching = one_by_one.iter().filter(|r| !matches!(
+                r,
+                Reason::Malformed
+                    | Reason::UnsupportedVersion
+                    | Reason::UnknownIssuer
+                    | Reason::IssuerKeyNotValid
+                    | Reason::NotYetValid
+                    | Reason::Expired
+                    | Reason::OutsideLeave
+                    | Reason::FromFuture
+                    | Reason::Stale
+                    | Reason::NodeRestarted
+                    | Reason::RevocationsStale
+                    | Reason::Revoked
+            )).count();
+            prop_assert_eq!(stats.batches(), 0);
+            if reaching >= MB_FROM {
+                prop_assert!(stats.mb_calls() >= 1);
+            }
+            if !bad {
+                prop_assert_eq!(stats.mb_unproven(), 0);
+            }
+        } else {
+            prop_assert_eq!(stats.batches(), u64::from(reached));
+            if bad {
+                prop_assert_eq!(stats.failed(), 1);
+            }
         }
         prop_assert_eq!(seq.engine.batch_stats().batches(), 0);
+        prop_assert_eq!(seq.engine.batch_stats().mb_calls(), 0);
     }
 }
 

@@ -1,6 +1,7 @@
 //! The demo's deployment on loopback: engine nodes (sharing one-time use on a Redis the demo
 //! starts when there are several), and the scanners' QUIC connections spread over them.
 
+use super::report::SignaturePaths;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -32,6 +33,8 @@ pub struct Loopback {
     redis: Option<RedisServer>,
     /// The engines' UTC offset (every node has the default configuration).
     utc_offset: i32,
+    /// The nodes' engines, for their signature counters.
+    engines: Vec<Arc<Engine>>,
 }
 
 /// A running node.
@@ -56,6 +59,7 @@ impl Loopback {
         };
         let mut started = Vec::new();
         let mut utc_offset = None;
+        let mut engines = Vec::new();
         for _ in 0..nodes {
             let engine = Arc::new(Engine::new(
                 EngineConfig::default(),
@@ -64,6 +68,7 @@ impl Loopback {
             )?);
             engine.apply_revocations(&pop.revocations)?;
             utc_offset.get_or_insert(engine.config().utc_offset_secs);
+            engines.push(Arc::clone(&engine));
             started.push(start_node(engine, pki, redis.as_ref()).await?);
         }
         let utc_offset = utc_offset.context("at least one node")?;
@@ -71,7 +76,30 @@ impl Loopback {
             nodes: started,
             redis,
             utc_offset,
+            engines,
         })
+    }
+
+    /// How the nodes checked signatures, summed over them.
+    pub fn signatures(&self) -> SignaturePaths {
+        let mut s = SignaturePaths {
+            path: self
+                .engines
+                .first()
+                .map_or("off", |e| e.batching().label())
+                .to_string(),
+            ..SignaturePaths::default()
+        };
+        for e in &self.engines {
+            let b = e.batch_stats();
+            s.equations += b.batches();
+            s.equations_failed += b.failed();
+            s.equation_signatures += b.signatures();
+            s.multibuffer_calls += b.mb_calls();
+            s.multibuffer_signatures += b.mb_signatures();
+            s.multibuffer_unproven += b.mb_unproven();
+        }
+        s
     }
 
     /// The engines' UTC offset, which the expected verdicts depend on.

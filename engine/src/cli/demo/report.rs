@@ -42,6 +42,29 @@ pub struct DemoReport {
     pub nodes: usize,
     /// Where one-time use was recorded (`memory`, or `redis` shared by the nodes).
     pub store: String,
+    /// How the nodes checked signatures.
+    pub signatures: SignaturePaths,
+}
+
+/// The batch path the nodes ran and what went through it (the engines' counters, summed). A
+/// failed equation or a signature a multi-buffer call did not prove sends work to the single
+/// check: on the demo's traffic only its forged signatures may do that.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SignaturePaths {
+    /// `off`, `equation` or `multibuffer` (`[engine] batch`, resolved on this machine).
+    pub path: String,
+    /// Equations checked, how many failed, and the signatures in them.
+    pub equations: u64,
+    /// Of the equations, those that failed.
+    pub equations_failed: u64,
+    /// Signatures in equations.
+    pub equation_signatures: u64,
+    /// Multi-buffer calls.
+    pub multibuffer_calls: u64,
+    /// Signatures in multi-buffer calls.
+    pub multibuffer_signatures: u64,
+    /// Of those, signatures a call did not prove.
+    pub multibuffer_unproven: u64,
 }
 
 impl DemoReport {
@@ -73,6 +96,17 @@ impl DemoReport {
         for (k, v) in &self.verdicts {
             s.push_str(&format!("    {k:<22} {v}\n"));
         }
+        let g = &self.signatures;
+        s.push_str(&format!(
+            "  signatures      path {}: {} equations ({} failed, {} signatures), {} multi-buffer calls ({} signatures, {} not proven)\n",
+            g.path,
+            g.equations,
+            g.equations_failed,
+            g.equation_signatures,
+            g.multibuffer_calls,
+            g.multibuffer_signatures,
+            g.multibuffer_unproven
+        ));
         s.push_str(&format!("  mismatches      {}\n", self.mismatches));
         for e in &self.mismatch_examples {
             s.push_str(&format!("    {e}\n"));

@@ -215,6 +215,7 @@ impl Tally {
             setup_secs: 0.0,
             nodes: 1,
             store: "memory".into(),
+            signatures: Default::default(),
         }
     }
 }
