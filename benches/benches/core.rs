@@ -289,6 +289,51 @@ fn pipeline(c: &mut Criterion) {
     g.finish();
 }
 
+/// `per-signature/<path>/<n>`: the batch paths alone, per signature (throughput in
+/// signatures), beside `verify/single/ring` and `openssl speed` (`benches/openssl_compare.sh`):
+/// the equation over 64 device signatures of distinct holders (`equation-distinct/64`) and of
+/// one holder (`equation-one-key/64`), and, where the CPU has AVX-512 IFMA, a multi-buffer call
+/// of 8 distinct keys (`multibuffer/8`). Everything from the key, the signed bytes and the
+/// signature: hashing, range checks, R rebuilt from its parity, coefficients, the equation.
+fn per_signature(c: &mut Criterion) {
+    let prepared = |h: &[gatehouse_engine::dev::population::Holder]| -> Vec<_> {
+        tokens(h, 64)
+            .iter()
+            .map(|t| {
+                let t = Token::decode(t).unwrap();
+                (t.device_key().unwrap(), t.to_be_signed(), t.signature)
+            })
+            .collect()
+    };
+    let distinct = prepared(&holders(64));
+    let one_key = prepared(&holders(1));
+    let mut g = c.benchmark_group("per-signature");
+    for (label, set) in [
+        ("equation-distinct", &distinct),
+        ("equation-one-key", &one_key),
+    ] {
+        let entries: Vec<gatehouse_batch::Entry<'_>> = set
+            .iter()
+            .map(|(key, msg, sig)| gatehouse_batch::Entry { key, msg, sig })
+            .collect();
+        g.throughput(Throughput::Elements(64));
+        g.bench_function(BenchmarkId::new(label, 64), |b| {
+            b.iter(|| gatehouse_batch::verify_batch(black_box(&entries)).unwrap())
+        });
+    }
+    if gatehouse_mb::status() == gatehouse_mb::Status::Ready {
+        let lanes: Vec<gatehouse_mb::Lane<'_>> = distinct[..8]
+            .iter()
+            .map(|(key, msg, sig)| gatehouse_mb::Lane { key, msg, sig })
+            .collect();
+        g.throughput(Throughput::Elements(8));
+        g.bench_function(BenchmarkId::new("multibuffer", 8), |b| {
+            b.iter(|| assert_eq!(gatehouse_mb::prove8(black_box(&lanes)), Ok(0xff)))
+        });
+    }
+    g.finish();
+}
+
 /// `equation/{one-by-one,equation}/{8,16,32}`: a verification turn's serial batch of `n`
 /// first-use tokens of distinct holders, 2,048 of them, with the issuer cache at its smallest
 /// setting (`issuer_cache_capacity = 1`; the cache still keeps some slots per shard, and the
@@ -407,6 +452,7 @@ criterion_group!(
     decode,
     sign_bench,
     verify_bench,
+    per_signature,
     revocation,
     replay,
     cache,
