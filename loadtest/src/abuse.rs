@@ -50,6 +50,10 @@ struct Engine {
 }
 
 impl Engine {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     fn rss(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
@@ -134,8 +138,12 @@ impl World {
 }
 
 /// Runs the suite against `bin`; the exit code says whether every row passed.
-pub async fn run(bin: PathBuf) -> Result<bool> {
-    let target = Target::start(bin).await?;
+pub async fn run(bin: PathBuf, engine_batch: &str) -> Result<bool> {
+    anyhow::ensure!(
+        ["auto", "multibuffer", "equation", "off"].contains(&engine_batch),
+        "--engine-batch: auto, multibuffer, equation or off"
+    );
+    let target = Target::start(bin, engine_batch).await?;
     let rows = attack(&target).await?;
     drop(target);
     Ok(print_table(&rows))
@@ -154,7 +162,7 @@ struct Target {
 impl Target {
     /// Writes the engine's files, starts `bin serve` on loopback and waits until a gate can
     /// connect and the start fence has passed.
-    async fn start(bin: PathBuf) -> Result<Target> {
+    async fn start(bin: PathBuf, engine_batch: &str) -> Result<Target> {
         let dir = std::env::temp_dir().join(format!("gatehouse-abuse-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let ids: Vec<String> = IDS.iter().map(|s| s.to_string()).collect();
@@ -166,7 +174,7 @@ impl Target {
         });
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
         let ops: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-        write_config(&dir, &world, addr, ops)?;
+        write_config(&dir, &world, addr, ops, engine_batch)?;
         let log = std::fs::File::create(dir.join("engine.log"))?;
         let child = Command::new(&bin)
             .args(["serve", "--config"])
@@ -205,7 +213,13 @@ impl Target {
 
 /// Writes the PKI, the trust list, the scanners and `gatehouse.toml` (listening on `addr`,
 /// operations on `ops`) into `dir`.
-fn write_config(dir: &Path, world: &World, addr: SocketAddr, ops: SocketAddr) -> Result<()> {
+fn write_config(
+    dir: &Path,
+    world: &World,
+    addr: SocketAddr,
+    ops: SocketAddr,
+    engine_batch: &str,
+) -> Result<()> {
     world.pki.write_to(&dir.join("pki"))?;
     std::fs::write(
         dir.join("trust.toml"),
@@ -228,7 +242,9 @@ fn write_config(dir: &Path, world: &World, addr: SocketAddr, ops: SocketAddr) ->
             "# Written by gatehouse-loadtest abuse (TEST PKI ONLY).\n\
              listen = \"{addr}\"\nmetrics_listen = \"{ops}\"\n\n\
              [tls]\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\nclient_ca = \"pki/ca.pem\"\n\n\
-             [files]\ntrust = \"trust.toml\"\nscanners = \"scanners.toml\"\n"
+             [files]\ntrust = \"trust.toml\"\nscanners = \"scanners.toml\"\n\n\
+             [engine]\nbatch = \"{engine_batch}\"\nbatch_from = {}\n",
+            if engine_batch == "equation" { 16 } else { 32 }
         ),
     )?;
     Ok(())
@@ -274,6 +290,19 @@ async fn attack(t: &Target) -> Result<Vec<Row>> {
     rows.push(t.measure("handshake flood", flood).await?);
     let queue = queue_flood(Arc::clone(&t.world), t.probe);
     rows.push(t.measure("queue flood (1 scanner)", queue).await?);
+    let clean = eights(Arc::clone(&t.world), t.probe, t.engine.pid(), t.ops, false);
+    let clean = t.measure("batches of 8 (1 scanner)", clean).await?;
+    let forged = eights(Arc::clone(&t.world), t.probe, t.engine.pid(), t.ops, true);
+    let mut forged = t.measure("1 forged token in 8 (1 scanner)", forged).await?;
+    if let (Some(a), Some(b)) = (cpu_of(&clean.note), cpu_of(&forged.note)) {
+        forged.note = format!(
+            "{}; {:.2} x the CPU per token of the row above",
+            forged.note,
+            b / a
+        );
+    }
+    rows.push(clean);
+    rows.push(forged);
     let slow = slow_bodies(Arc::clone(&t.world), t.probe);
     rows.push(t.measure("slow bodies", slow).await?);
     rows.push(
@@ -366,6 +395,110 @@ async fn queue_flood(world: Arc<World>, probe: Probe) -> Result<String> {
         "flooder told busy for {} tokens",
         busy.load(Ordering::Relaxed)
     ))
+}
+
+/// Batches of 8 from one scanner a second.
+const EIGHTS_PER_SEC: u64 = 250;
+
+/// 2b. One scanner sends `VerifyBatch` of 8 fresh tokens, 250 a second (2,000 tokens/s), with
+///     (`forged`) or without the third token's device signature forged. Every verdict is
+///     checked. The note gives the engine's CPU per token over the row and its signature
+///     counters (`/metrics`): failed equations, signatures routed to single checks, signatures
+///     a multi-buffer call did not prove.
+async fn eights(
+    world: Arc<World>,
+    probe: Probe,
+    pid: u32,
+    ops: SocketAddr,
+    forged: bool,
+) -> Result<String> {
+    let Probe { addr, options } = probe;
+    let batches = (ATTACK_SECS * EIGHTS_PER_SEC) as usize;
+    let mut planned = Vec::with_capacity(batches);
+    for _ in 0..batches {
+        let mut batch: Vec<Vec<u8>> = (0..8).map(|_| world.token()).collect::<Result<_>>()?;
+        if forged {
+            let last = batch[2].len() - 1;
+            batch[2][last] ^= 1;
+        }
+        planned.push(batch);
+    }
+    let c =
+        ScannerClient::connect_with(addr, "localhost", world.identity("flood-1")?, options).await?;
+    let before = metrics_text(ops).await.unwrap_or_default();
+    let cpu0 = gatehouse_loadtest::cpu::process_cpu_secs(&pid.to_string());
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(batches);
+    for (i, batch) in planned.into_iter().enumerate() {
+        let at = start + Duration::from_micros(i as u64 * 1_000_000 / EIGHTS_PER_SEC);
+        tokio::time::sleep_until(at.into()).await;
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move { c.verify_batch(&batch).await }));
+    }
+    let (mut wrong, mut busy, mut failed) = (0usize, 0usize, 0usize);
+    for t in tasks {
+        match t.await? {
+            Ok(v) => {
+                for (j, v) in v.iter().enumerate() {
+                    let want = if forged && j == 2 {
+                        Reason::BadDeviceSignature
+                    } else {
+                        Reason::Accepted
+                    };
+                    match v.reason {
+                        Reason::Busy => busy += 1,
+                        r if r != want => wrong += 1,
+                        _ => {}
+                    }
+                }
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    let cpu1 = gatehouse_loadtest::cpu::process_cpu_secs(&pid.to_string());
+    let after = metrics_text(ops).await.unwrap_or_default();
+    c.close().await;
+    let delta = |name: &str| {
+        let read = |body: &str| {
+            body.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+        };
+        match (read(&before), read(&after)) {
+            (Some(a), Some(b)) => format!("{}", b - a),
+            _ => "?".into(),
+        }
+    };
+    let tokens = (batches * 8) as f64;
+    let cpu = match (cpu0, cpu1) {
+        (Some(a), Some(b)) => format!("{:.1} µs CPU/token", (b - a) / tokens * 1e6),
+        _ => "CPU unknown".into(),
+    };
+    let note = format!(
+        "{cpu}; {} busy; equations failed {}, signatures routed single {}, multi-buffer not \
+         proven {}",
+        busy,
+        delta("gatehouse_signature_batches_failed_total "),
+        delta("gatehouse_signatures_routed_single_total "),
+        delta("gatehouse_multibuffer_unproven_total "),
+    );
+    if wrong > 0 || failed > 0 {
+        bail!("{wrong} wrong verdicts, {failed} batches unanswered to the scanner; {note}");
+    }
+    Ok(note)
+}
+
+/// The µs of CPU per token a row's note gives.
+fn cpu_of(note: &str) -> Option<f64> {
+    note.split(" µs CPU/token").next()?.parse().ok()
+}
+
+/// The engine's `/metrics` page.
+async fn metrics_text(ops: SocketAddr) -> Option<String> {
+    let got =
+        gatehouse_engine::client::ops::get_async(ops, "/metrics", Duration::from_secs(2), 4 << 20)
+            .await
+            .ok()?;
+    (got.status == 200).then_some(got.body)
 }
 
 /// 3. Slow bodies: 16 connections x 64 streams, each announcing 128 KiB and sending 100 KiB.

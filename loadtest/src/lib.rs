@@ -40,7 +40,7 @@
 
 pub mod budget;
 pub mod closed;
-mod cpu;
+pub mod cpu;
 pub mod expect;
 pub mod fleet;
 mod harness;

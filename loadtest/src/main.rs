@@ -62,6 +62,10 @@ enum Command {
         /// The `gatehouse` binary (default: as for the other commands).
         #[arg(long)]
         bin: Option<PathBuf>,
+        /// The engine's `[engine] batch` path (auto, multibuffer, equation, off); with
+        /// `equation`, `batch_from = 16`, so every batch of 8 tokens is one equation.
+        #[arg(long, default_value = "auto")]
+        engine_batch: String,
     },
     /// One-time use under real faults: three nodes on a Redis deployment started on loopback
     /// (or one node on the memory store), faults injected on a schedule, every accepted token
@@ -742,7 +746,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Rush(args) => rush(args).await,
         Command::Sweep(args) => capacity_sweep(args).await,
         Command::Goose(args) => goose(args).await,
-        Command::Abuse { bin } => abuse(bin).await,
+        Command::Abuse { bin, engine_batch } => abuse(bin, engine_batch).await,
         Command::Faults(args) => fault_injection(args).await,
         Command::Html { report, out } => html(&report, &out),
         Command::Compare(args) => compare_reports(&args),
@@ -1046,12 +1050,12 @@ fn suite_exit(passed: bool) -> ExitCode {
 }
 
 /// `abuse`: the hostile-traffic suite against the `gatehouse` binary `bin` (or the one found).
-async fn abuse(bin: Option<PathBuf>) -> Result<ExitCode> {
+async fn abuse(bin: Option<PathBuf>, engine_batch: String) -> Result<ExitCode> {
     let bin = match bin {
         Some(b) => b,
         None => find_gatehouse()?,
     };
-    Ok(suite_exit(abuse::run(bin).await?))
+    Ok(suite_exit(abuse::run(bin, &engine_batch).await?))
 }
 
 /// `faults`: one-time use under injected faults, on each topology named.
