@@ -7,9 +7,13 @@
 //!
 //! Admission decides only from what it holds; `/metrics` reads it as a [`Component`].
 
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -84,8 +88,13 @@ pub(crate) struct Admission {
     max_handshakes_per_source: usize,
     max_connections_per_scanner: usize,
     budget: Arc<Budget>,
-    /// Handshakes in progress per source address.
+    /// Handshakes in progress per source address from addresses not yet validated.
     sources: Tally<IpAddr>,
+    /// Handshakes in progress per source address from validated addresses (a Retry answered),
+    /// oldest first: the one a new validated handshake evicts when its source is at the cap.
+    validated: Arc<Mutex<HashMap<IpAddr, VecDeque<Arc<Eviction>>>>>,
+    next_handshake: AtomicU64,
+    evicted: Counter,
     /// Open connections per scanner.
     scanners: Tally<Arc<str>>,
     connections: Gauge,
@@ -111,6 +120,9 @@ impl Admission {
             max_connections_per_scanner: limits.max_connections_per_scanner,
             budget: Budget::new(limits.memory_budget),
             sources: Tally::default(),
+            validated: Arc::default(),
+            next_handshake: AtomicU64::new(0),
+            evicted: Counter::default(),
             scanners: Tally::default(),
             connections: Gauge::default(),
             streams: Gauge::default(),
@@ -138,11 +150,42 @@ impl Admission {
         self.handshakes_in_progress() >= self.retry_threshold
     }
 
+    /// Unvalidated handshakes in progress from one address from which its new attempts get a
+    /// QUIC Retry: a quarter of `max_handshakes_per_source` (8 by default), at least one.
+    fn source_retry_from(&self) -> usize {
+        (self.max_handshakes_per_source / 4).max(1)
+    }
+
+    /// Answers `incoming` with a QUIC Retry (counted), or refuses it with `cause` where a
+    /// Retry cannot be sent.
+    fn retry(&self, incoming: Incoming, cause: Cause) {
+        if !incoming.may_retry() {
+            self.refuse(cause);
+            incoming.refuse();
+            return;
+        }
+        match incoming.retry() {
+            Ok(()) => {
+                self.retries.inc();
+            }
+            // Cannot happen after `may_retry`; refuse rather than guess.
+            Err(e) => {
+                e.into_incoming().refuse();
+                self.refuse(cause);
+            }
+        }
+    }
+
     /// Decides on a connection attempt before any state is spent on it: at the connection
-    /// limit, the handshake cap, the per-source cap or the budget it is refused; under pressure
-    /// an address not yet validated gets a QUIC Retry (stateless: a flood from spoofed or
-    /// unresponsive sources ends there). What is let in comes with its permits: the
-    /// handshake's (until the handshake ends) and the connection's (until the connection ends).
+    /// limit, the handshake cap or the budget it is refused. An address not yet validated gets
+    /// a QUIC Retry under pressure, or when its own unvalidated handshakes in progress reach
+    /// [`source_retry_from`](Self::source_retry_from) (stateless: a flood from spoofed or
+    /// unresponsive sources ends there, and a scanner behind the same address answers the
+    /// Retry and comes back validated). A validated address holds at most
+    /// `max_handshakes_per_source` handshakes; a new one evicts its oldest unfinished one, so
+    /// a scanner that completes Retry and the TLS handshake always gets a slot, whatever else
+    /// shares its address. What is let in comes with its permits: the handshake's (until the
+    /// handshake ends) and the connection's (until the connection ends).
     pub fn admit(&self, incoming: Incoming) -> Option<(Incoming, Handshake, Held)> {
         // Counted, not logged one by one: a flood would flood the log.
         let open = usize::try_from(self.connections.get()).unwrap_or(0);
@@ -158,30 +201,22 @@ impl Admission {
             incoming.refuse();
             return None;
         }
-        if in_progress >= self.retry_threshold
-            && !incoming.remote_address_validated()
-            && incoming.may_retry()
-        {
-            match incoming.retry() {
-                Ok(()) => {
-                    self.retries.inc();
-                }
-                // Cannot happen after `may_retry`; refuse rather than guess.
-                Err(e) => {
-                    e.into_incoming().refuse();
-                    self.refuse(Cause::Handshakes);
-                }
-            };
+        let validated = incoming.remote_address_validated();
+        if in_progress >= self.retry_threshold && !validated && incoming.may_retry() {
+            self.retry(incoming, Cause::Handshakes);
             return None;
         }
-        let source = &incoming.remote_address().ip();
-        let Some(source) = self
-            .sources
-            .try_take(source, 1, self.max_handshakes_per_source)
-        else {
-            self.refuse(Cause::Source);
-            incoming.refuse();
-            return None;
+        let ip = incoming.remote_address().ip();
+        let source = if validated {
+            Source::Validated(self.take_validated(ip))
+        } else {
+            match self.sources.try_take(&ip, 1, self.source_retry_from()) {
+                Some(taken) => Source::Unvalidated(taken),
+                None => {
+                    self.retry(incoming, Cause::Source);
+                    return None;
+                }
+            }
         };
         let Some(charge) = self.budget.try_take(HANDSHAKE_COST) else {
             self.refuse(Cause::Budget);
@@ -189,11 +224,34 @@ impl Admission {
             return None;
         };
         let handshake = Handshake {
-            _source: source,
+            source,
             _charge: charge,
             _gauge: Held::new(&self.handshakes),
         };
         Some((incoming, handshake, Held::new(&self.connections)))
+    }
+
+    /// A slot among `ip`'s validated handshakes, evicting its oldest unfinished one at the cap.
+    fn take_validated(&self, ip: IpAddr) -> ValidatedSlot {
+        let eviction = Arc::new(Eviction {
+            id: self.next_handshake.fetch_add(1, Ordering::Relaxed),
+            notify: Notify::new(),
+        });
+        let mut m = self.validated.lock();
+        let queue = m.entry(ip).or_default();
+        while queue.len() >= self.max_handshakes_per_source {
+            let Some(oldest) = queue.pop_front() else {
+                break;
+            };
+            oldest.notify.notify_one();
+            self.evicted.inc();
+        }
+        queue.push_back(Arc::clone(&eviction));
+        ValidatedSlot {
+            table: Arc::clone(&self.validated),
+            ip,
+            eviction,
+        }
     }
 
     /// Lets an established connection of scanner `id` in: a place among the scanner's
@@ -296,8 +354,15 @@ impl Component for Admission {
                 &self.handshake_failures,
             ),
             (
+                "gatehouse_handshakes_evicted",
+                "Unfinished handshakes from a validated address ended to make room for a newer \
+                 one from that address (at max_handshakes_per_source)",
+                &self.evicted,
+            ),
+            (
                 "gatehouse_quic_retries",
-                "Connection attempts answered with a QUIC Retry (address validation under pressure)",
+                "Connection attempts answered with a QUIC Retry (address validation: under \
+                 pressure, or from an address at its share of unvalidated handshakes)",
                 &self.retries,
             ),
             (
@@ -334,9 +399,52 @@ impl Component for Admission {
 /// A handshake in progress: counted in the handshake gauge and against its source address, and
 /// charged to the budget, until dropped (when the handshake ends, however it ends).
 pub(crate) struct Handshake {
-    _source: Taken<IpAddr>,
+    source: Source,
     _charge: Charge,
     _gauge: Held,
+}
+
+impl Handshake {
+    /// Resolves when a newer validated handshake from the same address evicted this one
+    /// (never for a handshake from an address not yet validated).
+    pub async fn evicted(&self) {
+        match &self.source {
+            Source::Validated(slot) => slot.eviction.notify.notified().await,
+            Source::Unvalidated(_) => std::future::pending().await,
+        }
+    }
+}
+
+/// A handshake's place among its source address's handshakes in progress (each given back
+/// when dropped).
+enum Source {
+    Unvalidated(#[allow(dead_code)] Taken<IpAddr>),
+    Validated(ValidatedSlot),
+}
+
+/// How an unfinished validated handshake is told it was evicted.
+struct Eviction {
+    id: u64,
+    notify: Notify,
+}
+
+/// A place among an address's validated handshakes; given back when dropped (if not evicted).
+struct ValidatedSlot {
+    table: Arc<Mutex<HashMap<IpAddr, VecDeque<Arc<Eviction>>>>>,
+    ip: IpAddr,
+    eviction: Arc<Eviction>,
+}
+
+impl Drop for ValidatedSlot {
+    fn drop(&mut self) {
+        let mut m = self.table.lock();
+        if let Some(queue) = m.get_mut(&self.ip) {
+            queue.retain(|e| e.id != self.eviction.id);
+            if queue.is_empty() {
+                m.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// One unit of a gauge, taken before a task is spawned and moved into it: released when the
@@ -398,6 +506,50 @@ mod tests {
         );
         drop(all);
         assert_eq!(a.budget_used(), 0);
+    }
+
+    /// A validated address holds at most max_handshakes_per_source handshakes; the next one
+    /// evicts the oldest unfinished one (its `evicted()` resolves), and a finished one gives
+    /// its place back.
+    #[tokio::test]
+    async fn a_validated_handshake_at_the_cap_evicts_the_oldest_of_its_address() {
+        let a = Admission::new(&Limits {
+            max_handshakes_per_source: 3,
+            ..Limits::default()
+        });
+        let ip: IpAddr = [127, 0, 0, 1].into();
+        let other: IpAddr = [127, 0, 0, 2].into();
+        let mut slots: Vec<ValidatedSlot> = (0..3).map(|_| a.take_validated(ip)).collect();
+        let elsewhere = a.take_validated(other);
+        assert_eq!(a.evicted.get(), 0);
+        let newest = a.take_validated(ip);
+        assert_eq!(a.evicted.get(), 1, "the oldest of 127.0.0.1 made room");
+        let oldest = Handshake {
+            source: Source::Validated(slots.remove(0)),
+            _charge: a.budget.try_take(1).unwrap(),
+            _gauge: Held::new(&a.handshakes),
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(1), oldest.evicted())
+            .await
+            .expect("the oldest handshake is told it was evicted");
+        assert_eq!(a.validated.lock()[&ip].len(), 3);
+        assert_eq!(
+            a.validated.lock()[&other].len(),
+            1,
+            "another address is untouched"
+        );
+        drop((newest, elsewhere, oldest));
+        assert_eq!(
+            a.validated.lock()[&ip].len(),
+            2,
+            "the two still in progress"
+        );
+        drop(slots);
+        assert!(a.validated.lock().is_empty());
+        assert!(
+            !a.validated.lock().contains_key(&other),
+            "no entry for an address holding none"
+        );
     }
 
     #[test]

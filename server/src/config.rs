@@ -81,9 +81,10 @@ max_frame_body = 131072
 body_timeout_secs = 5
 # How long a shutdown waits for requests in flight.
 drain_timeout_secs = 10
-# Hostile traffic. Handshakes in progress: at most max_handshakes, at most
-# max_handshakes_per_source from one IP address; from retry_threshold on, an address not yet
-# validated gets a QUIC Retry and handshakes get the shorter timeout.
+# Hostile traffic. Handshakes in progress: at most max_handshakes; from retry_threshold on, an
+# address not yet validated gets a QUIC Retry and handshakes get the shorter timeout. Per IP
+# address: a quarter of max_handshakes_per_source unvalidated (past it: Retry), and at most
+# max_handshakes_per_source validated (past it, the oldest unfinished one is evicted).
 max_handshakes = 1024
 retry_threshold = 64
 max_handshakes_per_source = 32

@@ -51,7 +51,10 @@ pub(crate) async fn connection(
     _held: Held,
 ) {
     let remote = incoming.remote_address();
-    let result = complete_handshake(&shared, incoming).await;
+    let result = tokio::select! {
+        r = complete_handshake(&shared, incoming) => r,
+        () = handshake.evicted() => Err("evicted by a newer handshake from its address".into()),
+    };
     drop(handshake);
     let conn = match result {
         Ok(conn) => conn,

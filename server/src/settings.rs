@@ -61,7 +61,9 @@ pub struct Limits {
     /// Handshakes in progress from which a connection attempt from an address not yet
     /// validated is answered with a QUIC Retry: a spoofed source never gets server state.
     pub retry_threshold: usize,
-    /// Most handshakes in progress from one source IP address.
+    /// Most validated handshakes in progress from one source IP address (a new one evicts the
+    /// oldest unfinished one); a quarter of it is the address's share of unvalidated ones,
+    /// past which its new attempts get a QUIC Retry.
     pub max_handshakes_per_source: usize,
     /// How long a handshake may take.
     #[serde(rename = "handshake_timeout_ms", with = "millis")]
