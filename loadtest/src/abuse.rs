@@ -138,12 +138,22 @@ impl World {
 }
 
 /// Runs the suite against `bin`; the exit code says whether every row passed.
-pub async fn run(bin: PathBuf, engine_batch: &str) -> Result<bool> {
+pub async fn run(bin: PathBuf, engine_batch: &str, rows: Option<Vec<String>>) -> Result<bool> {
     anyhow::ensure!(
         ["auto", "multibuffer", "equation", "off"].contains(&engine_batch),
         "--engine-batch: auto, multibuffer, equation or off"
     );
-    let target = Target::start(bin, engine_batch).await?;
+    if let Some(rows) = &rows {
+        for r in rows {
+            anyhow::ensure!(
+                ROWS.contains(&r.as_str()),
+                "--rows: unknown row {r:?} (one or more of {})",
+                ROWS.join(", ")
+            );
+        }
+    }
+    let mut target = Target::start(bin, engine_batch).await?;
+    target.rows = rows;
     let rows = attack(&target).await?;
     drop(target);
     Ok(print_table(&rows))
@@ -157,7 +167,12 @@ struct Target {
     probe: Probe,
     /// The engine's operations port (`/healthz`, metrics).
     ops: SocketAddr,
+    /// The attack rows to run (`None`: all).
+    rows: Option<Vec<String>>,
 }
+
+/// The attack rows `--rows` can name (the baseline and the row after always run).
+pub const ROWS: [&str; 5] = ["handshake", "queue", "forged", "slow", "ops"];
 
 impl Target {
     /// Writes the engine's files, starts `bin serve` on loopback and waits until a gate can
@@ -198,6 +213,7 @@ impl Target {
             world,
             probe,
             ops,
+            rows: None,
         })
     }
 
@@ -285,30 +301,41 @@ async fn attack(t: &Target) -> Result<Vec<Row>> {
     let row = t.measure("baseline", async { Ok(String::new()) }).await?;
     let baseline_rss = row.rss;
     rows.push(row);
-    let initials = capture_initials((ATTACK_SECS * 2000) as usize).await?;
-    let flood = handshake_flood(Arc::clone(&t.world), initials, t.probe);
-    rows.push(t.measure("handshake flood", flood).await?);
-    let queue = queue_flood(Arc::clone(&t.world), t.probe);
-    rows.push(t.measure("queue flood (1 scanner)", queue).await?);
-    let clean = eights(Arc::clone(&t.world), t.probe, t.engine.pid(), t.ops, false);
-    let clean = t.measure("batches of 8 (1 scanner)", clean).await?;
-    let forged = eights(Arc::clone(&t.world), t.probe, t.engine.pid(), t.ops, true);
-    let mut forged = t.measure("1 forged token in 8 (1 scanner)", forged).await?;
-    if let (Some(a), Some(b)) = (cpu_of(&clean.note), cpu_of(&forged.note)) {
-        forged.note = format!(
-            "{}; {:.2} x the CPU per token of the row above",
-            forged.note,
-            b / a
+    let wanted = |row: &str| t.rows.as_ref().is_none_or(|r| r.iter().any(|w| w == row));
+    if wanted("handshake") {
+        let initials = capture_initials((ATTACK_SECS * 2000) as usize).await?;
+        let flood = handshake_flood(Arc::clone(&t.world), initials, t.probe);
+        rows.push(t.measure("handshake flood", flood).await?);
+    }
+    if wanted("queue") {
+        let queue = queue_flood(Arc::clone(&t.world), t.probe);
+        rows.push(t.measure("queue flood (1 scanner)", queue).await?);
+    }
+    if wanted("forged") {
+        let clean = eights(Arc::clone(&t.world), t.probe, t.engine.pid(), t.ops, false);
+        let clean = t.measure("batches of 8 (1 scanner)", clean).await?;
+        let forged = eights(Arc::clone(&t.world), t.probe, t.engine.pid(), t.ops, true);
+        let mut forged = t.measure("1 forged token in 8 (1 scanner)", forged).await?;
+        if let (Some(a), Some(b)) = (cpu_of(&clean.note), cpu_of(&forged.note)) {
+            forged.note = format!(
+                "{}; {:.2} x the CPU per token of the row above",
+                forged.note,
+                b / a
+            );
+        }
+        rows.push(clean);
+        rows.push(forged);
+    }
+    if wanted("slow") {
+        let slow = slow_bodies(Arc::clone(&t.world), t.probe);
+        rows.push(t.measure("slow bodies", slow).await?);
+    }
+    if wanted("ops") {
+        rows.push(
+            t.measure("ops port held open", hold_ops_port(t.ops))
+                .await?,
         );
     }
-    rows.push(clean);
-    rows.push(forged);
-    let slow = slow_bodies(Arc::clone(&t.world), t.probe);
-    rows.push(t.measure("slow bodies", slow).await?);
-    rows.push(
-        t.measure("ops port held open", hold_ops_port(t.ops))
-            .await?,
-    );
     // After: memory back near the baseline (the half-open state and buffers are freed).
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut after = t.measure("after", async { Ok(String::new()) }).await?;
@@ -362,7 +389,11 @@ async fn handshake_flood(
     Ok(format!("{sent} Initials; slowest connect {worst:.1?}"))
 }
 
-/// 2. One scanner keeps 48 batches of 128 in flight on 3 connections.
+/// Requests one flooding scanner keeps in flight on each of its 3 connections (the outside
+/// probe's depth).
+const FLOOD_DEPTH: usize = 48;
+
+/// 2. One scanner keeps 3 × FLOOD_DEPTH batches of 128 valid tokens in flight on 3 connections.
 async fn queue_flood(world: Arc<World>, probe: Probe) -> Result<String> {
     let Probe { addr, options } = probe;
     let batch: Arc<Vec<Vec<u8>>> =
@@ -372,7 +403,7 @@ async fn queue_flood(world: Arc<World>, probe: Probe) -> Result<String> {
     for _ in 0..3 {
         let c = ScannerClient::connect_with(addr, "localhost", world.identity("flood-1")?, options)
             .await?;
-        for _ in 0..16 {
+        for _ in 0..FLOOD_DEPTH {
             let (c, batch, busy) = (c.clone(), Arc::clone(&batch), Arc::clone(&busy));
             tasks.push(tokio::spawn(async move {
                 let end = Instant::now() + Duration::from_secs(ATTACK_SECS);
@@ -626,7 +657,7 @@ async fn measure(
     let sampler = RssSampler::start(engine.child.id());
     let drops_before = udp_receive_drops();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let gate = spawn_gate(world.identity("gate-a")?, *probe, tokens, ready_tx)?;
+    let gate = spawn_gate(&engine.dir, probe.addr, tokens, ready_tx)?;
     // The attack starts once the gate is connected (a failed connect ends the gate thread).
     let _ = ready_rx.await;
     let attack_result = run.await;
@@ -705,46 +736,125 @@ impl RssSampler {
     }
 }
 
-/// Starts the measuring gate on a thread and runtime of its own: it connects as `identity`,
-/// says so on `ready`, then sends `tokens` at [`GATE_RPS`], each at its time.
+/// Starts the measuring gate in a process of its own (this binary's hidden `abuse-gate`
+/// command): a real gate is another device, so its latency must be the server's, not time its
+/// requests wait behind the attackers' tasks, or for a core, inside this process. It connects
+/// as `gate-a` with the PKI under `dir`, says when it is connected (`ready`), sends `tokens`
+/// at GATE_RPS (open loop), and prints each answer's latency and reason. The thread returned
+/// waits for it (bounded: the gate's own requests time out).
 fn spawn_gate(
-    identity: ClientIdentity,
-    probe: Probe,
+    dir: &Path,
+    addr: SocketAddr,
     tokens: Vec<Vec<u8>>,
     ready: tokio::sync::oneshot::Sender<()>,
 ) -> Result<std::thread::JoinHandle<Result<GateAnswers>>> {
-    let Probe { addr, options } = probe;
-    let n = tokens.len();
+    use std::io::{BufRead, BufReader, Write};
+    let file = dir.join(format!(
+        "gate-tokens-{}.bin",
+        GATES.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&file)?);
+    for t in &tokens {
+        out.write_all(&u32::try_from(t.len())?.to_be_bytes())?;
+        out.write_all(t)?;
+    }
+    out.flush()?;
+    drop(out);
+    let pki = dir.join("pki");
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("abuse-gate")
+        .arg("--addr")
+        .arg(addr.to_string())
+        .arg("--pki")
+        .arg(&pki)
+        .arg("--tokens")
+        .arg(&file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting the gate process")?;
+    let stdout = child.stdout.take().context("the gate's output")?;
     Ok(std::thread::Builder::new()
         .name("abuse-gate".into())
         .spawn(move || -> Result<GateAnswers> {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async move {
-                let gate = ScannerClient::connect_with(addr, "localhost", identity, options)
-                    .await
-                    .context("the gate cannot connect")?;
-                let start = Instant::now() + Duration::from_millis(200);
-                let _ = ready.send(());
-                let mut sends = Vec::with_capacity(n);
-                for (i, t) in tokens.into_iter().enumerate() {
-                    let gate = gate.clone();
-                    let at = start + Duration::from_micros(1_000_000 / GATE_RPS * i as u64);
-                    sends.push(tokio::spawn(async move {
-                        tokio::time::sleep_until(at.into()).await;
-                        let r = gate.verify(&t, None).await;
-                        (at.elapsed(), r.ok().map(|v| v.reason))
-                    }));
+            let mut ready = Some(ready);
+            let mut answers = Vec::with_capacity(tokens.len());
+            for line in BufReader::new(stdout).lines() {
+                let line = line?;
+                if line == "ready" {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                    continue;
                 }
-                let mut answers = Vec::with_capacity(n);
-                for s in sends {
-                    answers.push(s.await.unwrap_or((Duration::MAX, None)));
-                }
-                gate.close().await;
-                Ok(answers)
-            })
+                let mut parts = line.split_whitespace();
+                let (Some(ns), Some(code)) = (parts.next(), parts.next()) else {
+                    bail!("the gate printed {line:?}");
+                };
+                let latency = Duration::from_nanos(ns.parse()?);
+                answers.push((latency, Reason::from_code(code.parse()?)));
+            }
+            let status = child.wait()?;
+            let _ = std::fs::remove_file(&file);
+            anyhow::ensure!(status.success(), "the gate process failed: {status}");
+            Ok(answers)
         })?)
+}
+
+/// Gate processes started, for their token files' names.
+static GATES: AtomicU64 = AtomicU64::new(0);
+
+/// The hidden `abuse-gate` command: the measuring gate's process (see [`spawn_gate`]).
+/// Prints `ready` once connected, then `<latency ns> <reason code>` per token (reason code
+/// 255: no answer).
+pub async fn gate_process(addr: SocketAddr, pki: &Path, tokens: &Path) -> Result<()> {
+    let bytes = std::fs::read(tokens)?;
+    let mut list = Vec::new();
+    let mut rest = bytes.as_slice();
+    while rest.len() >= 4 {
+        let (len, tail) = rest.split_at(4);
+        let len = u32::from_be_bytes(len.try_into()?) as usize;
+        anyhow::ensure!(len <= tail.len(), "truncated token file");
+        let (t, tail) = tail.split_at(len);
+        list.push(t.to_vec());
+        rest = tail;
+    }
+    let identity = ClientIdentity::from_files(
+        &pki.join("ca.pem"),
+        &pki.join("scanners/gate-a.pem"),
+        &pki.join("scanners/gate-a.key"),
+    )?;
+    let options = ClientOptions {
+        connect_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(2),
+        ..ClientOptions::default()
+    };
+    let gate = ScannerClient::connect_with(addr, "localhost", identity, options)
+        .await
+        .context("the gate cannot connect")?;
+    let start = Instant::now() + Duration::from_millis(200);
+    println!("ready");
+    let n = list.len();
+    let mut sends = Vec::with_capacity(n);
+    for (i, t) in list.into_iter().enumerate() {
+        let gate = gate.clone();
+        let at = start + Duration::from_micros(1_000_000 / GATE_RPS * i as u64);
+        sends.push(tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            let r = gate.verify(&t, None).await;
+            (at.elapsed(), r.ok().map(|v| v.reason))
+        }));
+    }
+    let mut lines = String::with_capacity(n * 16);
+    for s in sends {
+        let (d, reason) = s.await.unwrap_or((Duration::MAX, None));
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        lines.push_str(&format!("{ns} {}\n", reason.map_or(255, |r| r.code())));
+    }
+    gate.close().await;
+    print!("{lines}");
+    Ok(())
 }
 
 /// What the gate's answers add up to.

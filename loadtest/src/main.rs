@@ -66,6 +66,23 @@ enum Command {
         /// `equation`, `batch_from = 16`, so every batch of 8 tokens is one equation.
         #[arg(long, default_value = "auto")]
         engine_batch: String,
+        /// Only these attack rows, comma-separated: handshake, queue, forged, slow, ops (the
+        /// baseline and the row after always run).
+        #[arg(long, value_delimiter = ',')]
+        rows: Option<Vec<String>>,
+    },
+    /// The measuring gate of `abuse`, in a process of its own (started by `abuse`).
+    #[command(hide = true)]
+    AbuseGate {
+        /// The engine's address.
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        /// The development PKI `abuse` wrote.
+        #[arg(long)]
+        pki: PathBuf,
+        /// The gate's tokens (each a 4-byte big-endian length and the bytes).
+        #[arg(long)]
+        tokens: PathBuf,
     },
     /// One-time use under real faults: three nodes on a Redis deployment started on loopback
     /// (or one node on the memory store), faults injected on a schedule, every accepted token
@@ -746,7 +763,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Rush(args) => rush(args).await,
         Command::Sweep(args) => capacity_sweep(args).await,
         Command::Goose(args) => goose(args).await,
-        Command::Abuse { bin, engine_batch } => abuse(bin, engine_batch).await,
+        Command::Abuse {
+            bin,
+            engine_batch,
+            rows,
+        } => abuse(bin, engine_batch, rows).await,
+        Command::AbuseGate { addr, pki, tokens } => {
+            abuse::gate_process(addr, &pki, &tokens).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Faults(args) => fault_injection(args).await,
         Command::Html { report, out } => html(&report, &out),
         Command::Compare(args) => compare_reports(&args),
@@ -1050,12 +1075,16 @@ fn suite_exit(passed: bool) -> ExitCode {
 }
 
 /// `abuse`: the hostile-traffic suite against the `gatehouse` binary `bin` (or the one found).
-async fn abuse(bin: Option<PathBuf>, engine_batch: String) -> Result<ExitCode> {
+async fn abuse(
+    bin: Option<PathBuf>,
+    engine_batch: String,
+    rows: Option<Vec<String>>,
+) -> Result<ExitCode> {
     let bin = match bin {
         Some(b) => b,
         None => find_gatehouse()?,
     };
-    Ok(suite_exit(abuse::run(bin, &engine_batch).await?))
+    Ok(suite_exit(abuse::run(bin, &engine_batch, rows).await?))
 }
 
 /// `faults`: one-time use under injected faults, on each topology named.

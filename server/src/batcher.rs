@@ -402,15 +402,16 @@ impl Pool {
     /// (max_batch, default 8, of requests queued in pieces of at most `PIECE` tokens), so a
     /// token that arrives waits for little work ahead of it.
     ///
-    /// When the engine checks batches with a batch path (`engine.batch`) and work is still
+    /// When the engine checks batches with one equation (`engine.batch`) and work is still
     /// waiting after a fair slice, the turn goes on taking, in the same fair order, up to
-    /// [`BACKLOG_BATCH`] tokens: under a backlog the equation gets enough signatures to pay
-    /// (multi-buffer calls fill their eight lanes), and a turn's unit of work stays near two
-    /// milliseconds.
+    /// [`BACKLOG_BATCH`] tokens: under a backlog the equation gets enough signatures to pay,
+    /// and a turn's unit of work stays near two milliseconds. Multi-buffer calls need no more
+    /// than a fair slice (8 tokens fill two calls), so turns stay short for the scanners
+    /// waiting behind a flood.
     fn take(&self, waiting: &mut Waiting) -> Option<Batch> {
         let mut jobs = Vec::new();
         let mut tokens = 0;
-        let limit = if self.engine.batching() != gatehouse_core::Batching::Off {
+        let limit = if matches!(self.engine.batching(), gatehouse_core::Batching::Equation(_)) {
             BACKLOG_BATCH.max(self.max_batch)
         } else {
             self.max_batch
