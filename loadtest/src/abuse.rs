@@ -172,7 +172,16 @@ struct Target {
 }
 
 /// The attack rows `--rows` can name (the baseline and the row after always run).
-pub const ROWS: [&str; 5] = ["handshake", "queue", "forged", "slow", "ops"];
+pub const ROWS: [&str; 8] = [
+    "handshake",
+    "same-address",
+    "queue",
+    "over-limit",
+    "oversized",
+    "forged",
+    "slow",
+    "ops",
+];
 
 impl Target {
     /// Writes the engine's files, starts `bin serve` on loopback and waits until a gate can
@@ -304,12 +313,34 @@ async fn attack(t: &Target) -> Result<Vec<Row>> {
     let wanted = |row: &str| t.rows.as_ref().is_none_or(|r| r.iter().any(|w| w == row));
     if wanted("handshake") {
         let initials = capture_initials((ATTACK_SECS * 2000) as usize).await?;
-        let flood = handshake_flood(Arc::clone(&t.world), initials, t.probe);
+        let from = (2..10).map(|i| Ipv4Addr::new(127, 0, 0, i)).collect();
+        let flood = handshake_flood(Arc::clone(&t.world), initials, t.probe, from);
         rows.push(t.measure("handshake flood", flood).await?);
+    }
+    if wanted("same-address") {
+        let initials = capture_initials((ATTACK_SECS * 2000) as usize).await?;
+        let flood = handshake_flood(
+            Arc::clone(&t.world),
+            initials,
+            t.probe,
+            vec![Ipv4Addr::LOCALHOST],
+        );
+        rows.push(
+            t.measure("handshake flood from the gate's address", flood)
+                .await?,
+        );
     }
     if wanted("queue") {
         let queue = queue_flood(Arc::clone(&t.world), t.probe);
         rows.push(t.measure("queue flood (1 scanner)", queue).await?);
+    }
+    if wanted("over-limit") {
+        let over = raw_loops(Arc::clone(&t.world), t.probe, over_limit_frames(&t.world)?);
+        rows.push(t.measure("over-limit batches (1 scanner)", over).await?);
+    }
+    if wanted("oversized") {
+        let big = raw_loops(Arc::clone(&t.world), t.probe, oversized_frames(&t.world)?);
+        rows.push(t.measure("oversized tokens (1 scanner)", big).await?);
     }
     if wanted("forged") {
         let clean = eights(Arc::clone(&t.world), t.probe, t.engine.pid(), t.ops, false);
@@ -364,10 +395,11 @@ async fn handshake_flood(
     world: Arc<World>,
     initials: Vec<Vec<u8>>,
     probe: Probe,
+    from: Vec<Ipv4Addr>,
 ) -> Result<String> {
     let Probe { addr, options } = probe;
     let initials = Arc::new(initials);
-    let sender = tokio::task::spawn_blocking(move || send_initials(&initials, addr));
+    let sender = tokio::task::spawn_blocking(move || send_initials(&initials, addr, &from));
     // Meanwhile, fresh connections of the gate, each timed.
     let mut worst = Duration::ZERO;
     for _ in 0..(ATTACK_SECS * 2) {
@@ -426,6 +458,116 @@ async fn queue_flood(world: Arc<World>, probe: Probe) -> Result<String> {
         "flooder told busy for {} tokens",
         busy.load(Ordering::Relaxed)
     ))
+}
+
+/// Request frames one scanner sends in turn: batches over the limits, which the server must
+/// refuse whole (more than 128 tokens, 5,000 empty ones) or judge (128 real ones). Each with
+/// what must come back: `None` for a refusal (an error response), or the verdict count.
+type Frames = Vec<(Vec<u8>, Option<usize>)>;
+
+/// 2c. Over-limit batches: 129 empty tokens, 129 real ones, 5,000 empty ones (each refused
+///     whole, error 1) and 128 real ones (judged).
+fn over_limit_frames(world: &World) -> Result<Frames> {
+    let real: Vec<Vec<u8>> = (0..129).map(|_| world.token()).collect::<Result<_>>()?;
+    let batch = |tokens: Vec<Vec<u8>>| {
+        gatehouse_protocol::Request::VerifyBatch {
+            id: 1,
+            tokens,
+            retry: None,
+        }
+        .encode()
+    };
+    Ok(vec![
+        (batch(vec![Vec::new(); 129]), None),
+        (batch(real.clone()), None),
+        (batch(vec![Vec::new(); 5000]), None),
+        (batch(real[..128].to_vec()), Some(128)),
+    ])
+}
+
+/// 2d. Oversized tokens: 127 real tokens and one of 769 bytes (the big one malformed, the
+///     others judged), 128 tokens of 1,000 bytes (all malformed), and single verifies with an
+///     oversized token and an oversized challenge (refused).
+fn oversized_frames(world: &World) -> Result<Frames> {
+    let mut mixed: Vec<Vec<u8>> = (0..127).map(|_| world.token()).collect::<Result<_>>()?;
+    mixed.push(vec![0xa5; 769]);
+    let batch = |tokens: Vec<Vec<u8>>| {
+        gatehouse_protocol::Request::VerifyBatch {
+            id: 1,
+            tokens,
+            retry: None,
+        }
+        .encode()
+    };
+    let single = |token: Vec<u8>, challenge: Option<Vec<u8>>| {
+        gatehouse_protocol::Request::Verify {
+            id: 1,
+            token,
+            challenge,
+            retry: None,
+        }
+        .encode()
+    };
+    Ok(vec![
+        (batch(mixed), Some(128)),
+        (batch(vec![vec![0xa5; 1000]; 128]), Some(128)),
+        (single(vec![0xa5; 769], None), None),
+        (single(world.token()?, Some(vec![7; 4096])), None),
+    ])
+}
+
+/// Runs 8 loops of one scanner, each sending `frames` in turn for ATTACK_SECS: every answer
+/// must be what the frame asks for (an error for a refused frame, the right number of
+/// verdicts for a judged one).
+async fn raw_loops(world: Arc<World>, probe: Probe, frames: Frames) -> Result<String> {
+    let Probe { addr, options } = probe;
+    let c =
+        ScannerClient::connect_with(addr, "localhost", world.identity("flood-1")?, options).await?;
+    let frames = Arc::new(frames);
+    let wrong = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for l in 0..8usize {
+        let (c, frames, wrong, sent) = (
+            c.clone(),
+            Arc::clone(&frames),
+            Arc::clone(&wrong),
+            Arc::clone(&sent),
+        );
+        tasks.push(tokio::spawn(async move {
+            let end = Instant::now() + Duration::from_secs(ATTACK_SECS);
+            for i in 0..1_000_000usize {
+                if Instant::now() > end {
+                    break;
+                }
+                let (frame, want) = &frames[(i + l) % frames.len()];
+                sent.fetch_add(1, Ordering::Relaxed);
+                let ok = match c.send_raw(frame).await {
+                    Ok(responses) => match (responses.as_slice(), want) {
+                        ([gatehouse_protocol::Response::Error { .. }], None) => true,
+                        ([gatehouse_protocol::Response::Verdicts { verdicts, .. }], Some(n)) => {
+                            verdicts.len() == *n
+                        }
+                        _ => false,
+                    },
+                    // A refused frame may also end its stream without an answer.
+                    Err(_) => want.is_none(),
+                };
+                if !ok {
+                    wrong.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    c.close().await;
+    let (wrong, sent) = (wrong.load(Ordering::Relaxed), sent.load(Ordering::Relaxed));
+    if wrong > 0 {
+        bail!("{wrong} of {sent} requests not answered as the SPEC says");
+    }
+    Ok(format!("{sent} requests, each answered as the SPEC says"))
 }
 
 /// Batches of 8 from one scanner a second.
@@ -608,11 +750,18 @@ fn print_table(rows: &[Row]) -> bool {
     let mut all = true;
     for r in rows {
         all &= r.pass;
+        let ms = |d: Duration| {
+            if d == Duration::MAX {
+                "no answer".to_string()
+            } else {
+                format!("{:.2} ms", d.as_secs_f64() * 1e3)
+            }
+        };
         println!(
-            "| {} | {:.2} ms | {:.2} ms | {} | {} | {} | {:.1} MiB | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {:.1} MiB | {} | {} |",
             r.attack,
-            r.p99.as_secs_f64() * 1e3,
-            r.max.as_secs_f64() * 1e3,
+            ms(r.p99),
+            ms(r.max),
             r.sent,
             r.errors,
             r.wrong,
@@ -663,13 +812,22 @@ async fn measure(
     let attack_result = run.await;
     let answers = tokio::task::spawn_blocking(move || gate.join())
         .await?
-        .map_err(|_| anyhow::anyhow!("the gate thread panicked"))??;
+        .map_err(|_| anyhow::anyhow!("the gate thread panicked"))?;
+    // A gate that could not connect (refused during the attack) fails the row, not the run:
+    // every request it had to send counts as an error.
+    let (answers, gate_failed) = match answers {
+        Ok(a) => (a, None),
+        Err(e) => (vec![(Duration::MAX, None); n], Some(format!("{e:#}"))),
+    };
     let tally = GateTally::of(answers);
     let rss = sampler.stop().await;
     let (mut note, attack_ok) = match attack_result {
         Ok(note) => (note, true),
         Err(e) => (format!("{e:#}"), false),
     };
+    if let Some(e) = gate_failed {
+        note = format!("{note}; the gate: {e}");
+    }
     if let (Some(a), Some(b)) = (drops_before, udp_receive_drops()) {
         let sep = if note.is_empty() { "" } else { "; " };
         note = format!(
@@ -964,9 +1122,10 @@ async fn capture_initials(count: usize) -> Result<Vec<Vec<u8>>> {
 }
 
 /// Sends the Initials at 2,000 a second from 127.0.0.2–127.0.0.9; returns how many went.
-fn send_initials(initials: &[Vec<u8>], target: SocketAddr) -> Result<usize> {
-    let sockets = (2..10)
-        .map(|i| UdpSocket::bind((Ipv4Addr::new(127, 0, 0, i), 0)))
+fn send_initials(initials: &[Vec<u8>], target: SocketAddr, from: &[Ipv4Addr]) -> Result<usize> {
+    let sockets = from
+        .iter()
+        .map(|ip| UdpSocket::bind((*ip, 0)))
         .collect::<std::io::Result<Vec<_>>>()?;
     let start = Instant::now();
     let mut sent = 0;
