@@ -172,9 +172,10 @@ struct Target {
 }
 
 /// The attack rows `--rows` can name (the baseline and the row after always run).
-pub const ROWS: [&str; 8] = [
+pub const ROWS: [&str; 9] = [
     "handshake",
     "same-address",
+    "same-address-retry",
     "queue",
     "over-limit",
     "oversized",
@@ -327,6 +328,13 @@ async fn attack(t: &Target) -> Result<Vec<Row>> {
         );
         rows.push(
             t.measure("handshake flood from the gate's address", flood)
+                .await?,
+        );
+    }
+    if wanted("same-address-retry") {
+        let flood = retry_answering_flood(Arc::clone(&t.world), t.probe);
+        rows.push(
+            t.measure("Retry-answering flood from the gate's address", flood)
                 .await?,
         );
     }
@@ -1071,12 +1079,9 @@ async fn healthz(ops: SocketAddr) -> bool {
     matches!(got.await, Ok(r) if r.status == 200)
 }
 
-/// `count` distinct client Initial datagrams (no client certificate), as a QUIC client sends
-/// them: captured on a socket of ours, never sent anywhere by quinn.
-async fn capture_initials(count: usize) -> Result<Vec<Vec<u8>>> {
-    let sink = UdpSocket::bind("127.0.0.1:0")?;
-    sink.set_read_timeout(Some(Duration::from_millis(200)))?;
-    let target = sink.local_addr()?;
+/// A QUIC client config that offers gatehouse's ALPN and no client certificate: enough to
+/// start handshakes and answer Retry, never to finish one.
+fn stranger_config() -> Result<quinn::ClientConfig> {
     let pki = DevPki::generate(&[])?;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.ca.cert_der.clone())?;
@@ -1087,8 +1092,112 @@ async fn capture_initials(count: usize) -> Result<Vec<Vec<u8>>> {
         .with_no_client_auth();
     tls.alpn_protocols = vec![gatehouse_protocol::ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+    Ok(quinn::ClientConfig::new(Arc::new(crypto)))
+}
+
+/// Whether a datagram from the server is a QUIC v1 Retry (long header, type 3).
+fn is_retry(d: &[u8]) -> bool {
+    d.first()
+        .is_some_and(|b| b & 0x80 != 0 && (b >> 4) & 0x03 == 3)
+}
+
+/// One attacker at the gate's own address (127.0.0.1) that answers Retry and then goes
+/// silent, for `life`: a relay socket on 127.0.0.1 passes the client's first datagram, and
+/// one more after each Retry, to the server, and nothing after that, so the server holds an
+/// unfinished handshake (validated, once it sent a Retry) until it times out or is evicted.
+async fn silent_after_retry(
+    server: SocketAddr,
+    client: &quinn::Endpoint,
+    config: &quinn::ClientConfig,
+    life: Duration,
+) -> Result<()> {
+    let relay = tokio::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let connecting = client.connect_with(config.clone(), relay.local_addr()?, "localhost")?;
+    tokio::spawn(async move {
+        let _connecting = connecting;
+        let end = tokio::time::Instant::now() + life;
+        let (mut peer, mut allowed) = (None, 1u32);
+        let mut buf = vec![0u8; 2048];
+        for _ in 0..256 {
+            let Ok(Ok((n, from))) = tokio::time::timeout_at(end, relay.recv_from(&mut buf)).await
+            else {
+                return;
+            };
+            if from == server {
+                allowed += u32::from(is_retry(&buf[..n]));
+                if let Some(p) = peer {
+                    let _ = relay.send_to(&buf[..n], p).await;
+                }
+            } else {
+                peer = Some(from);
+                if allowed > 0 {
+                    allowed -= 1;
+                    let _ = relay.send_to(&buf[..n], server).await;
+                }
+            }
+        }
+        tokio::time::sleep_until(end).await;
+    });
+    Ok(())
+}
+
+/// 1c. Attackers at the gate's own address that answer Retry and go silent, 100 new ones a
+///     second (each relayed, each alive for the row), while the gate connects afresh every
+///     400 ms; fails when one connect takes a second.
+async fn retry_answering_flood(world: Arc<World>, probe: Probe) -> Result<String> {
+    let Probe { addr, options } = probe;
+    let client = quinn::Endpoint::client((Ipv4Addr::LOCALHOST, 0).into())?;
+    let config = stranger_config()?;
+    let attackers = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let mut n = 0u64;
+            while start.elapsed() < Duration::from_secs(ATTACK_SECS) && n < ATTACK_SECS * 100 {
+                let life = Duration::from_secs(ATTACK_SECS + 1).saturating_sub(start.elapsed());
+                if silent_after_retry(addr, &client, &config, life)
+                    .await
+                    .is_ok()
+                {
+                    n += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            n
+        })
+    };
+    let mut worst = Duration::ZERO;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..(ATTACK_SECS * 2) {
+        let t = Instant::now();
+        let c = ScannerClient::connect_with(addr, "localhost", world.identity("gate-a")?, options)
+            .await;
+        worst = worst.max(t.elapsed());
+        match c {
+            Ok(c) => c.close().await,
+            Err(_) => worst = Duration::from_secs(99),
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let n = attackers.await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    client.close(0u32.into(), b"");
+    if worst >= Duration::from_secs(1) {
+        bail!("{n} attackers; a scanner took {worst:?} to connect");
+    }
+    Ok(format!(
+        "{n} attackers answering Retry; slowest connect {worst:.1?}"
+    ))
+}
+
+/// `count` distinct client Initial datagrams (no client certificate), as a QUIC client sends
+/// them: captured on a socket of ours, never sent anywhere by quinn.
+async fn capture_initials(count: usize) -> Result<Vec<Vec<u8>>> {
+    let sink = UdpSocket::bind("127.0.0.1:0")?;
+    sink.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let target = sink.local_addr()?;
     let mut endpoint = quinn::Endpoint::client((Ipv4Addr::LOCALHOST, 0).into())?;
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    endpoint.set_default_client_config(stranger_config()?);
     let mut out = Vec::with_capacity(count);
     // In rounds, so the client's own state stays small.
     while out.len() < count {
