@@ -411,7 +411,10 @@ impl Pool {
     fn take(&self, waiting: &mut Waiting) -> Option<Batch> {
         let mut jobs = Vec::new();
         let mut tokens = 0;
-        let limit = if matches!(self.engine.batching(), gatehouse_core::Batching::Equation(_)) {
+        let limit = if matches!(
+            self.engine.batching(),
+            gatehouse_core::Batching::Equation(_)
+        ) {
             BACKLOG_BATCH.max(self.max_batch)
         } else {
             self.max_batch
@@ -555,9 +558,19 @@ mod tests {
 
     /// A queue of `queue` tokens, batches of up to 8, verified by up to `threads` turns.
     fn queue(threads: usize, queue: usize) -> (Queue, Arc<Pool>) {
+        queue_on(threads, queue, gatehouse_core::BatchMode::Auto)
+    }
+
+    /// [`queue`] on an engine whose batch path is `batch`.
+    fn queue_on(
+        threads: usize,
+        queue: usize,
+        batch: gatehouse_core::BatchMode,
+    ) -> (Queue, Arc<Pool>) {
         let engine = Engine::new(
             EngineConfig {
                 threads,
+                batch,
                 ..EngineConfig::default()
             },
             TrustList::new(),
@@ -664,5 +677,58 @@ mod tests {
         let verdict = rx.await.unwrap();
         assert_eq!(verdict.reason, Reason::Malformed);
         assert_eq!(pool.hops.counts(), (1, 1));
+    }
+
+    /// Under a deep flood (one scanner with 8 requests of 128 tokens queued), another
+    /// scanner's token waits for one small batch: with multi-buffer calls a turn takes a fair
+    /// slice (8 tokens) and no more, so the gate's token goes in the second batch and when its
+    /// verdict arrives the flood has had 16 tokens answered (the batch ahead of it and its own
+    /// batch's). With the equation a turn under a backlog takes up to 32 (the equation needs
+    /// them): 32. Before, multi-buffer turns took 32 too.
+    #[tokio::test(flavor = "current_thread")]
+    async fn under_a_deep_flood_another_scanners_token_waits_for_one_small_batch() {
+        use gatehouse_core::BatchMode;
+        let runs = gatehouse_core::Batching::resolve(BatchMode::Multibuffer, false, 0).is_ok();
+        if !runs {
+            assert!(
+                std::env::var_os("GATEHOUSE_REQUIRE_MB").is_none_or(|v| v != "1"),
+                "GATEHOUSE_REQUIRE_MB=1 but multi-buffer cannot run here"
+            );
+            return;
+        }
+        for (batch, most) in [(BatchMode::Multibuffer, 16), (BatchMode::Equation, 32)] {
+            let (queue, _pool) = queue_on(1, 10_000, batch);
+            let queue = queue.with_scanner_share(10_000);
+            let flood: Vec<Receipt> = (0..8)
+                .map(|_| {
+                    let tokens = (0..128).map(|_| (vec![0u8; 3], None)).collect();
+                    queue.submit(scanner("flood"), tokens, None).unwrap()
+                })
+                .collect();
+            let gate = queue
+                .submit(scanner("gate"), vec![(vec![0u8; 3], None)], None)
+                .unwrap();
+            // Nothing ran yet (one thread, not yielded): the turn starts now.
+            let (verdicts, _, _) = gate.verdicts().await;
+            assert_eq!(verdicts[0].reason, Reason::Malformed);
+            let mut answered = 0;
+            for mut r in flood {
+                for (n, rx) in &mut r.pieces {
+                    if let Some(rx) = rx {
+                        if rx.try_recv().is_ok() {
+                            answered += *n;
+                        }
+                    }
+                }
+            }
+            assert!(
+                answered <= most,
+                "{batch:?}: {answered} flood tokens answered before the gate's one"
+            );
+            assert!(
+                answered > 0,
+                "{batch:?}: the flood was served too (fair order)"
+            );
+        }
     }
 }
