@@ -3,6 +3,7 @@
 //! Development tooling, not the product's API: a development PKI and a synthetic population,
 //! for the demo, the tests, the benches and the load harness. **TEST KEYS ONLY.**
 
+pub mod attack;
 pub mod pki;
 pub mod population;
 pub mod progress;

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gatehouse_engine::client::{ClientIdentity, ScannerClient};
+use gatehouse_engine::dev::attack::{silent_after_retry, stranger_config};
 use gatehouse_engine::dev::pki::DevPki;
 use gatehouse_engine::dev::population::{self, derive_key, Holder};
 use gatehouse_engine::server::{self, ServerConfig, ServerError};
@@ -224,73 +225,21 @@ async fn capture_initials(count: usize) -> Vec<Vec<u8>> {
     initials
 }
 
-/// A client config that offers gatehouse's ALPN and no client certificate: enough to start
-/// handshakes (and answer Retry), never to finish one.
-fn stranger_config() -> quinn::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(DevPki::generate(&[]).unwrap().ca.cert_der.clone())
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![gatehouse_protocol::ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    quinn::ClientConfig::new(Arc::new(crypto))
-}
-
-/// Whether a datagram from the server is a QUIC v1 Retry (long header, type 3).
-fn is_retry(d: &[u8]) -> bool {
-    d.first()
-        .is_some_and(|b| b & 0x80 != 0 && (b >> 4) & 0x03 == 3)
-}
-
-/// One attacker behind the gate's own address (127.0.0.1) that answers Retry and then goes
-/// silent: a relay socket on 127.0.0.1 passes the client's first datagram, and one more after
-/// each Retry, to the server, and nothing after that. The server sees an unfinished handshake
-/// from 127.0.0.1 (validated when it sent a Retry). Returns the relay task; aborted, it ends.
-async fn silent_after_retry(
-    server: SocketAddr,
-    client: &quinn::Endpoint,
-    config: &quinn::ClientConfig,
-) -> JoinHandle<()> {
-    let relay = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let relay_addr = relay.local_addr().unwrap();
-    let connecting = client
-        .connect_with(config.clone(), relay_addr, "localhost")
-        .unwrap();
-    tokio::spawn(async move {
-        // Held, never driven to completion: the connection attempt lives as long as the task.
-        let _connecting = connecting;
-        let mut peer = None;
-        let mut allowed = 1u32;
-        let mut buf = vec![0u8; 2048];
-        for _ in 0..64 {
-            let Ok(Ok((n, from))) =
-                timeout(Duration::from_secs(30), relay.recv_from(&mut buf)).await
-            else {
-                return;
-            };
-            if from == server {
-                if is_retry(&buf[..n]) {
-                    allowed += 1;
-                }
-                if let Some(p) = peer {
-                    let _ = relay.send_to(&buf[..n], p).await;
-                }
-            } else {
-                peer = Some(from);
-                if allowed > 0 {
-                    allowed -= 1;
-                    let _ = relay.send_to(&buf[..n], server).await;
-                }
-            }
-        }
-        std::future::pending::<()>().await;
-    })
+/// The gate connects afresh `times` times (each within 5 s, never refused) and has a token
+/// accepted each time.
+async fn gate_connects_and_verifies(server: &Server, world: &World, h: &Holder, times: usize) {
+    for attempt in 0..times {
+        let gate = timeout(
+            Duration::from_secs(5),
+            ScannerClient::connect(server.addr, "localhost", world.identity("gate-a")),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("attempt {attempt}: no answer"))
+        .unwrap_or_else(|e| panic!("attempt {attempt}: the gate was refused: {e}"));
+        let v = gate.verify(&token(h), None).await.unwrap();
+        assert_eq!(v.reason, Reason::Accepted);
+        gate.close().await;
+    }
 }
 
 /// Scanners behind one NAT address with a flood from inside it: 300 Initials from 127.0.0.1,
@@ -317,18 +266,7 @@ async fn a_flood_from_the_gates_own_address_gets_retry_and_the_gate_connects() {
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    for attempt in 0..3 {
-        let gate = timeout(
-            Duration::from_secs(5),
-            ScannerClient::connect(server.addr, "localhost", world.identity("gate-a")),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("attempt {attempt}: no answer"))
-        .unwrap_or_else(|e| panic!("attempt {attempt}: the gate was refused: {e}"));
-        let v = gate.verify(&token(&h), None).await.unwrap();
-        assert_eq!(v.reason, Reason::Accepted);
-        gate.close().await;
-    }
+    gate_connects_and_verifies(&server, &world, &h, 3).await;
     let retries = server.metric("gatehouse_quic_retries_total").await;
     eprintln!("{retries} Retry answers");
     assert!(
@@ -350,27 +288,20 @@ async fn an_attacker_answering_retry_at_the_gates_address_cannot_lock_the_gate_o
     let server = start(world.engine(), world.server_config()).await;
     let h = world.holder(3);
     let client = quinn::Endpoint::client((Ipv4Addr::LOCALHOST, 0).into()).unwrap();
-    let config = stranger_config();
+    let config = stranger_config().unwrap();
     let mut relays = Vec::new();
     for _ in 0..48 {
-        relays.push(silent_after_retry(server.addr, &client, &config).await);
+        relays.push(
+            silent_after_retry(server.addr, &client, &config, LONG)
+                .await
+                .unwrap(),
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let held = server.metric("gatehouse_handshakes").await;
     assert!(held >= 32.0, "the attackers hold {held} handshakes");
-    for attempt in 0..3 {
-        let gate = timeout(
-            Duration::from_secs(5),
-            ScannerClient::connect(server.addr, "localhost", world.identity("gate-a")),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("attempt {attempt}: no answer"))
-        .unwrap_or_else(|e| panic!("attempt {attempt}: the gate was refused: {e}"));
-        let v = gate.verify(&token(&h), None).await.unwrap();
-        assert_eq!(v.reason, Reason::Accepted);
-        gate.close().await;
-    }
+    gate_connects_and_verifies(&server, &world, &h, 3).await;
     assert!(server.metric("gatehouse_handshakes_evicted_total").await >= 3.0);
     for r in relays {
         r.abort();

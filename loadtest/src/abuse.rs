@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use gatehouse_engine::client::{ClientIdentity, ClientOptions, ScannerClient};
+use gatehouse_engine::dev::attack::{silent_after_retry, stranger_config};
 use gatehouse_engine::dev::pki::DevPki;
 use gatehouse_engine::dev::population::{self, derive_key, Holder};
 use gatehouse_engine::{Role, Scanner, ScannerRegistry, DEFAULT_GATE_ADMITS};
@@ -473,18 +474,20 @@ async fn queue_flood(world: Arc<World>, probe: Probe) -> Result<String> {
 /// what must come back: `None` for a refusal (an error response), or the verdict count.
 type Frames = Vec<(Vec<u8>, Option<usize>)>;
 
+/// A `VerifyBatch` frame of `tokens`.
+fn batch(tokens: Vec<Vec<u8>>) -> Vec<u8> {
+    gatehouse_protocol::Request::VerifyBatch {
+        id: 1,
+        tokens,
+        retry: None,
+    }
+    .encode()
+}
+
 /// 2c. Over-limit batches: 129 empty tokens, 129 real ones, 5,000 empty ones (each refused
 ///     whole, error 1) and 128 real ones (judged).
 fn over_limit_frames(world: &World) -> Result<Frames> {
     let real: Vec<Vec<u8>> = (0..129).map(|_| world.token()).collect::<Result<_>>()?;
-    let batch = |tokens: Vec<Vec<u8>>| {
-        gatehouse_protocol::Request::VerifyBatch {
-            id: 1,
-            tokens,
-            retry: None,
-        }
-        .encode()
-    };
     Ok(vec![
         (batch(vec![Vec::new(); 129]), None),
         (batch(real.clone()), None),
@@ -499,14 +502,6 @@ fn over_limit_frames(world: &World) -> Result<Frames> {
 fn oversized_frames(world: &World) -> Result<Frames> {
     let mut mixed: Vec<Vec<u8>> = (0..127).map(|_| world.token()).collect::<Result<_>>()?;
     mixed.push(vec![0xa5; 769]);
-    let batch = |tokens: Vec<Vec<u8>>| {
-        gatehouse_protocol::Request::VerifyBatch {
-            id: 1,
-            tokens,
-            retry: None,
-        }
-        .encode()
-    };
     let single = |token: Vec<u8>, challenge: Option<Vec<u8>>| {
         gatehouse_protocol::Request::Verify {
             id: 1,
@@ -1079,75 +1074,13 @@ async fn healthz(ops: SocketAddr) -> bool {
     matches!(got.await, Ok(r) if r.status == 200)
 }
 
-/// A QUIC client config that offers gatehouse's ALPN and no client certificate: enough to
-/// start handshakes and answer Retry, never to finish one.
-fn stranger_config() -> Result<quinn::ClientConfig> {
-    let pki = DevPki::generate(&[])?;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(pki.ca.cert_der.clone())?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![gatehouse_protocol::ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
-    Ok(quinn::ClientConfig::new(Arc::new(crypto)))
-}
-
-/// Whether a datagram from the server is a QUIC v1 Retry (long header, type 3).
-fn is_retry(d: &[u8]) -> bool {
-    d.first()
-        .is_some_and(|b| b & 0x80 != 0 && (b >> 4) & 0x03 == 3)
-}
-
-/// One attacker at the gate's own address (127.0.0.1) that answers Retry and then goes
-/// silent, for `life`: a relay socket on 127.0.0.1 passes the client's first datagram, and
-/// one more after each Retry, to the server, and nothing after that, so the server holds an
-/// unfinished handshake (validated, once it sent a Retry) until it times out or is evicted.
-async fn silent_after_retry(
-    server: SocketAddr,
-    client: &quinn::Endpoint,
-    config: &quinn::ClientConfig,
-    life: Duration,
-) -> Result<()> {
-    let relay = tokio::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-    let connecting = client.connect_with(config.clone(), relay.local_addr()?, "localhost")?;
-    tokio::spawn(async move {
-        let _connecting = connecting;
-        let end = tokio::time::Instant::now() + life;
-        let (mut peer, mut allowed) = (None, 1u32);
-        let mut buf = vec![0u8; 2048];
-        for _ in 0..256 {
-            let Ok(Ok((n, from))) = tokio::time::timeout_at(end, relay.recv_from(&mut buf)).await
-            else {
-                return;
-            };
-            if from == server {
-                allowed += u32::from(is_retry(&buf[..n]));
-                if let Some(p) = peer {
-                    let _ = relay.send_to(&buf[..n], p).await;
-                }
-            } else {
-                peer = Some(from);
-                if allowed > 0 {
-                    allowed -= 1;
-                    let _ = relay.send_to(&buf[..n], server).await;
-                }
-            }
-        }
-        tokio::time::sleep_until(end).await;
-    });
-    Ok(())
-}
-
 /// 1c. Attackers at the gate's own address that answer Retry and go silent, 100 new ones a
 ///     second (each relayed, each alive for the row), while the gate connects afresh every
 ///     400 ms; fails when one connect takes a second.
 async fn retry_answering_flood(world: Arc<World>, probe: Probe) -> Result<String> {
     let Probe { addr, options } = probe;
     let client = quinn::Endpoint::client((Ipv4Addr::LOCALHOST, 0).into())?;
-    let config = stranger_config()?;
+    let config = stranger_config().map_err(|e| anyhow::anyhow!("{e}"))?;
     let attackers = {
         let client = client.clone();
         tokio::spawn(async move {
@@ -1197,7 +1130,7 @@ async fn capture_initials(count: usize) -> Result<Vec<Vec<u8>>> {
     sink.set_read_timeout(Some(Duration::from_millis(200)))?;
     let target = sink.local_addr()?;
     let mut endpoint = quinn::Endpoint::client((Ipv4Addr::LOCALHOST, 0).into())?;
-    endpoint.set_default_client_config(stranger_config()?);
+    endpoint.set_default_client_config(stranger_config().map_err(|e| anyhow::anyhow!("{e}"))?);
     let mut out = Vec::with_capacity(count);
     // In rounds, so the client's own state stays small.
     while out.len() < count {

@@ -737,6 +737,26 @@ fn scans(kinds: &[Kind], holders: &[Holder], nonce: &str) -> Vec<(String, Vec<u8
     items
 }
 
+/// Whether a token denied (or accepted) for `r` got as far as its signatures: every check
+/// before them passed.
+fn reaches_signatures(r: &Reason) -> bool {
+    !matches!(
+        r,
+        Reason::Malformed
+            | Reason::UnsupportedVersion
+            | Reason::UnknownIssuer
+            | Reason::IssuerKeyNotValid
+            | Reason::NotYetValid
+            | Reason::Expired
+            | Reason::OutsideLeave
+            | Reason::FromFuture
+            | Reason::Stale
+            | Reason::NodeRestarted
+            | Reason::RevocationsStale
+            | Reason::Revoked
+    )
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
@@ -814,21 +834,7 @@ proptest! {
         prop_assert_eq!(&together, &one_by_one);
         // The equation ran whenever a token reached its signatures, and failed whenever one
         // of them was bad.
-        let reached = one_by_one.iter().any(|r| !matches!(
-            r,
-            Reason::Malformed
-                | Reason::UnsupportedVersion
-                | Reason::UnknownIssuer
-                | Reason::IssuerKeyNotValid
-                | Reason::NotYetValid
-                | Reason::Expired
-                | Reason::OutsideLeave
-                | Reason::FromFuture
-                | Reason::Stale
-                | Reason::NodeRestarted
-                | Reason::RevocationsStale
-                | Reason::Revoked
-        ));
+        let reached = one_by_one.iter().any(reaches_signatures);
         let bad = one_by_one.iter().any(|r| matches!(
             r,
             Reason::BadIssuerSignature | Reason::BadDeviceSignature
@@ -837,21 +843,7 @@ proptest! {
         if multibuffer {
             // Every token that reached its signatures put at least one into a call; a call
             // takes three or more.
-            let reaching = one_by_one.iter().filter(|r| !matches!(
-                r,
-                Reason::Malformed
-                    | Reason::UnsupportedVersion
-                    | Reason::UnknownIssuer
-                    | Reason::IssuerKeyNotValid
-                    | Reason::NotYetValid
-                    | Reason::Expired
-                    | Reason::OutsideLeave
-                    | Reason::FromFuture
-                    | Reason::Stale
-                    | Reason::NodeRestarted
-                    | Reason::RevocationsStale
-                    | Reason::Revoked
-            )).count();
+            let reaching = one_by_one.iter().filter(|r| reaches_signatures(r)).count();
             prop_assert_eq!(stats.batches(), 0);
             if reaching >= MB_FROM {
                 prop_assert!(stats.mb_calls() >= 1);
