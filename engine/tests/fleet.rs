@@ -114,8 +114,23 @@ impl Site {
         }
     }
 
-    /// Starts a node (`store`: the `[replay]` section's body).
+    /// Starts a node (`store`: the `[replay]` section's body). Ports are picked free and may be
+    /// taken by another test before the node binds them: a node that cannot bind is started
+    /// again on new ports (at most three tries).
     fn node(&self, name: &str, store: &str) -> Node {
+        for _ in 0..2 {
+            let mut node = self.configure(name, store);
+            if node.try_start() {
+                return node;
+            }
+        }
+        let mut node = self.configure(name, store);
+        node.start();
+        node
+    }
+
+    /// A node's configuration file on fresh ports; not started.
+    fn configure(&self, name: &str, store: &str) -> Node {
         let port = gatehouse_testkit::free_udp_port();
         let ops = free_port().unwrap();
         let config = gatehouse_engine::server::SAMPLE_CONFIG
@@ -131,14 +146,12 @@ impl Site {
             .replace("store = \"memory\"\n", &format!("{store}\n"));
         let path = self.dir.join(format!("{name}.toml"));
         std::fs::write(&path, config).unwrap();
-        let mut node = Node {
+        Node {
             config: path,
             port,
             ops,
             child: None,
-        };
-        node.start();
-        node
+        }
     }
 }
 
@@ -152,6 +165,16 @@ struct Node {
 
 impl Node {
     fn start(&mut self) {
+        assert!(
+            self.try_start(),
+            "node {} could not bind its ports",
+            self.addr()
+        );
+    }
+
+    /// Starts the process and waits until it answers `/healthz`; `false` when it exited
+    /// because one of its ports was taken (its log says it could not listen).
+    fn try_start(&mut self) -> bool {
         let child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
             .args(["serve", "--config"])
             .arg(&self.config)
@@ -163,13 +186,25 @@ impl Node {
         // Bounded wait until the operations port answers /healthz.
         let deadline = Instant::now() + Duration::from_secs(20);
         while http_get(self.ops, "/healthz").is_none_or(|(code, _)| code != 200) {
-            assert!(
-                Instant::now() < deadline,
-                "node {} did not start",
-                self.addr()
-            );
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                let log =
+                    std::fs::read_to_string(self.config.with_extension("log")).unwrap_or_default();
+                self.child = None;
+                assert!(
+                    log.contains("cannot listen on") || log.contains("in use"),
+                    "node {} exited ({status}) before it started:\n{log}",
+                    self.addr()
+                );
+                return false;
+            }
+            if Instant::now() >= deadline {
+                let log =
+                    std::fs::read_to_string(self.config.with_extension("log")).unwrap_or_default();
+                panic!("node {} did not start in 20 s:\n{log}", self.addr());
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
+        true
     }
 
     /// kill -9.
