@@ -280,7 +280,7 @@ async fn a_flood_from_the_gates_own_address_gets_retry_and_the_gate_connects() {
 /// The same address, and an attacker inside it that answers Retry and then goes silent: 48
 /// unfinished handshakes from 127.0.0.1, 40 of them validated. The source's validated
 /// handshakes are capped (32), and the gate's, validated after its own Retry, evicts the
-/// oldest unfinished one: the gate connects every time. Before, the attackers held the
+/// oldest unfinished one (older than 250 ms): the gate connects every time. Before, the attackers held the
 /// source's 32 slots and the gate was refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attacker_answering_retry_at_the_gates_address_cannot_lock_the_gate_out() {
@@ -302,7 +302,9 @@ async fn an_attacker_answering_retry_at_the_gates_address_cannot_lock_the_gate_o
     let held = server.metric("gatehouse_handshakes").await;
     assert!(held >= 32.0, "the attackers hold {held} handshakes");
     gate_connects_and_verifies(&server, &world, &h, 3).await;
-    assert!(server.metric("gatehouse_handshakes_evicted_total").await >= 3.0);
+    // The gate's first handshake evicted the oldest attacker (older than 250 ms); its own
+    // finished and freed its place, so the next ones found room.
+    assert!(server.metric("gatehouse_handshakes_evicted_total").await >= 1.0);
     for r in relays {
         r.abort();
     }

@@ -208,7 +208,14 @@ impl Admission {
         }
         let ip = incoming.remote_address().ip();
         let source = if validated {
-            Source::Validated(self.take_validated(ip))
+            match self.take_validated(ip) {
+                Some(slot) => Source::Validated(slot),
+                None => {
+                    self.refuse(Cause::Source);
+                    incoming.refuse();
+                    return None;
+                }
+            }
         } else {
             match self.sources.try_take(&ip, 1, self.source_retry_from()) {
                 Some(taken) => Source::Unvalidated(taken),
@@ -231,27 +238,34 @@ impl Admission {
         Some((incoming, handshake, Held::new(&self.connections)))
     }
 
-    /// A slot among `ip`'s validated handshakes, evicting its oldest unfinished one at the cap.
-    fn take_validated(&self, ip: IpAddr) -> ValidatedSlot {
-        let eviction = Arc::new(Eviction {
-            id: self.next_handshake.fetch_add(1, Ordering::Relaxed),
-            notify: Notify::new(),
-        });
+    /// A slot among `ip`'s validated handshakes. At the cap the oldest unfinished one is
+    /// evicted if it has run for [`EVICT_AFTER`] (a scanner's handshake takes milliseconds, a
+    /// stalled one ages); `None` (refused, as before the cap had eviction) when even the oldest
+    /// is younger, so a burst of honest scanners behind one address never evicts itself.
+    fn take_validated(&self, ip: IpAddr) -> Option<ValidatedSlot> {
         let mut m = self.validated.lock();
         let queue = m.entry(ip).or_default();
         while queue.len() >= self.max_handshakes_per_source {
-            let Some(oldest) = queue.pop_front() else {
-                break;
-            };
-            oldest.notify.notify_one();
-            self.evicted.inc();
+            match queue.front() {
+                Some(oldest) if oldest.since.elapsed() >= EVICT_AFTER => {
+                    oldest.notify.notify_one();
+                    queue.pop_front();
+                    self.evicted.inc();
+                }
+                _ => return None,
+            }
         }
+        let eviction = Arc::new(Eviction {
+            id: self.next_handshake.fetch_add(1, Ordering::Relaxed),
+            notify: Notify::new(),
+            since: std::time::Instant::now(),
+        });
         queue.push_back(Arc::clone(&eviction));
-        ValidatedSlot {
+        Some(ValidatedSlot {
             table: Arc::clone(&self.validated),
             ip,
             eviction,
-        }
+        })
     }
 
     /// Lets an established connection of scanner `id` in: a place among the scanner's
@@ -426,7 +440,12 @@ enum Source {
 struct Eviction {
     id: u64,
     notify: Notify,
+    since: std::time::Instant,
 }
+
+/// How long an unfinished validated handshake runs before a newer one from its address may
+/// evict it (at `max_handshakes_per_source`).
+const EVICT_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// A place among an address's validated handshakes; given back when dropped (if not evicted).
 struct ValidatedSlot {
@@ -509,8 +528,8 @@ mod tests {
     }
 
     /// A validated address holds at most max_handshakes_per_source handshakes; the next one
-    /// evicts the oldest unfinished one (its `evicted()` resolves), and a finished one gives
-    /// its place back.
+    /// evicts the oldest unfinished one once that has run for EVICT_AFTER (its `evicted()`
+    /// resolves), and is refused before; a finished one gives its place back.
     #[tokio::test]
     async fn a_validated_handshake_at_the_cap_evicts_the_oldest_of_its_address() {
         let a = Admission::new(&Limits {
@@ -519,10 +538,13 @@ mod tests {
         });
         let ip: IpAddr = [127, 0, 0, 1].into();
         let other: IpAddr = [127, 0, 0, 2].into();
-        let mut slots: Vec<ValidatedSlot> = (0..3).map(|_| a.take_validated(ip)).collect();
-        let elsewhere = a.take_validated(other);
+        let mut slots: Vec<ValidatedSlot> = (0..3).map(|_| a.take_validated(ip).unwrap()).collect();
+        let elsewhere = a.take_validated(other).unwrap();
+        // The oldest has not run for EVICT_AFTER yet: refused, nothing evicted.
+        assert!(a.take_validated(ip).is_none());
         assert_eq!(a.evicted.get(), 0);
-        let newest = a.take_validated(ip);
+        std::thread::sleep(EVICT_AFTER);
+        let newest = a.take_validated(ip).unwrap();
         assert_eq!(a.evicted.get(), 1, "the oldest of 127.0.0.1 made room");
         let oldest = Handshake {
             source: Source::Validated(slots.remove(0)),
