@@ -5,6 +5,8 @@
 //! - a half-open handshake flood (client Initials, never finished) does not lock scanners out,
 //!   and strangers get QUIC Retry once handshakes pile up;
 //! - one scanner flooding the queue gets `busy`; the gate keeps its latency;
+//! - under a deep flood of full batches another scanner's token waits for one small batch
+//!   (counted under a clock that lets the server verify one batch per step);
 //! - one scanner cannot open more than its connections;
 //! - slow request bodies cannot make a connection hold more than its buffer;
 //! - idle connections to the operations port do not starve `/healthz`;
@@ -27,6 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gatehouse_engine::client::{ClientIdentity, ScannerClient};
+use gatehouse_engine::core::{BatchMode, Batching, Clock, SystemClock};
 use gatehouse_engine::dev::attack::{silent_after_retry, stranger_config};
 use gatehouse_engine::dev::pki::DevPki;
 use gatehouse_engine::dev::population::{self, derive_key, Holder};
@@ -40,7 +43,7 @@ use tokio::time::timeout;
 
 use tokens::{nonce, now};
 
-const IDS: &[&str] = &["gate-a", "flood-1"];
+const IDS: &[&str] = &["gate-a", "flood-1", "partner-flood"];
 const LONG: Duration = Duration::from_secs(20);
 
 struct World {
@@ -62,20 +65,31 @@ impl World {
     }
 
     fn engine(&self) -> Arc<Engine> {
+        self.engine_on(EngineConfig::default().batch)
+    }
+
+    /// An engine on one verification thread whose batch path is `batch`.
+    fn engine_on(&self, batch: BatchMode) -> Arc<Engine> {
         let config = EngineConfig {
             threads: 1,
             replay_capacity: 200_000,
             issuer_cache_capacity: 10_000,
+            batch,
             ..EngineConfig::default()
         };
         let mut r = ScannerRegistry::new();
         for id in IDS {
-            r.insert(Scanner {
-                id: (*id).into(),
-                role: Role::Gate {
+            let role = if id.starts_with("partner-") {
+                Role::Partner
+            } else {
+                Role::Gate {
                     unit: UnitPath::new(&[1, 12]).unwrap(),
                     admits: DEFAULT_GATE_ADMITS.to_vec(),
-                },
+                }
+            };
+            r.insert(Scanner {
+                id: (*id).into(),
+                role,
             });
         }
         let trust = population::trust_list(&self.issuer);
@@ -486,6 +500,199 @@ async fn queue_flood(bound_latency: bool) {
             "gate p99 {p99:?}, one flood batch alone {batch_time:?}"
         );
     }
+    server.shutdown().await;
+}
+
+/// A clock the test can hold. While it is held, the first thread that reads it stands still
+/// until the test lets one read through ([`Stepper::step`]); while one thread stands, the
+/// others read freely (the metrics scrape, the replay purge). A verification turn reads the
+/// clock once per batch, after taking the batch and before verifying it: held, the server's
+/// turn verifies one batch per step, and between steps the queue stands still at a known point
+/// while the other runtime thread goes on reading requests. Every wait is bounded.
+#[derive(Debug, Default)]
+struct Stepper {
+    state: std::sync::Mutex<Steps>,
+    moved: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Steps {
+    held: bool,
+    standing: bool,
+    /// Reads that stood so far.
+    stops: u64,
+    /// Reads let through and not yet taken.
+    permits: u64,
+}
+
+impl Clock for Stepper {
+    fn now_ms(&self) -> u64 {
+        let mut s = self.state.lock().unwrap();
+        if s.held && !s.standing {
+            s.standing = true;
+            s.stops += 1;
+            let end = Instant::now() + LONG;
+            while s.held && s.permits == 0 && Instant::now() < end {
+                s = self
+                    .moved
+                    .wait_timeout(s, Duration::from_millis(20))
+                    .unwrap()
+                    .0;
+            }
+            s.permits = s.permits.saturating_sub(1);
+            s.standing = false;
+        }
+        drop(s);
+        SystemClock.now_ms()
+    }
+}
+
+impl Stepper {
+    fn set(&self, f: impl FnOnce(&mut Steps)) {
+        f(&mut self.state.lock().unwrap());
+        self.moved.notify_all();
+    }
+
+    fn hold(&self) {
+        self.set(|s| s.held = true);
+    }
+
+    fn release(&self) {
+        self.set(|s| s.held = false);
+    }
+
+    /// Lets the standing read through.
+    fn step(&self) {
+        self.set(|s| s.permits += 1);
+    }
+
+    /// Waits (at most [`LONG`]) until a read stands as the `stop`-th.
+    async fn standing(&self, stop: u64) {
+        let end = Instant::now() + LONG;
+        loop {
+            {
+                let s = self.state.lock().unwrap();
+                if s.standing && s.stops == stop {
+                    return;
+                }
+                assert!(
+                    s.stops <= stop,
+                    "read {} stood, waiting for {stop}",
+                    s.stops
+                );
+            }
+            assert!(Instant::now() < end, "no read stood as the {stop}th");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+/// Verdicts the engine gave scanners of this role index (gate 0, partner 1), any reason.
+fn verdicts_of(engine: &Engine, role: usize) -> u64 {
+    Reason::ALL
+        .iter()
+        .map(|r| engine.stats().verdicts(role, *r))
+        .sum()
+}
+
+/// A deep flood of full batches, and another scanner's token, under a controlled scheduler:
+/// one partner scanner has 6 requests of 128 tokens in flight on one connection (768 tokens,
+/// within its share), and the server's one verification turn stands at its first batch (the
+/// [`Stepper`] clock) until all of them and one gate token are admitted; then the test lets it
+/// verify one batch per step, and counts, from the engine's own verdict counters, how many
+/// flood tokens were judged by the time the gate's token was. Fair, that is the batch ahead of
+/// it and the flood's slice of its own (8 + 8). On multi-buffer calls; the equation takes up to
+/// 32 a turn under a backlog by design, so the test runs where multi-buffer runs (everywhere
+/// with `GATEHOUSE_REQUIRE_MB=1`). It failed twice before: with the fair queue crediting a
+/// scanner that arrives mid-flood one pass late (24: two flood batches ahead of the gate's),
+/// and with turns on any batch path taking 32 under a backlog (64).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_deep_full_batch_flood_the_gate_waits_for_one_small_batch() {
+    if Batching::resolve(BatchMode::Multibuffer, false, 0).is_err() {
+        assert!(
+            std::env::var_os("GATEHOUSE_REQUIRE_MB").is_none_or(|v| v != "1"),
+            "GATEHOUSE_REQUIRE_MB=1 but multi-buffer cannot run here"
+        );
+        eprintln!("multi-buffer cannot run here: skipped");
+        return;
+    }
+    let world = World::new();
+    let engine = world.engine_on(BatchMode::Multibuffer);
+    let clock = Arc::new(Stepper::default());
+    let mut config = world.server_config();
+    config.clock = Arc::clone(&clock) as Arc<dyn Clock>;
+    let server = start(Arc::clone(&engine), config).await;
+    let gate = server.client(&world, "gate-a").await;
+    let flood = server.client(&world, "partner-flood").await;
+    let batch: Arc<Vec<Vec<u8>>> =
+        Arc::new((0..128).map(|i| token(&world.holder(3000 + i))).collect());
+    // Both connections made and warm.
+    let v = gate
+        .verify(&token(&world.holder(2999)), None)
+        .await
+        .unwrap();
+    assert_eq!(v.reason, Reason::Accepted);
+    flood.verify_batch(&batch).await.unwrap();
+    // A read of the clock by the replay purge (once a second) could stand instead of the
+    // turn; the batches counted at each stop show which read stood, and an attempt where
+    // it was not the turn is made again.
+    let mut judged = None;
+    for attempt in 0..3 {
+        let before = (verdicts_of(&engine, 0), verdicts_of(&engine, 1));
+        let batches = server.metric("gatehouse_batch_size_count").await;
+        let stops = clock.state.lock().unwrap().stops;
+        clock.hold();
+        let requests: Vec<_> = (0..6)
+            .map(|_| {
+                let (flood, batch) = (flood.clone(), Arc::clone(&batch));
+                tokio::spawn(async move { flood.verify_batch(&batch).await })
+            })
+            .collect();
+        clock.standing(stops + 1).await;
+        let gate_token = token(&world.holder(4000 + attempt));
+        let gate_verdict = {
+            let gate = gate.clone();
+            tokio::spawn(async move { gate.verify(&gate_token, None).await })
+        };
+        // Every flood token and the gate's admitted while the turn stands at its first batch.
+        let end = Instant::now() + LONG;
+        while server.metric("gatehouse_queue_depth").await < (6 * 128 + 1) as f64 {
+            assert!(Instant::now() < end, "the requests were not admitted");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let mut the_turn = true;
+        let mut stop = stops + 1;
+        while verdicts_of(&engine, 0) == before.0 && stop < stops + 200 {
+            let taken = server.metric("gatehouse_batch_size_count").await - batches;
+            the_turn &= taken == (stop - stops) as f64;
+            clock.step();
+            stop += 1;
+            clock.standing(stop).await;
+        }
+        let flood_first = verdicts_of(&engine, 1) - before.1;
+        clock.release();
+        let v = gate_verdict.await.unwrap().unwrap();
+        assert_eq!(v.reason, Reason::Accepted);
+        for r in requests {
+            let verdicts = timeout(LONG, r).await.unwrap().unwrap().unwrap();
+            assert_eq!(verdicts.len(), 128);
+        }
+        eprintln!(
+            "attempt {attempt}: {flood_first} flood tokens judged by the time the gate's was, \
+             {} steps (the turn stood at each: {the_turn})",
+            stop - stops - 1
+        );
+        if the_turn {
+            judged = Some(flood_first);
+            break;
+        }
+    }
+    let judged = judged.expect("the turn stood in one of 3 attempts");
+    assert!(
+        judged <= 16,
+        "the gate's token was judged after {judged} flood tokens; its fair share is one small \
+         batch ahead and the flood's slice of its own (16)"
+    );
     server.shutdown().await;
 }
 

@@ -4,13 +4,17 @@
 //! scanner may take up to `quantum` tokens' worth of requests (credit it does not use while it
 //! still has work carries over to its next turn, so a request larger than the quantum goes after
 //! a few turns). A scanner keeping hundreds of tokens queued therefore delays another scanner's
-//! single token by at most one turn of each active scanner, not by its whole backlog.
+//! single token by at most one turn of each active scanner, not by its whole backlog. A
+//! scanner's turn begins with its credit: one that arrives while another is being served is
+//! served in the next turn, not credited on one pass and served on the one after.
 
 use std::collections::{HashMap, VecDeque};
 
 struct Lane<T> {
     items: VecDeque<(usize, T)>,
     deficit: usize,
+    /// Whether this lane's current turn has had its quantum.
+    credited: bool,
 }
 
 /// Items (each with a weight, in tokens) queued per key, taken out fairly.
@@ -51,8 +55,14 @@ impl<T> Fair<T> {
             None => {
                 let mut items = VecDeque::new();
                 items.push_back((weight, item));
-                self.lanes
-                    .insert(key.to_owned(), Lane { items, deficit: 0 });
+                self.lanes.insert(
+                    key.to_owned(),
+                    Lane {
+                        items,
+                        deficit: 0,
+                        credited: false,
+                    },
+                );
                 self.order.push_back(key.to_owned());
             }
         }
@@ -61,8 +71,8 @@ impl<T> Fair<T> {
 
     /// The next item in fair order.
     pub fn pop(&mut self) -> Option<T> {
-        // Every pass over a lane that cannot pay adds a quantum to its credit, so the loop ends
-        // within (largest weight / quantum + 1) turns of each lane.
+        // Every turn of a lane adds a quantum to its credit, so the loop ends within (largest
+        // weight / quantum + 1) turns of each lane.
         loop {
             let key = self.order.front()?;
             let Some(lane) = self.lanes.get_mut(key) else {
@@ -75,6 +85,10 @@ impl<T> Fair<T> {
                 self.order.pop_front();
                 continue;
             };
+            if !lane.credited {
+                lane.credited = true;
+                lane.deficit += self.quantum;
+            }
             if lane.deficit >= weight {
                 lane.deficit -= weight;
                 let item = lane.items.pop_front().map(|(_, item)| item);
@@ -87,7 +101,8 @@ impl<T> Fair<T> {
                 self.len -= 1;
                 return item;
             }
-            lane.deficit += self.quantum;
+            // Its turn is over: the next one begins with a quantum.
+            lane.credited = false;
             if let Some(k) = self.order.pop_front() {
                 self.order.push_back(k);
             }
@@ -118,6 +133,23 @@ mod tests {
             "{flood_before_gate} flood requests went before the gate's"
         );
         assert_eq!(f.len(), 100 - flood_before_gate);
+    }
+
+    /// A scanner whose token arrives while a flood is being served goes in the next turn:
+    /// one quantum of the flood ahead of it, not two. Before, a lane was credited on one pass
+    /// and served on the next, so the newcomer waited while the flood, credited already, took
+    /// a second turn (two pops of the flood here).
+    #[test]
+    fn a_key_that_arrives_while_another_is_served_goes_in_the_next_turn() {
+        let mut f = Fair::new(8);
+        for i in 0..16 {
+            f.push("flood", 8, ("flood", i));
+        }
+        assert_eq!(f.pop(), Some(("flood", 0)));
+        f.push("gate", 1, ("gate", 0));
+        assert_eq!(f.pop(), Some(("gate", 0)));
+        assert_eq!(f.pop(), Some(("flood", 1)));
+        assert_eq!(f.len(), 14);
     }
 
     #[test]
