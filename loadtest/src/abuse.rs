@@ -306,75 +306,20 @@ async fn wait_ready(world: &World, probe: &Probe) -> Result<()> {
     Ok(())
 }
 
-/// The rows: a baseline, each attack, and the memory after them.
+/// The rows: a baseline, each attack (every row, or those of `--rows` in the order given, a
+/// row named twice run twice: the row after then says whether memory grows with repeats or
+/// stays at a high-water mark), and the memory after them.
 async fn attack(t: &Target) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     let row = t.measure("baseline", async { Ok(String::new()) }).await?;
     let baseline_rss = row.rss;
     rows.push(row);
-    let wanted = |row: &str| t.rows.as_ref().is_none_or(|r| r.iter().any(|w| w == row));
-    if wanted("handshake") {
-        let initials = capture_initials((ATTACK_SECS * 2000) as usize).await?;
-        let from = (2..10).map(|i| Ipv4Addr::new(127, 0, 0, i)).collect();
-        let flood = handshake_flood(Arc::clone(&t.world), initials, t.probe, from);
-        rows.push(t.measure("handshake flood", flood).await?);
-    }
-    if wanted("same-address") {
-        let initials = capture_initials((ATTACK_SECS * 2000) as usize).await?;
-        let flood = handshake_flood(
-            Arc::clone(&t.world),
-            initials,
-            t.probe,
-            vec![Ipv4Addr::LOCALHOST],
-        );
-        rows.push(
-            t.measure("handshake flood from the gate's address", flood)
-                .await?,
-        );
-    }
-    if wanted("same-address-retry") {
-        let flood = retry_answering_flood(Arc::clone(&t.world), t.probe);
-        rows.push(
-            t.measure("Retry-answering flood from the gate's address", flood)
-                .await?,
-        );
-    }
-    if wanted("queue") {
-        let queue = queue_flood(Arc::clone(&t.world), t.probe);
-        rows.push(t.measure("queue flood (1 scanner)", queue).await?);
-    }
-    if wanted("over-limit") {
-        let over = raw_loops(Arc::clone(&t.world), t.probe, over_limit_frames(&t.world)?);
-        rows.push(t.measure("over-limit batches (1 scanner)", over).await?);
-    }
-    if wanted("oversized") {
-        let big = raw_loops(Arc::clone(&t.world), t.probe, oversized_frames(&t.world)?);
-        rows.push(t.measure("oversized tokens (1 scanner)", big).await?);
-    }
-    if wanted("forged") {
-        let clean = eights(Arc::clone(&t.world), t.probe, t.engine.pid(), t.ops, false);
-        let clean = t.measure("batches of 8 (1 scanner)", clean).await?;
-        let forged = eights(Arc::clone(&t.world), t.probe, t.engine.pid(), t.ops, true);
-        let mut forged = t.measure("1 forged token in 8 (1 scanner)", forged).await?;
-        if let (Some(a), Some(b)) = (cpu_of(&clean.note), cpu_of(&forged.note)) {
-            forged.note = format!(
-                "{}; {:.2} x the CPU per token of the row above",
-                forged.note,
-                b / a
-            );
-        }
-        rows.push(clean);
-        rows.push(forged);
-    }
-    if wanted("slow") {
-        let slow = slow_bodies(Arc::clone(&t.world), t.probe);
-        rows.push(t.measure("slow bodies", slow).await?);
-    }
-    if wanted("ops") {
-        rows.push(
-            t.measure("ops port held open", hold_ops_port(t.ops))
-                .await?,
-        );
+    let names: Vec<String> = match &t.rows {
+        Some(r) => r.clone(),
+        None => ROWS.iter().map(|s| s.to_string()).collect(),
+    };
+    for name in &names {
+        attack_row(t, name, &mut rows).await?;
     }
     // After: memory back near the baseline (the half-open state and buffers are freed).
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -396,6 +341,77 @@ async fn attack(t: &Target) -> Result<Vec<Row>> {
     after.pass = after.pass && back && peak_rss <= 256 * 1000 * 1000;
     rows.push(after);
     Ok(rows)
+}
+
+/// Runs the attack row `name` (one of [`ROWS`]) and adds its rows.
+async fn attack_row(t: &Target, name: &str, rows: &mut Vec<Row>) -> Result<()> {
+    match name {
+        "handshake" => {
+            let initials = capture_initials((ATTACK_SECS * 2000) as usize).await?;
+            let from = (2..10).map(|i| Ipv4Addr::new(127, 0, 0, i)).collect();
+            let flood = handshake_flood(Arc::clone(&t.world), initials, t.probe, from);
+            rows.push(t.measure("handshake flood", flood).await?);
+        }
+        "same-address" => {
+            let initials = capture_initials((ATTACK_SECS * 2000) as usize).await?;
+            let flood = handshake_flood(
+                Arc::clone(&t.world),
+                initials,
+                t.probe,
+                vec![Ipv4Addr::LOCALHOST],
+            );
+            rows.push(
+                t.measure("handshake flood from the gate's address", flood)
+                    .await?,
+            );
+        }
+        "same-address-retry" => {
+            let flood = retry_answering_flood(Arc::clone(&t.world), t.probe);
+            rows.push(
+                t.measure("Retry-answering flood from the gate's address", flood)
+                    .await?,
+            );
+        }
+        "queue" => {
+            let queue = queue_flood(Arc::clone(&t.world), t.probe);
+            rows.push(t.measure("queue flood (1 scanner)", queue).await?);
+        }
+        "over-limit" => {
+            let over = raw_loops(Arc::clone(&t.world), t.probe, over_limit_frames(&t.world)?);
+            rows.push(t.measure("over-limit batches (1 scanner)", over).await?);
+        }
+        "oversized" => {
+            let big = raw_loops(Arc::clone(&t.world), t.probe, oversized_frames(&t.world)?);
+            rows.push(t.measure("oversized tokens (1 scanner)", big).await?);
+        }
+        "forged" => {
+            let clean = eights(Arc::clone(&t.world), t.probe, t.engine.pid(), t.ops, false);
+            let clean = t.measure("batches of 8 (1 scanner)", clean).await?;
+            let forged = eights(Arc::clone(&t.world), t.probe, t.engine.pid(), t.ops, true);
+            let mut forged = t.measure("1 forged token in 8 (1 scanner)", forged).await?;
+            if let (Some(a), Some(b)) = (cpu_of(&clean.note), cpu_of(&forged.note)) {
+                forged.note = format!(
+                    "{}; {:.2} x the CPU per token of the row above",
+                    forged.note,
+                    b / a
+                );
+            }
+            rows.push(clean);
+            rows.push(forged);
+        }
+        "slow" => {
+            let slow = slow_bodies(Arc::clone(&t.world), t.probe);
+            rows.push(t.measure("slow bodies", slow).await?);
+        }
+        "ops" => {
+            rows.push(
+                t.measure("ops port held open", hold_ops_port(t.ops))
+                    .await?,
+            );
+        }
+        other => bail!("no attack row {other} (rows: {})", ROWS.join(", ")),
+    }
+    Ok(())
 }
 
 /// 1. Half-open handshake flood: 2,000 Initials/s from eight addresses, never answered, while

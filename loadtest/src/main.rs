@@ -66,8 +66,9 @@ enum Command {
         /// `equation`, `batch_from = 16`, so every batch of 8 tokens is one equation.
         #[arg(long, default_value = "auto")]
         engine_batch: String,
-        /// Only these attack rows, comma-separated: handshake, queue, forged, slow, ops (the
-        /// baseline and the row after always run).
+        /// Only these attack rows, comma-separated, in this order (a row named twice runs
+        /// twice): handshake, same-address, same-address-retry, queue, over-limit, oversized,
+        /// forged, slow, ops (the baseline and the row after always run).
         #[arg(long, value_delimiter = ',')]
         rows: Option<Vec<String>>,
     },
