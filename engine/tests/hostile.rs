@@ -696,6 +696,32 @@ async fn under_a_deep_full_batch_flood_the_gate_waits_for_one_small_batch() {
     server.shutdown().await;
 }
 
+/// A connection may open 16 request streams until its scanner is admitted (the QUIC stack
+/// sets up state for every stream a connection may open, so a half-open handshake costs 16
+/// streams' worth, not 256), and an admitted scanner gets its `max_streams_per_connection`
+/// (256 by default) at once: it opens 240 without waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admitted_scanner_gets_its_full_request_streams() {
+    let world = World::new();
+    let server = start(world.engine(), world.server_config()).await;
+    let gate = server.client(&world, "gate-a").await;
+    // The first request's answer comes after the server raised the limit.
+    let v = gate.verify(&token(&world.holder(5)), None).await.unwrap();
+    assert_eq!(v.reason, Reason::Accepted);
+    let mut open = Vec::new();
+    for i in 0..240 {
+        let stream = timeout(Duration::from_secs(5), gate.connection().open_bi())
+            .await
+            .unwrap_or_else(|_| panic!("stream {i}: no stream credit"))
+            .unwrap();
+        open.push(stream);
+    }
+    assert_eq!(open.len(), 240);
+    drop(open);
+    gate.close().await;
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_scanner_cannot_open_more_than_its_connections() {
     let world = World::new();

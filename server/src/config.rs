@@ -74,6 +74,7 @@ batch_from = 32
 
 [limits]
 max_connections = 10000
+# Concurrent request streams per connection once its scanner is admitted (16 before).
 max_streams_per_connection = 256
 idle_timeout_secs = 30
 # Largest request frame body in bytes (at most 131072).

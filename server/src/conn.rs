@@ -83,6 +83,7 @@ pub(crate) async fn connection(
             return;
         }
     };
+    tls::full_streams(&conn, &shared.limits);
     info!(scanner = %id, %remote, "scanner connected");
     let mut streams = JoinSet::new();
     if serve_streams(&shared, &conn, &id, &mut streams).await {

@@ -43,7 +43,8 @@ pub(crate) mod millis {
 pub struct Limits {
     /// Most scanner connections at once; more are refused (QUIC `CONNECTION_REFUSED`).
     pub max_connections: usize,
-    /// Most concurrent request streams per connection (QUIC flow control).
+    /// Most concurrent request streams per connection (QUIC flow control), once its scanner is
+    /// admitted; 16 until then.
     pub max_streams_per_connection: u32,
     /// A connection with no traffic for this long is closed (scanners send keep-alives).
     #[serde(rename = "idle_timeout_secs", with = "seconds")]

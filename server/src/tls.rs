@@ -22,6 +22,12 @@ use gatehouse_core::Engine;
 
 /// Bytes a connection may have in flight towards the server, over all its streams.
 const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
+/// Request streams a connection may open before its scanner is admitted. The QUIC stack sets
+/// up its state for every stream a connection may open when the connection is accepted, so a
+/// half-open handshake (a flood that answers Retry, then goes silent) would cost the full
+/// `max_streams_per_connection` of it; an admitted scanner gets the rest at once
+/// ([`full_streams`]).
+pub(crate) const HANDSHAKE_STREAMS: u32 = 16;
 /// Connection attempts quinn holds before the accept loop has decided on them.
 const INCOMING_MAX: usize = 4096;
 /// Bytes of further packets quinn holds per undecided attempt, and over all of them.
@@ -80,15 +86,25 @@ fn transport(config: &ServerConfig) -> Result<TransportConfig, ServerError> {
     // for them bound what one scanner can make the server buffer.
     let stream_window = (2 * limits.max_frame_body) as u32;
     let mut t = TransportConfig::default();
-    t.max_concurrent_bidi_streams(VarInt::from_u32(limits.max_streams_per_connection))
-        .max_concurrent_uni_streams(VarInt::from_u32(0))
-        .stream_receive_window(VarInt::from_u32(stream_window))
-        .receive_window(VarInt::from_u32(CONNECTION_WINDOW.max(stream_window)))
-        .max_idle_timeout(Some(
-            IdleTimeout::try_from(limits.idle_timeout)
-                .map_err(|e| ServerError::Quic(format!("idle timeout: {e}")))?,
-        ));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(
+        limits.max_streams_per_connection.min(HANDSHAKE_STREAMS),
+    ))
+    .max_concurrent_uni_streams(VarInt::from_u32(0))
+    .stream_receive_window(VarInt::from_u32(stream_window))
+    .receive_window(VarInt::from_u32(CONNECTION_WINDOW.max(stream_window)))
+    .max_idle_timeout(Some(
+        IdleTimeout::try_from(limits.idle_timeout)
+            .map_err(|e| ServerError::Quic(format!("idle timeout: {e}")))?,
+    ));
     Ok(t)
+}
+
+/// Gives an admitted scanner's connection its full `max_streams_per_connection` request streams
+/// (it could open [`HANDSHAKE_STREAMS`] until now).
+pub(crate) fn full_streams(conn: &quinn::Connection, limits: &crate::settings::Limits) {
+    if limits.max_streams_per_connection > HANDSHAKE_STREAMS {
+        conn.set_max_concurrent_bi_streams(VarInt::from_u32(limits.max_streams_per_connection));
+    }
 }
 
 /// WebPKI client verification against the CA, then: the subject CN must name a registered
