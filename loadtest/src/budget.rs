@@ -367,6 +367,10 @@ mod tests {
             nodes: vec![],
             cross_node_replays: None,
             revocation_states: Vec::new(),
+            plan_fingerprint: None,
+            run_salt: None,
+            shard: None,
+            histograms: None,
             timeline: vec![],
         }
     }

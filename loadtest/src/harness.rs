@@ -9,9 +9,10 @@ use anyhow::Result;
 
 use crate::budget::Budget;
 use crate::fleet::Fleet;
-use crate::model::{schedule, Mix, Plan, ScannerSet};
+use crate::model::{fingerprint, schedule, Mix, Plan, ScannerSet};
 use crate::openloop::{self, OpenLoopOptions};
 use crate::report::TargetInfo;
+use crate::summary::Histograms;
 use crate::summary::{RunSummary, SweepStep, SweepSummary};
 use crate::target::{Connections, SpawnedSite};
 
@@ -35,6 +36,12 @@ pub struct Harness {
     pub max_requests: usize,
     /// Seed of schedules.
     pub seed: u64,
+    /// `--run-salt`: the salt of the first plan run (each later one, a sweep's next step,
+    /// derives its own from it); `None` draws a fresh one per plan, printed so it can be given
+    /// again.
+    pub run_salt: Option<u64>,
+    /// Plans run so far.
+    pub runs: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Harness {
@@ -43,6 +50,19 @@ impl std::fmt::Debug for Harness {
             .field("target", &self.target)
             .finish_non_exhaustive()
     }
+}
+
+/// The salt of the `run`-th plan (0-based) of a harness given `--run-salt base`: the base for
+/// the first, then one derived per plan, the same in every shard.
+pub fn plan_salt(base: u64, run: u64) -> u64 {
+    if run == 0 {
+        return base;
+    }
+    let id = gatehouse_engine::dev::population::derive_id(
+        "gatehouse-loadtest plan salt",
+        base ^ run.rotate_left(32),
+    );
+    u64::from_le_bytes(id[..8].try_into().unwrap_or([0; 8]))
 }
 
 fn fresh_salt() -> u64 {
@@ -65,7 +85,27 @@ impl Harness {
         let fleet = self.fleet.clone();
         let scanners = self.scanners.clone();
         let (plan_c, mix, seed, max) = (*plan, self.mix, self.seed, self.max_requests);
-        let salt = fresh_salt();
+        let run = self.runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let salt = match self.run_salt {
+            Some(base) => plan_salt(base, run),
+            None => fresh_salt(),
+        };
+        let print = if self.run_salt.is_none() && run == 0 {
+            format!(" (give --run-salt {salt:016x} to draw this schedule again)")
+        } else {
+            String::new()
+        };
+        let fingerprint = fingerprint(plan, &mix, seed, salt, self.fleet.len(), &self.scanners);
+        if !matches!(
+            self.opts.progress,
+            gatehouse_engine::dev::progress::ProgressMode::Off
+        ) || self.opts.shard.is_split()
+        {
+            eprintln!(
+                "  plan {fingerprint}, salt {salt:016x}, shard {}{print}",
+                self.opts.shard
+            );
+        }
         let sched = tokio::task::spawn_blocking(move || {
             schedule(
                 &plan_c,
@@ -101,6 +141,12 @@ impl Harness {
             .map(|(a, b)| Some(b? - (*a)?))
             .collect();
         let mut summary = RunSummary::from_stats(&stats, &node_cpu);
+        summary.plan_fingerprint = Some(fingerprint);
+        summary.run_salt = Some(format!("{salt:016x}"));
+        if self.opts.shard.is_split() {
+            summary.shard = Some(self.opts.shard);
+            summary.histograms = Some(Histograms::of(&stats));
+        }
         summary.cpu.redis_secs = redis_cpu0
             .zip(self.site.as_ref().and_then(SpawnedSite::redis_cpu_secs))
             .map(|(a, b)| b - a);

@@ -834,6 +834,10 @@ mod tests {
             nodes: Vec::new(),
             cross_node_replays: None,
             revocation_states: Vec::new(),
+            plan_fingerprint: None,
+            run_salt: None,
+            shard: None,
+            histograms: None,
             timeline: (0..10)
                 .map(|t| Second {
                     t,
@@ -893,6 +897,7 @@ mod tests {
             budget: None,
             baseline: Vec::new(),
             passed: false,
+            merged: None,
         }
     }
 

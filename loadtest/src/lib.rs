@@ -18,6 +18,8 @@
 //!   plans, thresholds and HTML/JSON/Markdown reports.
 //! - [`summary`]: what a run measured ([`RunSummary`], [`SweepSummary`] and the raw
 //!   [`summary::RunStats`]), read by the budget, the report and the HTML page alike.
+//! - [`merge`]: the reports of a run's shards (`--shard I/N`, one harness process per machine)
+//!   added up into one, percentiles read from merged histograms.
 //! - [`Report`]: the JSON summary CI reads, with a comparison against a baseline;
 //!   [`html::render`] draws it as one self-contained HTML page (inline SVG charts, nothing
 //!   loaded from the network).
@@ -36,6 +38,7 @@
 //   harness  → budget, fleet, model, openloop, report, summary, target
 //   closed   → expect, fleet, model, summary, target
 //   html     → report, summary
+//   merge    → report, summary
 // The binary's own modules (`abuse`, `faults`) use only `target`.
 
 pub mod budget;
@@ -45,6 +48,7 @@ pub mod expect;
 pub mod fleet;
 mod harness;
 pub mod html;
+pub mod merge;
 pub mod model;
 pub mod openloop;
 pub mod report;

@@ -18,6 +18,7 @@ use gatehouse_engine::dev::progress::ProgressMode;
 use gatehouse_loadtest::budget::BudgetResult;
 use gatehouse_loadtest::closed::{self, ClosedOptions};
 use gatehouse_loadtest::fleet::default_cache_dir;
+use gatehouse_loadtest::model::Shard;
 use gatehouse_loadtest::openloop::{OpenLoopOptions, MAX_SIGN_LEAD};
 use gatehouse_loadtest::report::{ModelInfo, PopulationInfo, TargetInfo};
 use gatehouse_loadtest::summary::GooseSummary;
@@ -102,6 +103,19 @@ enum Command {
     /// differ (mode, population, plan shape or rate, sweep step), since the figures then
     /// describe the plans rather than the engine.
     Compare(CompareArgs),
+    /// Add up the JSON reports of the shards of one run (`rush --shard I/N --report FILE`,
+    /// from one machine or several) into the report one process running the whole plan would
+    /// have written: counts added, percentiles read from the merged histograms, judged by the
+    /// budget with the same exit codes. Refuses shards of different plans or salts, a shard
+    /// given twice, a missing shard (unless --allow-missing) and files that are not shard
+    /// reports.
+    Merge(MergeArgs),
+    /// Start engine nodes on loopback (`stage --spawn`, with the node options of --spawn)
+    /// with the population's files and a development PKI (TEST ONLY), write the scanners'
+    /// certificates to --out, print `target ADDR[,ADDR…]` and
+    /// `cert-dir DIR` on stdout, and keep the nodes running until stdin closes or Ctrl-C: a
+    /// fleet to try `rush --shard I/N --target …` against on one machine.
+    Stage(StageArgs),
 }
 
 // The arguments of each command; its help text is the doc comment of its `Command` variant.
@@ -228,6 +242,43 @@ struct FaultsArgs {
     accept_risk: Option<String>,
 }
 
+/// The arguments of `merge`.
+#[derive(Args)]
+struct MergeArgs {
+    /// The shards' JSON reports.
+    #[arg(required = true)]
+    shards: Vec<PathBuf>,
+    /// The budget file (default: budgets/default.toml).
+    #[arg(long)]
+    budget: Option<PathBuf>,
+    /// Merge even when shards are missing; the result is marked partial.
+    #[arg(long)]
+    allow_missing: bool,
+    /// Write the merged JSON report here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Write the merged HTML report here.
+    #[arg(long)]
+    html: Option<PathBuf>,
+    /// Print the merged JSON report on stdout instead of the text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The arguments of `stage`.
+#[derive(Args)]
+struct StageArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Where the scanners' certificates and keys go (ca.pem, scanners/<id>.pem|key): give it
+    /// to the shards as --cert-dir.
+    #[arg(long = "out", value_name = "DIR")]
+    out: PathBuf,
+    /// The highest rate the nodes will be loaded at (sizes their one-time-use tables).
+    #[arg(long, default_value_t = 20_000.0)]
+    max_rps: f64,
+}
+
 /// The arguments of `compare`.
 #[derive(Args)]
 struct CompareArgs {
@@ -277,7 +328,7 @@ struct Common {
     #[command(flatten)]
     fleet: FleetArgs,
     /// Start `gatehouse serve` on loopback with a development PKI and the population's files.
-    #[arg(long, conflicts_with = "target")]
+    #[arg(long)]
     spawn: bool,
     /// With --spawn: start the engine WITHOUT the revocation list (to prove wrong verdicts
     /// fail the run).
@@ -316,10 +367,13 @@ struct Common {
     /// not agree (to prove cross-node replays then fail the run).
     #[arg(long, requires = "store")]
     split_store: bool,
-    /// A running engine's QUIC address (loaded with the population's trust list, scanners
-    /// and revocations: see `population --export`).
-    #[arg(long)]
-    target: Option<SocketAddr>,
+    /// A running engine's QUIC address, or a fleet's, comma-separated (loaded with the
+    /// population's trust list, scanners and revocations: see `population --export` and
+    /// `stage`). With several, scanner s sends to node (s / shards) mod nodes (s mod nodes
+    /// unsharded), so every shard reaches every node, and every replay goes to another node
+    /// than its original's.
+    #[arg(long, value_delimiter = ',')]
+    target: Vec<SocketAddr>,
     /// With --target: the CA certificate of the server (default: <cert-dir>/ca.pem).
     #[arg(long, requires = "target")]
     ca: Option<PathBuf>,
@@ -360,6 +414,28 @@ struct Common {
     /// Most requests one run may schedule.
     #[arg(long, default_value_t = 5_000_000)]
     max_requests: usize,
+    /// rush and sweep: run shard I of N (1-based) of the plan, as one of N harness processes
+    /// (machines) loading one engine or fleet: scanner s (0-based) belongs to shard
+    /// (s mod N) + 1, and this process connects, signs, sends and checks only its scanners'
+    /// requests. Every shard needs the same arguments and --run-salt; `merge` adds their
+    /// JSON reports up into one.
+    #[arg(long)]
+    shard: Option<Shard>,
+    /// The salt (16 hex digits) that, with --seed, draws the schedule and its nonces; the
+    /// same for every shard of a run. Without it a run draws a fresh one and prints it. Give
+    /// an engine a salt again only after its token window (30 s) has passed, or the repeated
+    /// nonces are answered `replayed`.
+    #[arg(long, value_parser = parse_salt)]
+    run_salt: Option<u64>,
+}
+
+/// `--run-salt`: up to 16 hex digits.
+fn parse_salt(s: &str) -> Result<u64, String> {
+    let t = s.trim().trim_start_matches("0x");
+    if t.is_empty() || t.len() > 16 {
+        return Err(format!("--run-salt {s:?}: 1 to 16 hex digits"));
+    }
+    u64::from_str_radix(t, 16).map_err(|_| format!("--run-salt {s:?}: 1 to 16 hex digits"))
 }
 
 impl Common {
@@ -495,6 +571,10 @@ fn spawn_options(common: &Common, bin: PathBuf, replay_capacity: usize) -> Spawn
 /// Refuses node options that cannot work, before the population is loaded.
 fn check_spawn(common: &Common) -> Result<()> {
     ensure!(
+        !common.spawn || common.target.is_empty(),
+        "--spawn starts engines here; --target names running ones: give one of them"
+    );
+    ensure!(
         common.spawn || (common.nodes == 1 && common.pin.is_empty()),
         "--nodes and --pin start engines: they need --spawn"
     );
@@ -551,9 +631,11 @@ async fn spawn_endpoint(
     })
 }
 
-/// The running engine `--target` names, with the scanner identities in `--cert-dir`.
-fn named_endpoint(common: &Common, addr: SocketAddr, scanners: &ScannerSet) -> Result<Endpoint> {
-    gatehouse_loadtest::target::check_target(addr)?;
+/// The running engine or fleet `--target` names, with the scanner identities in `--cert-dir`.
+fn named_endpoint(common: &Common, scanners: &ScannerSet) -> Result<Endpoint> {
+    for addr in &common.target {
+        gatehouse_loadtest::target::check_target(*addr)?;
+    }
     let cert_dir = common
         .cert_dir
         .clone()
@@ -561,7 +643,7 @@ fn named_endpoint(common: &Common, addr: SocketAddr, scanners: &ScannerSet) -> R
     let ca = common.ca.clone().unwrap_or_else(|| cert_dir.join("ca.pem"));
     Ok(Endpoint {
         site: None,
-        addrs: vec![addr],
+        addrs: common.target.clone(),
         identities: identities_from_dir(&ca, &cert_dir, scanners)?,
         server_name: common.server_name.clone(),
         revocations_loaded: None,
@@ -585,17 +667,19 @@ async fn connect(common: &Common, fleet: Fleet, replay_capacity: usize) -> Resul
         revocations_loaded,
     } = if common.spawn {
         spawn_endpoint(common, &fleet, &scanners, replay_capacity).await?
-    } else if let Some(addr) = common.target {
-        named_endpoint(common, addr, &scanners)?
+    } else if !common.target.is_empty() {
+        named_endpoint(common, &scanners)?
     } else {
         bail!("say where the engine is: --spawn (start one on loopback) or --target ADDR");
     };
+    let shard = common.shard.unwrap_or(Shard::WHOLE);
     let conns = Connections::connect(
         &addrs,
         &server_name,
         identities,
         common.connections_per_scanner,
         options,
+        shard,
     )
     .await?;
     let shown: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
@@ -633,10 +717,13 @@ async fn connect(common: &Common, fleet: Fleet, replay_capacity: usize) -> Resul
             utc_offset_secs: common.utc_offset_secs,
             salt: 0,
             progress: common.progress(),
+            shard,
         },
         mix: Mix::default(),
         max_requests: common.max_requests,
         seed: common.fleet.seed,
+        run_salt: common.run_salt,
+        runs: Default::default(),
     })
 }
 
@@ -747,6 +834,7 @@ fn base_report(mode: &str, h: &Harness, population: PopulationInfo, model: Model
         budget: None,
         baseline: Vec::new(),
         passed: false,
+        merged: None,
     }
 }
 
@@ -776,6 +864,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Faults(args) => fault_injection(args).await,
         Command::Html { report, out } => html(&report, &out),
         Command::Compare(args) => compare_reports(&args),
+        Command::Merge(args) => merge_shards(&args),
+        Command::Stage(args) => stage(args).await,
     }
 }
 
@@ -855,6 +945,94 @@ impl RushArgs {
     }
 }
 
+/// `stage`: nodes on loopback for `--target` runs, until stdin closes.
+async fn stage(args: StageArgs) -> Result<ExitCode> {
+    let common = &args.common;
+    ensure!(
+        common.target.is_empty(),
+        "stage starts the nodes; --target is for the shards that load them"
+    );
+    ensure!(
+        common.spawn,
+        "stage starts the nodes on loopback: give --spawn (with --nodes, --store as for rush)"
+    );
+    check_spawn(common)?;
+    let (fleet, _) = load_fleet(&common.fleet, common.progress()).await?;
+    let scanners = ScannerSet::new(&fleet.scanners());
+    let bin = match &common.gatehouse_bin {
+        Some(b) => b.clone(),
+        None => find_gatehouse()?,
+    };
+    let opts = spawn_options(common, bin, replay_capacity_for(args.max_rps));
+    let (site, pki): (SpawnedSite, DevPki) = SpawnedSite::start(&fleet, &scanners, &opts).await?;
+    pki.write_to(&args.out)?;
+    let addrs: Vec<String> = site.addrs().iter().map(SocketAddr::to_string).collect();
+    println!("target {}", addrs.join(","));
+    println!("cert-dir {}", args.out.display());
+    println!("store {}", site.store);
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    // Until stdin closes (the test or script that started it is done) or Ctrl-C (main).
+    let _ = tokio::task::spawn_blocking(|| {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+    })
+    .await;
+    let _ = tokio::task::spawn_blocking(move || drop(site)).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `merge`: the shards' reports added up and judged by the budget.
+fn merge_shards(args: &MergeArgs) -> Result<ExitCode> {
+    let files = args
+        .shards
+        .iter()
+        .map(|p| Ok((p.clone(), gatehouse_loadtest::merge::read(p)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let mut report = gatehouse_loadtest::merge::merge(&files, args.allow_missing)?;
+    let budget_file = args
+        .budget
+        .clone()
+        .unwrap_or_else(|| default_budget("default.toml"));
+    let budget = Budget::load(&budget_file)?;
+    let checks = report
+        .run
+        .as_ref()
+        .map(|r| budget.check_run(r))
+        .unwrap_or_default();
+    let result = BudgetResult::new(&budget_file.display().to_string(), checks);
+    report.passed = result.passed;
+    let missed = result.missed();
+    report.budget = Some(result);
+    if let Some(path) = &args.report {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.html {
+        write_html(&report, path)?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    if report.merged.as_ref().is_some_and(|m| m.partial) {
+        eprintln!(
+            "gatehouse-loadtest: partial: shards are missing, the figures cover part of the plan"
+        );
+    }
+    if missed.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for m in &missed {
+            eprintln!("gatehouse-loadtest: budget missed: {m}");
+        }
+        Ok(ExitCode::from(EXIT_MISSED))
+    }
+}
+
 /// `rush`: one open-loop morning rush, judged by the budget.
 async fn rush(args: RushArgs) -> Result<ExitCode> {
     let common = &args.common;
@@ -914,6 +1092,12 @@ async fn capacity_sweep(args: SweepArgs) -> Result<ExitCode> {
     let m = args.model.model(common.fleet.holders)?;
     check_spawn(common)?;
     let opts = args.options(&m)?;
+    // An adaptive sweep stops at its own break: shards on several machines would step apart.
+    ensure!(
+        common.shard.is_none(),
+        "sweep --shard: a sweep split over machines needs steps run in lock-step, which sweep \
+         does not do yet; split rush runs at the rates you want instead"
+    );
     let (budget, budget_file) = load_budget(common, "sweep.toml")?;
     ensure!(
         opts.max_rps * opts.step_secs <= common.max_requests as f64,
@@ -996,6 +1180,10 @@ async fn goose(args: GooseArgs) -> Result<ExitCode> {
     check_spawn(common)?;
     args.check()?;
     let mean_think = args.mean_think();
+    ensure!(
+        common.shard.is_none() && common.run_salt.is_none(),
+        "--shard and --run-salt are for rush and sweep (goose runs closed loop in one process)"
+    );
     let users = args.users(&m);
     let (budget, budget_file) = load_budget(common, "default.toml")?;
     let (fleet, info) = load_fleet(&common.fleet, common.progress()).await?;

@@ -303,6 +303,85 @@ impl ScannerSet {
     }
 }
 
+/// One part of a run split over several harness processes (machines): `--shard I/N`, 1-based,
+/// as `cargo nextest --partition count:I/N`. Scanner `s` (0-based, in [`ScannerSet`] order)
+/// belongs to shard `(s mod N) + 1`; a shard sends, signs, checks and times only its scanners'
+/// requests. A replay is shown where its original was (the same scanner), so it is always in
+/// its original's shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Shard {
+    /// This shard, 1..=count.
+    pub index: usize,
+    /// Shards in the run.
+    pub count: usize,
+}
+
+impl Shard {
+    /// The whole run in one process.
+    pub const WHOLE: Shard = Shard { index: 1, count: 1 };
+
+    /// Whether scanner `scanner` (0-based) belongs to this shard.
+    pub fn owns(&self, scanner: usize) -> bool {
+        scanner % self.count.max(1) + 1 == self.index
+    }
+
+    /// Whether the run is split at all.
+    pub fn is_split(&self) -> bool {
+        self.count > 1
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    /// `I/N`, 1 ≤ I ≤ N ≤ 1024.
+    fn from_str(s: &str) -> Result<Shard, String> {
+        let bad = || format!("--shard {s:?}: give I/N, 1 ≤ I ≤ N (as 2/3)");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let index: usize = i.trim().parse().map_err(|_| bad())?;
+        let count: usize = n.trim().parse().map_err(|_| bad())?;
+        if index == 0 || index > count || count > 1024 {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+/// The fingerprint of a drawn plan: everything that decides the schedule (the plan's shape
+/// and rate, the mix, the seed and the run's salt, the fleet, the scanners, the request
+/// limit). Shards of one run carry the same one; `merge` refuses shards whose fingerprints
+/// differ.
+pub fn fingerprint(
+    plan: &Plan,
+    mix: &Mix,
+    seed: u64,
+    salt: u64,
+    fleet_len: usize,
+    scanners: &ScannerSet,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let text = format!(
+        "plan {:?} {:?} {:?} {:?}; mix {} {} {} {}; seed {seed}; salt {salt:016x}; holders {fleet_len}; scanners {}",
+        plan.ramp_up_secs,
+        plan.peak_secs,
+        plan.ramp_down_secs,
+        plan.peak_rps,
+        mix.replay,
+        mix.forged,
+        mix.garbage,
+        mix.stale,
+        scanners.ids.join(",")
+    );
+    let digest = Sha256::digest(text.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The schedule's deterministic generator (SplitMix64, shared with the demo).
 pub use gatehouse_engine::dev::rng::SplitMix64 as Rng;
 
@@ -502,6 +581,105 @@ mod tests {
         assert_eq!(p.phase_at(9.9), Phase::RampUp);
         assert_eq!(p.phase_at(30.0), Phase::RampDown);
         assert_eq!(p.expected_requests(), 3000.0);
+    }
+
+    fn small_world() -> (gatehouse_engine::dev::population::Population, ScannerSet) {
+        let pop = gatehouse_engine::dev::population::Population::generate(
+            &gatehouse_engine::dev::population::PopulationSpec {
+                holders: 60,
+                ..Default::default()
+            },
+            &|_| {},
+        )
+        .unwrap();
+        let set = ScannerSet::new(&pop.scanners);
+        (pop, set)
+    }
+
+    /// The shards of one run partition its schedule: for several seeds and salts and N in
+    /// {1, 2, 3, 7}, their request sets (global indices) are disjoint and their union is the
+    /// schedule one process draws with that salt; every replay is in its original's shard;
+    /// another salt draws another schedule.
+    #[test]
+    fn shards_partition_the_schedule_and_keep_replays_with_their_originals() {
+        let (pop, set) = small_world();
+        let creds = |i: usize| &pop.holders[i].credential;
+        let plan = Plan::constant(400.0, 4.0);
+        let mix = Mix {
+            replay: 100,
+            ..Mix::default()
+        };
+        for (seed, salt) in [(1u64, 7u64), (2, 0xdead_beef), (99, u64::MAX)] {
+            let whole = schedule(&plan, &creds, 60, &set, &mix, seed ^ salt, 1_000_000).unwrap();
+            let other =
+                schedule(&plan, &creds, 60, &set, &mix, seed ^ salt ^ 1, 1_000_000).unwrap();
+            assert!(
+                whole.len() != other.len()
+                    || whole
+                        .iter()
+                        .zip(&other)
+                        .any(|(a, b)| a.holder != b.holder || a.at != b.at),
+                "another salt drew the same schedule"
+            );
+            let replays = whole
+                .iter()
+                .filter(|a| matches!(a.kind, Kind::Replay { .. }))
+                .count();
+            assert!(replays > 10, "{replays} replays");
+            for n in [1usize, 2, 3, 7] {
+                let shards: Vec<Shard> = (1..=n).map(|index| Shard { index, count: n }).collect();
+                // Each shard draws the whole schedule (the same seed and salt) and keeps its own.
+                let mut owner = vec![0usize; whole.len()];
+                for shard in &shards {
+                    let drawn =
+                        schedule(&plan, &creds, 60, &set, &mix, seed ^ salt, 1_000_000).unwrap();
+                    assert_eq!(drawn.len(), whole.len());
+                    for (i, a) in drawn.iter().enumerate() {
+                        assert_eq!(
+                            (a.at, a.holder, a.scanner),
+                            (whole[i].at, whole[i].holder, whole[i].scanner)
+                        );
+                        if shard.owns(a.scanner as usize) {
+                            assert_eq!(
+                                owner[i], 0,
+                                "request {i} in shards {} and {}",
+                                owner[i], shard.index
+                            );
+                            owner[i] = shard.index;
+                        }
+                    }
+                }
+                assert!(
+                    owner.iter().all(|&o| o > 0),
+                    "a request in no shard (N = {n})"
+                );
+                for (i, a) in whole.iter().enumerate() {
+                    if let Kind::Replay { of } = a.kind {
+                        assert_eq!(
+                            owner[i], owner[of as usize],
+                            "replay {i} and its original {of}"
+                        );
+                    }
+                }
+                if n > 1 {
+                    // Every shard has work: the partition is by scanner, and there are more
+                    // scanners than shards.
+                    for shard in &shards {
+                        assert!(owner.contains(&shard.index), "shard {shard} is empty");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_shard_is_i_of_n() {
+        assert_eq!("2/3".parse::<Shard>(), Ok(Shard { index: 2, count: 3 }));
+        for bad in ["0/3", "4/3", "3", "a/b", "1/0", "1/2000"] {
+            assert!(bad.parse::<Shard>().is_err(), "{bad}");
+        }
+        assert!(Shard { index: 3, count: 7 }.owns(9));
+        assert!(!Shard { index: 3, count: 7 }.owns(10));
     }
 
     #[test]

@@ -32,7 +32,7 @@ use hdrhistogram::Histogram;
 
 use crate::expect::{expected, is_retry, repeated, Presented};
 use crate::fleet::Fleet;
-use crate::model::{Arrival, Kind, Phase, Plan, ScannerSet, Scenario};
+use crate::model::{Arrival, Kind, Phase, Plan, ScannerSet, Scenario, Shard};
 use crate::summary::{histogram, histogram_with, CrossNodeReplays, NodeStats, RunStats, Second};
 use crate::target::{self, Connections};
 
@@ -51,6 +51,8 @@ pub struct OpenLoopOptions {
     pub salt: u64,
     /// Progress on stderr, updated each second: a bar on a terminal, else a line per tenth.
     pub progress: ProgressMode,
+    /// The part of the schedule this process sends (its scanners' requests).
+    pub shard: Shard,
 }
 
 /// The longest signing lead.
@@ -215,6 +217,9 @@ impl Shared {
                 return;
             }
             for i in first..(first + CHUNK).min(n) {
+                if !self.mine(i) || matches!(self.schedule[i].kind, Kind::Replay { .. }) {
+                    continue;
+                }
                 let at = self.schedule[i].at;
                 loop {
                     if self.abort.load(Ordering::Relaxed) {
@@ -233,9 +238,6 @@ impl Shared {
                         }
                     }
                 }
-                if matches!(self.schedule[i].kind, Kind::Replay { .. }) {
-                    continue;
-                }
                 let _ = self.slots[i].set(self.prepare(i));
                 self.prepared.fetch_add(1, Ordering::Release);
             }
@@ -246,6 +248,16 @@ impl Shared {
 const TOO_OLD: &str = "original token too old to replay";
 
 impl Shared {
+    /// Whether request `i` is this shard's to send.
+    fn mine(&self, i: usize) -> bool {
+        self.opts.shard.owns(self.schedule[i].scanner as usize)
+    }
+
+    /// Requests this shard sends.
+    fn planned(&self) -> usize {
+        (0..self.schedule.len()).filter(|&i| self.mine(i)).count()
+    }
+
     /// The token of request `of` and the verdict its replay must get, once `of` was judged
     /// (waiting at most a request timeout and a second); `from`, where the replay's latency
     /// starts, moves to when that verdict was seen.
@@ -437,9 +449,8 @@ fn spawn_signers(shared: &Arc<Shared>, count: usize) -> Result<Vec<std::thread::
 async fn prefill(shared: &Shared) -> f64 {
     let lead = shared.opts.sign_lead.as_secs_f64();
     let prefix = shared.schedule.iter().take_while(|a| a.at < lead).count();
-    let signable_prefix = shared.schedule[..prefix]
-        .iter()
-        .filter(|a| !matches!(a.kind, Kind::Replay { .. }))
+    let signable_prefix = (0..prefix)
+        .filter(|&i| shared.mine(i) && !matches!(shared.schedule[i].kind, Kind::Replay { .. }))
         .count();
     let t_prefill = Instant::now();
     while shared.prepared.load(Ordering::Acquire) < signable_prefix {
@@ -467,6 +478,9 @@ fn spawn_sender(
                 if shared.abort.load(Ordering::Relaxed) {
                     break;
                 }
+                if !shared.mine(i) {
+                    continue;
+                }
                 let intended = start + Duration::from_secs_f64(a.at);
                 let now = Instant::now();
                 if intended > now {
@@ -488,8 +502,9 @@ fn spawn_sender(
 struct Timeline(Vec<(Second, Histogram<u64>)>);
 
 impl Timeline {
-    /// One entry per second of `plan`, with the requests `schedule` sends in each.
-    fn new(plan: &Plan, schedule: &[Arrival]) -> Timeline {
+    /// One entry per second of `plan`, with the requests of `schedule` that `mine` says this
+    /// shard sends in each.
+    fn new(plan: &Plan, schedule: &[Arrival], mine: impl Fn(usize) -> bool) -> Timeline {
         let seconds = plan.duration().ceil() as usize + 1;
         let mut per_second: Vec<(Second, Histogram<u64>)> = (0..seconds)
             .map(|t| {
@@ -508,7 +523,10 @@ impl Timeline {
                 )
             })
             .collect();
-        for a in schedule {
+        for (i, a) in schedule.iter().enumerate() {
+            if !mine(i) {
+                continue;
+            }
             if let Some(s) = per_second.get_mut(a.at as usize) {
                 s.0.sent += 1;
             }
@@ -521,16 +539,16 @@ impl Timeline {
         self.0.get_mut(at as usize)
     }
 
-    /// The seconds, each with its median and 99th percentile.
-    fn into_seconds(self) -> Vec<Second> {
+    /// The seconds, each with its median and 99th percentile, and their histograms.
+    fn into_seconds(self) -> (Vec<Second>, Vec<Histogram<u64>>) {
         self.0
             .into_iter()
             .map(|(mut s, h)| {
                 s.p50_us = h.value_at_quantile(0.50);
                 s.p99_us = h.value_at_quantile(0.99);
-                s
+                (s, h)
             })
-            .collect()
+            .unzip()
     }
 }
 
@@ -554,6 +572,7 @@ fn empty_stats(planned: u64, conns: &Connections, prefill_secs: f64) -> RunStats
         elapsed_secs: 0.0,
         prefill_secs,
         timeline: Vec::new(),
+        per_second: Vec::new(),
         harness_cpu_secs: None,
         nodes: conns
             .addrs()
@@ -591,10 +610,10 @@ struct Collector<'p> {
 impl<'p> Collector<'p> {
     /// A collector for `shared`'s schedule, drawn from `plan`.
     fn new(shared: Arc<Shared>, plan: &'p Plan, prefill_secs: f64, progress: ProgressMode) -> Self {
-        let n = shared.schedule.len();
+        let n = shared.planned();
         Collector {
             stats: empty_stats(n as u64, &shared.conns, prefill_secs),
-            timeline: Timeline::new(plan, &shared.schedule),
+            timeline: Timeline::new(plan, &shared.schedule, |i| shared.mine(i)),
             received: 0,
             bar: Progress::new(progress, "run", n as u64, "requests"),
             last_answered: 0,
@@ -611,7 +630,7 @@ impl<'p> Collector<'p> {
         start: Instant,
         deadline: Instant,
     ) {
-        let n = self.shared.schedule.len();
+        let n = self.stats.planned as usize;
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
         while self.received < n {
             tokio::select! {
@@ -762,7 +781,7 @@ impl<'p> Collector<'p> {
             .elapsed()
             .as_secs_f64()
             .min((deadline - start).as_secs_f64());
-        stats.timeline = self.timeline.into_seconds();
+        (stats.timeline, stats.per_second) = self.timeline.into_seconds();
         stats
     }
 }

@@ -154,6 +154,43 @@ pub struct Report {
     pub baseline: Vec<BaselineDiff>,
     /// Whether every budget check held.
     pub passed: bool,
+    /// A report `merge` made of shard reports: the shards it added up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged: Option<Merged>,
+}
+
+/// What the merged report says of its shards.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Merged {
+    /// Shards in the run.
+    pub count: usize,
+    /// Each shard merged, in index order.
+    pub shards: Vec<ShardFacts>,
+    /// Shards whose reports were not given (`--allow-missing`).
+    pub missing: Vec<usize>,
+    /// Whether shards are missing: the figures then cover part of the plan only.
+    pub partial: bool,
+}
+
+/// One shard's own facts, as its report gave them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ShardFacts {
+    /// Its index (1-based).
+    pub index: usize,
+    /// The report file.
+    pub file: String,
+    /// Its command line.
+    pub command: String,
+    /// Cores of the machine it ran on.
+    pub cores: usize,
+    /// When it started (Unix seconds).
+    pub started_unix: u64,
+    /// Requests it sent.
+    pub planned: u64,
+    /// Seconds it signed before its clock started.
+    pub prefill_secs: f64,
+    /// CPU seconds it used.
+    pub harness_cpu_secs: Option<f64>,
 }
 
 /// The metrics compared with a baseline: name, JSON pointer, whether higher is better.
@@ -405,6 +442,34 @@ impl Report {
     pub fn render(&self) -> String {
         let mut out = String::new();
         self.render_setting(&mut out);
+        if let Some(m) = &self.merged {
+            let _ = writeln!(
+                out,
+                "  merged     {} of {} shards{}",
+                m.shards.len(),
+                m.count,
+                if m.partial {
+                    let missing: Vec<String> = m.missing.iter().map(|i| i.to_string()).collect();
+                    format!(" (PARTIAL: shard {} missing)", missing.join(", "))
+                } else {
+                    String::new()
+                }
+            );
+            for s in &m.shards {
+                let _ = writeln!(
+                    out,
+                    "    shard {}/{}: {} requests, {} cores, prefill {:.1} s, harness CPU {}  ({})",
+                    s.index,
+                    m.count,
+                    s.planned,
+                    s.cores,
+                    s.prefill_secs,
+                    s.harness_cpu_secs
+                        .map_or("unknown".to_string(), |c| format!("{c:.1} s")),
+                    s.file
+                );
+            }
+        }
         if let Some(r) = &self.run {
             let _ = writeln!(
                 out,
@@ -639,6 +704,10 @@ mod tests {
             },
             cross_node_replays: None,
             revocation_states: Vec::new(),
+            plan_fingerprint: None,
+            run_salt: None,
+            shard: None,
+            histograms: None,
             timeline: Vec::new(),
         }
     }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Phase, Scenario};
+use crate::model::{Phase, Scenario, Shard};
 
 /// Latency percentiles, microseconds.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -179,6 +179,88 @@ pub struct RunSummary {
     pub revocation_states: Vec<String>,
     /// Per second of the plan.
     pub timeline: Vec<Second>,
+    /// The fingerprint of the drawn plan (see [`crate::model::fingerprint`]): the same for
+    /// every shard of one run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_fingerprint: Option<String>,
+    /// The run's salt, hex: `--run-salt` draws the same schedule (and nonces) again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_salt: Option<String>,
+    /// The part of the run this process sent (`--shard`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
+    /// The latency histograms, for `merge` (a shard's summary carries them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub histograms: Option<Histograms>,
+}
+
+/// A run's latency histograms in HdrHistogram's V2 serialised form, base64 (as in its
+/// interval logs): what `merge` adds up, so merged percentiles are read from merged
+/// histograms, never averaged.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Histograms {
+    /// Every answered request.
+    pub all: String,
+    /// By phase label.
+    pub phases: BTreeMap<String, String>,
+    /// By scenario label.
+    pub scenarios: BTreeMap<String, String>,
+    /// Send lag.
+    pub send_lag: String,
+    /// Per node, in index order.
+    pub nodes: Vec<String>,
+    /// Per second of the timeline (two significant digits).
+    pub timeline: Vec<String>,
+}
+
+/// `h` in V2 form, base64.
+pub fn encode_histogram(h: &Histogram<u64>) -> String {
+    use base64::Engine as _;
+    use hdrhistogram::serialization::{Serializer as _, V2Serializer};
+    let mut bytes = Vec::new();
+    // Writing to a Vec fails only for a histogram V2 cannot describe; an empty string then
+    // makes `merge` refuse the file.
+    if V2Serializer::new().serialize(h, &mut bytes).is_err() {
+        return String::new();
+    }
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A histogram [`encode_histogram`] wrote.
+pub fn decode_histogram(s: &str) -> Result<Histogram<u64>, String> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|e| format!("not base64: {e}"))?;
+    hdrhistogram::serialization::Deserializer::new()
+        .deserialize(&mut std::io::Cursor::new(bytes))
+        .map_err(|e| format!("not an HdrHistogram: {e:?}"))
+}
+
+impl Histograms {
+    /// The histograms of `s`.
+    pub fn of(s: &RunStats) -> Histograms {
+        Histograms {
+            all: encode_histogram(&s.all),
+            phases: s
+                .by_phase
+                .iter()
+                .map(|(p, h)| (p.label().to_string(), encode_histogram(h)))
+                .collect(),
+            scenarios: s
+                .by_scenario
+                .iter()
+                .map(|(p, h)| (p.label().to_string(), encode_histogram(h)))
+                .collect(),
+            send_lag: encode_histogram(&s.send_lag),
+            nodes: s
+                .nodes
+                .iter()
+                .map(|n| encode_histogram(&n.latency))
+                .collect(),
+            timeline: s.per_second.iter().map(encode_histogram).collect(),
+        }
+    }
 }
 
 impl RunSummary {
@@ -245,6 +327,10 @@ impl RunSummary {
             cross_node_replays: s.cross_node,
             revocation_states: Vec::new(),
             timeline: s.timeline.clone(),
+            plan_fingerprint: None,
+            run_salt: None,
+            shard: None,
+            histograms: None,
         }
     }
 }
@@ -376,6 +462,9 @@ pub struct RunStats {
     pub prefill_secs: f64,
     /// Per second of the plan.
     pub timeline: Vec<Second>,
+    /// Per second of the plan, the latencies of its answered requests (two significant
+    /// digits).
+    pub per_second: Vec<Histogram<u64>>,
     /// CPU seconds the harness used during the run (Linux).
     pub harness_cpu_secs: Option<f64>,
     /// Per node, in index order.

@@ -16,7 +16,7 @@ use gatehouse_engine::dev::redis::RedisServer;
 use gatehouse_protocol::Reason;
 
 use crate::fleet::Fleet;
-use crate::model::ScannerSet;
+use crate::model::{ScannerSet, Shard};
 
 /// The most nodes the harness starts (each is a process with its own cores to share).
 pub const MAX_NODES: usize = 16;
@@ -646,8 +646,9 @@ pub fn check_target(addr: SocketAddr) -> Result<()> {
 }
 
 /// One or more QUIC connections per scanner to each node, each authenticated as that
-/// scanner. Scanner `i` sends to node `i % nodes` (its home node); a replay goes to the next
-/// node after its original's, so with several nodes every replay crosses nodes.
+/// scanner (for the scanners of this process's shard). Scanner `i` sends to its home node
+/// ([`Connections::home`]); a replay goes to the next node after its original's, so with
+/// several nodes every replay crosses nodes.
 #[derive(Debug)]
 pub struct Connections {
     addrs: Vec<SocketAddr>,
@@ -656,23 +657,32 @@ pub struct Connections {
     /// Round-robin position per (node, scanner).
     next: Vec<AtomicUsize>,
     scanners: usize,
+    /// Shards in the run: scanners are spread over the nodes in runs of this many, so a
+    /// shard (every `stride`-th scanner) still reaches every node.
+    stride: usize,
 }
 
 impl Connections {
-    /// Connects `per_scanner` times as each identity (in scanner index order) to each node.
+    /// Connects `per_scanner` times as each identity (in scanner index order) to each node,
+    /// for the scanners `mine` says this process sends for (a shard connects only its own).
     pub async fn connect(
         addrs: &[SocketAddr],
         server_name: &str,
         identities: Vec<ClientIdentity>,
         per_scanner: usize,
         options: ClientOptions,
+        shard: Shard,
     ) -> Result<Connections> {
         ensure!(!addrs.is_empty(), "no engine to connect to");
         let mut by_node = Vec::with_capacity(addrs.len());
         for addr in addrs {
             let mut by_scanner = Vec::with_capacity(identities.len());
-            for identity in &identities {
+            for (scanner, identity) in identities.iter().enumerate() {
                 let mut conns = Vec::with_capacity(per_scanner.max(1));
+                if !shard.owns(scanner) {
+                    by_scanner.push(conns);
+                    continue;
+                }
                 for _ in 0..per_scanner.max(1) {
                     conns.push(
                         ScannerClient::connect_with(*addr, server_name, identity.clone(), options)
@@ -693,6 +703,7 @@ impl Connections {
             by_node,
             next,
             scanners,
+            stride: shard.count.max(1),
         })
     }
 
@@ -711,9 +722,11 @@ impl Connections {
         &self.addrs
     }
 
-    /// The node scanner `scanner` sends its scans to.
+    /// The node scanner `scanner` sends its scans to: `(scanner / shards) % nodes`, which is
+    /// `scanner % nodes` in a run that is not split. With N shards and N nodes, shard I (its
+    /// scanners I-1, I-1+N, …) still reaches every node.
     pub fn home(&self, scanner: usize) -> usize {
-        scanner % self.nodes().max(1)
+        (scanner / self.stride) % self.nodes().max(1)
     }
 
     /// The node a replay of a scan answered by `node` goes to: another one when there is one.

@@ -1,0 +1,659 @@
+//! `merge`: the reports of the shards of one run (`rush --shard I/N`, on one machine or many),
+//! added up into the report one process running the whole plan would have written.
+//!
+//! Counts, verdicts, errors, mismatches and CPU are added; latency percentiles are read from
+//! the shards' merged HDR histograms (never averaged); the timeline's planned rate is the
+//! plan's, and throughput is recomputed from the merged counts over the longest shard's span.
+//! Shards of different plans or salts, a shard given twice, a missing shard (unless allowed:
+//! the result is then marked partial) and a file that is not a shard report are refused, each
+//! with the file named.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::report::{Merged, Report, ShardFacts};
+use crate::summary::{
+    decode_histogram, encode_histogram, histogram, histogram_with, latency, CrossNodeReplays,
+    Histograms, NodeSummary, RunSummary, Second,
+};
+use anyhow::{bail, Context, Result};
+use hdrhistogram::Histogram;
+
+/// The largest report `merge` reads (a shard's report is kilobytes to a few megabytes).
+const MAX_REPORT_BYTES: u64 = 64 << 20;
+
+/// Reads a report file, bounded in size.
+pub fn read(path: &Path) -> Result<Report> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?
+        .len();
+    anyhow::ensure!(
+        len <= MAX_REPORT_BYTES,
+        "{}: {len} bytes, not a shard report (at most {MAX_REPORT_BYTES})",
+        path.display()
+    );
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: not a gatehouse-loadtest report (rush --shard I/N --report FILE writes one)",
+            path.display()
+        )
+    })
+}
+
+/// One shard's report, checked to be one.
+struct Part<'a> {
+    file: String,
+    report: &'a Report,
+    run: &'a RunSummary,
+    index: usize,
+    count: usize,
+    fingerprint: &'a str,
+    histograms: &'a Histograms,
+}
+
+fn part<'a>(file: &Path, report: &'a Report) -> Result<Part<'a>> {
+    let file = file.display().to_string();
+    if report.tool != "gatehouse-loadtest" {
+        bail!("{file}: not a gatehouse-loadtest report");
+    }
+    if report.mode != "rush" {
+        bail!(
+            "{file}: a {} report; merge reads the shard reports of rush runs (--shard I/N)",
+            report.mode
+        );
+    }
+    let not_shard = || {
+        anyhow::anyhow!(
+            "{file}: not a shard report (a rush with --shard I/N writes one; this run was not split)"
+        )
+    };
+    let run = report.run.as_ref().ok_or_else(not_shard)?;
+    let shard = run.shard.ok_or_else(not_shard)?;
+    let histograms = run.histograms.as_ref().ok_or_else(not_shard)?;
+    let fingerprint = run.plan_fingerprint.as_deref().ok_or_else(not_shard)?;
+    Ok(Part {
+        file,
+        report,
+        run,
+        index: shard.index,
+        count: shard.count,
+        fingerprint,
+        histograms,
+    })
+}
+
+/// Merges the shard reports `files` (each with the path it was read from) into one report.
+pub fn merge(files: &[(PathBuf, Report)], allow_missing: bool) -> Result<Report> {
+    anyhow::ensure!(!files.is_empty(), "merge: give the shards' report files");
+    let mut parts = files
+        .iter()
+        .map(|(path, r)| part(path, r))
+        .collect::<Result<Vec<_>>>()?;
+    let first = &parts[0];
+    for p in &parts[1..] {
+        if p.count != first.count {
+            bail!(
+                "{}: shard {}/{}, but {} is a shard of {}",
+                p.file,
+                p.index,
+                p.count,
+                first.file,
+                first.count
+            );
+        }
+        if p.fingerprint != first.fingerprint {
+            bail!(
+                "{}: another plan than {} (plan {} with salt {}, against plan {} with salt {}): \
+                 every shard needs the same arguments and --run-salt",
+                p.file,
+                first.file,
+                p.fingerprint,
+                p.run.run_salt.as_deref().unwrap_or("?"),
+                first.fingerprint,
+                first.run.run_salt.as_deref().unwrap_or("?")
+            );
+        }
+    }
+    parts.sort_by_key(|p| p.index);
+    for w in parts.windows(2) {
+        if w[0].index == w[1].index {
+            bail!(
+                "{}: shard {}/{} twice (also {})",
+                w[1].file,
+                w[1].index,
+                w[1].count,
+                w[0].file
+            );
+        }
+    }
+    let count = parts[0].count;
+    let missing: Vec<usize> = (1..=count)
+        .filter(|i| !parts.iter().any(|p| p.index == *i))
+        .collect();
+    if !missing.is_empty() && !allow_missing {
+        let names: Vec<String> = missing.iter().map(|i| format!("{i}/{count}")).collect();
+        bail!(
+            "shards missing: {} (give every shard's report, or --allow-missing for a partial result)",
+            names.join(", ")
+        );
+    }
+    let base = parts[0].report;
+    let run = merge_runs(&parts)?;
+    let mut target = base.target.clone();
+    target.connections = parts.iter().map(|p| p.report.target.connections).sum();
+    Ok(Report {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        started_unix: parts
+            .iter()
+            .map(|p| p.report.started_unix)
+            .min()
+            .unwrap_or(0),
+        cores: base.cores,
+        target,
+        run: Some(run),
+        sweep: None,
+        goose: None,
+        budget: None,
+        baseline: Vec::new(),
+        passed: false,
+        merged: Some(Merged {
+            count,
+            shards: parts
+                .iter()
+                .map(|p| ShardFacts {
+                    index: p.index,
+                    file: p.file.clone(),
+                    command: p.report.command.clone(),
+                    cores: p.report.cores,
+                    started_unix: p.report.started_unix,
+                    planned: p.run.planned,
+                    prefill_secs: p.run.prefill_secs,
+                    harness_cpu_secs: p.run.cpu.harness_secs,
+                })
+                .collect(),
+            partial: !missing.is_empty(),
+            missing,
+        }),
+        ..base.clone()
+    })
+}
+
+/// A histogram of a shard's report, or why it is not one.
+fn decode(p: &Part<'_>, what: &str, s: &str) -> Result<Histogram<u64>> {
+    decode_histogram(s).map_err(|e| anyhow::anyhow!("{}: histogram {what}: {e}", p.file))
+}
+
+/// `into` += `h`.
+fn add(into: &mut Histogram<u64>, h: &Histogram<u64>, p: &Part<'_>, what: &str) -> Result<()> {
+    into.add(h)
+        .map_err(|e| anyhow::anyhow!("{}: histogram {what}: {e:?}", p.file))
+}
+
+/// Adds the labelled histograms of every part (phases or scenarios).
+fn merge_labelled(
+    parts: &[Part<'_>],
+    of: impl Fn(&Histograms) -> &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, Histogram<u64>>> {
+    let mut out: BTreeMap<String, Histogram<u64>> = BTreeMap::new();
+    for p in parts {
+        for (label, s) in of(p.histograms) {
+            let h = decode(p, label, s)?;
+            add(
+                out.entry(label.clone()).or_insert_with(histogram),
+                &h,
+                p,
+                label,
+            )?;
+        }
+    }
+    Ok(out)
+}
+
+fn add_counts(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
+    for (k, v) in from {
+        *into.entry(k.clone()).or_default() += v;
+    }
+}
+
+/// The sum of `f` over the parts, when every part knows it.
+fn sum_known(parts: &[Part<'_>], f: impl Fn(&RunSummary) -> Option<f64>) -> Option<f64> {
+    parts.iter().map(|p| f(p.run)).sum()
+}
+
+fn merge_runs(parts: &[Part<'_>]) -> Result<RunSummary> {
+    let mut all = histogram();
+    let mut send_lag = histogram();
+    for p in parts {
+        add(&mut all, &decode(p, "all", &p.histograms.all)?, p, "all")?;
+        add(
+            &mut send_lag,
+            &decode(p, "send_lag", &p.histograms.send_lag)?,
+            p,
+            "send_lag",
+        )?;
+    }
+    let phases = merge_labelled(parts, |h| &h.phases)?;
+    let scenarios = merge_labelled(parts, |h| &h.scenarios)?;
+    let base = parts[0].run;
+    let mut run = RunSummary {
+        histograms: None,
+        shard: None,
+        ..base.clone()
+    };
+    let sum = |f: fn(&RunSummary) -> u64| parts.iter().map(|p| f(p.run)).sum::<u64>();
+    run.planned = sum(|r| r.planned);
+    run.answered = sum(|r| r.answered);
+    run.errors = sum(|r| r.errors);
+    run.skipped = sum(|r| r.skipped);
+    run.dropped = sum(|r| r.dropped);
+    run.mismatches = sum(|r| r.mismatches);
+    run.error_rate = (run.errors + run.skipped) as f64 / run.planned.max(1) as f64;
+    run.elapsed_secs = parts.iter().map(|p| p.run.elapsed_secs).fold(0.0, f64::max);
+    run.prefill_secs = parts.iter().map(|p| p.run.prefill_secs).fold(0.0, f64::max);
+    run.throughput_rps = run.answered as f64 / run.elapsed_secs.max(1e-9);
+    run.latency_us = latency(&all);
+    run.send_lag_us = latency(&send_lag);
+    run.phases = phases
+        .iter()
+        .filter(|(_, h)| !h.is_empty())
+        .map(|(k, h)| (k.clone(), latency(h)))
+        .collect();
+    run.scenarios = scenarios
+        .iter()
+        .filter(|(_, h)| !h.is_empty())
+        .map(|(k, h)| (k.clone(), latency(h)))
+        .collect();
+    run.verdicts = BTreeMap::new();
+    run.expected = BTreeMap::new();
+    run.mismatch_examples = Vec::new();
+    run.error_examples = Vec::new();
+    for p in parts {
+        add_counts(&mut run.verdicts, &p.run.verdicts);
+        add_counts(&mut run.expected, &p.run.expected);
+        let tag = |e: &String| format!("shard {}: {e}", p.index);
+        run.mismatch_examples
+            .extend(p.run.mismatch_examples.iter().map(tag));
+        run.error_examples
+            .extend(p.run.error_examples.iter().map(tag));
+    }
+    run.mismatch_examples.truncate(10);
+    run.error_examples.truncate(10);
+    run.cpu.harness_secs = sum_known(parts, |r| r.cpu.harness_secs);
+    run.cpu.engine_secs = sum_known(parts, |r| r.cpu.engine_secs);
+    run.cpu.redis_secs = sum_known(parts, |r| r.cpu.redis_secs);
+    run.cpu.engine_context_switches = parts
+        .iter()
+        .map(|p| p.run.cpu.engine_context_switches)
+        .sum();
+    run.cpu.wall_secs = parts
+        .iter()
+        .map(|p| p.run.cpu.wall_secs)
+        .fold(0.0, f64::max);
+    run.nodes = merge_nodes(parts)?;
+    run.cross_node_replays = parts
+        .iter()
+        .filter_map(|p| p.run.cross_node_replays)
+        .reduce(|a, b| CrossNodeReplays {
+            judged: a.judged + b.judged,
+            expected_replayed: a.expected_replayed + b.expected_replayed,
+            replayed: a.replayed + b.replayed,
+        });
+    run.revocation_states = Vec::new();
+    for p in parts {
+        for s in &p.run.revocation_states {
+            if !run.revocation_states.contains(s) {
+                run.revocation_states.push(s.clone());
+            }
+        }
+    }
+    run.timeline = merge_timeline(parts)?;
+    run.histograms = Some(Histograms {
+        all: encode_histogram(&all),
+        send_lag: encode_histogram(&send_lag),
+        phases: phases
+            .iter()
+            .map(|(k, h)| (k.clone(), encode_histogram(h)))
+            .collect(),
+        scenarios: scenarios
+            .iter()
+            .map(|(k, h)| (k.clone(), encode_histogram(h)))
+            .collect(),
+        nodes: Vec::new(),
+        timeline: Vec::new(),
+    });
+    Ok(run)
+}
+
+/// Per node (by index): counts added, latency from the merged histograms.
+fn merge_nodes(parts: &[Part<'_>]) -> Result<Vec<NodeSummary>> {
+    let n = parts.iter().map(|p| p.run.nodes.len()).max().unwrap_or(0);
+    let mut nodes = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut node = NodeSummary {
+            node: i,
+            ..NodeSummary::default()
+        };
+        let mut h = histogram();
+        let mut cpu = Some(0.0);
+        for p in parts {
+            let Some(s) = p.run.nodes.get(i) else {
+                continue;
+            };
+            if node.address.is_empty() {
+                node.address = s.address.clone();
+            }
+            node.requests += s.requests;
+            node.answered += s.answered;
+            node.errors += s.errors;
+            node.mismatches += s.mismatches;
+            add_counts(&mut node.verdicts, &s.verdicts);
+            cpu = cpu.zip(s.cpu_secs).map(|(a, b)| a + b);
+            let what = format!("node {i}");
+            let encoded =
+                p.histograms.nodes.get(i).ok_or_else(|| {
+                    anyhow::anyhow!("{}: no latency histogram for node {i}", p.file)
+                })?;
+            add(&mut h, &decode(p, &what, encoded)?, p, &what)?;
+        }
+        node.latency_us = latency(&h);
+        node.cpu_secs = cpu;
+        nodes.push(node);
+    }
+    Ok(nodes)
+}
+
+/// Per second of the plan: counts added, the plan's rate (not the sum), percentiles from the
+/// merged histograms.
+fn merge_timeline(parts: &[Part<'_>]) -> Result<Vec<Second>> {
+    let n = parts
+        .iter()
+        .map(|p| p.run.timeline.len())
+        .max()
+        .unwrap_or(0);
+    let mut out = Vec::with_capacity(n);
+    for t in 0..n {
+        let mut second: Option<Second> = None;
+        let mut h = histogram_with(2);
+        for p in parts {
+            let Some(s) = p.run.timeline.get(t) else {
+                continue;
+            };
+            let what = format!("second {t}");
+            let encoded = p.histograms.timeline.get(t).ok_or_else(|| {
+                anyhow::anyhow!("{}: no latency histogram for second {t}", p.file)
+            })?;
+            add(&mut h, &decode(p, &what, encoded)?, p, &what)?;
+            match second.as_mut() {
+                None => second = Some(s.clone()),
+                Some(m) => {
+                    m.sent += s.sent;
+                    m.answered += s.answered;
+                    m.errors += s.errors;
+                    m.mismatches += s.mismatches;
+                }
+            }
+        }
+        if let Some(mut s) = second {
+            s.p50_us = h.value_at_quantile(0.50);
+            s.p99_us = h.value_at_quantile(0.99);
+            out.push(s);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use crate::model::{Phase, Scenario, Shard};
+    use crate::report::{ModelInfo, PopulationInfo, TargetInfo};
+    use crate::summary::RunStats;
+
+    fn report(run: RunSummary) -> Report {
+        Report {
+            tool: "gatehouse-loadtest".into(),
+            version: "0.1.0".into(),
+            mode: "rush".into(),
+            started_unix: 1_800_000_000,
+            cores: 2,
+            command: "gatehouse-loadtest rush --shard".into(),
+            target: TargetInfo {
+                address: "127.0.0.1:4433".into(),
+                spawned: false,
+                revocations_loaded: None,
+                connections: 18,
+                nodes: vec!["127.0.0.1:4433".into()],
+                store: None,
+                pins: Vec::new(),
+            },
+            population: PopulationInfo {
+                holders: 10_000,
+                seed: 1,
+                origin: "cache".into(),
+                secs: 0.2,
+                valid: 9_500,
+                revoked: 300,
+                expired: 200,
+            },
+            model: ModelInfo {
+                holders: 1_000_000,
+                share: 0.6,
+                rush_minutes: 60.0,
+                peak_factor: 3.0,
+                peak_rps: 500.0,
+                explanation: String::new(),
+                plan_ramp_up_secs: 0.0,
+                plan_peak_secs: 3.0,
+                plan_peak_rps: 500.0,
+                plan_ramp_down_secs: 0.0,
+            },
+            run: Some(run),
+            sweep: None,
+            goose: None,
+            budget: None,
+            baseline: Vec::new(),
+            passed: false,
+            merged: None,
+        }
+    }
+
+    /// A shard's report whose answered requests took `samples` µs (second `i % 3` of the
+    /// plan, gate scenario, peak phase), `errors` errors and `mismatches` mismatches.
+    fn shard(index: usize, count: usize, samples: &[u64], errors: u64, mismatches: u64) -> Report {
+        let mut stats = RunStats {
+            planned: samples.len() as u64 + errors,
+            answered: samples.len() as u64,
+            errors,
+            mismatches,
+            skipped: 0,
+            dropped: 0,
+            all: histogram(),
+            by_phase: Phase::ALL.iter().map(|p| (*p, histogram())).collect(),
+            by_scenario: Scenario::ALL.iter().map(|s| (*s, histogram())).collect(),
+            send_lag: histogram(),
+            verdicts: [("accepted".to_string(), samples.len() as u64)].into(),
+            expected: [("accepted".to_string(), samples.len() as u64)].into(),
+            mismatch_examples: (0..mismatches).map(|m| format!("request {m}")).collect(),
+            error_examples: Vec::new(),
+            elapsed_secs: 3.0 + index as f64 / 10.0,
+            prefill_secs: 0.5,
+            timeline: (0..3)
+                .map(|t| Second {
+                    t,
+                    planned_rps: 500.0,
+                    sent: 0,
+                    answered: 0,
+                    errors: 0,
+                    mismatches: 0,
+                    p50_us: 0,
+                    p99_us: 0,
+                })
+                .collect(),
+            per_second: (0..3).map(|_| histogram_with(2)).collect(),
+            harness_cpu_secs: Some(1.0),
+            nodes: Vec::new(),
+            cross_node: None,
+        };
+        for (i, &us) in samples.iter().enumerate() {
+            stats.all.record(us).unwrap();
+            stats
+                .by_phase
+                .get_mut(&Phase::Peak)
+                .unwrap()
+                .record(us)
+                .unwrap();
+            stats
+                .by_scenario
+                .get_mut(&Scenario::Gate)
+                .unwrap()
+                .record(us)
+                .unwrap();
+            stats.send_lag.record(10).unwrap();
+            stats.timeline[i % 3].sent += 1;
+            stats.timeline[i % 3].answered += 1;
+            stats.per_second[i % 3].record(us).unwrap();
+        }
+        let mut run = RunSummary::from_stats(&stats, &[]);
+        run.plan_fingerprint = Some("0123456789abcdef".into());
+        run.run_salt = Some("00000000c0ffee00".into());
+        run.shard = Some(Shard { index, count });
+        run.histograms = Some(Histograms::of(&stats));
+        report(run)
+    }
+
+    fn files(reports: Vec<Report>) -> Vec<(PathBuf, Report)> {
+        reports
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| (PathBuf::from(format!("shard-{i}.json")), r))
+            .collect()
+    }
+
+    /// Uneven shards: one with 990 fast answers, one with 10 slow ones. The mean of the
+    /// shards' p99s is far from the whole's p99; the merge reads the whole's.
+    #[test]
+    fn merging_is_exact_where_averaging_percentiles_is_not() {
+        let fast: Vec<u64> = (0..990).map(|i| 1_000 + i).collect();
+        let slow: Vec<u64> = (0..10).map(|i| 50_000 + 1_000 * i).collect();
+        let mut whole = histogram();
+        for us in fast.iter().chain(&slow) {
+            whole.record(*us).unwrap();
+        }
+        let a = shard(1, 2, &fast, 2, 1);
+        let b = shard(2, 2, &slow, 0, 0);
+        let mean_p99 = (a.run.as_ref().unwrap().latency_us.p99_us
+            + b.run.as_ref().unwrap().latency_us.p99_us)
+            / 2;
+        let merged = merge(&files(vec![b, a]), false).unwrap();
+        let run = merged.run.as_ref().unwrap();
+        let want = latency(&whole);
+        assert_eq!(run.latency_us.p99_us, want.p99_us);
+        assert_eq!(run.latency_us.p50_us, want.p50_us);
+        assert_eq!(run.latency_us.max_us, want.max_us);
+        assert_eq!(run.latency_us.count, 1000);
+        assert!(
+            mean_p99.abs_diff(want.p99_us) > 10_000,
+            "the example must separate the two: mean of p99s {mean_p99}, whole {}",
+            want.p99_us
+        );
+        assert_eq!(run.phases["peak"].p99_us, want.p99_us);
+        assert_eq!(run.scenarios["gate"].p99_us, want.p99_us);
+        // Counts add; the rate per second is the plan's, not the sum of the shards'.
+        assert_eq!(run.planned, 1002);
+        assert_eq!((run.answered, run.errors, run.mismatches), (1000, 2, 1));
+        assert_eq!(run.verdicts["accepted"], 1000);
+        assert_eq!(run.timeline.len(), 3);
+        assert_eq!(run.timeline.iter().map(|s| s.answered).sum::<u64>(), 1000);
+        assert_eq!(run.timeline[0].planned_rps, 500.0);
+        assert_eq!(run.cpu.harness_secs, Some(2.0));
+        // Throughput over the longest shard's span; examples name their shard.
+        assert!((run.elapsed_secs - 3.2).abs() < 1e-9);
+        assert!((run.throughput_rps - 1000.0 / 3.2).abs() < 1e-6);
+        assert_eq!(
+            run.mismatch_examples,
+            vec!["shard 1: request 0".to_string()]
+        );
+        let m = merged.merged.as_ref().unwrap();
+        assert_eq!(m.shards.iter().map(|s| s.index).collect::<Vec<_>>(), [1, 2]);
+        assert!(!m.partial);
+        // The merged report renders, as text and as the HTML page.
+        assert!(merged.render().contains("merged     2 of 2 shards"));
+        assert!(crate::html::render(&merged)
+            .unwrap()
+            .starts_with("<!DOCTYPE html>"));
+    }
+
+    fn refused(reports: Vec<Report>, allow_missing: bool) -> String {
+        format!("{:#}", merge(&files(reports), allow_missing).unwrap_err())
+    }
+
+    #[test]
+    fn shards_of_another_plan_twice_or_missing_are_refused_naming_the_file() {
+        let s = |i| shard(i, 3, &[1_000, 2_000], 0, 0);
+        let mut other = s(2);
+        other.run.as_mut().unwrap().plan_fingerprint = Some("fedcba9876543210".into());
+        let e = refused(vec![s(1), other], false);
+        assert!(e.contains("shard-1.json: another plan"), "{e}");
+        let e = refused(vec![s(1), s(2), s(2)], false);
+        assert!(
+            e.contains("shard-2.json: shard 2/3 twice (also shard-1.json)"),
+            "{e}"
+        );
+        let e = refused(vec![s(1), s(3)], false);
+        assert!(e.contains("shards missing: 2/3"), "{e}");
+        let e = refused(vec![s(1), shard(2, 2, &[1], 0, 0)], false);
+        assert!(
+            e.contains("shard-1.json: shard 2/2, but shard-0.json is a shard of 3"),
+            "{e}"
+        );
+        // Allowed missing: merged, and marked partial.
+        let m = merge(&files(vec![s(1), s(3)]), true).unwrap();
+        let merged = m.merged.unwrap();
+        assert!(merged.partial);
+        assert_eq!(merged.missing, vec![2]);
+        // Not shard reports.
+        let mut whole = s(1);
+        whole.run.as_mut().unwrap().shard = None;
+        let e = refused(vec![whole], false);
+        assert!(e.contains("shard-0.json: not a shard report"), "{e}");
+        let mut sweep = s(1);
+        sweep.mode = "sweep".into();
+        let e = refused(vec![sweep], false);
+        assert!(e.contains("shard-0.json: a sweep report"), "{e}");
+        let mut other_tool = s(1);
+        other_tool.tool = "wrk".into();
+        let e = refused(vec![other_tool], false);
+        assert!(
+            e.contains("shard-0.json: not a gatehouse-loadtest report"),
+            "{e}"
+        );
+        let mut broken = s(1);
+        broken
+            .run
+            .as_mut()
+            .unwrap()
+            .histograms
+            .as_mut()
+            .unwrap()
+            .all = "!!".into();
+        let e = refused(vec![broken, s(2), s(3)], false);
+        assert!(e.contains("shard-0.json: histogram all: not base64"), "{e}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_report_is_refused_by_name() {
+        let dir = std::env::temp_dir().join(format!("gatehouse-merge-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notes.json");
+        std::fs::write(&path, "{\"hello\": 1}").unwrap();
+        let e = format!("{:#}", read(&path).unwrap_err());
+        assert!(
+            e.contains("notes.json: not a gatehouse-loadtest report"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
