@@ -209,6 +209,19 @@ impl Budget {
                 passed: distinct.len() == 1,
             });
         }
+        if let Some(start) = &r.start {
+            // Shards started together, or their seconds do not line up.
+            checks.push(Check {
+                name: "common start".into(),
+                limit: "clock started at --start-at".into(),
+                observed: if start.late_secs > 0.0 {
+                    format!("{:.2} s late (signing ran past it)", start.late_secs)
+                } else {
+                    "on time".into()
+                },
+                passed: start.late_secs <= 0.0,
+            });
+        }
         if let Some(lag) = latency_check(
             SEND_LAG_CHECK,
             self.max_send_lag_p99_ms,
@@ -371,6 +384,8 @@ mod tests {
             run_salt: None,
             shard: None,
             histograms: None,
+            start: None,
+            clock_suspect: 0,
             timeline: vec![],
         }
     }

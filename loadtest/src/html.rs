@@ -838,6 +838,8 @@ mod tests {
             run_salt: None,
             shard: None,
             histograms: None,
+            start: None,
+            clock_suspect: 0,
             timeline: (0..10)
                 .map(|t| Second {
                     t,

@@ -427,6 +427,26 @@ struct Common {
     /// nonces are answered `replayed`.
     #[arg(long, value_parser = parse_salt)]
     run_salt: Option<u64>,
+    /// rush: start the clock at this instant (Unix seconds, or RFC 3339 such as
+    /// 2026-12-05T07:00:00+09:00), after signing the first seconds: every shard of a run at
+    /// once. The machines' clocks must agree (chrono or NTP): a shard that starts late fails
+    /// its report, and genuine tokens answered `stale` or `from_future` point at its clock.
+    #[arg(long, value_parser = parse_start_at)]
+    start_at: Option<std::time::SystemTime>,
+}
+
+/// `--start-at`: Unix seconds or RFC 3339.
+fn parse_start_at(s: &str) -> Result<std::time::SystemTime, String> {
+    let t = s.trim();
+    if let Ok(secs) = t.parse::<f64>() {
+        if secs.is_finite() && secs > 0.0 {
+            return Ok(std::time::UNIX_EPOCH + Duration::from_secs_f64(secs));
+        }
+    }
+    let ts: jiff::Timestamp = t.parse().map_err(|e| {
+        format!("--start-at {s:?}: Unix seconds or RFC 3339 (2026-12-05T07:00:00+09:00): {e}")
+    })?;
+    std::time::SystemTime::try_from(ts).map_err(|e| format!("--start-at {s:?}: {e}"))
 }
 
 /// `--run-salt`: up to 16 hex digits.
@@ -718,6 +738,7 @@ async fn connect(common: &Common, fleet: Fleet, replay_capacity: usize) -> Resul
             salt: 0,
             progress: common.progress(),
             shard,
+            start_at: common.start_at,
         },
         mix: Mix::default(),
         max_requests: common.max_requests,
@@ -1094,9 +1115,9 @@ async fn capacity_sweep(args: SweepArgs) -> Result<ExitCode> {
     let opts = args.options(&m)?;
     // An adaptive sweep stops at its own break: shards on several machines would step apart.
     ensure!(
-        common.shard.is_none(),
-        "sweep --shard: a sweep split over machines needs steps run in lock-step, which sweep \
-         does not do yet; split rush runs at the rates you want instead"
+        common.shard.is_none() && common.start_at.is_none(),
+        "sweep --shard and --start-at: a sweep split over machines needs steps run in \
+         lock-step, which sweep does not do yet; split rush runs at the rates you want instead"
     );
     let (budget, budget_file) = load_budget(common, "sweep.toml")?;
     ensure!(
@@ -1181,8 +1202,9 @@ async fn goose(args: GooseArgs) -> Result<ExitCode> {
     args.check()?;
     let mean_think = args.mean_think();
     ensure!(
-        common.shard.is_none() && common.run_salt.is_none(),
-        "--shard and --run-salt are for rush and sweep (goose runs closed loop in one process)"
+        common.shard.is_none() && common.run_salt.is_none() && common.start_at.is_none(),
+        "--shard, --run-salt and --start-at are for the open loop (goose runs closed loop in \
+         one process)"
     );
     let users = args.users(&m);
     let (budget, budget_file) = load_budget(common, "default.toml")?;

@@ -171,6 +171,8 @@ pub fn merge(files: &[(PathBuf, Report)], allow_missing: bool) -> Result<Report>
                     planned: p.run.planned,
                     prefill_secs: p.run.prefill_secs,
                     harness_cpu_secs: p.run.cpu.harness_secs,
+                    late_secs: p.run.start.map(|s| s.late_secs),
+                    clock_suspect: p.run.clock_suspect,
                 })
                 .collect(),
             partial: !missing.is_empty(),
@@ -249,6 +251,15 @@ fn merge_runs(parts: &[Part<'_>]) -> Result<RunSummary> {
     run.skipped = sum(|r| r.skipped);
     run.dropped = sum(|r| r.dropped);
     run.mismatches = sum(|r| r.mismatches);
+    run.clock_suspect = sum(|r| r.clock_suspect);
+    // The latest start among the shards says how far off the common start the run was.
+    run.start = parts.iter().filter_map(|p| p.run.start).reduce(|a, b| {
+        if b.late_secs > a.late_secs {
+            b
+        } else {
+            a
+        }
+    });
     run.error_rate = (run.errors + run.skipped) as f64 / run.planned.max(1) as f64;
     run.elapsed_secs = parts.iter().map(|p| p.run.elapsed_secs).fold(0.0, f64::max);
     run.prefill_secs = parts.iter().map(|p| p.run.prefill_secs).fold(0.0, f64::max);
@@ -493,6 +504,8 @@ mod tests {
                 })
                 .collect(),
             per_second: (0..3).map(|_| histogram_with(2)).collect(),
+            start: None,
+            clock_suspect: 0,
             harness_cpu_secs: Some(1.0),
             nodes: Vec::new(),
             cross_node: None,

@@ -33,7 +33,9 @@ use hdrhistogram::Histogram;
 use crate::expect::{expected, is_retry, repeated, Presented};
 use crate::fleet::Fleet;
 use crate::model::{Arrival, Kind, Phase, Plan, ScannerSet, Scenario, Shard};
-use crate::summary::{histogram, histogram_with, CrossNodeReplays, NodeStats, RunStats, Second};
+use crate::summary::{
+    histogram, histogram_with, CommonStart, CrossNodeReplays, NodeStats, RunStats, Second,
+};
 use crate::target::{self, Connections};
 
 /// Knobs of one open-loop run.
@@ -53,6 +55,9 @@ pub struct OpenLoopOptions {
     pub progress: ProgressMode,
     /// The part of the schedule this process sends (its scanners' requests).
     pub shard: Shard,
+    /// `--start-at`: start the clock at this wall-clock instant (every shard of a run at
+    /// once), after signing the first seconds; `None` starts as soon as they are signed.
+    pub start_at: Option<SystemTime>,
 }
 
 /// The longest signing lead.
@@ -375,8 +380,9 @@ pub async fn run(
     let shared = Arc::new(Shared::new(fleet, scanners, conns, schedule, opts));
     let threads = spawn_signers(&shared, signers)?;
     let prefill_secs = prefill(&shared).await;
-    let start = Instant::now() + Duration::from_millis(20);
+    let (start, common_start) = clock_start(shared.opts.start_at);
     let _ = shared.start.set(start);
+    tokio::time::sleep_until(start.into()).await;
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
     let sender = spawn_sender(&shared, start, tx)?;
@@ -387,6 +393,7 @@ pub async fn run(
     collector.close_progress();
     shared.abort.store(true, Ordering::Relaxed);
     let mut stats = collector.into_stats(start, deadline);
+    stats.start = common_start;
     let _ = tokio::task::spawn_blocking(move || {
         let _ = sender.join();
         for t in threads {
@@ -427,6 +434,36 @@ impl Shared {
             next_chunk: AtomicUsize::new(0),
             abort: AtomicBool::new(false),
         }
+    }
+}
+
+/// The instant the run's clock starts: 20 ms from now, or `start_at` (mapped once from the
+/// wall clock to the monotonic one), then how late that was.
+fn clock_start(start_at: Option<SystemTime>) -> (Instant, Option<CommonStart>) {
+    let soon = Instant::now() + Duration::from_millis(20);
+    let Some(at) = start_at else {
+        return (soon, None);
+    };
+    let at_unix = at
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let (now_wall, now) = (SystemTime::now(), Instant::now());
+    match at.duration_since(now_wall) {
+        Ok(ahead) => (
+            now + ahead,
+            Some(CommonStart {
+                at_unix,
+                late_secs: 0.0,
+            }),
+        ),
+        Err(past) => (
+            soon,
+            Some(CommonStart {
+                at_unix,
+                late_secs: past.duration().as_secs_f64(),
+            }),
+        ),
     }
 }
 
@@ -573,6 +610,8 @@ fn empty_stats(planned: u64, conns: &Connections, prefill_secs: f64) -> RunStats
         prefill_secs,
         timeline: Vec::new(),
         per_second: Vec::new(),
+        start: None,
+        clock_suspect: 0,
         harness_cpu_secs: None,
         nodes: conns
             .addrs()
@@ -714,6 +753,12 @@ impl<'p> Collector<'p> {
             .expected
             .entry(expect.label().to_string())
             .or_default() += 1;
+        if mismatch
+            && matches!(got, Reason::Stale | Reason::FromFuture)
+            && !matches!(a.kind, Kind::Stale)
+        {
+            stats.clock_suspect += 1;
+        }
         if mismatch {
             stats.mismatches += 1;
             if stats.mismatch_examples.len() < 10 {
@@ -783,5 +828,31 @@ impl<'p> Collector<'p> {
             .min((deadline - start).as_secs_f64());
         (stats.timeline, stats.per_second) = self.timeline.into_seconds();
         stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_common_start_maps_the_wall_clock_once_and_says_when_it_was_missed() {
+        let (start, common) = clock_start(None);
+        assert!(common.is_none());
+        assert!(start <= Instant::now() + Duration::from_millis(20));
+        let ahead = SystemTime::now() + Duration::from_secs(5);
+        let (start, common) = clock_start(Some(ahead));
+        let left = start.saturating_duration_since(Instant::now());
+        assert!(
+            left > Duration::from_secs(4) && left <= Duration::from_secs(5),
+            "{left:?}"
+        );
+        assert_eq!(common.unwrap().late_secs, 0.0);
+        let past = SystemTime::now() - Duration::from_secs(3);
+        let (start, common) = clock_start(Some(past));
+        assert!(start <= Instant::now() + Duration::from_millis(20));
+        let late = common.unwrap().late_secs;
+        assert!((3.0..4.0).contains(&late), "{late}");
     }
 }

@@ -191,6 +191,12 @@ pub struct ShardFacts {
     pub prefill_secs: f64,
     /// CPU seconds it used.
     pub harness_cpu_secs: Option<f64>,
+    /// How late its clock started after `--start-at`, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_secs: Option<f64>,
+    /// Genuine tokens it sent that were answered `stale` or `from_future` (its clock).
+    #[serde(default)]
+    pub clock_suspect: u64,
 }
 
 /// The metrics compared with a baseline: name, JSON pointer, whether higher is better.
@@ -458,7 +464,7 @@ impl Report {
             for s in &m.shards {
                 let _ = writeln!(
                     out,
-                    "    shard {}/{}: {} requests, {} cores, prefill {:.1} s, harness CPU {}  ({})",
+                    "    shard {}/{}: {} requests, {} cores, prefill {:.1} s, harness CPU {}{}{}  ({})",
                     s.index,
                     m.count,
                     s.planned,
@@ -466,6 +472,17 @@ impl Report {
                     s.prefill_secs,
                     s.harness_cpu_secs
                         .map_or("unknown".to_string(), |c| format!("{c:.1} s")),
+                    s.late_secs
+                        .filter(|l| *l > 0.0)
+                        .map_or(String::new(), |l| format!(", started {l:.2} s LATE")),
+                    if s.clock_suspect > 0 {
+                        format!(
+                            ", {} genuine tokens stale or from the future (check its clock)",
+                            s.clock_suspect
+                        )
+                    } else {
+                        String::new()
+                    },
                     s.file
                 );
             }
@@ -708,6 +725,8 @@ mod tests {
             run_salt: None,
             shard: None,
             histograms: None,
+            start: None,
+            clock_suspect: 0,
             timeline: Vec::new(),
         }
     }

@@ -192,6 +192,24 @@ pub struct RunSummary {
     /// The latency histograms, for `merge` (a shard's summary carries them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub histograms: Option<Histograms>,
+    /// `--start-at`: when the run was to start, and how late its clock started (a shard whose
+    /// signing ran past the common start fails its report).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<CommonStart>,
+    /// Tokens of the schedule that were not meant to be stale, answered `stale` or
+    /// `from_future`: they point at this machine's clock against the engine's (also counted
+    /// as mismatches).
+    #[serde(default)]
+    pub clock_suspect: u64,
+}
+
+/// A run that started at a common instant (`--start-at`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct CommonStart {
+    /// The instant, Unix seconds.
+    pub at_unix: f64,
+    /// Seconds the clock started after it (0 when on time).
+    pub late_secs: f64,
 }
 
 /// A run's latency histograms in HdrHistogram's V2 serialised form, base64 (as in its
@@ -331,6 +349,8 @@ impl RunSummary {
             run_salt: None,
             shard: None,
             histograms: None,
+            start: s.start,
+            clock_suspect: s.clock_suspect,
         }
     }
 }
@@ -465,6 +485,10 @@ pub struct RunStats {
     /// Per second of the plan, the latencies of its answered requests (two significant
     /// digits).
     pub per_second: Vec<Histogram<u64>>,
+    /// The common start (`--start-at`), if the run had one.
+    pub start: Option<CommonStart>,
+    /// Tokens not meant to be stale answered `stale` or `from_future`.
+    pub clock_suspect: u64,
     /// CPU seconds the harness used during the run (Linux).
     pub harness_cpu_secs: Option<f64>,
     /// Per node, in index order.

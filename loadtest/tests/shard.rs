@@ -6,7 +6,9 @@
 //!   same salt, every request answered, 0 mismatches, every cross-node replay refused, every
 //!   node reached by both shards; `merge` exits with the merged budget result (0 held, 1
 //!   missed);
-//! - with `--spawn` each shard starts its own engine, and the shards still merge;
+//! - with `--spawn` each shard starts its own engine, and the shards still merge; a shard
+//!   given `--start-at` waits for it, and one that starts after it fails its report (and so
+//!   does the merge);
 //! - the harness refuses what cannot be one run: `sweep --shard`, `--spawn` with `--target`.
 //!
 //! Needs the `gatehouse` binary and `redis-server` as `tests/fleet.rs` does. Every process a
@@ -274,13 +276,23 @@ fn two_shards_against_a_staged_fleet_merge_into_the_plan_one_process_draws() {
 }
 
 #[test]
-fn with_spawn_each_shard_starts_its_own_engine_and_the_shards_merge() {
+fn with_spawn_each_shard_starts_its_own_engine_at_a_common_start_and_the_shards_merge() {
     let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let paths: Vec<PathBuf> = (1..=2)
         .map(|i| report_path(&format!("spawned-shard-{i}")))
         .collect();
-    for i in 1..=2 {
+    let unix = |ahead: f64| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        format!("{:.3}", now + ahead)
+    };
+    // Shard 1 starts at a common instant 8 s ahead, on time; shard 2 is told an instant
+    // already past, so its clock starts late and its report fails.
+    for (i, start_at, code) in [(1usize, unix(8.0), 0), (2, unix(-1.0), 1)] {
         let shard = format!("{i}/2");
+        let t0 = Instant::now();
         let (out, r) = ci_rush(
             &[
                 "--quiet",
@@ -288,21 +300,41 @@ fn with_spawn_each_shard_starts_its_own_engine_and_the_shards_merge() {
                 SALT,
                 "--shard",
                 &shard,
+                "--start-at",
+                &start_at,
                 "--budget",
                 budget("ci.toml").to_str().unwrap(),
             ],
             &paths[i - 1],
             Duration::from_secs(90),
         );
-        assert!(out.status.success(), "{}", show(&out));
+        assert_eq!(out.status.code(), Some(code), "{}", show(&out));
         assert_eq!(r["target"]["spawned"], true);
         assert_eq!(u(&r["run"]["mismatches"]), 0);
+        let late = r["run"]["start"]["late_secs"].as_f64().unwrap();
+        if i == 1 {
+            assert_eq!(late, 0.0);
+            assert!(
+                t0.elapsed() >= Duration::from_secs(8),
+                "started before its instant"
+            );
+        } else {
+            assert!(late >= 1.0, "{late}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains("budget missed: common start"),
+                "{}",
+                show(&out)
+            );
+        }
     }
     let merged_path = report_path("spawned-merged");
     let files: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
     let (out, merged) = merge(&files, "ci.toml", &merged_path);
-    assert!(out.status.success(), "{}", show(&out));
+    // The merged run started as late as its latest shard: it fails the same check.
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert!(u(&merged["run"]["answered"]) > 1000);
+    assert!(merged["merged"]["shards"][1]["late_secs"].as_f64().unwrap() >= 1.0);
     for p in paths.iter().chain([&merged_path]) {
         let _ = std::fs::remove_file(p);
     }
@@ -334,4 +366,13 @@ fn what_cannot_be_one_run_is_refused() {
     assert!(e.contains("--shard \"3/2\""), "{e}");
     let e = refused(&["rush", "--holders", "10", "--run-salt", "xyz", "--spawn"]);
     assert!(e.contains("--run-salt"), "{e}");
+    let e = refused(&[
+        "rush",
+        "--holders",
+        "10",
+        "--start-at",
+        "tomorrow",
+        "--spawn",
+    ]);
+    assert!(e.contains("Unix seconds or RFC 3339"), "{e}");
 }
