@@ -342,7 +342,7 @@ struct Common {
     #[arg(long, requires = "spawn")]
     keep_engine_dir: bool,
     /// With --spawn: engine nodes to start on loopback (more than one need --store redis).
-    /// Scanner i sends to node i % N; every replay goes to another node than its original.
+    /// Scanner i sends to node (i / shards) % N; every replay goes to another node than its original.
     #[arg(long, default_value_t = 1)]
     nodes: usize,
     /// With --spawn: where the nodes record one-time use: `memory` (each node its own table:

@@ -15,7 +15,7 @@
 //! A replay waits until its original was answered (otherwise it would not be a replay) and is
 //! timed from the later of its intended time and that answer.
 //!
-//! With several nodes, scanner `i` sends to node `i % nodes` and a replay goes to another node
+//! With several nodes, scanner `i` sends to node `(i / shards) % nodes` and a replay goes to another node
 //! than its original: a fleet that agrees answers it `replayed` (one-time use is shared), a
 //! fleet that does not accepts it, and the run counts a mismatch.
 

@@ -365,10 +365,14 @@ fn render_run(out: &mut String, r: &RunSummary) {
     }
     let cpu = |x: Option<f64>| x.map_or("n/a".to_string(), |s| format!("{s:.1} s"));
     let (us, switches) = r.cpu.engine_per_answer(r.answered);
+    let harness_us = per_answer(r.cpu.harness_secs.map(|s| s * 1e6), r.answered);
     let _ = writeln!(
         out,
-        "  cpu        harness {}, engine {}{}{} over {:.1} s wall",
+        "  cpu        harness {}{}, engine {}{}{} over {:.1} s wall",
         cpu(r.cpu.harness_secs),
+        harness_us.map_or(String::new(), |us| format!(
+            " ({us:.1} µs per answered request)"
+        )),
         cpu(r.cpu.engine_secs),
         per_request(us, switches),
         r.cpu
@@ -383,7 +387,11 @@ fn render_run(out: &mut String, r: &RunSummary) {
 
 /// Per node and in total: requests, verdicts, p50/p99, CPU; then the cross-node replays.
 fn render_nodes(out: &mut String, r: &RunSummary) {
-    let _ = writeln!(out, "  per node (scanner i → node i % {}):", r.nodes.len());
+    let _ = writeln!(
+        out,
+        "  per node (scanner i → node (i / shards) % {}):",
+        r.nodes.len()
+    );
     let row = |out: &mut String,
                name: &str,
                requests: u64,

@@ -92,7 +92,7 @@ pub fn per_answer(total: Option<f64>, answered: u64) -> Option<f64> {
 /// What one node was sent and answered during a run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct NodeSummary {
-    /// Index of the node (scanner `i` sends to node `i % nodes`).
+    /// Index of the node (scanner `i` sends to node `(i / shards) % nodes`).
     pub node: usize,
     /// Where it listens.
     pub address: String,
