@@ -740,13 +740,13 @@ mod tests {
     }
 
     #[test]
-    fn the_report_gives_engine_cpu_and_context_switches_per_answered_request() {
+    fn the_report_gives_harness_and_engine_cpu_and_context_switches_per_answered_request() {
         let per = "(500.0 µs, 2.5 switches per answered request)";
         let mut out = String::new();
         render_run(&mut out, &run_with_engine_cpu(false));
         assert!(
             out.contains(&format!(
-                "harness 4.0 s, engine 6.0 s {per} over 10.5 s wall"
+                "harness 4.0 s (333.3 µs per answered request), engine 6.0 s {per} over 10.5 s wall"
             )),
             "{out}"
         );
