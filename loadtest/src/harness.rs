@@ -80,8 +80,20 @@ fn fresh_salt() -> u64 {
 use rand_core::RngCore as _;
 
 impl Harness {
-    /// Schedules and runs `plan` open loop, with tokens signed at most `sign_lead` ahead.
+    /// Schedules and runs `plan` open loop, with tokens signed at most `sign_lead` ahead,
+    /// starting at `--start-at` if one was given.
     pub async fn run_plan(&self, plan: &Plan, sign_lead: Duration) -> Result<RunSummary> {
+        self.run_plan_at(plan, sign_lead, self.opts.start_at).await
+    }
+
+    /// [`Harness::run_plan`], its clock starting at `start_at` (or as soon as the first
+    /// seconds are signed).
+    pub async fn run_plan_at(
+        &self,
+        plan: &Plan,
+        sign_lead: Duration,
+        start_at: Option<std::time::SystemTime>,
+    ) -> Result<RunSummary> {
         let fleet = self.fleet.clone();
         let scanners = self.scanners.clone();
         let (plan_c, mix, seed, max) = (*plan, self.mix, self.seed, self.max_requests);
@@ -124,6 +136,7 @@ impl Harness {
         let opts = OpenLoopOptions {
             sign_lead,
             salt,
+            start_at,
             ..self.opts.clone()
         };
         let stats = openloop::run(
@@ -225,6 +238,97 @@ pub async fn sweep(
     sweep.run(modelled_peak_rps).await
 }
 
+/// The steps of a sweep of fixed rates.
+#[derive(Debug, Clone)]
+pub struct FixedRates {
+    /// The rates, req/s, in the order run.
+    pub rates: Vec<f64>,
+    /// Seconds per step.
+    pub step_secs: f64,
+    /// Between steps.
+    pub gap: Duration,
+    /// When the first step starts (every shard at once), if given.
+    pub start_at: Option<std::time::SystemTime>,
+}
+
+/// A sweep of a fixed list of rates, each step run to the end whatever it shows (no stop at
+/// the first break, no refinement), so that shards on several machines run the same steps.
+/// With `start_at`, step k starts at start_at + k × (step + gap), the same instants on every
+/// machine (a step whose signing ran past its instant says so and fails); without it, the
+/// steps follow one another `gap` apart.
+pub async fn sweep_rates(
+    h: &Harness,
+    budget: &Budget,
+    fixed: &FixedRates,
+    modelled_peak_rps: f64,
+    progress: bool,
+) -> Result<SweepSummary> {
+    let FixedRates {
+        rates,
+        step_secs,
+        gap,
+        start_at,
+    } = fixed;
+    let (step_secs, gap, start_at) = (*step_secs, *gap, *start_at);
+    anyhow::ensure!(!rates.is_empty(), "--rates: give at least one rate");
+    anyhow::ensure!(
+        rates.iter().all(|r| r.is_finite() && *r > 0.0),
+        "--rates: every rate must be positive"
+    );
+    let lead = Duration::from_secs_f64(step_secs.min(openloop::MAX_SIGN_LEAD.as_secs_f64()));
+    let mut steps = Vec::with_capacity(rates.len());
+    for (k, &rate) in rates.iter().enumerate() {
+        let at = start_at.map(|t| t + (Duration::from_secs_f64(step_secs) + gap) * k as u32);
+        if k > 0 && at.is_none() {
+            tokio::time::sleep(gap).await;
+        }
+        if progress {
+            eprintln!("  step {}: {rate:.0} req/s for {step_secs} s", k + 1);
+        }
+        let plan = Plan::constant(rate, step_secs);
+        let mut run = h.run_plan_at(&plan, lead, at).await?;
+        run.timeline.clear();
+        steps.push(judge_step(budget, rate, run, progress));
+    }
+    Ok(SweepSummary::of_steps(
+        step_secs,
+        steps,
+        format!("ran every one of the {} rates given", rates.len()),
+        modelled_peak_rps,
+        true,
+    ))
+}
+
+/// One step at `rate`, judged by the budget.
+pub fn judge_step(budget: &Budget, rate: f64, run: RunSummary, progress: bool) -> SweepStep {
+    let failed: Vec<String> = budget
+        .check_run(&run)
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| format!("{} {} (limit {})", c.name, c.observed, c.limit))
+        .collect();
+    if progress {
+        eprintln!(
+            "    p99 {:.2} ms, p99.9 {:.2} ms, errors {}, mismatches {}: {}",
+            run.latency_us.p99_us as f64 / 1e3,
+            run.latency_us.p999_us as f64 / 1e3,
+            run.errors,
+            run.mismatches,
+            if failed.is_empty() {
+                "held".to_string()
+            } else {
+                failed.join("; ")
+            }
+        );
+    }
+    SweepStep {
+        rate_rps: rate,
+        passed: failed.is_empty(),
+        failed_checks: failed,
+        run,
+    }
+}
+
 /// A capacity sweep in progress: what it runs against, how it steps, the steps so far.
 struct Sweep<'a> {
     h: &'a Harness,
@@ -262,32 +366,7 @@ impl Sweep<'_> {
         }
         let mut run = self.h.run_plan(&plan, self.lead).await?;
         run.timeline.clear();
-        let checks = self.budget.check_run(&run);
-        let failed: Vec<String> = checks
-            .iter()
-            .filter(|c| !c.passed)
-            .map(|c| format!("{} {} (limit {})", c.name, c.observed, c.limit))
-            .collect();
-        if self.progress {
-            eprintln!(
-                "    p99 {:.2} ms, p99.9 {:.2} ms, errors {}, mismatches {}: {}",
-                run.latency_us.p99_us as f64 / 1e3,
-                run.latency_us.p999_us as f64 / 1e3,
-                run.errors,
-                run.mismatches,
-                if failed.is_empty() {
-                    "held".to_string()
-                } else {
-                    failed.join("; ")
-                }
-            );
-        }
-        Ok(SweepStep {
-            rate_rps: rate,
-            passed: failed.is_empty(),
-            failed_checks: failed,
-            run,
-        })
+        Ok(judge_step(self.budget, rate, run, self.progress))
     }
 
     /// Steps up by the factor from the first rate until a step breaks the budget or gives a
@@ -357,31 +436,12 @@ impl Sweep<'_> {
 
     /// The sweep's result: the knee, the first failure, the headroom over the modelled peak.
     fn summary(self, stopped: String, modelled_peak_rps: f64) -> SweepSummary {
-        let steps = self.steps;
-        let knee_rps = steps
-            .iter()
-            .filter(|s| s.passed)
-            .map(|s| s.rate_rps)
-            .fold(0.0, f64::max);
-        let first_failure_rps = steps
-            .iter()
-            .filter(|s| !s.passed)
-            .map(|s| s.rate_rps)
-            .reduce(f64::min);
-        // The harness measured itself if it could not send on time where the budget broke.
-        let harness_limited = steps
-            .iter()
-            .filter(|s| !s.passed)
-            .any(|s| s.run.send_lag_us.p99_us > 20_000);
-        SweepSummary {
-            step_secs: self.opts.step_secs,
-            steps,
-            knee_rps,
-            first_failure_rps,
+        SweepSummary::of_steps(
+            self.opts.step_secs,
+            self.steps,
             stopped,
             modelled_peak_rps,
-            headroom: knee_rps / modelled_peak_rps.max(1e-9),
-            harness_limited,
-        }
+            false,
+        )
     }
 }

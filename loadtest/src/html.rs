@@ -951,6 +951,7 @@ mod tests {
             modelled_peak_rps: 500.0,
             headroom: 1.5,
             harness_limited: false,
+            fixed_rates: false,
         });
         sweep.passed = true;
         (rush, sweep)

@@ -38,7 +38,7 @@
 //   harness  → budget, fleet, model, openloop, report, summary, target
 //   closed   → expect, fleet, model, summary, target
 //   html     → report, summary
-//   merge    → report, summary
+//   merge    → budget, harness, report, summary
 // The binary's own modules (`abuse`, `faults`) use only `target`.
 
 pub mod budget;
@@ -58,7 +58,7 @@ pub mod target;
 pub use budget::{Budget, BudgetResult, Check};
 pub use expect::{expected, Presented};
 pub use fleet::{Fleet, FleetSpec, Origin};
-pub use harness::{sweep, Harness, SweepOptions};
+pub use harness::{judge_step, sweep, sweep_rates, FixedRates, Harness, SweepOptions};
 pub use model::{schedule, Arrival, Mix, Phase, Plan, RushModel, ScannerSet, Scenario};
 pub use report::{compare, plan_differences, Report};
 pub use summary::{RunSummary, SweepSummary};

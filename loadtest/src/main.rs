@@ -103,9 +103,10 @@ enum Command {
     /// differ (mode, population, plan shape or rate, sweep step), since the figures then
     /// describe the plans rather than the engine.
     Compare(CompareArgs),
-    /// Add up the JSON reports of the shards of one run (`rush --shard I/N --report FILE`,
-    /// from one machine or several) into the report one process running the whole plan would
-    /// have written: counts added, percentiles read from the merged histograms, judged by the
+    /// Add up the JSON reports of the shards of one run (`rush --shard I/N --report FILE`, or
+    /// `sweep --rates R1,R2,… --shard I/N`, from one machine or several) into the report one
+    /// process running the whole plan would have written: counts added, percentiles read from
+    /// the merged histograms, a sweep's knee found from its merged steps, judged by the
     /// budget with the same exit codes. Refuses shards of different plans or salts, a shard
     /// given twice, a missing shard (unless --allow-missing) and files that are not shard
     /// reports.
@@ -179,6 +180,17 @@ struct SweepArgs {
     /// Bisection steps between the last rate that held and the first that broke.
     #[arg(long, default_value_t = 2)]
     refine: usize,
+    /// Run exactly these rates (comma-separated, req/s), each step to the end, instead of
+    /// climbing until the budget breaks: the sweep to split over machines (--shard, with
+    /// --start-at so every shard runs step k at start + k × (step + gap)); `merge` finds the
+    /// knee from the merged steps.
+    #[arg(long, value_delimiter = ',')]
+    rates: Vec<f64>,
+    /// With --rates: seconds between steps. It must cover the next step's signing (up to
+    /// --step-secs of tokens) and the last answers of the step before; a shard whose step
+    /// starts late says so and that step fails.
+    #[arg(long, default_value_t = 2.0)]
+    step_gap_secs: f64,
 }
 
 /// The arguments of `goose`.
@@ -248,7 +260,7 @@ struct MergeArgs {
     /// The shards' JSON reports.
     #[arg(required = true)]
     shards: Vec<PathBuf>,
-    /// The budget file (default: budgets/default.toml).
+    /// The budget file (default: budgets/default.toml, budgets/sweep.toml for sweeps).
     #[arg(long)]
     budget: Option<PathBuf>,
     /// Merge even when shards are missing; the result is marked partial.
@@ -429,7 +441,7 @@ struct Common {
     run_salt: Option<u64>,
     /// rush: start the clock at this instant (Unix seconds, or RFC 3339 such as
     /// 2026-12-05T07:00:00+09:00), after signing the first seconds: every shard of a run at
-    /// once. The machines' clocks must agree (chrono or NTP): a shard that starts late fails
+    /// once. The machines' clocks must agree (chrony or NTP): a shard that starts late fails
     /// its report, and genuine tokens answered `stale` or `from_future` point at its clock.
     #[arg(long, value_parser = parse_start_at)]
     start_at: Option<std::time::SystemTime>,
@@ -1010,16 +1022,23 @@ fn merge_shards(args: &MergeArgs) -> Result<ExitCode> {
         .map(|p| Ok((p.clone(), gatehouse_loadtest::merge::read(p)?)))
         .collect::<Result<Vec<_>>>()?;
     let mut report = gatehouse_loadtest::merge::merge(&files, args.allow_missing)?;
-    let budget_file = args
-        .budget
-        .clone()
-        .unwrap_or_else(|| default_budget("default.toml"));
+    let budget_file = args.budget.clone().unwrap_or_else(|| {
+        default_budget(if report.sweep.is_some() {
+            "sweep.toml"
+        } else {
+            "default.toml"
+        })
+    });
     let budget = Budget::load(&budget_file)?;
-    let checks = report
+    let mut checks = report
         .run
         .as_ref()
         .map(|r| budget.check_run(r))
         .unwrap_or_default();
+    if let Some(s) = report.sweep.as_mut() {
+        gatehouse_loadtest::merge::judge_sweep(s, &budget);
+        checks.extend(budget.check_sweep(s));
+    }
     let result = BudgetResult::new(&budget_file.display().to_string(), checks);
     report.passed = result.passed;
     let missed = result.missed();
@@ -1115,22 +1134,38 @@ async fn capacity_sweep(args: SweepArgs) -> Result<ExitCode> {
     let opts = args.options(&m)?;
     // An adaptive sweep stops at its own break: shards on several machines would step apart.
     ensure!(
-        common.shard.is_none() && common.start_at.is_none(),
-        "sweep --shard and --start-at: a sweep split over machines needs steps run in \
-         lock-step, which sweep does not do yet; split rush runs at the rates you want instead"
+        !args.rates.is_empty() || (common.shard.is_none() && common.start_at.is_none()),
+        "sweep --shard and --start-at need --rates: shards on several machines must run the \
+         same steps, and a sweep that climbs until its own budget breaks would step apart"
+    );
+    ensure!(
+        args.step_gap_secs >= 0.0 && args.step_gap_secs <= 600.0,
+        "--step-gap-secs must be in [0, 600]"
     );
     let (budget, budget_file) = load_budget(common, "sweep.toml")?;
+    let top = args.rates.iter().copied().fold(opts.max_rps, f64::max);
     ensure!(
-        opts.max_rps * opts.step_secs <= common.max_requests as f64,
-        "--max-rps × --step-secs exceeds --max-requests"
+        top * opts.step_secs <= common.max_requests as f64,
+        "the highest rate × --step-secs exceeds --max-requests"
     );
     let (fleet, info) = load_fleet(&common.fleet, common.progress()).await?;
-    let h = connect(common, fleet, replay_capacity_for(args.max_rps)).await?;
+    let h = connect(common, fleet, replay_capacity_for(top)).await?;
     if !common.fleet.quiet {
         eprintln!("sweep: {}", m.explain());
     }
     let t0 = Instant::now();
-    let result = sweep(&h, &budget, &opts, m.peak_rps(), !common.fleet.quiet).await;
+    let result = if args.rates.is_empty() {
+        sweep(&h, &budget, &opts, m.peak_rps(), !common.fleet.quiet).await
+    } else {
+        let fixed = gatehouse_loadtest::FixedRates {
+            rates: args.rates.clone(),
+            step_secs: opts.step_secs,
+            gap: Duration::from_secs_f64(args.step_gap_secs),
+            start_at: common.start_at,
+        };
+        gatehouse_loadtest::sweep_rates(&h, &budget, &fixed, m.peak_rps(), !common.fleet.quiet)
+            .await
+    };
     let mut report = base_report("sweep", &h, info, ModelInfo::new(&m, None));
     shutdown(h).await;
     let s = result?;

@@ -11,10 +11,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::budget::Budget;
+use crate::harness::judge_step;
 use crate::report::{Merged, Report, ShardFacts};
 use crate::summary::{
     decode_histogram, encode_histogram, histogram, histogram_with, latency, CrossNodeReplays,
-    Histograms, NodeSummary, RunSummary, Second,
+    Histograms, NodeSummary, RunSummary, Second, SweepStep, SweepSummary,
 };
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
@@ -42,7 +44,7 @@ pub fn read(path: &Path) -> Result<Report> {
     })
 }
 
-/// One shard's report, checked to be one.
+/// One shard's report (or one step of a shard's sweep), checked to be one.
 struct Part<'a> {
     file: String,
     report: &'a Report,
@@ -53,28 +55,26 @@ struct Part<'a> {
     histograms: &'a Histograms,
 }
 
-fn part<'a>(file: &Path, report: &'a Report) -> Result<Part<'a>> {
-    let file = file.display().to_string();
+/// Refuses what is not a gatehouse-loadtest report.
+fn check_tool(file: &str, report: &Report) -> Result<()> {
     if report.tool != "gatehouse-loadtest" {
         bail!("{file}: not a gatehouse-loadtest report");
     }
-    if report.mode != "rush" {
-        bail!(
-            "{file}: a {} report; merge reads the shard reports of rush runs (--shard I/N)",
-            report.mode
-        );
-    }
+    Ok(())
+}
+
+/// The shard run `run` of `report` (read from `file`), or why it is not one.
+fn part_of<'a>(file: &str, report: &'a Report, run: &'a RunSummary) -> Result<Part<'a>> {
     let not_shard = || {
         anyhow::anyhow!(
-            "{file}: not a shard report (a rush with --shard I/N writes one; this run was not split)"
+            "{file}: not a shard report (a rush or sweep with --shard I/N writes one; this run was not split)"
         )
     };
-    let run = report.run.as_ref().ok_or_else(not_shard)?;
     let shard = run.shard.ok_or_else(not_shard)?;
     let histograms = run.histograms.as_ref().ok_or_else(not_shard)?;
     let fingerprint = run.plan_fingerprint.as_deref().ok_or_else(not_shard)?;
     Ok(Part {
-        file,
+        file: file.to_string(),
         report,
         run,
         index: shard.index,
@@ -84,13 +84,25 @@ fn part<'a>(file: &Path, report: &'a Report) -> Result<Part<'a>> {
     })
 }
 
-/// Merges the shard reports `files` (each with the path it was read from) into one report.
-pub fn merge(files: &[(PathBuf, Report)], allow_missing: bool) -> Result<Report> {
-    anyhow::ensure!(!files.is_empty(), "merge: give the shards' report files");
-    let mut parts = files
-        .iter()
-        .map(|(path, r)| part(path, r))
-        .collect::<Result<Vec<_>>>()?;
+fn part<'a>(file: &Path, report: &'a Report) -> Result<Part<'a>> {
+    let file = file.display().to_string();
+    check_tool(&file, report)?;
+    if report.mode != "rush" {
+        bail!(
+            "{file}: a {} report among rush reports; merge reads the shard reports of one rush, \
+             or of one sweep of fixed --rates",
+            report.mode
+        );
+    }
+    let run = report.run.as_ref().ok_or_else(|| {
+        anyhow::anyhow!("{file}: not a shard report (a rush report without its run)")
+    })?;
+    part_of(&file, report, run)
+}
+
+/// Checks that `parts` are the shards of one plan, each once, and all of them unless
+/// `allow_missing`; sorts them by index. Returns the shard count and the missing shards.
+fn check_parts(parts: &mut [Part<'_>], allow_missing: bool) -> Result<(usize, Vec<usize>)> {
     let first = &parts[0];
     for p in &parts[1..] {
         if p.count != first.count {
@@ -139,20 +151,59 @@ pub fn merge(files: &[(PathBuf, Report)], allow_missing: bool) -> Result<Report>
             names.join(", ")
         );
     }
-    let base = parts[0].report;
-    let run = merge_runs(&parts)?;
+    Ok((count, missing))
+}
+
+/// Each shard's own facts, from its parts (one per rush, one per step of a sweep).
+fn facts(parts: &[Vec<Part<'_>>]) -> Vec<ShardFacts> {
+    let Some(first) = parts.first() else {
+        return Vec::new();
+    };
+    first
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let runs: Vec<&RunSummary> = parts
+                .iter()
+                .filter_map(|step| step.get(i))
+                .map(|p| p.run)
+                .collect();
+            ShardFacts {
+                index: p.index,
+                file: p.file.clone(),
+                command: p.report.command.clone(),
+                cores: p.report.cores,
+                started_unix: p.report.started_unix,
+                planned: runs.iter().map(|r| r.planned).sum(),
+                prefill_secs: runs.iter().map(|r| r.prefill_secs).fold(0.0, f64::max),
+                harness_cpu_secs: runs.iter().map(|r| r.cpu.harness_secs).sum(),
+                late_secs: runs
+                    .iter()
+                    .filter_map(|r| r.start.map(|s| s.late_secs))
+                    .reduce(f64::max),
+                clock_suspect: runs.iter().map(|r| r.clock_suspect).sum(),
+            }
+        })
+        .collect()
+}
+
+/// The merged report's frame: the first shard's, with the merge's own command and the
+/// shards' facts.
+fn frame(parts: &[Vec<Part<'_>>], count: usize, missing: Vec<usize>) -> Report {
+    let firsts = &parts[0];
+    let base = firsts[0].report;
     let mut target = base.target.clone();
-    target.connections = parts.iter().map(|p| p.report.target.connections).sum();
-    Ok(Report {
+    target.connections = firsts.iter().map(|p| p.report.target.connections).sum();
+    Report {
         command: std::env::args().collect::<Vec<_>>().join(" "),
-        started_unix: parts
+        started_unix: firsts
             .iter()
             .map(|p| p.report.started_unix)
             .min()
             .unwrap_or(0),
         cores: base.cores,
         target,
-        run: Some(run),
+        run: None,
         sweep: None,
         goose: None,
         budget: None,
@@ -160,26 +211,114 @@ pub fn merge(files: &[(PathBuf, Report)], allow_missing: bool) -> Result<Report>
         passed: false,
         merged: Some(Merged {
             count,
-            shards: parts
-                .iter()
-                .map(|p| ShardFacts {
-                    index: p.index,
-                    file: p.file.clone(),
-                    command: p.report.command.clone(),
-                    cores: p.report.cores,
-                    started_unix: p.report.started_unix,
-                    planned: p.run.planned,
-                    prefill_secs: p.run.prefill_secs,
-                    harness_cpu_secs: p.run.cpu.harness_secs,
-                    late_secs: p.run.start.map(|s| s.late_secs),
-                    clock_suspect: p.run.clock_suspect,
-                })
-                .collect(),
+            shards: facts(parts),
             partial: !missing.is_empty(),
             missing,
         }),
         ..base.clone()
-    })
+    }
+}
+
+/// Merges the shard reports `files` (each with the path it was read from) into one report:
+/// a rush's, or a sweep's of fixed rates (its steps merged one by one; judge them with
+/// [`judge_sweep`]).
+pub fn merge(files: &[(PathBuf, Report)], allow_missing: bool) -> Result<Report> {
+    anyhow::ensure!(!files.is_empty(), "merge: give the shards' report files");
+    if files[0].1.mode == "sweep" {
+        return merge_sweeps(files, allow_missing);
+    }
+    let mut parts = files
+        .iter()
+        .map(|(path, r)| part(path, r))
+        .collect::<Result<Vec<_>>>()?;
+    let (count, missing) = check_parts(&mut parts, allow_missing)?;
+    let run = merge_runs(&parts)?;
+    let parts = vec![parts];
+    let mut report = frame(&parts, count, missing);
+    report.run = Some(run);
+    Ok(report)
+}
+
+/// The shards' sweeps of the same fixed rates, step by step.
+fn merge_sweeps(files: &[(PathBuf, Report)], allow_missing: bool) -> Result<Report> {
+    let mut sweeps = Vec::with_capacity(files.len());
+    for (path, r) in files {
+        let file = path.display().to_string();
+        check_tool(&file, r)?;
+        let s = match (r.mode.as_str(), &r.sweep) {
+            ("sweep", Some(s)) => s,
+            _ => bail!(
+                "{file}: a {} report among sweep reports; merge reads the shard reports of one \
+                 sweep of fixed --rates, or of one rush",
+                r.mode
+            ),
+        };
+        if !s.fixed_rates {
+            bail!(
+                "{file}: a sweep that climbed until its budget broke; shards must run the same \
+                 steps: sweep --rates R1,R2,… --shard I/N"
+            );
+        }
+        sweeps.push((file, r, s));
+    }
+    let (first_file, _, first) = &sweeps[0];
+    let rates = |s: &SweepSummary| s.steps.iter().map(|st| st.rate_rps).collect::<Vec<_>>();
+    for (file, _, s) in &sweeps[1..] {
+        if rates(s) != rates(first) {
+            bail!(
+                "{file}: steps at {:?} req/s, but {first_file} ran {:?}: every shard needs the same --rates",
+                rates(s),
+                rates(first)
+            );
+        }
+    }
+    anyhow::ensure!(
+        !first.steps.is_empty(),
+        "{first_file}: a sweep without steps"
+    );
+    let mut steps_parts = Vec::with_capacity(first.steps.len());
+    let (mut count, mut missing) = (0, Vec::new());
+    for k in 0..first.steps.len() {
+        let mut parts = sweeps
+            .iter()
+            .map(|(file, r, s)| part_of(file, r, &s.steps[k].run))
+            .collect::<Result<Vec<_>>>()?;
+        (count, missing) = check_parts(&mut parts, allow_missing)?;
+        steps_parts.push(parts);
+    }
+    let mut steps = Vec::with_capacity(steps_parts.len());
+    for (k, parts) in steps_parts.iter().enumerate() {
+        steps.push(SweepStep {
+            rate_rps: first.steps[k].rate_rps,
+            passed: false,
+            failed_checks: vec!["not judged yet".into()],
+            run: merge_runs(parts)?,
+        });
+    }
+    let mut report = frame(&steps_parts, count, missing);
+    report.sweep = Some(SweepSummary::of_steps(
+        first.step_secs,
+        steps,
+        first.stopped.clone(),
+        first.modelled_peak_rps,
+        true,
+    ));
+    Ok(report)
+}
+
+/// Judges each step of a merged sweep by `budget` and finds its knee.
+pub fn judge_sweep(s: &mut SweepSummary, budget: &Budget) {
+    let steps = std::mem::take(&mut s.steps)
+        .into_iter()
+        .map(|st| judge_step(budget, st.rate_rps, st.run, false))
+        .collect();
+    *s = SweepSummary::of_steps(
+        s.step_secs,
+        steps,
+        s.stopped.clone(),
+        s.modelled_peak_rps,
+        true,
+    );
 }
 
 /// A histogram of a shard's report, or why it is not one.
@@ -654,6 +793,70 @@ mod tests {
             .all = "!!".into();
         let e = refused(vec![broken, s(2), s(3)], false);
         assert!(e.contains("shard-0.json: histogram all: not base64"), "{e}");
+    }
+
+    /// A shard's sweep of fixed rates: one step per (rate, samples) of [`shard`]'s runs.
+    fn sweep_shard(index: usize, steps: &[(f64, Vec<u64>)]) -> Report {
+        let mut r = shard(index, 2, &[1], 0, 0);
+        r.mode = "sweep".into();
+        r.run = None;
+        let steps = steps
+            .iter()
+            .map(|(rate, samples)| SweepStep {
+                rate_rps: *rate,
+                passed: true,
+                failed_checks: Vec::new(),
+                run: shard(index, 2, samples, 0, 0).run.unwrap(),
+            })
+            .collect();
+        r.sweep = Some(SweepSummary::of_steps(
+            3.0,
+            steps,
+            "fixed".into(),
+            500.0,
+            true,
+        ));
+        r
+    }
+
+    /// Each step merged on its own, then judged: the knee comes from the merged steps (at
+    /// 2,000 req/s the second shard's slow answers break a 20 ms p99 of the merged step).
+    #[test]
+    fn a_sweep_of_fixed_rates_merges_step_by_step_and_finds_the_knee_from_merged_steps() {
+        let fast = |n: u64| (0..n).map(|i| 1_000 + i).collect::<Vec<u64>>();
+        let mut slow = fast(50);
+        slow.extend((0..20).map(|i| 60_000 + i));
+        let a = sweep_shard(1, &[(1_000.0, fast(500)), (2_000.0, fast(900))]);
+        let b = sweep_shard(2, &[(1_000.0, fast(500)), (2_000.0, slow)]);
+        let mut merged = merge(&files(vec![a, b]), false).unwrap();
+        let s = merged.sweep.as_mut().unwrap();
+        assert_eq!(s.steps.len(), 2);
+        assert_eq!(s.steps[0].run.answered, 1_000);
+        assert_eq!(s.steps[1].run.answered, 970);
+        let budget: Budget = toml::from_str("p99_ms = 20.0").unwrap();
+        judge_sweep(s, &budget);
+        assert!(s.steps[0].passed);
+        assert!(!s.steps[1].passed, "{:?}", s.steps[1].failed_checks);
+        assert_eq!(s.knee_rps, 1_000.0);
+        assert_eq!(s.first_failure_rps, Some(2_000.0));
+        assert!(merged.render().contains("merged     2 of 2 shards"));
+    }
+
+    #[test]
+    fn sweeps_that_climbed_or_ran_other_rates_are_refused() {
+        let a = sweep_shard(1, &[(1_000.0, vec![1_000])]);
+        let mut climbed = sweep_shard(2, &[(1_000.0, vec![1_000])]);
+        climbed.sweep.as_mut().unwrap().fixed_rates = false;
+        let e = refused(vec![a.clone(), climbed], false);
+        assert!(e.contains("shard-1.json: a sweep that climbed"), "{e}");
+        let other = sweep_shard(2, &[(1_500.0, vec![1_000])]);
+        let e = refused(vec![a.clone(), other], false);
+        assert!(e.contains("shard-1.json: steps at [1500.0] req/s"), "{e}");
+        let e = refused(vec![a, shard(2, 2, &[1], 0, 0)], false);
+        assert!(
+            e.contains("shard-1.json: a rush report among sweep reports"),
+            "{e}"
+        );
     }
 
     #[test]

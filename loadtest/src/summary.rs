@@ -388,6 +388,49 @@ pub struct SweepSummary {
     /// Whether the harness lagged at the knee's next step (its numbers then measure the
     /// harness as much as the engine).
     pub harness_limited: bool,
+    /// A sweep of a fixed list of rates (`--rates`), each run to the end: the steps of its
+    /// shards line up one by one, and `merge` finds the knee from the merged steps.
+    #[serde(default)]
+    pub fixed_rates: bool,
+}
+
+impl SweepSummary {
+    /// Judges `steps` (each by its own budget checks, `failed`) into a sweep: the knee is the
+    /// highest rate that held, the first failure the lowest that broke.
+    pub fn of_steps(
+        step_secs: f64,
+        steps: Vec<SweepStep>,
+        stopped: String,
+        modelled_peak_rps: f64,
+        fixed_rates: bool,
+    ) -> SweepSummary {
+        let knee_rps = steps
+            .iter()
+            .filter(|s| s.passed)
+            .map(|s| s.rate_rps)
+            .fold(0.0, f64::max);
+        let first_failure_rps = steps
+            .iter()
+            .filter(|s| !s.passed)
+            .map(|s| s.rate_rps)
+            .reduce(f64::min);
+        // The harness measured itself if it could not send on time where the budget broke.
+        let harness_limited = steps
+            .iter()
+            .filter(|s| !s.passed)
+            .any(|s| s.run.send_lag_us.p99_us > 20_000);
+        SweepSummary {
+            step_secs,
+            steps,
+            knee_rps,
+            first_failure_rps,
+            stopped,
+            modelled_peak_rps,
+            headroom: knee_rps / modelled_peak_rps.max(1e-9),
+            harness_limited,
+            fixed_rates,
+        }
+    }
 }
 
 /// A closed-loop (goose) run's summary.

@@ -9,7 +9,10 @@
 //! - with `--spawn` each shard starts its own engine, and the shards still merge; a shard
 //!   given `--start-at` waits for it, and one that starts after it fails its report (and so
 //!   does the merge);
-//! - the harness refuses what cannot be one run: `sweep --shard`, `--spawn` with `--target`.
+//! - a sweep of fixed rates split over two shards at the same instants merges step by step,
+//!   its knee found from the merged steps;
+//! - the harness refuses what cannot be one run: `sweep --shard` without `--rates`, `--spawn`
+//!   with `--target`.
 //!
 //! Needs the `gatehouse` binary and `redis-server` as `tests/fleet.rs` does. Every process a
 //! test starts is stopped when it ends, also on failure (the stage's guard closes its stdin,
@@ -340,6 +343,89 @@ fn with_spawn_each_shard_starts_its_own_engine_at_a_common_start_and_the_shards_
     }
 }
 
+/// A sweep of fixed rates split over two shards running at once against one staged engine,
+/// every step at the same instants (`--start-at`, `--step-gap-secs`): `merge` merges it step
+/// by step and finds the knee from the merged steps.
+#[test]
+fn a_sweep_of_fixed_rates_split_over_two_shards_merges_step_by_step() {
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let stage = Stage::start(&[], "sweep");
+    let start_at = format!(
+        "{:.3}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+            + 6.0
+    );
+    let paths: Vec<PathBuf> = (1..=2)
+        .map(|i| report_path(&format!("sweep-shard-{i}")))
+        .collect();
+    let running: Vec<_> = (1..=2)
+        .map(|i| {
+            Command::new(harness())
+                .args(["sweep", "--holders", "10000", "--quiet", "--run-salt", SALT])
+                .args([
+                    "--rates",
+                    "200,400",
+                    "--step-secs",
+                    "2",
+                    "--step-gap-secs",
+                    "3",
+                ])
+                .args(["--request-timeout-ms", "10000", "--start-at", &start_at])
+                .arg("--shard")
+                .arg(format!("{i}/2"))
+                .arg("--target")
+                .arg(&stage.target)
+                .arg("--cert-dir")
+                .arg(&stage.cert_dir)
+                .arg("--budget")
+                .arg(budget("ci.toml"))
+                .arg("--report")
+                .arg(&paths[i - 1])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("starting a sweep shard")
+        })
+        .collect();
+    let outs: Vec<Output> = running.into_iter().map(finish).collect();
+    for out in &outs {
+        assert!(out.status.success(), "{}", show(out));
+    }
+    let merged_path = report_path("sweep-merged");
+    let files: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+    let (out, merged) = merge(&files, "ci.toml", &merged_path);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let sweep = &merged["sweep"];
+    assert_eq!(sweep["fixed_rates"], true);
+    let steps = sweep["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2);
+    for (k, step) in steps.iter().enumerate() {
+        let planned: u64 = paths
+            .iter()
+            .map(|p| {
+                let r: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+                u(&r["sweep"]["steps"][k]["run"]["planned"])
+            })
+            .sum();
+        assert_eq!(u(&step["run"]["planned"]), planned);
+        assert_eq!(u(&step["run"]["mismatches"]), 0, "{}", show(&out));
+        assert_eq!(
+            step["run"]["start"]["late_secs"], 0.0,
+            "step {k} started late"
+        );
+        assert_eq!(step["passed"], true, "{step}");
+    }
+    assert_eq!(sweep["knee_rps"], 400.0);
+    drop(stage);
+    for p in paths.iter().chain([&merged_path]) {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
 fn refused(args: &[&str]) -> String {
     let out = Command::new(harness()).args(args).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
@@ -349,7 +435,10 @@ fn refused(args: &[&str]) -> String {
 #[test]
 fn what_cannot_be_one_run_is_refused() {
     let e = refused(&["sweep", "--holders", "10", "--spawn", "--shard", "1/2"]);
-    assert!(e.contains("sweep --shard"), "{e}");
+    assert!(
+        e.contains("sweep --shard and --start-at need --rates"),
+        "{e}"
+    );
     let e = refused(&[
         "rush",
         "--holders",
