@@ -376,6 +376,7 @@ mod tests {
                 redis_secs: None,
                 engine_context_switches: None,
                 wall_secs: 1.0,
+                engine_shared: false,
             },
             nodes: vec![],
             cross_node_replays: None,

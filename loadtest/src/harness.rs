@@ -42,6 +42,9 @@ pub struct Harness {
     pub run_salt: Option<u64>,
     /// Plans run so far.
     pub runs: std::sync::atomic::AtomicU64,
+    /// `--metrics`: each `--target` node's operations port, whose `/metrics` gives its CPU
+    /// (`process_cpu_seconds_total`); empty: unknown unless the harness started the nodes.
+    pub metrics: Vec<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for Harness {
@@ -130,7 +133,7 @@ impl Harness {
             )
         })
         .await??;
-        let node_cpu0 = self.node_cpu_secs();
+        let node_cpu0 = self.node_cpu_secs().await;
         let redis_cpu0 = self.site.as_ref().and_then(SpawnedSite::redis_cpu_secs);
         let switches0 = self.site.as_ref().and_then(SpawnedSite::context_switches);
         let opts = OpenLoopOptions {
@@ -150,10 +153,11 @@ impl Harness {
         .await?;
         let node_cpu: Vec<Option<f64>> = node_cpu0
             .iter()
-            .zip(self.node_cpu_secs())
+            .zip(self.node_cpu_secs().await)
             .map(|(a, b)| Some(b? - (*a)?))
             .collect();
         let mut summary = RunSummary::from_stats(&stats, &node_cpu);
+        summary.cpu.engine_shared = self.site.is_none() && !self.metrics.is_empty();
         summary.plan_fingerprint = Some(fingerprint);
         summary.run_salt = Some(format!("{salt:016x}"));
         if self.opts.shard.is_split() {
@@ -173,12 +177,17 @@ impl Harness {
         Ok(summary)
     }
 
-    /// CPU seconds each spawned node has used so far (empty: the harness started none).
-    fn node_cpu_secs(&self) -> Vec<Option<f64>> {
-        self.site
-            .as_ref()
-            .map(SpawnedSite::cpu_secs)
-            .unwrap_or_default()
+    /// CPU seconds each node has used so far: read from the process of a node the harness
+    /// started, else from the node's `/metrics` when `--metrics` names it (empty: unknown).
+    async fn node_cpu_secs(&self) -> Vec<Option<f64>> {
+        if let Some(site) = &self.site {
+            return site.cpu_secs();
+        }
+        let mut out = Vec::with_capacity(self.metrics.len());
+        for ops in &self.metrics {
+            out.push(metrics_cpu_secs(*ops).await);
+        }
+        out
     }
 }
 
@@ -236,6 +245,26 @@ pub async fn sweep(
         steps: Vec::new(),
     };
     sweep.run(modelled_peak_rps).await
+}
+
+/// A node's `process_cpu_seconds_total`, read from its `/metrics` on `ops` (`None` when it
+/// does not answer in 2 s or has no such line).
+pub async fn metrics_cpu_secs(ops: std::net::SocketAddr) -> Option<f64> {
+    let got =
+        gatehouse_engine::client::ops::get_async(ops, "/metrics", Duration::from_secs(2), 4 << 20)
+            .await
+            .ok()?;
+    if got.status != 200 {
+        return None;
+    }
+    process_cpu_secs(&got.body)
+}
+
+/// `process_cpu_seconds_total` in a Prometheus text exposition.
+pub fn process_cpu_secs(text: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("process_cpu_seconds_total "))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The steps of a sweep of fixed rates.
@@ -443,5 +472,24 @@ impl Sweep<'_> {
             modelled_peak_rps,
             false,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_nodes_cpu_is_read_from_its_metrics() {
+        let text = "# HELP process_cpu_seconds Total user and system CPU time\n\
+                    # TYPE process_cpu_seconds counter\n\
+                    process_cpu_seconds_total 12.5\n\
+                    process_resident_memory_bytes 1000\n";
+        assert_eq!(process_cpu_secs(text), Some(12.5));
+        assert_eq!(process_cpu_secs("gatehouse_ready 1\n"), None);
+        assert_eq!(plan_salt(7, 0), 7);
+        assert_ne!(plan_salt(7, 1), plan_salt(7, 2));
+        assert_eq!(plan_salt(7, 1), plan_salt(7, 1));
     }
 }

@@ -830,6 +830,7 @@ mod tests {
                 redis_secs: None,
                 engine_context_switches: Some(30_000),
                 wall_secs: 10.5,
+                engine_shared: false,
             },
             nodes: Vec::new(),
             cross_node_replays: None,

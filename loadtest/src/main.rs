@@ -113,7 +113,7 @@ enum Command {
     Merge(MergeArgs),
     /// Start engine nodes on loopback (`stage --spawn`, with the node options of --spawn)
     /// with the population's files and a development PKI (TEST ONLY), write the scanners'
-    /// certificates to --out, print `target ADDR[,ADDR…]` and
+    /// certificates to --out, print `target ADDR[,ADDR…]`, `metrics OPS[,OPS…]` and
     /// `cert-dir DIR` on stdout, and keep the nodes running until stdin closes or Ctrl-C: a
     /// fleet to try `rush --shard I/N --target …` against on one machine.
     Stage(StageArgs),
@@ -386,6 +386,11 @@ struct Common {
     /// than its original's.
     #[arg(long, value_delimiter = ',')]
     target: Vec<SocketAddr>,
+    /// With --target: each node's operations port (host:port, comma-separated, in --target
+    /// order), whose /metrics gives its CPU (process_cpu_seconds_total) before and after the
+    /// run; without it a --target engine's CPU is reported as unknown.
+    #[arg(long, requires = "target", value_delimiter = ',')]
+    metrics: Vec<SocketAddr>,
     /// With --target: the CA certificate of the server (default: <cert-dir>/ca.pem).
     #[arg(long, requires = "target")]
     ca: Option<PathBuf>,
@@ -603,6 +608,12 @@ fn spawn_options(common: &Common, bin: PathBuf, replay_capacity: usize) -> Spawn
 /// Refuses node options that cannot work, before the population is loaded.
 fn check_spawn(common: &Common) -> Result<()> {
     ensure!(
+        common.metrics.is_empty() || common.metrics.len() == common.target.len(),
+        "--metrics names {} operations ports for {} --target nodes: one per node, in order",
+        common.metrics.len(),
+        common.target.len()
+    );
+    ensure!(
         !common.spawn || common.target.is_empty(),
         "--spawn starts engines here; --target names running ones: give one of them"
     );
@@ -757,6 +768,7 @@ async fn connect(common: &Common, fleet: Fleet, replay_capacity: usize) -> Resul
         seed: common.fleet.seed,
         run_salt: common.run_salt,
         runs: Default::default(),
+        metrics: common.metrics.clone(),
     })
 }
 
@@ -1000,7 +1012,9 @@ async fn stage(args: StageArgs) -> Result<ExitCode> {
     let (site, pki): (SpawnedSite, DevPki) = SpawnedSite::start(&fleet, &scanners, &opts).await?;
     pki.write_to(&args.out)?;
     let addrs: Vec<String> = site.addrs().iter().map(SocketAddr::to_string).collect();
+    let ops: Vec<String> = site.engines.iter().map(|e| e.ops.to_string()).collect();
     println!("target {}", addrs.join(","));
+    println!("metrics {}", ops.join(","));
     println!("cert-dir {}", args.out.display());
     println!("store {}", site.store);
     use std::io::Write as _;

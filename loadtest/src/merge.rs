@@ -431,7 +431,20 @@ fn merge_runs(parts: &[Part<'_>]) -> Result<RunSummary> {
     run.mismatch_examples.truncate(10);
     run.error_examples.truncate(10);
     run.cpu.harness_secs = sum_known(parts, |r| r.cpu.harness_secs);
-    run.cpu.engine_secs = sum_known(parts, |r| r.cpu.engine_secs);
+    // Nodes the shards loaded together: each shard read the nodes' whole CPU over its own
+    // window, so the largest is the run's (a sum would count it once per shard). Engines of
+    // their own (--spawn): the sum.
+    let shared = parts.iter().all(|p| p.run.cpu.engine_shared);
+    run.cpu.engine_shared = shared;
+    run.cpu.engine_secs = if shared {
+        parts
+            .iter()
+            .map(|p| p.run.cpu.engine_secs)
+            .reduce(|a, b| a.zip(b).map(|(a, b)| a.max(b)))
+            .flatten()
+    } else {
+        sum_known(parts, |r| r.cpu.engine_secs)
+    };
     run.cpu.redis_secs = sum_known(parts, |r| r.cpu.redis_secs);
     run.cpu.engine_context_switches = parts
         .iter()
@@ -499,7 +512,10 @@ fn merge_nodes(parts: &[Part<'_>]) -> Result<Vec<NodeSummary>> {
             node.errors += s.errors;
             node.mismatches += s.mismatches;
             add_counts(&mut node.verdicts, &s.verdicts);
-            cpu = cpu.zip(s.cpu_secs).map(|(a, b)| a + b);
+            let shared = p.run.cpu.engine_shared;
+            cpu = cpu
+                .zip(s.cpu_secs)
+                .map(|(a, b): (f64, f64)| if shared { a.max(b) } else { a + b });
             let what = format!("node {i}");
             let encoded =
                 p.histograms.nodes.get(i).ok_or_else(|| {

@@ -721,6 +721,7 @@ mod tests {
                 redis_secs: None,
                 engine_context_switches: Some(30_000),
                 wall_secs: 10.5,
+                engine_shared: false,
             },
             nodes: if nodes {
                 vec![node(0, 4_000, 2.5), node(1, 8_000, 3.5)]

@@ -71,6 +71,11 @@ pub struct Cpu {
     pub engine_context_switches: Option<u64>,
     /// Wall-clock seconds over which they were measured.
     pub wall_secs: f64,
+    /// The engine's CPU was read from the nodes' `/metrics` (`--metrics`): it is the nodes'
+    /// whole CPU, whoever loaded them, so shards' figures overlap (`merge` takes the largest,
+    /// not the sum). False when the harness started the engine itself.
+    #[serde(default)]
+    pub engine_shared: bool,
 }
 
 impl Cpu {
@@ -325,6 +330,7 @@ impl RunSummary {
                 redis_secs: None,
                 engine_context_switches: None,
                 wall_secs: s.elapsed_secs + s.prefill_secs,
+                engine_shared: false,
             },
             nodes: s
                 .nodes

@@ -39,11 +39,13 @@ struct Stage {
     child: Child,
     stdin: Option<ChildStdin>,
     target: String,
+    metrics: String,
     cert_dir: PathBuf,
 }
 
 impl Stage {
-    /// Starts `stage --spawn` with `extra` and waits (at most 90 s) for its target line.
+    /// Starts `stage --spawn` with `extra` and waits (at most 90 s) for its target, metrics
+    /// and cert-dir lines.
     fn start(extra: &[&str], name: &str) -> Stage {
         let cert_dir = std::env::temp_dir().join(format!(
             "gatehouse-loadtest-stage-{}-{name}",
@@ -75,18 +77,25 @@ impl Stage {
             child,
             stdin,
             target: String::new(),
+            metrics: String::new(),
             cert_dir,
         };
         let end = Instant::now() + Duration::from_secs(90);
-        while stage.target.is_empty() {
+        let mut ready = false;
+        while !ready {
             let left = end.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
                     if let Some(t) = line.strip_prefix("target ") {
                         stage.target = t.to_string();
                     }
+                    if let Some(m) = line.strip_prefix("metrics ") {
+                        stage.metrics = m.to_string();
+                    }
+                    // The last line it prints.
+                    ready = line.starts_with("cert-dir ");
                 }
-                Err(_) => panic!("stage printed no target within 90 s"),
+                Err(_) => panic!("stage printed no cert-dir within 90 s"),
             }
         }
         stage
@@ -131,6 +140,8 @@ fn shard_against(stage: &Stage, i: usize, n: usize, report: &Path) -> std::proce
         .arg(format!("{i}/{n}"))
         .arg("--target")
         .arg(&stage.target)
+        .arg("--metrics")
+        .arg(&stage.metrics)
         .arg("--cert-dir")
         .arg(&stage.cert_dir)
         .arg("--budget")
@@ -256,6 +267,21 @@ fn two_shards_against_a_staged_fleet_merge_into_the_plan_one_process_draws() {
     assert_eq!(cross["replayed"], cross["expected_replayed"], "{cross}");
     assert_eq!(merged["merged"]["count"], 2);
     assert_eq!(merged["passed"], true);
+    // The nodes' CPU, read from their /metrics (--metrics): the nodes' whole CPU in each
+    // shard's window, so the merge takes the largest, never the sum.
+    assert_eq!(run["cpu"]["engine_shared"], true);
+    let engine = run["cpu"]["engine_secs"]
+        .as_f64()
+        .expect("engine CPU known");
+    let per_shard: Vec<f64> = shards
+        .iter()
+        .map(|s| s["run"]["cpu"]["engine_secs"].as_f64().unwrap())
+        .collect();
+    assert!(engine > 0.0, "{engine}");
+    assert_eq!(engine, per_shard.iter().copied().fold(0.0, f64::max));
+    for node in run["nodes"].as_array().unwrap() {
+        assert!(node["cpu_secs"].as_f64().unwrap() > 0.0, "{node}");
+    }
     // The same shards judged by a budget they miss: merge exits 1.
     let (out, missed) = merge(&files, "impossible.toml", &merged_path);
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
