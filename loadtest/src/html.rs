@@ -864,6 +864,7 @@ mod tests {
             started_unix: 1_800_000_000,
             cores: 2,
             command: format!("gatehouse-loadtest {mode} --spawn"),
+            host: None,
             target: TargetInfo {
                 address: "127.0.0.1:4433".into(),
                 spawned: true,

@@ -778,6 +778,14 @@ fn replay_capacity_for(max_rps: f64) -> usize {
     ((max_rps * 45.0) as usize).clamp(750_000, 10_000_000)
 }
 
+/// This machine's host name (Linux), for the report: shards of one run name their machines.
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
 fn command_line() -> String {
     std::env::args().collect::<Vec<_>>().join(" ")
 }
@@ -813,30 +821,68 @@ fn finish(
             });
         }
     }
+    publish(
+        report,
+        budget_file,
+        checks,
+        &Outputs {
+            report: common.report.clone(),
+            html: common.html.clone(),
+            json: common.json,
+            quiet: common.fleet.quiet,
+        },
+    )
+}
+
+/// Where a finished report goes.
+struct Outputs {
+    /// The JSON report file.
+    report: Option<PathBuf>,
+    /// The HTML page.
+    html: Option<PathBuf>,
+    /// The JSON on stdout instead of the text.
+    json: bool,
+    /// No notes on stderr but the misses.
+    quiet: bool,
+}
+
+/// Judges `report` by `checks` (of the budget in `budget_file`), writes and prints it; the
+/// exit code: 0 when every check held, 1 when one missed (each named on stderr).
+fn publish(
+    mut report: Report,
+    budget_file: &Path,
+    checks: Vec<Check>,
+    out: &Outputs,
+) -> Result<ExitCode> {
     let result = BudgetResult::new(&budget_file.display().to_string(), checks);
     report.passed = result.passed;
     let missed = result.missed();
     report.budget = Some(result);
-    if let Some(path) = &common.report {
+    if let Some(path) = &out.report {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    if let Some(path) = &common.html {
+    if let Some(path) = &out.html {
         write_html(&report, path)?;
-        if !common.fleet.quiet {
+        if !out.quiet {
             eprintln!(
                 "gatehouse-loadtest: HTML report written to {}",
                 path.display()
             );
         }
     }
-    if common.json {
+    if out.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.render());
+    }
+    if report.merged.as_ref().is_some_and(|m| m.partial) {
+        eprintln!(
+            "gatehouse-loadtest: partial: shards are missing, the figures cover part of the plan"
+        );
     }
     if missed.is_empty() {
         Ok(ExitCode::SUCCESS)
@@ -870,6 +916,7 @@ fn base_report(mode: &str, h: &Harness, population: PopulationInfo, model: Model
             .map(|n| n.get())
             .unwrap_or(0),
         command: command_line(),
+        host: host_name(),
         target: h.target.clone(),
         population,
         model,
@@ -1053,38 +1100,17 @@ fn merge_shards(args: &MergeArgs) -> Result<ExitCode> {
         gatehouse_loadtest::merge::judge_sweep(s, &budget);
         checks.extend(budget.check_sweep(s));
     }
-    let result = BudgetResult::new(&budget_file.display().to_string(), checks);
-    report.passed = result.passed;
-    let missed = result.missed();
-    report.budget = Some(result);
-    if let Some(path) = &args.report {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    if let Some(path) = &args.html {
-        write_html(&report, path)?;
-    }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", report.render());
-    }
-    if report.merged.as_ref().is_some_and(|m| m.partial) {
-        eprintln!(
-            "gatehouse-loadtest: partial: shards are missing, the figures cover part of the plan"
-        );
-    }
-    if missed.is_empty() {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        for m in &missed {
-            eprintln!("gatehouse-loadtest: budget missed: {m}");
-        }
-        Ok(ExitCode::from(EXIT_MISSED))
-    }
+    publish(
+        report,
+        &budget_file,
+        checks,
+        &Outputs {
+            report: args.report.clone(),
+            html: args.html.clone(),
+            json: args.json,
+            quiet: false,
+        },
+    )
 }
 
 /// `rush`: one open-loop morning rush, judged by the budget.

@@ -15,7 +15,7 @@ use crate::budget::Budget;
 use crate::harness::judge_step;
 use crate::report::{Merged, Report, ShardFacts};
 use crate::summary::{
-    decode_histogram, encode_histogram, histogram, histogram_with, latency, CrossNodeReplays,
+    decode_histogram, encode_histogram, histogram, histogram_with, latency, Cpu, CrossNodeReplays,
     Histograms, NodeSummary, RunSummary, Second, SweepStep, SweepSummary,
 };
 use anyhow::{bail, Context, Result};
@@ -172,6 +172,7 @@ fn facts(parts: &[Vec<Part<'_>>]) -> Vec<ShardFacts> {
                 index: p.index,
                 file: p.file.clone(),
                 command: p.report.command.clone(),
+                host: p.report.host.clone(),
                 cores: p.report.cores,
                 started_unix: p.report.started_unix,
                 planned: runs.iter().map(|r| r.planned).sum(),
@@ -196,6 +197,8 @@ fn frame(parts: &[Vec<Part<'_>>], count: usize, missing: Vec<usize>) -> Report {
     target.connections = firsts.iter().map(|p| p.report.target.connections).sum();
     Report {
         command: std::env::args().collect::<Vec<_>>().join(" "),
+        // Each shard's machine is in its facts.
+        host: None,
         started_unix: firsts
             .iter()
             .map(|p| p.report.started_unix)
@@ -363,6 +366,7 @@ fn sum_known(parts: &[Part<'_>], f: impl Fn(&RunSummary) -> Option<f64>) -> Opti
     parts.iter().map(|p| f(p.run)).sum()
 }
 
+/// The shards' runs added up: one run of the whole plan.
 fn merge_runs(parts: &[Part<'_>]) -> Result<RunSummary> {
     let mut all = histogram();
     let mut send_lag = histogram();
@@ -377,12 +381,44 @@ fn merge_runs(parts: &[Part<'_>]) -> Result<RunSummary> {
     }
     let phases = merge_labelled(parts, |h| &h.phases)?;
     let scenarios = merge_labelled(parts, |h| &h.scenarios)?;
-    let base = parts[0].run;
     let mut run = RunSummary {
         histograms: None,
         shard: None,
-        ..base.clone()
+        ..parts[0].run.clone()
     };
+    add_up_counts(&mut run, parts);
+    run.latency_us = latency(&all);
+    run.send_lag_us = latency(&send_lag);
+    let percentiles = |m: &BTreeMap<String, Histogram<u64>>| {
+        m.iter()
+            .filter(|(_, h)| !h.is_empty())
+            .map(|(k, h)| (k.clone(), latency(h)))
+            .collect()
+    };
+    run.phases = percentiles(&phases);
+    run.scenarios = percentiles(&scenarios);
+    run.cpu = merge_cpu(parts);
+    run.nodes = merge_nodes(parts)?;
+    run.timeline = merge_timeline(parts)?;
+    let encoded = |m: &BTreeMap<String, Histogram<u64>>| {
+        m.iter()
+            .map(|(k, h)| (k.clone(), encode_histogram(h)))
+            .collect()
+    };
+    run.histograms = Some(Histograms {
+        all: encode_histogram(&all),
+        send_lag: encode_histogram(&send_lag),
+        phases: encoded(&phases),
+        scenarios: encoded(&scenarios),
+        nodes: Vec::new(),
+        timeline: Vec::new(),
+    });
+    Ok(run)
+}
+
+/// Counts, verdicts, examples (naming their shard), the latest start, the longest span, the
+/// fleet's agreement: added up or taken from the shards into `run`.
+fn add_up_counts(run: &mut RunSummary, parts: &[Part<'_>]) {
     let sum = |f: fn(&RunSummary) -> u64| parts.iter().map(|p| f(p.run)).sum::<u64>();
     run.planned = sum(|r| r.planned);
     run.answered = sum(|r| r.answered);
@@ -403,22 +439,11 @@ fn merge_runs(parts: &[Part<'_>]) -> Result<RunSummary> {
     run.elapsed_secs = parts.iter().map(|p| p.run.elapsed_secs).fold(0.0, f64::max);
     run.prefill_secs = parts.iter().map(|p| p.run.prefill_secs).fold(0.0, f64::max);
     run.throughput_rps = run.answered as f64 / run.elapsed_secs.max(1e-9);
-    run.latency_us = latency(&all);
-    run.send_lag_us = latency(&send_lag);
-    run.phases = phases
-        .iter()
-        .filter(|(_, h)| !h.is_empty())
-        .map(|(k, h)| (k.clone(), latency(h)))
-        .collect();
-    run.scenarios = scenarios
-        .iter()
-        .filter(|(_, h)| !h.is_empty())
-        .map(|(k, h)| (k.clone(), latency(h)))
-        .collect();
     run.verdicts = BTreeMap::new();
     run.expected = BTreeMap::new();
     run.mismatch_examples = Vec::new();
     run.error_examples = Vec::new();
+    run.revocation_states = Vec::new();
     for p in parts {
         add_counts(&mut run.verdicts, &p.run.verdicts);
         add_counts(&mut run.expected, &p.run.expected);
@@ -427,34 +452,14 @@ fn merge_runs(parts: &[Part<'_>]) -> Result<RunSummary> {
             .extend(p.run.mismatch_examples.iter().map(tag));
         run.error_examples
             .extend(p.run.error_examples.iter().map(tag));
+        for s in &p.run.revocation_states {
+            if !run.revocation_states.contains(s) {
+                run.revocation_states.push(s.clone());
+            }
+        }
     }
     run.mismatch_examples.truncate(10);
     run.error_examples.truncate(10);
-    run.cpu.harness_secs = sum_known(parts, |r| r.cpu.harness_secs);
-    // Nodes the shards loaded together: each shard read the nodes' whole CPU over its own
-    // window, so the largest is the run's (a sum would count it once per shard). Engines of
-    // their own (--spawn): the sum.
-    let shared = parts.iter().all(|p| p.run.cpu.engine_shared);
-    run.cpu.engine_shared = shared;
-    run.cpu.engine_secs = if shared {
-        parts
-            .iter()
-            .map(|p| p.run.cpu.engine_secs)
-            .reduce(|a, b| a.zip(b).map(|(a, b)| a.max(b)))
-            .flatten()
-    } else {
-        sum_known(parts, |r| r.cpu.engine_secs)
-    };
-    run.cpu.redis_secs = sum_known(parts, |r| r.cpu.redis_secs);
-    run.cpu.engine_context_switches = parts
-        .iter()
-        .map(|p| p.run.cpu.engine_context_switches)
-        .sum();
-    run.cpu.wall_secs = parts
-        .iter()
-        .map(|p| p.run.cpu.wall_secs)
-        .fold(0.0, f64::max);
-    run.nodes = merge_nodes(parts)?;
     run.cross_node_replays = parts
         .iter()
         .filter_map(|p| p.run.cross_node_replays)
@@ -463,30 +468,36 @@ fn merge_runs(parts: &[Part<'_>]) -> Result<RunSummary> {
             expected_replayed: a.expected_replayed + b.expected_replayed,
             replayed: a.replayed + b.replayed,
         });
-    run.revocation_states = Vec::new();
-    for p in parts {
-        for s in &p.run.revocation_states {
-            if !run.revocation_states.contains(s) {
-                run.revocation_states.push(s.clone());
-            }
-        }
+}
+
+/// The CPU of the whole run: the harnesses' added up; the engine's added up when each shard
+/// started its own, the largest shard's when they loaded the same nodes and read their
+/// `/metrics` (each read the nodes' whole CPU over its own window: a sum would count it once
+/// per shard).
+fn merge_cpu(parts: &[Part<'_>]) -> Cpu {
+    let shared = parts.iter().all(|p| p.run.cpu.engine_shared);
+    Cpu {
+        harness_secs: sum_known(parts, |r| r.cpu.harness_secs),
+        engine_secs: if shared {
+            parts
+                .iter()
+                .map(|p| p.run.cpu.engine_secs)
+                .reduce(|a, b| a.zip(b).map(|(a, b)| a.max(b)))
+                .flatten()
+        } else {
+            sum_known(parts, |r| r.cpu.engine_secs)
+        },
+        redis_secs: sum_known(parts, |r| r.cpu.redis_secs),
+        engine_context_switches: parts
+            .iter()
+            .map(|p| p.run.cpu.engine_context_switches)
+            .sum(),
+        wall_secs: parts
+            .iter()
+            .map(|p| p.run.cpu.wall_secs)
+            .fold(0.0, f64::max),
+        engine_shared: shared,
     }
-    run.timeline = merge_timeline(parts)?;
-    run.histograms = Some(Histograms {
-        all: encode_histogram(&all),
-        send_lag: encode_histogram(&send_lag),
-        phases: phases
-            .iter()
-            .map(|(k, h)| (k.clone(), encode_histogram(h)))
-            .collect(),
-        scenarios: scenarios
-            .iter()
-            .map(|(k, h)| (k.clone(), encode_histogram(h)))
-            .collect(),
-        nodes: Vec::new(),
-        timeline: Vec::new(),
-    });
-    Ok(run)
 }
 
 /// Per node (by index): counts added, latency from the merged histograms.
@@ -586,6 +597,7 @@ mod tests {
             started_unix: 1_800_000_000,
             cores: 2,
             command: "gatehouse-loadtest rush --shard".into(),
+            host: Some("b1".into()),
             target: TargetInfo {
                 address: "127.0.0.1:4433".into(),
                 spawned: false,

@@ -131,6 +131,9 @@ pub struct Report {
     pub cores: usize,
     /// The command line.
     pub command: String,
+    /// The machine the harness ran on (its host name), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// The engine.
     pub target: TargetInfo,
     /// The fleet.
@@ -181,6 +184,9 @@ pub struct ShardFacts {
     pub file: String,
     /// Its command line.
     pub command: String,
+    /// The machine it ran on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// Cores of the machine it ran on.
     pub cores: usize,
     /// When it started (Unix seconds).
@@ -472,9 +478,10 @@ impl Report {
             for s in &m.shards {
                 let _ = writeln!(
                     out,
-                    "    shard {}/{}: {} requests, {} cores, prefill {:.1} s, harness CPU {}{}{}  ({})",
+                    "    shard {}/{}{}: {} requests, {} cores, prefill {:.1} s, harness CPU {}{}{}  ({})",
                     s.index,
                     m.count,
+                    s.host.as_deref().map_or(String::new(), |h| format!(" on {h}")),
                     s.planned,
                     s.cores,
                     s.prefill_secs,
