@@ -777,7 +777,6 @@ mod tests {
 
     use super::*;
     use crate::budget::{BudgetResult, Check};
-    use crate::report::{ModelInfo, PopulationInfo, TargetInfo};
     use crate::summary::{Cpu, CrossNodeReplays, NodeSummary};
 
     fn lat(count: u64, p50: u64, p99: u64) -> Latency {
@@ -857,52 +856,7 @@ mod tests {
     }
 
     fn base(mode: &str) -> Report {
-        Report {
-            tool: "gatehouse-loadtest".into(),
-            version: "0.1.0".into(),
-            mode: mode.into(),
-            started_unix: 1_800_000_000,
-            cores: 2,
-            command: format!("gatehouse-loadtest {mode} --spawn"),
-            host: None,
-            target: TargetInfo {
-                address: "127.0.0.1:4433".into(),
-                spawned: true,
-                revocations_loaded: Some(true),
-                connections: 36,
-                nodes: vec!["127.0.0.1:4433".into()],
-                store: Some("memory".into()),
-                pins: Vec::new(),
-            },
-            population: PopulationInfo {
-                holders: 10_000,
-                seed: 1,
-                origin: "cache".into(),
-                secs: 0.2,
-                valid: 9_500,
-                revoked: 300,
-                expired: 200,
-            },
-            model: ModelInfo {
-                holders: 1_000_000,
-                share: 0.6,
-                rush_minutes: 60.0,
-                peak_factor: 3.0,
-                peak_rps: 500.0,
-                explanation: "1000000 holders × 0.6 over 60 min × 3 = 500 req/s".into(),
-                plan_ramp_up_secs: 2.0,
-                plan_peak_secs: 6.0,
-                plan_ramp_down_secs: 2.0,
-                plan_peak_rps: 500.0,
-            },
-            run: None,
-            sweep: None,
-            goose: None,
-            budget: None,
-            baseline: Vec::new(),
-            passed: false,
-            merged: None,
-        }
+        crate::report::sample(mode)
     }
 
     /// A fixed rush report and a fixed sweep report (the figures are recognisable).

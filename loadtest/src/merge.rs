@@ -586,55 +586,14 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use crate::model::{Phase, Scenario, Shard};
-    use crate::report::{ModelInfo, PopulationInfo, TargetInfo};
     use crate::summary::RunStats;
 
     fn report(run: RunSummary) -> Report {
         Report {
-            tool: "gatehouse-loadtest".into(),
-            version: "0.1.0".into(),
-            mode: "rush".into(),
-            started_unix: 1_800_000_000,
-            cores: 2,
             command: "gatehouse-loadtest rush --shard".into(),
             host: Some("b1".into()),
-            target: TargetInfo {
-                address: "127.0.0.1:4433".into(),
-                spawned: false,
-                revocations_loaded: None,
-                connections: 18,
-                nodes: vec!["127.0.0.1:4433".into()],
-                store: None,
-                pins: Vec::new(),
-            },
-            population: PopulationInfo {
-                holders: 10_000,
-                seed: 1,
-                origin: "cache".into(),
-                secs: 0.2,
-                valid: 9_500,
-                revoked: 300,
-                expired: 200,
-            },
-            model: ModelInfo {
-                holders: 1_000_000,
-                share: 0.6,
-                rush_minutes: 60.0,
-                peak_factor: 3.0,
-                peak_rps: 500.0,
-                explanation: String::new(),
-                plan_ramp_up_secs: 0.0,
-                plan_peak_secs: 3.0,
-                plan_peak_rps: 500.0,
-                plan_ramp_down_secs: 0.0,
-            },
             run: Some(run),
-            sweep: None,
-            goose: None,
-            budget: None,
-            baseline: Vec::new(),
-            passed: false,
-            merged: None,
+            ..crate::report::sample("rush")
         }
     }
 
