@@ -617,7 +617,9 @@ async fn eights(
     }
     let c =
         ScannerClient::connect_with(addr, "localhost", world.identity("flood-1")?, options).await?;
-    let before = metrics_text(ops).await.unwrap_or_default();
+    let before = gatehouse_loadtest::cpu::metrics_text(ops)
+        .await
+        .unwrap_or_default();
     let cpu0 = gatehouse_loadtest::cpu::process_cpu_secs(&pid.to_string());
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(batches);
@@ -648,13 +650,12 @@ async fn eights(
         }
     }
     let cpu1 = gatehouse_loadtest::cpu::process_cpu_secs(&pid.to_string());
-    let after = metrics_text(ops).await.unwrap_or_default();
+    let after = gatehouse_loadtest::cpu::metrics_text(ops)
+        .await
+        .unwrap_or_default();
     c.close().await;
     let delta = |name: &str| {
-        let read = |body: &str| {
-            body.lines()
-                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-        };
+        let read = |body: &str| gatehouse_loadtest::cpu::metric_value(body, name);
         match (read(&before), read(&after)) {
             (Some(a), Some(b)) => format!("{}", b - a),
             _ => "?".into(),
@@ -669,9 +670,9 @@ async fn eights(
         "{cpu}; {} busy; equations failed {}, signatures routed single {}, multi-buffer not \
          proven {}",
         busy,
-        delta("gatehouse_signature_batches_failed_total "),
-        delta("gatehouse_signatures_routed_single_total "),
-        delta("gatehouse_multibuffer_unproven_total "),
+        delta("gatehouse_signature_batches_failed_total"),
+        delta("gatehouse_signatures_routed_single_total"),
+        delta("gatehouse_multibuffer_unproven_total"),
     );
     if wrong > 0 || failed > 0 {
         bail!("{wrong} wrong verdicts, {failed} batches unanswered to the scanner; {note}");
@@ -682,15 +683,6 @@ async fn eights(
 /// The µs of CPU per token a row's note gives.
 fn cpu_of(note: &str) -> Option<f64> {
     note.split(" µs CPU/token").next()?.parse().ok()
-}
-
-/// The engine's `/metrics` page.
-async fn metrics_text(ops: SocketAddr) -> Option<String> {
-    let got =
-        gatehouse_engine::client::ops::get_async(ops, "/metrics", Duration::from_secs(2), 4 << 20)
-            .await
-            .ok()?;
-    (got.status == 200).then_some(got.body)
 }
 
 /// 3. Slow bodies: 16 connections x 64 streams, each announcing 128 KiB and sending 100 KiB.

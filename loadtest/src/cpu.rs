@@ -1,6 +1,32 @@
 //! CPU time and context switches of a process, from `/proc` (Linux): on a machine where
 //! engine and harness share the cores, the report says how much of them each used, and how
-//! often the engine's threads were switched.
+//! often the engine's threads were switched. A node on another machine tells its CPU through
+//! its `/metrics` ([`metrics_text`], [`metric_value`]).
+
+/// A node's `/metrics` page, read from its operations port `ops` (`None` when it does not
+/// answer 200 within 2 s).
+pub async fn metrics_text(ops: std::net::SocketAddr) -> Option<String> {
+    let got = gatehouse_engine::client::ops::get_async(
+        ops,
+        "/metrics",
+        std::time::Duration::from_secs(2),
+        4 << 20,
+    )
+    .await
+    .ok()?;
+    (got.status == 200).then_some(got.body)
+}
+
+/// The value of the unlabelled series `series` in a Prometheus text exposition.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
 
 /// User + system CPU seconds of process `pid` (`"self"` for this one); `None` where `/proc`
 /// is not available.

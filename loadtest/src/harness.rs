@@ -250,21 +250,8 @@ pub async fn sweep(
 /// A node's `process_cpu_seconds_total`, read from its `/metrics` on `ops` (`None` when it
 /// does not answer in 2 s or has no such line).
 pub async fn metrics_cpu_secs(ops: std::net::SocketAddr) -> Option<f64> {
-    let got =
-        gatehouse_engine::client::ops::get_async(ops, "/metrics", Duration::from_secs(2), 4 << 20)
-            .await
-            .ok()?;
-    if got.status != 200 {
-        return None;
-    }
-    process_cpu_secs(&got.body)
-}
-
-/// `process_cpu_seconds_total` in a Prometheus text exposition.
-pub fn process_cpu_secs(text: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix("process_cpu_seconds_total "))
-        .and_then(|v| v.trim().parse().ok())
+    let text = crate::cpu::metrics_text(ops).await?;
+    crate::cpu::metric_value(&text, "process_cpu_seconds_total")
 }
 
 /// The steps of a sweep of fixed rates.
@@ -292,13 +279,8 @@ pub async fn sweep_rates(
     modelled_peak_rps: f64,
     progress: bool,
 ) -> Result<SweepSummary> {
-    let FixedRates {
-        rates,
-        step_secs,
-        gap,
-        start_at,
-    } = fixed;
-    let (step_secs, gap, start_at) = (*step_secs, *gap, *start_at);
+    let (rates, step_secs, gap, start_at) =
+        (&fixed.rates, fixed.step_secs, fixed.gap, fixed.start_at);
     anyhow::ensure!(!rates.is_empty(), "--rates: give at least one rate");
     anyhow::ensure!(
         rates.iter().all(|r| r.is_finite() && *r > 0.0),
@@ -482,12 +464,23 @@ mod tests {
 
     #[test]
     fn a_nodes_cpu_is_read_from_its_metrics() {
+        use crate::cpu::metric_value;
         let text = "# HELP process_cpu_seconds Total user and system CPU time\n\
                     # TYPE process_cpu_seconds counter\n\
                     process_cpu_seconds_total 12.5\n\
                     process_resident_memory_bytes 1000\n";
-        assert_eq!(process_cpu_secs(text), Some(12.5));
-        assert_eq!(process_cpu_secs("gatehouse_ready 1\n"), None);
+        assert_eq!(metric_value(text, "process_cpu_seconds_total"), Some(12.5));
+        assert_eq!(
+            metric_value("gatehouse_ready 1\n", "process_cpu_seconds_total"),
+            None
+        );
+        assert_eq!(
+            metric_value(
+                "process_cpu_seconds_total_x 3\n",
+                "process_cpu_seconds_total"
+            ),
+            None
+        );
         assert_eq!(plan_salt(7, 0), 7);
         assert_ne!(plan_salt(7, 1), plan_salt(7, 2));
         assert_eq!(plan_salt(7, 1), plan_salt(7, 1));
