@@ -105,6 +105,15 @@ reasons! {
     /// The revocation state is older than the node's maximum age (its feed is unreachable or
     /// refused): the engine fails closed rather than accept on revocations it cannot vouch for.
     RevocationsStale = 23, "revocations_stale", "revocation state too old to vouch for, failing closed";
+    /// An mdoc signed or authenticated with an algorithm gatehouse does not verify (ES384,
+    /// EdDSA, …; SPEC §12).
+    UnsupportedAlgorithm = 24, "unsupported_algorithm", "signed with an algorithm this engine does not verify";
+    /// An mdoc's disclosed element, or its docType, differs from what the issuer signed in the
+    /// MSO (SPEC §12).
+    IssuerDataMismatch = 25, "issuer_data_mismatch", "disclosed data differs from what the issuer signed";
+    /// An mdoc authenticated by a device MAC at a scanner whose role does not accept one: a MAC
+    /// is symmetric, so whoever holds the reader's key could have made it (SPEC §12).
+    DeviceMacNotAllowed = 26, "device_mac_not_allowed", "device MAC authentication not accepted at this scanner";
     @reserved
     /// What a reader makes of a reason code its version does not define (a newer engine's):
     /// a deny, not retryable (SPEC §9). Never sent by an engine; 255 is reserved for it.
