@@ -278,6 +278,7 @@ fn pipeline(c: &mut Criterion) {
             token: t.clone(),
             challenge: None,
             retry: None,
+            mdoc: None,
         })
         .collect();
     g.throughput(Throughput::Elements(64));

@@ -164,6 +164,7 @@ fn pipeline_fixture(holders_n: u64, fresh: usize) -> Pipeline {
             token,
             challenge: None,
             retry: None,
+            mdoc: None,
         })
         .collect();
     Pipeline {

@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gatehouse_protocol::{
-    kind, DecodeError, FrameHeader, Request, Response, Verdict, WireErrorCode, ALPN,
+    kind, DecodeError, FrameHeader, MdocRequest, Request, Response, Verdict, WireErrorCode, ALPN,
     FRAME_HEADER_LEN, MAX_BATCH, RETRY_KEY_LEN,
 };
 use quinn::crypto::rustls::QuicClientConfig;
@@ -451,6 +451,18 @@ impl ScannerClient {
                 challenge: challenge.map(<[u8]>::to_vec),
                 retry,
             })
+            .await?;
+        verdicts(response, id, 1)?
+            .pop()
+            .ok_or(ClientError::Protocol("no verdict"))
+    }
+
+    /// Verifies one ISO/IEC 18013-5 presentation (SPEC §12): the reader's side of the flow,
+    /// after its session with the phone. `request.id` is replaced by this client's next id.
+    pub async fn verify_mdoc(&self, request: MdocRequest) -> Result<Verdict, ClientError> {
+        let id = self.next_id();
+        let response = self
+            .request(&Request::VerifyMdoc(MdocRequest { id, ..request }))
             .await?;
         verdicts(response, id, 1)?
             .pop()

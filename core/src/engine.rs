@@ -11,11 +11,13 @@ use gatehouse_protocol::{
 use rayon::prelude::*;
 
 mod batched;
+mod mdoc;
 
 use batched::Proven;
 pub use batched::{BatchMode, BatchStats, Batching, MB_FROM, SUSPECT_SECS};
 
 use super::cache::{CachedCredential, IssuerCache};
+use super::mdoc::{Disclosed, MdocCache, MdocItem, MdocRevocations};
 use super::registry::{Role, Scanner, ScannerRegistry, TrustList};
 use super::replay::{Entry, MarkOutcome, MarkRequest, ReplayGuard};
 use super::revocation::{RevocationError, RevocationState, Revocations};
@@ -36,6 +38,8 @@ pub struct EngineConfig {
     pub issuer_cache_capacity: usize,
     /// Live one-time-use entries (size for peak rate × window, with headroom).
     pub replay_capacity: usize,
+    /// mdoc documents whose issuer signature and certificate chain are remembered (SPEC §12).
+    pub mdoc_cache_capacity: usize,
     /// Offset of the local civil date from UTC, for age checks (Korea: +9 h).
     pub utc_offset_secs: i32,
     /// Signature-verification threads of the engine's own pool (`verify_batch`), and in the
@@ -71,6 +75,7 @@ impl Default for EngineConfig {
             issuer_cache_capacity: 1_310_720,
             // 20,000 tokens/s over a 30 s window, with a quarter of headroom.
             replay_capacity: 750_000,
+            mdoc_cache_capacity: 65_536,
             utc_offset_secs: 9 * 3600,
             threads: 0,
             batch: BatchMode::Auto,
@@ -106,6 +111,8 @@ pub struct Item {
     pub challenge: Option<Vec<u8>>,
     /// The scan's retry key (SPEC §8.6), if the scanner gave one.
     pub retry: Option<[u8; gatehouse_protocol::RETRY_KEY_LEN]>,
+    /// An ISO/IEC 18013-5 presentation instead of a token (SPEC §12); `token` is then empty.
+    pub mdoc: Option<Arc<MdocItem>>,
 }
 
 impl Item {
@@ -116,6 +123,18 @@ impl Item {
             token,
             challenge: None,
             retry: None,
+            mdoc: None,
+        }
+    }
+
+    /// An mdoc presentation as a scanner sent it.
+    pub fn mdoc(scanner: Arc<Scanner>, mdoc: MdocItem) -> Item {
+        Item {
+            scanner,
+            token: Vec::new(),
+            challenge: None,
+            retry: None,
+            mdoc: Some(Arc::new(mdoc)),
         }
     }
 }
@@ -175,8 +194,14 @@ struct Checked {
     replay_id: [u8; 16],
     timestamp: u64,
     expiry: u64,
-    credential: Credential,
+    subject: Subject,
     challenge: Option<Vec<u8>>,
+}
+
+/// What the policy judges: a token's credential, or what an mdoc's issuer signed.
+enum Subject {
+    Credential(Box<Credential>),
+    Mdoc(Box<Disclosed>),
 }
 
 const ROLES: usize = 3;
@@ -220,6 +245,9 @@ pub struct Engine {
     batch_stats: BatchStats,
     batching: Batching,
     fence: AtomicU64,
+    mdoc_trust: ArcSwap<gatehouse_mdoc::TrustAnchors>,
+    mdoc_revocations: ArcSwap<MdocRevocations>,
+    mdoc_cache: MdocCache,
 }
 
 impl Engine {
@@ -247,6 +275,9 @@ impl Engine {
             stats: Stats::new(),
             batch_stats: BatchStats::default(),
             fence: AtomicU64::new(config.accept_from),
+            mdoc_trust: ArcSwap::from_pointee(gatehouse_mdoc::TrustAnchors::default()),
+            mdoc_revocations: ArcSwap::from_pointee(MdocRevocations::default()),
+            mdoc_cache: MdocCache::new(config.mdoc_cache_capacity),
             config,
         })
     }
@@ -352,6 +383,7 @@ impl Engine {
             token: token.to_vec(),
             challenge: challenge.map(<[u8]>::to_vec),
             retry: None,
+            mdoc: None,
         };
         self.verify_batch(std::slice::from_ref(&item), now)
             .pop()
@@ -394,7 +426,7 @@ impl Engine {
     fn prepare_with(&self, items: &[Item], now: u64, parallel: bool) -> Prepared {
         let trust = self.trust.load();
         let rev = self.revocations.load();
-        let checked: Vec<Result<Checked, Reason>> = if parallel && items.len() > 1 {
+        let mut checked: Vec<Result<Checked, Reason>> = if parallel && items.len() > 1 {
             self.pool.install(|| {
                 items
                     .par_iter()
@@ -419,6 +451,13 @@ impl Engine {
                     .collect(),
             }
         };
+        // An mdoc item carries no token: the token checks above denied its empty token at once
+        // (`malformed`, no signature counted); its own checks (SPEC §12.2) decide instead.
+        for (c, it) in checked.iter_mut().zip(items) {
+            if let Some(m) = &it.mdoc {
+                *c = self.check_mdoc(m, &it.scanner, now);
+            }
+        }
         let mut marks = Vec::with_capacity(items.len());
         let slots = checked
             .into_iter()
@@ -624,7 +663,7 @@ impl Engine {
             replay_id,
             timestamp: token.timestamp,
             expiry,
-            credential: credential.credential,
+            subject: Subject::Credential(Box::new(credential.credential)),
             challenge,
         })
     }
@@ -654,14 +693,15 @@ impl Engine {
         // Both absent (QR), or equal (NFC): a token made for one scanner's challenge, or one
         // carrying a challenge shown where none was asked, is not accepted.
         if challenge != c.challenge.as_deref() {
-            Verdict::deny(Reason::ChallengeMismatch)
-        } else {
-            super::policy::decide(
-                &scanner.role,
-                &c.credential,
-                now,
-                self.config.utc_offset_secs,
-            )
+            return Verdict::deny(Reason::ChallengeMismatch);
+        }
+        match &c.subject {
+            Subject::Credential(credential) => {
+                super::policy::decide(&scanner.role, credential, now, self.config.utc_offset_secs)
+            }
+            Subject::Mdoc(disclosed) => {
+                super::policy::decide_mdoc(scanner, disclosed, now, self.config.utc_offset_secs)
+            }
         }
     }
 }

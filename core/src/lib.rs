@@ -6,6 +6,7 @@ mod cache;
 mod clock;
 mod engine;
 mod fence;
+mod mdoc;
 mod policy;
 mod registry;
 mod replay;
@@ -18,9 +19,10 @@ pub use engine::{
     DEFAULT_BATCH_FROM, MB_FROM, SUSPECT_SECS,
 };
 pub use fence::{restart_fence, Life, LifeBook, Observed};
-pub use policy::{decide, military_discount_eligible};
+pub use mdoc::{mdoc_document_id, mdoc_replay_id, Disclosed, MdocCache, MdocItem, MdocRevocations};
+pub use policy::{decide, decide_mdoc, military_discount_eligible};
 pub use registry::{
-    ConfigError, IssuerKey, RevocationKey, Role, Scanner, ScannerRegistry, TrustList,
+    ConfigError, IssuerKey, MdocPolicy, RevocationKey, Role, Scanner, ScannerRegistry, TrustList,
     DEFAULT_GATE_ADMITS,
 };
 pub use replay::{Entry, Mark, MarkOutcome, MarkRequest, ReplayGuard};

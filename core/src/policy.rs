@@ -5,7 +5,8 @@ use gatehouse_protocol::{
     Verdict,
 };
 
-use super::registry::Role;
+use super::mdoc::Disclosed;
+use super::registry::{Role, Scanner};
 
 /// The verdict for a credential that passed every other check, as `role` sees it.
 /// Age checks follow Korea's Youth Protection Act (see [`Date::is_19_or_older_kr`]) at the
@@ -55,6 +56,53 @@ pub fn decide(role: &Role, c: &Credential, now: u64, utc_offset_secs: i32) -> Ve
             };
             match over {
                 Some(true) => predicate(Predicate::AgeOver19),
+                Some(false) => Verdict::deny(Reason::NotEligible),
+                None => Verdict::deny(Reason::AttributeMissing),
+            }
+        }
+    }
+}
+
+/// The verdict for an mdoc presentation that passed every other check (SPEC §12.4), as the
+/// scanner's role and mdoc rules see it.
+/// - A gate admits the docTypes it lists (`mdoc_doc_types`; none by default), from the
+///   issuing authorities it lists (`mdoc_authorities`; any trusted IACA when empty); it learns
+///   when the document's validity ends, nothing else.
+/// - A partner's predicate (the military discount) is not something an mdoc attests: an mdoc
+///   is `not_eligible` there.
+/// - An age counter takes ISO's `age_over_19` (full years, the issuer's statement), or else
+///   `birth_date` in full years at its civil date; it learns predicate 3, `iso_age_over_19`.
+pub fn decide_mdoc(scanner: &Scanner, d: &Disclosed, now: u64, utc_offset_secs: i32) -> Verdict {
+    match &scanner.role {
+        Role::Gate { .. } => {
+            let rules = &scanner.mdoc;
+            let authority_ok =
+                rules.authorities.is_empty() || rules.authorities.contains(&d.authority);
+            if rules.doc_types.contains(&d.doc_type) && authority_ok {
+                Verdict::new(
+                    Reason::Accepted,
+                    Attributes {
+                        valid_until: Some(d.valid_until),
+                        ..Attributes::default()
+                    },
+                )
+            } else {
+                Verdict::deny(Reason::NotAdmitted)
+            }
+        }
+        Role::Partner => Verdict::deny(Reason::NotEligible),
+        Role::AgeCheck => {
+            let over = match (d.age_over_19, d.birth_date) {
+                (Some(flag), _) => Some(flag),
+                (None, Some(born)) => {
+                    let now = i64::try_from(now).unwrap_or(i64::MAX);
+                    let today = gatehouse_mdoc::time::civil(now, utc_offset_secs);
+                    Some(gatehouse_mdoc::time::full_years(born, today) >= 19)
+                }
+                (None, None) => None,
+            };
+            match over {
+                Some(true) => predicate(Predicate::IsoAgeOver19),
                 Some(false) => Verdict::deny(Reason::NotEligible),
                 None => Verdict::deny(Reason::AttributeMissing),
             }

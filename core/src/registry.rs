@@ -304,6 +304,21 @@ pub struct Scanner {
     pub id: String,
     /// Its role.
     pub role: Role,
+    /// What it accepts of ISO/IEC 18013-5 presentations (SPEC §12.4).
+    pub mdoc: MdocPolicy,
+}
+
+/// A scanner's rules for mdoc presentations (SPEC §12.4), from its registry entry.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MdocPolicy {
+    /// docTypes a gate admits (`mdoc_doc_types`); empty, the default: a gate admits no mdoc.
+    pub doc_types: Vec<String>,
+    /// Issuing authorities a gate admits, as the IACA's subject names them (`US`, `US-CA`:
+    /// country, and state or province when named); empty: any IACA of the trust list.
+    pub authorities: Vec<String>,
+    /// Whether a response authenticated by a device MAC is accepted (`mdoc_device_mac`). Off by
+    /// default: a MAC is symmetric, so whoever holds the session's reader key could make one.
+    pub device_mac: bool,
 }
 
 /// Scanners by id.
@@ -326,6 +341,12 @@ struct ScannerEntry {
     role: String,
     unit: Option<String>,
     admits: Option<Vec<String>>,
+    #[serde(default)]
+    mdoc_doc_types: Vec<String>,
+    #[serde(default)]
+    mdoc_authorities: Vec<String>,
+    #[serde(default)]
+    mdoc_device_mac: bool,
 }
 
 impl ScannerRegistry {
@@ -434,7 +455,24 @@ impl ScannerRegistry {
                     ))
                 }
             };
-            reg.insert(Scanner { id: e.id, role });
+            if !matches!(role, Role::Gate { .. })
+                && (!e.mdoc_doc_types.is_empty() || !e.mdoc_authorities.is_empty())
+            {
+                return Err(ConfigError::new(
+                    file,
+                    field("mdoc_doc_types"),
+                    "only gates take mdoc_doc_types and mdoc_authorities",
+                ));
+            }
+            reg.insert(Scanner {
+                id: e.id,
+                role,
+                mdoc: MdocPolicy {
+                    doc_types: e.mdoc_doc_types,
+                    authorities: e.mdoc_authorities,
+                    device_mac: e.mdoc_device_mac,
+                },
+            });
         }
         Ok(reg)
     }
@@ -459,6 +497,27 @@ impl ScannerRegistry {
                     list.join(", ")
                 ));
             }
+            let quoted = |v: &[String]| {
+                v.iter()
+                    .map(|t| format!("{t:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            if !sc.mdoc.doc_types.is_empty() {
+                s.push_str(&format!(
+                    "mdoc_doc_types = [{}]\n",
+                    quoted(&sc.mdoc.doc_types)
+                ));
+            }
+            if !sc.mdoc.authorities.is_empty() {
+                s.push_str(&format!(
+                    "mdoc_authorities = [{}]\n",
+                    quoted(&sc.mdoc.authorities)
+                ));
+            }
+            if sc.mdoc.device_mac {
+                s.push_str("mdoc_device_mac = true\n");
+            }
         }
         s
     }
@@ -467,6 +526,40 @@ impl ScannerRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mdoc_rules_parse_round_trip_and_are_refused_where_they_mean_nothing() {
+        let text = r#"
+[[scanner]]
+id = "desk"
+role = "gate"
+unit = "9"
+mdoc_doc_types = ["org.iso.18013.5.1.mDL"]
+mdoc_authorities = ["US-CA"]
+mdoc_device_mac = true
+
+[[scanner]]
+id = "age"
+role = "age_check"
+"#;
+        let file = Path::new("scanners.toml");
+        let reg = ScannerRegistry::parse(file, text).unwrap_or_default();
+        let desk = reg.get("desk").map(|s| s.mdoc.clone()).unwrap_or_default();
+        assert_eq!(desk.doc_types, ["org.iso.18013.5.1.mDL"]);
+        assert_eq!(desk.authorities, ["US-CA"]);
+        assert!(desk.device_mac);
+        assert_eq!(
+            reg.get("age").map(|s| s.mdoc.clone()),
+            Some(MdocPolicy::default())
+        );
+        let again = ScannerRegistry::parse(file, &reg.to_toml()).unwrap_or_default();
+        assert_eq!(again.get("desk"), reg.get("desk"));
+        let wrong = "[[scanner]]\nid = \"p\"\nrole = \"partner\"\nmdoc_doc_types = [\"x\"]\n";
+        let e = ScannerRegistry::parse(file, wrong)
+            .err()
+            .map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("only gates take mdoc_doc_types")));
+    }
 
     #[test]
     fn registry_errors_name_file_field_and_problem() {
@@ -504,14 +597,17 @@ mod tests {
                 unit: "1/12".parse().unwrap(),
                 admits: vec![CredentialType::FamilyMember],
             },
+            mdoc: Default::default(),
         });
         r.insert(Scanner {
             id: "p".into(),
             role: Role::Partner,
+            mdoc: Default::default(),
         });
         r.insert(Scanner {
             id: "a".into(),
             role: Role::AgeCheck,
+            mdoc: Default::default(),
         });
         let back = ScannerRegistry::parse(Path::new("x"), &r.to_toml()).unwrap();
         assert_eq!(

@@ -368,6 +368,7 @@ pub fn standard_scanners() -> ScannerRegistry {
                     unit,
                     admits: DEFAULT_GATE_ADMITS.to_vec(),
                 },
+                mdoc: Default::default(),
             });
             r.insert(Scanner {
                 id: format!("welfare-{corps}-{div}"),
@@ -375,6 +376,7 @@ pub fn standard_scanners() -> ScannerRegistry {
                     unit,
                     admits: vec![CredentialType::FamilyMember],
                 },
+                mdoc: Default::default(),
             });
         }
     }
@@ -382,12 +384,14 @@ pub fn standard_scanners() -> ScannerRegistry {
         r.insert(Scanner {
             id: format!("partner-{i}"),
             role: Role::Partner,
+            mdoc: Default::default(),
         });
     }
     for i in 1..=4 {
         r.insert(Scanner {
             id: format!("age-{i}"),
             role: Role::AgeCheck,
+            mdoc: Default::default(),
         });
     }
     r

@@ -28,7 +28,7 @@
 //!     retired: false,
 //! });
 //! let mut scanners = ScannerRegistry::new();
-//! scanners.insert(Scanner { id: "gate".into(), role: Role::Gate { unit: "1/12".parse()?, admits: DEFAULT_GATE_ADMITS.to_vec() } });
+//! scanners.insert(Scanner { id: "gate".into(), role: Role::Gate { unit: "1/12".parse()?, admits: DEFAULT_GATE_ADMITS.to_vec() }, mdoc: Default::default() });
 //! let engine = Engine::new(EngineConfig::default(), trust, scanners)?;
 //! let token = vectors::all()?.into_iter().find(|v| v.name == "token").unwrap().bytes;
 //! let gate = engine.scanner("gate").unwrap();
@@ -54,6 +54,7 @@
 pub use gatehouse_client as client;
 pub use gatehouse_core as core;
 pub use gatehouse_dev as dev;
+pub use gatehouse_mdoc as mdoc;
 pub use gatehouse_server as server;
 
 pub use crate::core::{
@@ -64,3 +65,4 @@ pub use crate::core::{
     Scanner, ScannerRegistry, Stats, SystemClock, TrustList, DEFAULT_BATCH_FROM,
     DEFAULT_GATE_ADMITS, MB_FROM, SUSPECT_SECS,
 };
+pub use crate::core::{decide_mdoc, Disclosed, MdocItem, MdocPolicy, MdocRevocations};

@@ -157,6 +157,7 @@ impl Site {
                 unit: "1".parse().unwrap(),
                 admits: DEFAULT_GATE_ADMITS.to_vec(),
             },
+            mdoc: Default::default(),
         });
         std::fs::write(dir.join("scanners.toml"), registry.to_toml()).unwrap();
         Site {

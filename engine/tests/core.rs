@@ -85,6 +85,7 @@ fn the_spec_fence_vector_holds() {
                 unit: "1/12".parse().unwrap(),
                 admits: DEFAULT_GATE_ADMITS.to_vec(),
             },
+            mdoc: Default::default(),
         });
         let engine = Engine::new(EngineConfig::default(), trust, scanners).unwrap();
         // What a store's new life seen at `learned` does: the fence moves to learned + skew.
@@ -200,18 +201,21 @@ fn submit_hands_verdicts_back_in_order() {
             token: t.clone(),
             challenge: None,
             retry: None,
+            mdoc: None,
         },
         Item {
             scanner: gate.clone(),
             token: b"junk".to_vec(),
             challenge: None,
             retry: None,
+            mdoc: None,
         },
         Item {
             scanner: gate,
             token: t,
             challenge: None,
             retry: None,
+            mdoc: None,
         },
     ];
     let (tx, rx) = std::sync::mpsc::channel();

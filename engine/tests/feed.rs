@@ -286,6 +286,7 @@ impl World {
                     a
                 },
             },
+            mdoc: Default::default(),
         });
         Arc::new(Engine::new(config, self.trust(), r).unwrap())
     }

@@ -72,6 +72,7 @@ impl Site {
                     unit: "1".parse().unwrap(),
                     admits: DEFAULT_GATE_ADMITS.to_vec(),
                 },
+                mdoc: Default::default(),
             });
         }
         std::fs::write(dir.join("scanners.toml"), reg.to_toml()).unwrap();

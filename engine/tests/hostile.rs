@@ -90,6 +90,7 @@ impl World {
             r.insert(Scanner {
                 id: (*id).into(),
                 role,
+                mdoc: Default::default(),
             });
         }
         let trust = population::trust_list(&self.issuer);

@@ -126,23 +126,28 @@ fn registry(with_temp: bool) -> ScannerRegistry {
     r.insert(Scanner {
         id: "gate-a".into(),
         role: gate(&[1, 12]),
+        mdoc: Default::default(),
     });
     r.insert(Scanner {
         id: "gate-b".into(),
         role: gate(&[2, 1]),
+        mdoc: Default::default(),
     });
     r.insert(Scanner {
         id: "partner-1".into(),
         role: Role::Partner,
+        mdoc: Default::default(),
     });
     r.insert(Scanner {
         id: "age-1".into(),
         role: Role::AgeCheck,
+        mdoc: Default::default(),
     });
     if with_temp {
         r.insert(Scanner {
             id: "temp".into(),
             role: gate(&[1]),
+            mdoc: Default::default(),
         });
     }
     r

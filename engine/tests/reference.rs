@@ -39,7 +39,17 @@ fn the_examples_parse_and_mean_what_the_text_says() {
 
     let reg =
         ScannerRegistry::parse(Path::new("scanners.toml"), &example(&doc, "scanners")).unwrap();
-    assert_eq!(reg.len(), 5);
+    assert_eq!(reg.len(), 6);
+    let desk = reg.get("rental-desk-1").unwrap();
+    assert_eq!(desk.mdoc.doc_types, ["org.iso.18013.5.1.mDL"]);
+    assert_eq!(desk.mdoc.authorities, ["US", "KR"]);
+    assert!(!desk.mdoc.device_mac);
+    let revoked = gatehouse_engine::MdocRevocations::parse(
+        Path::new("mdoc-revocations.txt"),
+        &example(&doc, "mdoc-revocations"),
+    )
+    .unwrap();
+    assert_eq!(revoked.len(), 1);
     match &reg.get("closed-gate-2").unwrap().role {
         Role::Gate { admits, .. } => assert!(admits.is_empty()),
         other => panic!("{other:?}"),

@@ -260,6 +260,7 @@ fn write_config(
                 unit: UnitPath::new(&[1, 12])?,
                 admits: DEFAULT_GATE_ADMITS.to_vec(),
             },
+            mdoc: Default::default(),
         });
     }
     std::fs::write(dir.join("scanners.toml"), registry.to_toml())?;

@@ -330,6 +330,7 @@ impl Site {
                     unit: "1".parse()?,
                     admits: DEFAULT_GATE_ADMITS.to_vec(),
                 },
+                mdoc: Default::default(),
             });
         }
         std::fs::write(dir.join("scanners.toml"), reg.to_toml())?;

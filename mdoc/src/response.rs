@@ -10,9 +10,9 @@ use crate::cbor::{self, CborError, Node, Value};
 use crate::time;
 
 /// Most bytes of a DeviceResponse gatehouse reads (a portrait is a few tens of kilobytes).
-pub const MAX_DEVICE_RESPONSE: usize = 96 * 1024;
+pub const MAX_DEVICE_RESPONSE: usize = gatehouse_protocol::MAX_MDOC_RESPONSE;
 /// Most bytes of a SessionTranscript.
-pub const MAX_SESSION_TRANSCRIPT: usize = 4096;
+pub const MAX_SESSION_TRANSCRIPT: usize = gatehouse_protocol::MAX_SESSION_TRANSCRIPT;
 /// Most certificates in an `x5chain`.
 pub const MAX_X5CHAIN: usize = 4;
 

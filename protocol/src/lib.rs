@@ -84,7 +84,8 @@ pub use token::{
 };
 pub use types::{CredentialType, Date, Entitlements, HolderCategory, UnitPath, MAX_UNIT_DEPTH};
 pub use wire::{
-    kind, request_id, retry_tag, split_frame, Attributes, FrameHeader, Predicate, Request,
-    Response, Verdict, WireErrorCode, ALPN, FRAME_HEADER_LEN, MAX_BATCH, MAX_ERROR_TEXT,
-    MAX_FRAME_BODY, RETRY_KEY_LEN, WIRE_VERSION,
+    kind, request_id, retry_tag, split_frame, Attributes, FrameHeader, MdocRequest, Predicate,
+    Request, Response, Verdict, WireErrorCode, ALPN, FRAME_HEADER_LEN, MAX_BATCH, MAX_ERROR_TEXT,
+    MAX_FRAME_BODY, MAX_MDOC_RESPONSE, MAX_SESSION_TRANSCRIPT, READER_KEY_LEN, RETRY_KEY_LEN,
+    WIRE_VERSION,
 };

@@ -27,6 +27,12 @@ pub const MAX_BATCH: usize = 128;
 pub const MAX_ERROR_TEXT: usize = 200;
 /// Length of a retry key (SPEC §8.6).
 pub const RETRY_KEY_LEN: usize = 16;
+/// Longest DeviceResponse in a VerifyMdoc request (SPEC §12.1).
+pub const MAX_MDOC_RESPONSE: usize = 96 * 1024;
+/// Longest SessionTranscript in a VerifyMdoc request (SPEC §12.1).
+pub const MAX_SESSION_TRANSCRIPT: usize = 4096;
+/// Length of the reader's ephemeral private key a deviceMac needs (SPEC §12.1).
+pub const READER_KEY_LEN: usize = 32;
 
 /// Frame kinds.
 pub mod kind {
@@ -36,6 +42,8 @@ pub mod kind {
     pub const VERIFY_BATCH: u8 = 0x02;
     /// Request: liveness ping.
     pub const PING: u8 = 0x03;
+    /// Request: verify one ISO/IEC 18013-5 presentation (SPEC §12).
+    pub const VERIFY_MDOC: u8 = 0x04;
     /// Response: verdicts, one per token, in request order.
     pub const VERDICTS: u8 = 0x81;
     /// Response: answer to a ping.
@@ -124,6 +132,29 @@ pub enum Request {
         /// Echoed in the response.
         id: u64,
     },
+    /// Verify one ISO/IEC 18013-5 presentation a reader received (SPEC §12).
+    VerifyMdoc(MdocRequest),
+}
+
+/// A VerifyMdoc request's fields (SPEC §12.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MdocRequest {
+    /// Echoed in the response.
+    pub id: u64,
+    /// The `DeviceResponse` the reader received, as received (1 to [`MAX_MDOC_RESPONSE`]
+    /// bytes).
+    pub device_response: Vec<u8>,
+    /// The session's `SessionTranscript`: the CBOR array itself, not tag-24 wrapped (1 to
+    /// [`MAX_SESSION_TRANSCRIPT`] bytes).
+    pub transcript: Vec<u8>,
+    /// The scan's retry key (SPEC §8.6).
+    pub retry: Option<[u8; RETRY_KEY_LEN]>,
+    /// When the reader's session with the phone began, Unix seconds, as the reader states it:
+    /// the presentation's time for freshness, the fence and one-time use.
+    pub session_start: u64,
+    /// The reader's ephemeral private key (EReaderKey.Priv) of this session, which a deviceMac
+    /// needs; absent for a deviceSignature.
+    pub reader_key: Option<[u8; READER_KEY_LEN]>,
 }
 
 impl Request {
@@ -133,6 +164,7 @@ impl Request {
             Request::Verify { id, .. } | Request::VerifyBatch { id, .. } | Request::Ping { id } => {
                 *id
             }
+            Request::VerifyMdoc(m) => m.id,
         }
     }
 
@@ -178,11 +210,31 @@ impl Request {
                 w.map(1).uint(1).uint(*id);
                 frame(kind::PING, &body)
             }
+            Request::VerifyMdoc(m) => {
+                w.map(4 + usize::from(m.retry.is_some()) + usize::from(m.reader_key.is_some()))
+                    .uint(1)
+                    .uint(m.id)
+                    .uint(2)
+                    .bytes(&m.device_response)
+                    .uint(3)
+                    .bytes(&m.transcript);
+                if let Some(k) = &m.retry {
+                    w.uint(4).bytes(k);
+                }
+                w.uint(5).uint(m.session_start);
+                if let Some(k) = &m.reader_key {
+                    w.uint(6).bytes(k);
+                }
+                frame(kind::VERIFY_MDOC, &body)
+            }
         }
     }
 
     /// Reads a request body of the given kind.
     pub fn decode(kind: u8, body: &[u8]) -> Result<Request, DecodeError> {
+        if kind == kind::VERIFY_MDOC {
+            return decode_mdoc(body).map(Request::VerifyMdoc);
+        }
         let mut r = Reader::new(body);
         let n = r.map("request", 4)?;
         let mut keys = MapKeys::new("request");
@@ -244,6 +296,67 @@ impl Request {
     }
 }
 
+/// A VerifyMdoc body: `{1: id, 2: DeviceResponse, 3: SessionTranscript, ? 4: retry key,
+/// 5: session start, ? 6: reader key}`, deterministic like every gatehouse frame (the mdoc
+/// structures inside the byte strings are not read here).
+fn decode_mdoc(body: &[u8]) -> Result<MdocRequest, DecodeError> {
+    let mut r = Reader::new(body);
+    let n = r.map("request", 6)?;
+    let mut keys = MapKeys::new("request");
+    let mut m = MdocRequest {
+        id: 0,
+        device_response: Vec::new(),
+        transcript: Vec::new(),
+        retry: None,
+        session_start: 0,
+        reader_key: None,
+    };
+    let (mut id, mut response, mut transcript, mut start) = (false, false, false, false);
+    for _ in 0..n {
+        match keys.next(&mut r)? {
+            1 => {
+                m.id = r.uint("request id")?;
+                id = true;
+            }
+            2 => {
+                let b = r.bytes("DeviceResponse", MAX_MDOC_RESPONSE)?;
+                if b.is_empty() {
+                    return Err(DecodeError::BadLength("DeviceResponse"));
+                }
+                m.device_response = b.to_vec();
+                response = true;
+            }
+            3 => {
+                let b = r.bytes("SessionTranscript", MAX_SESSION_TRANSCRIPT)?;
+                if b.is_empty() {
+                    return Err(DecodeError::BadLength("SessionTranscript"));
+                }
+                m.transcript = b.to_vec();
+                transcript = true;
+            }
+            4 => m.retry = Some(r.bytes_exact::<RETRY_KEY_LEN>("retry key")?),
+            5 => {
+                m.session_start = r.uint("session start")?;
+                start = true;
+            }
+            6 => m.reader_key = Some(r.bytes_exact::<READER_KEY_LEN>("reader key")?),
+            _ => return Err(DecodeError::UnknownKey("request")),
+        }
+    }
+    r.finish("request")?;
+    for (present, what) in [
+        (id, "request id"),
+        (response, "DeviceResponse"),
+        (transcript, "SessionTranscript"),
+        (start, "session start"),
+    ] {
+        if !present {
+            return Err(DecodeError::Missing(what));
+        }
+    }
+    Ok(m)
+}
+
 /// The request id of a request body that may not decode as a whole (SPEC §8.4): the id is key
 /// 1, the first key of every request map, so it can be read before whatever made the body
 /// unreadable (a token over 768 bytes, a batch over 128 tokens, an empty challenge, a bad key
@@ -251,7 +364,7 @@ impl Request {
 /// in deterministic encoding; an error response then carries id 0.
 pub fn request_id(body: &[u8]) -> Option<u64> {
     let mut r = Reader::new(body);
-    if r.map("request", 4).ok()? == 0 {
+    if r.map("request", 6).ok()? == 0 {
         return None;
     }
     let mut keys = MapKeys::new("request");
@@ -266,8 +379,10 @@ pub fn request_id(body: &[u8]) -> Option<u64> {
 pub enum Predicate {
     /// Eligible for the military discount.
     MilitaryDiscount = 1,
-    /// 19 or older.
+    /// 19 or older (Korea's Youth Protection Act: by year of birth, SPEC §7).
     AgeOver19 = 2,
+    /// 19 or older in full years, as ISO/IEC 18013-5 `age_over_19` (mdoc, SPEC §12.4).
+    IsoAgeOver19 = 3,
 }
 
 impl Predicate {
@@ -275,6 +390,7 @@ impl Predicate {
         match c {
             1 => Ok(Predicate::MilitaryDiscount),
             2 => Ok(Predicate::AgeOver19),
+            3 => Ok(Predicate::IsoAgeOver19),
             _ => Err(DecodeError::UnknownValue("predicate")),
         }
     }
@@ -284,6 +400,7 @@ impl Predicate {
         match self {
             Predicate::MilitaryDiscount => "military_discount",
             Predicate::AgeOver19 => "age_over_19",
+            Predicate::IsoAgeOver19 => "iso_age_over_19",
         }
     }
 }

@@ -16,10 +16,10 @@
 use gatehouse_protocol::{
     from_qr_text, kind, split_frame, to_qr_text, verify, verify_strict, Attributes, Backend,
     Credential, CredentialType, Date, DecodeError, Entitlements, FrameHeader, HolderCategory,
-    Predicate, Presentation, PrivateKey, Reason, Request, Response, RevocationEntry,
+    MdocRequest, Predicate, Presentation, PrivateKey, Reason, Request, Response, RevocationEntry,
     RevocationKind, RevocationList, SignError, SignatureError, SignedCredential, Token, UnitPath,
     Verdict, WireErrorCode, FRAME_HEADER_LEN, MAX_BATCH, MAX_CHALLENGE_LEN, MAX_CREDENTIAL_LEN,
-    MAX_ERROR_TEXT, MAX_TOKEN_LEN, MAX_UNIT_DEPTH, NONCE_LEN, QR_PREFIX,
+    MAX_ERROR_TEXT, MAX_SESSION_TRANSCRIPT, MAX_TOKEN_LEN, MAX_UNIT_DEPTH, NONCE_LEN, QR_PREFIX,
 };
 use proptest::collection::vec;
 use proptest::option;
@@ -150,7 +150,8 @@ fn private_key() -> impl Strategy<Value = PrivateKey> {
 fn predicate() -> impl Strategy<Value = Predicate> {
     prop_oneof![
         Just(Predicate::MilitaryDiscount),
-        Just(Predicate::AgeOver19)
+        Just(Predicate::AgeOver19),
+        Just(Predicate::IsoAgeOver19)
     ]
 }
 
@@ -213,6 +214,26 @@ fn request() -> impl Strategy<Value = Request> {
         )
             .prop_map(|(id, tokens, retry)| Request::VerifyBatch { id, tokens, retry }),
         cbor_u64().prop_map(|id| Request::Ping { id }),
+        (
+            cbor_u64(),
+            vec(any::<u8>(), 1..2048),
+            vec(any::<u8>(), 1..=MAX_SESSION_TRANSCRIPT),
+            option::of(any::<[u8; 16]>()),
+            cbor_u64(),
+            option::of(any::<[u8; 32]>()),
+        )
+            .prop_map(
+                |(id, device_response, transcript, retry, session_start, reader_key)| {
+                    Request::VerifyMdoc(MdocRequest {
+                        id,
+                        device_response,
+                        transcript,
+                        retry,
+                        session_start,
+                        reader_key,
+                    })
+                }
+            ),
     ]
 }
 
@@ -418,6 +439,7 @@ proptest! {
             Request::Verify { .. } => kind::VERIFY,
             Request::VerifyBatch { .. } => kind::VERIFY_BATCH,
             Request::Ping { .. } => kind::PING,
+            Request::VerifyMdoc(_) => kind::VERIFY_MDOC,
         };
         prop_assert_eq!(k, own);
         let back = Request::decode(k, body)?;

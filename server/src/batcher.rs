@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::ThreadId;
 
+use gatehouse_core::MdocItem;
 use gatehouse_protocol::{Reason, Verdict};
 use tokio::sync::oneshot;
 
@@ -193,12 +194,29 @@ impl Component for Hops {
 /// One request's tokens on their way to the engine.
 struct Job {
     scanner: Arc<Scanner>,
-    tokens: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    tokens: Vec<Work>,
     retry: Option<[u8; gatehouse_protocol::RETRY_KEY_LEN]>,
     reply: oneshot::Sender<Answer>,
     permit: Permit,
     /// The thread that read the request.
     read_on: ThreadId,
+}
+
+/// One thing to judge: a token (with the scanner's challenge, if any), or an mdoc
+/// presentation (SPEC §12). Each counts as one token in the queue and the fair share.
+#[derive(Debug)]
+pub(crate) enum Work {
+    /// A token and the challenge the scanner issued for it.
+    Token(Vec<u8>, Option<Vec<u8>>),
+    /// An mdoc presentation.
+    Mdoc(Arc<MdocItem>),
+}
+
+impl Work {
+    /// A token without a challenge.
+    pub fn token(bytes: Vec<u8>) -> Work {
+        Work::Token(bytes, None)
+    }
 }
 
 /// Why a request was not queued.
@@ -247,7 +265,7 @@ impl Queue {
     pub fn submit(
         &self,
         scanner: Arc<Scanner>,
-        mut tokens: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        mut tokens: Vec<Work>,
         retry: Option<[u8; gatehouse_protocol::RETRY_KEY_LEN]>,
     ) -> Result<Receipt, Refused> {
         let n = tokens.len();
@@ -469,12 +487,19 @@ impl Pool {
                 self.hops.verify.fetch_add(1, Ordering::Relaxed);
             }
             let n = job.tokens.len();
-            for (token, challenge) in job.tokens {
-                items.push(Item {
-                    scanner: Arc::clone(&job.scanner),
-                    token,
-                    challenge,
-                    retry: job.retry,
+            for work in job.tokens {
+                let scanner = Arc::clone(&job.scanner);
+                items.push(match work {
+                    Work::Token(token, challenge) => Item {
+                        challenge,
+                        retry: job.retry,
+                        ..Item::new(scanner, token)
+                    },
+                    Work::Mdoc(mdoc) => Item {
+                        retry: job.retry,
+                        mdoc: Some(mdoc),
+                        ..Item::new(scanner, Vec::new())
+                    },
                 });
             }
             replies.push((n, job.reply, job.permit));
@@ -553,6 +578,7 @@ mod tests {
         Arc::new(Scanner {
             id: id.into(),
             role: Role::Partner,
+            mdoc: Default::default(),
         })
     }
 
@@ -599,7 +625,7 @@ mod tests {
         let mut receipts = Vec::new();
         for i in 0..300usize {
             let n = 1 + i % 40;
-            let tokens = (0..n).map(|_| (vec![0u8; 3], None)).collect();
+            let tokens = (0..n).map(|_| Work::token(vec![0u8; 3])).collect();
             let who = scanner(["a", "b", "c"][i % 3]);
             receipts.push((n, queue.submit(who, tokens, None).unwrap()));
         }
@@ -631,7 +657,7 @@ mod tests {
     /// Sends one garbage token as scanner `who` and waits for its verdict.
     async fn one(queue: &Queue, who: &str) -> Verdict {
         let receipt = queue
-            .submit(scanner(who), vec![(vec![0u8; 3], None)], None)
+            .submit(scanner(who), vec![Work::token(vec![0u8; 3])], None)
             .unwrap();
         let (verdicts, busy, lost) = receipt.verdicts().await;
         assert_eq!((verdicts.len(), busy, lost), (1, 0, 0));
@@ -669,7 +695,7 @@ mod tests {
         let (tx, rx) = oneshot::channel();
         std::thread::spawn(move || {
             let receipt = outside
-                .submit(scanner("a"), vec![(vec![0u8; 3], None)], None)
+                .submit(scanner("a"), vec![Work::token(vec![0u8; 3])], None)
                 .unwrap();
             let verdicts = handle.block_on(receipt.verdicts());
             let _ = tx.send(verdicts.0[0]);
@@ -701,12 +727,12 @@ mod tests {
             let queue = queue.with_scanner_share(10_000);
             let flood: Vec<Receipt> = (0..8)
                 .map(|_| {
-                    let tokens = (0..128).map(|_| (vec![0u8; 3], None)).collect();
+                    let tokens = (0..128).map(|_| Work::token(vec![0u8; 3])).collect();
                     queue.submit(scanner("flood"), tokens, None).unwrap()
                 })
                 .collect();
             let gate = queue
-                .submit(scanner("gate"), vec![(vec![0u8; 3], None)], None)
+                .submit(scanner("gate"), vec![Work::token(vec![0u8; 3])], None)
                 .unwrap();
             // Nothing ran yet (one thread, not yielded): the turn starts now.
             let (verdicts, _, _) = gate.verdicts().await;

@@ -221,6 +221,13 @@ pub struct FilesSection {
     /// Revocation list (CBOR), optional.
     #[serde(default)]
     pub revocations: Option<PathBuf>,
+    /// IACA roots for mdoc presentations (PEM certificates), optional: without it every mdoc
+    /// is denied `unknown_issuer`.
+    #[serde(default)]
+    pub mdoc_iaca: Option<PathBuf>,
+    /// The operator's mdoc revocations (text), optional.
+    #[serde(default)]
+    pub mdoc_revocations: Option<PathBuf>,
     /// Where the node keeps the revocation state it reloaded, so it restarts from it (a
     /// directory it can write). Unset: `$STATE_DIRECTORY` (systemd's `StateDirectory=`), else
     /// none, and then a delta is not reloaded (a restart could not start from it).
@@ -482,6 +489,12 @@ pub struct ServeParts {
     pub revocations: Option<RevocationList>,
     /// The revocation state kept in `[files] state_dir` by the last reload, if any.
     pub kept_revocations: Option<RevocationList>,
+    /// The IACA roots and revocations for mdoc presentations (`files.mdoc_iaca`,
+    /// `files.mdoc_revocations`).
+    pub mdoc: (
+        gatehouse_mdoc::TrustAnchors,
+        gatehouse_core::MdocRevocations,
+    ),
     /// The files, for reloads.
     pub files: Files,
     /// The configuration file.
@@ -512,6 +525,8 @@ impl ServeParts {
             config.accept_from = gatehouse_core::restart_fence(start, config.clock_skew_secs);
         }
         let engine = Engine::new(config, self.trust.clone(), self.scanners.clone())?;
+        engine.set_mdoc_trust(self.mdoc.0.clone());
+        engine.set_mdoc_revocations(self.mdoc.1.clone());
         let file_error = |problem: String| {
             ServerError::Config(ConfigError {
                 file: self.source.clone(),
@@ -811,6 +826,8 @@ impl ServeConfig {
             trust: self.path(&self.files.trust),
             scanners: self.path(&self.files.scanners),
             revocations: self.files.revocations.as_deref().map(|p| self.path(p)),
+            mdoc_iaca: self.files.mdoc_iaca.as_deref().map(|p| self.path(p)),
+            mdoc_revocations: self.files.mdoc_revocations.as_deref().map(|p| self.path(p)),
             state_dir: self.state_dir(),
             tls: Some(TlsFiles {
                 cert: self.path(&self.tls.cert),
@@ -834,6 +851,7 @@ impl ServeConfig {
             strict_signatures: e.strict_signatures,
             issuer_cache_capacity: e.issuer_cache_capacity,
             replay_capacity: e.replay_capacity,
+            mdoc_cache_capacity: defaults.mdoc_cache_capacity,
             utc_offset_secs: e.utc_offset_secs,
             threads: e.threads,
             batch: BatchMode::from_label(&e.batch).unwrap_or(BatchMode::Auto),
@@ -889,6 +907,13 @@ impl ServeConfig {
             .as_deref()
             .map(|p| self.named("files.revocations", load_revocation_file(p, &trust)))
             .transpose()?;
+        let mdoc = (
+            self.named("files.mdoc_iaca", crate::files::load_mdoc_iaca(&files))?,
+            self.named(
+                "files.mdoc_revocations",
+                crate::files::load_mdoc_revocations(&files),
+            )?,
+        );
         let kept_revocations = match &files.state_dir {
             Some(dir) => self.named("files.state_dir", crate::reload::read_kept(dir))?,
             None => None,
@@ -912,6 +937,7 @@ impl ServeConfig {
             scanners,
             revocations,
             kept_revocations,
+            mdoc,
             files,
             source: self.source.clone(),
             log: self.log.clone(),

@@ -13,12 +13,12 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::admission::{Admission, Handshake, Held, Refusal};
-use crate::batcher::{Queue, Receipt, Refused};
+use crate::batcher::{Queue, Receipt, Refused, Work};
 use crate::budget::Charge;
 use crate::metrics::{Kind, Metrics};
 use crate::settings::Limits;
 use crate::{codes, tls};
-use gatehouse_core::{Engine, Scanner};
+use gatehouse_core::{Engine, MdocItem, Scanner};
 
 /// How often an idle connection checks that its scanner is still registered.
 const REGISTRY_CHECK: Duration = Duration::from_secs(1);
@@ -417,10 +417,17 @@ impl Reader<'_> {
                     h.len, limits.max_frame_body
                 ),
             ),
-            Ok(h) if !matches!(h.kind, kind::VERIFY | kind::VERIFY_BATCH | kind::PING) => (
-                WireErrorCode::UnknownKind,
-                format!("frame kind {:#04x} is not a request", h.kind),
-            ),
+            Ok(h)
+                if !matches!(
+                    h.kind,
+                    kind::VERIFY | kind::VERIFY_BATCH | kind::PING | kind::VERIFY_MDOC
+                ) =>
+            {
+                (
+                    WireErrorCode::UnknownKind,
+                    format!("frame kind {:#04x} is not a request", h.kind),
+                )
+            }
             Ok(h) => return Ok(h),
         };
         let end = End::Stop(codes::BAD_FRAME);
@@ -496,13 +503,19 @@ impl Reader<'_> {
                 retry,
             } => {
                 metrics.request(Kind::Verify);
-                let tokens = vec![(token, challenge)];
+                let tokens = vec![Work::Token(token, challenge)];
                 submit(self.shared, scanner, id, tokens, retry, started)
             }
             Request::VerifyBatch { id, tokens, retry } => {
                 metrics.request(Kind::VerifyBatch);
-                let tokens = tokens.into_iter().map(|t| (t, None)).collect();
+                let tokens = tokens.into_iter().map(Work::token).collect();
                 submit(self.shared, scanner, id, tokens, retry, started)
+            }
+            Request::VerifyMdoc(m) => {
+                metrics.request(Kind::VerifyMdoc);
+                let (id, retry) = (m.id, m.retry);
+                let work = vec![Work::Mdoc(Arc::new(MdocItem::from(m)))];
+                submit(self.shared, scanner, id, work, retry, started)
             }
         }
     }
@@ -525,7 +538,7 @@ fn submit(
     shared: &Shared,
     scanner: Arc<Scanner>,
     id: u64,
-    tokens: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    tokens: Vec<Work>,
     retry: Option<[u8; RETRY_KEY_LEN]>,
     started: Instant,
 ) -> Pending {

@@ -11,7 +11,10 @@ pub use gatehouse_certs::{
 };
 use gatehouse_protocol::RevocationList;
 
-use gatehouse_core::{ConfigError, ScannerRegistry, TrustList};
+use gatehouse_core::{ConfigError, MdocRevocations, ScannerRegistry, TrustList};
+use gatehouse_mdoc::{Iaca, TrustAnchors};
+
+use crate::settings::Files;
 
 fn read_text(file: &Path) -> Result<String, ConfigError> {
     fs::read_to_string(file).map_err(|e| ConfigError::new(file, "(file)", e.to_string()))
@@ -25,6 +28,33 @@ pub fn load_trust_list(file: &Path) -> Result<TrustList, ConfigError> {
 /// Reads a scanner registry file (TOML, see the deployment reference).
 pub fn load_scanners(file: &Path) -> Result<ScannerRegistry, ConfigError> {
     ScannerRegistry::parse(file, &read_text(file)?)
+}
+
+/// Reads `files.mdoc_iaca`, the IACA roots for mdoc presentations: PEM certificates, each
+/// checked against the IACA profile (SPEC §12.2). None configured: an empty list.
+pub fn load_mdoc_iaca(files: &Files) -> Result<TrustAnchors, ConfigError> {
+    let Some(file) = &files.mdoc_iaca else {
+        return Ok(TrustAnchors::default());
+    };
+    let certs = load_certs(file).map_err(|e| ConfigError::new(file, "(file)", e.to_string()))?;
+    let anchors = certs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            Iaca::from_der(c).map_err(|e| {
+                ConfigError::new(file, format!("certificate {}", i + 1), e.to_string())
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(TrustAnchors::new(anchors))
+}
+
+/// Reads `files.mdoc_revocations` (SPEC §12.5). None configured: nothing revoked.
+pub fn load_mdoc_revocations(files: &Files) -> Result<MdocRevocations, ConfigError> {
+    match &files.mdoc_revocations {
+        None => Ok(MdocRevocations::default()),
+        Some(file) => MdocRevocations::parse(file, &read_text(file)?),
+    }
 }
 
 /// Reads a revocation list file.

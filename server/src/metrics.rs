@@ -147,9 +147,10 @@ pub(crate) enum Kind {
     Verify = 0,
     VerifyBatch = 1,
     Ping = 2,
+    VerifyMdoc = 3,
 }
 
-const KINDS: [&str; 3] = ["verify", "verify_batch", "ping"];
+const KINDS: [&str; 4] = ["verify", "verify_batch", "ping", "verify_mdoc"];
 const WIRE_ERRORS: [(WireErrorCode, &str); 4] = [
     (WireErrorCode::MalformedFrame, "malformed_frame"),
     (WireErrorCode::FrameTooLarge, "frame_too_large"),
@@ -163,7 +164,7 @@ const WIRE_ERRORS: [(WireErrorCode, &str); 4] = [
 pub(crate) struct Metrics {
     /// Operations connections closed to make room for a new one.
     pub ops_evicted: Counter,
-    requests: [Counter; 3],
+    requests: [Counter; 4],
     wire_errors: [Counter; 4],
     /// Tokens answered by the shell, not the engine (queue full, engine gone), by role; added to
     /// the engine's own verdict counts at scrape time.

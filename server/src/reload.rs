@@ -41,15 +41,18 @@ pub enum ReloadFile {
     Revocations,
     /// Server certificate, key and client CA, together (a certificate needs its key).
     Tls,
+    /// The mdoc IACA roots and mdoc revocations, together (SPEC §12).
+    Mdoc,
 }
 
 impl ReloadFile {
     /// Every file, in reload order.
-    pub const ALL: [ReloadFile; 4] = [
+    pub const ALL: [ReloadFile; 5] = [
         ReloadFile::Trust,
         ReloadFile::Scanners,
         ReloadFile::Revocations,
         ReloadFile::Tls,
+        ReloadFile::Mdoc,
     ];
 
     /// Stable name for metrics, logs and `/readyz`.
@@ -59,6 +62,7 @@ impl ReloadFile {
             ReloadFile::Scanners => "scanners",
             ReloadFile::Revocations => "revocations",
             ReloadFile::Tls => "tls",
+            ReloadFile::Mdoc => "mdoc",
         }
     }
 
@@ -209,6 +213,17 @@ pub fn reload_trust(engine: &Engine, files: &Files) -> Result<usize, ConfigError
     Ok(n)
 }
 
+/// Re-reads the mdoc IACA roots and revocations and puts them in force, both or neither:
+/// (IACAs, revocations). An invalid file changes nothing.
+pub fn reload_mdoc(engine: &Engine, files: &Files) -> Result<(usize, usize), ConfigError> {
+    let anchors = crate::files::load_mdoc_iaca(files)?;
+    let revocations = crate::files::load_mdoc_revocations(files)?;
+    let counts = (anchors.anchors().len(), revocations.len());
+    engine.set_mdoc_trust(anchors);
+    engine.set_mdoc_revocations(revocations);
+    Ok(counts)
+}
+
 /// Re-reads the scanner registry and puts it in force. An invalid file changes nothing.
 /// Connected scanners that are no longer registered are closed at their next request.
 pub fn reload_scanners(engine: &Engine, files: &Files) -> Result<usize, ConfigError> {
@@ -339,6 +354,14 @@ fn reload_each(engine: &Engine, files: &Files) -> (ReloadReport, Counts) {
             })
             .map_err(|e| e.to_string()),
     );
+    if files.mdoc_iaca.is_some() || files.mdoc_revocations.is_some() {
+        report.push(
+            ReloadFile::Mdoc,
+            reload_mdoc(engine, files)
+                .map(|(iacas, revoked)| format!("{iacas} IACAs, {revoked} mdoc revocations"))
+                .map_err(|e| e.to_string()),
+        );
+    }
     (report, (issuers, scanners, revoked))
 }
 
@@ -514,9 +537,9 @@ struct ReloadState {
     /// Reloads completed since start (SIGHUP or otherwise).
     generation: u64,
     /// The last result per file, by [`ReloadFile::index`].
-    last: [Option<FileResult>; 4],
+    last: [Option<FileResult>; 5],
     /// Results per file: [ok, failed].
-    counts: [[u64; 2]; 4],
+    counts: [[u64; 2]; 5],
     /// The revocation epoch last seen in force, and since when (Unix seconds).
     epoch_seen: Option<(u64, u64)>,
     /// Server certificate (leaf) and client CA expiry, Unix seconds.
@@ -534,6 +557,7 @@ impl ReloadState {
             let configured = match file {
                 ReloadFile::Revocations => files.revocations.is_some(),
                 ReloadFile::Tls => files.tls.is_some(),
+                ReloadFile::Mdoc => files.mdoc_iaca.is_some() || files.mdoc_revocations.is_some(),
                 ReloadFile::Trust | ReloadFile::Scanners => true,
             };
             if configured && self.last[file.index()].is_none() {

@@ -316,6 +316,10 @@ pub struct Files {
     pub scanners: PathBuf,
     /// The revocation list (CBOR snapshot or delta), if any.
     pub revocations: Option<PathBuf>,
+    /// The IACA roots trusted for mdoc presentations (PEM certificates), if any (SPEC §12).
+    pub mdoc_iaca: Option<PathBuf>,
+    /// The operator's mdoc revocations (text, SPEC §12.5), if any.
+    pub mdoc_revocations: Option<PathBuf>,
     /// Where the revocation state a reload put in force is kept (see [`keep`](crate::reload::keep)), if anywhere.
     pub state_dir: Option<PathBuf>,
     /// The server's TLS files, reloaded by the running server (not by [`reload`](crate::reload())).

@@ -33,6 +33,7 @@ pub fn registry() -> ScannerRegistry {
             unit: unit.parse().unwrap(),
             admits: admits.to_vec(),
         },
+        mdoc: Default::default(),
     };
     r.insert(gate("gate-1-12", "1/12", DEFAULT_GATE_ADMITS));
     r.insert(gate("gate-2", "2", DEFAULT_GATE_ADMITS));
@@ -44,10 +45,12 @@ pub fn registry() -> ScannerRegistry {
     r.insert(Scanner {
         id: "partner".into(),
         role: Role::Partner,
+        mdoc: Default::default(),
     });
     r.insert(Scanner {
         id: "age".into(),
         role: Role::AgeCheck,
+        mdoc: Default::default(),
     });
     r
 }
@@ -134,6 +137,7 @@ impl World {
             token: token.to_vec(),
             challenge: challenge.map(<[u8]>::to_vec),
             retry,
+            mdoc: None,
         };
         self.verify_batch(&[item], now).pop().unwrap()
     }
@@ -917,6 +921,7 @@ fn a_retry_repeats_a_denial_too_and_within_one_batch() {
         token: t.clone(),
         challenge: None,
         retry,
+        mdoc: None,
     };
     let v = w.verify_batch(
         &[item(Some(key)), item(Some(key)), item(Some([1; 16]))],
