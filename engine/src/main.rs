@@ -10,7 +10,7 @@ use gatehouse_engine::server::LogFormat;
 mod cli;
 use cli::args::{Cli, Command};
 use cli::output::{init_logging, say};
-use cli::{demo, dev_pki, issuer, reference, scan, serve, wallet};
+use cli::{demo, dev_pki, issuer, mdoc, reference, scan, serve, wallet};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -36,6 +36,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::DevPki(args) => dev_pki::run(args),
         Command::Issuer { command } => issuer::run(command),
         Command::Wallet { command } => wallet::run(command),
+        Command::Mdoc { command } => mdoc::run(command),
         Command::Scan(args) => Ok(scan::run(args)),
         Command::Vectors => reference::vectors(),
         Command::Completions { shell } => reference::completions(shell),

@@ -49,6 +49,13 @@ pub enum Command {
         #[command(subcommand)]
         command: WalletCommand,
     },
+    /// Test ISO/IEC 18013-5 mDL documents (TEST KEYS ONLY): an IACA, document signers,
+    /// mDLs, and device responses to them.
+    Mdoc {
+        /// The mdoc command.
+        #[command(subcommand)]
+        command: MdocCommand,
+    },
     /// Send one token to a server and print the verdict (the reference scanner). Exits 0
     /// accepted, 1 denied, 2 usage error, 3 unreachable, 4 retry, 5 present a fresh token,
     /// 6 local setup error, 7 scanner refused (see below).
@@ -340,6 +347,127 @@ pub struct PresentArgs {
     /// and store fences (`node_restarted`) without waiting.
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     pub clock_offset_secs: i64,
+}
+
+/// `gatehouse mdoc …`: test mDL documents. Every key these commands make is a TEST KEY,
+/// written in clear; every certificate says TEST ONLY in its name.
+#[derive(Subcommand)]
+pub enum MdocCommand {
+    /// A test IACA (the issuing authority's root, TEST ONLY): writes `iaca.pem` (for the
+    /// verifier's trust list) and `iaca.key`.
+    Iaca(MdocIacaArgs),
+    /// A test document signer issued by a test IACA: writes `ds.pem` and `ds.key`.
+    Signer(MdocSignerArgs),
+    /// A test mDL signed by a test document signer: writes the document to --out and its
+    /// device key (hex, TEST ONLY) to the same name with `.device-key` appended.
+    Issue(MdocIssueArgs),
+    /// A device response to a fresh reader session (as QR engagement makes one): writes
+    /// `device_response.cbor`, `transcript.cbor`, `reader_key.hex` and `session_start` (the
+    /// session's Unix time) to --out.
+    Present(MdocPresentArgs),
+}
+
+/// `gatehouse mdoc iaca`.
+#[derive(Args)]
+pub struct MdocIacaArgs {
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The subject's country, ISO 3166-1 alpha-2.
+    #[arg(long, default_value = "KR")]
+    pub country: String,
+    /// The subject's state or province (the issuing authority is then COUNTRY-STATE).
+    #[arg(long)]
+    pub state: Option<String>,
+    /// The subject's common name (" (TEST ONLY)" is appended unless it says so).
+    #[arg(long, default_value = "gatehouse test IACA")]
+    pub name: String,
+    /// Days of validity (from an hour ago).
+    #[arg(long, default_value_t = 3650, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    pub days: u32,
+    /// Replace existing iaca.pem and iaca.key.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `gatehouse mdoc signer`.
+#[derive(Args)]
+pub struct MdocSignerArgs {
+    /// The IACA's directory (iaca.pem, iaca.key).
+    #[arg(long)]
+    pub iaca: PathBuf,
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The subject's common name (" (TEST ONLY)" is appended unless it says so).
+    #[arg(long, default_value = "gatehouse test document signer")]
+    pub name: String,
+    /// Days of validity (from an hour ago).
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    pub days: u32,
+    /// Replace existing ds.pem and ds.key.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `gatehouse mdoc issue`.
+#[derive(Args)]
+pub struct MdocIssueArgs {
+    /// The document signer's directory (ds.pem, ds.key).
+    #[arg(long)]
+    pub signer: PathBuf,
+    /// The document file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The holder's birth date, YYYY-MM-DD; age_over_18, age_over_19 and age_over_21 follow
+    /// from it, today.
+    #[arg(long, default_value = "1990-05-01", value_parser = parse_full_date)]
+    pub birth_date: String,
+    /// A data element, NAME=VALUE, added or replacing a default one: true/false is a
+    /// boolean, digits an unsigned integer (text with a leading zero), YYYY-MM-DD a
+    /// full-date, anything else text.
+    #[arg(long = "element", value_parser = parse_element)]
+    pub elements: Vec<(String, String)>,
+    /// Days the document is valid (from a minute ago).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    pub days: u32,
+    /// Replace an existing document and its device key.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `gatehouse mdoc present`.
+#[derive(Args)]
+pub struct MdocPresentArgs {
+    /// The document file (`mdoc issue --out`); its device key is read from FILE.device-key.
+    #[arg(long)]
+    pub document: PathBuf,
+    /// The elements to disclose, comma-separated (default: all of them).
+    #[arg(long, value_delimiter = ',')]
+    pub disclose: Option<Vec<String>>,
+    /// Authenticate with a device MAC (the reader's key is then needed to verify) instead
+    /// of a device signature.
+    #[arg(long)]
+    pub mac: bool,
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// A full date, YYYY-MM-DD.
+fn parse_full_date(text: &str) -> Result<String, String> {
+    match gatehouse_engine::dev::mdoc::age_at(text, 0) {
+        Some(_) => Ok(text.to_string()),
+        None => Err("a date as YYYY-MM-DD".into()),
+    }
+}
+
+/// `mdoc issue --element`: NAME=VALUE.
+fn parse_element(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err("an element is NAME=VALUE".into()),
+    }
 }
 
 /// `dev-pki --scanner`: ID[=ROLE[:UNIT]], the id usable as a certificate name and a file name.

@@ -9,6 +9,7 @@ pub mod demo;
 pub mod dev_pki;
 pub mod exit;
 pub mod issuer;
+pub mod mdoc;
 pub mod output;
 pub mod reference;
 pub mod runtime;
