@@ -6,6 +6,7 @@
 
 pub mod attack;
 pub mod mdoc;
+pub mod mdoc_population;
 pub mod pki;
 pub mod population;
 pub mod progress;

@@ -355,8 +355,8 @@ pub fn effective_revoked(holders: &[Holder], list: &RevocationList) -> Vec<bool>
         .collect()
 }
 
-/// One gate per division (admitting the default types), one welfare gate per division
-/// (admitting family members), partners and age-check counters.
+/// One gate per division (admitting the default types, and ISO mDLs), one welfare gate per
+/// division (admitting family members), partners and age-check counters.
 pub fn standard_scanners() -> ScannerRegistry {
     let mut r = ScannerRegistry::new();
     for corps in 1..=UNITS.0 {
@@ -368,7 +368,12 @@ pub fn standard_scanners() -> ScannerRegistry {
                     unit,
                     admits: DEFAULT_GATE_ADMITS.to_vec(),
                 },
-                mdoc: Default::default(),
+                // A division's gate also admits ISO mDLs (SPEC §12.4), for the demo's and the
+                // harness's mdoc share.
+                mdoc: gatehouse_core::MdocPolicy {
+                    doc_types: vec![gatehouse_mdoc::MDL_DOCTYPE.to_string()],
+                    ..Default::default()
+                },
             });
             r.insert(Scanner {
                 id: format!("welfare-{corps}-{div}"),
