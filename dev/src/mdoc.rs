@@ -358,9 +358,10 @@ impl TestSigner {
         format!("{KEY_WARNING}{}", self.key_pem)
     }
 
-    /// SHA-256 of the certificate's DER bytes: how a verifier's revocations name this signer.
+    /// How a verifier's revocations name this signer: SHA-256 of its certificate's
+    /// subjectPublicKeyInfo ([`gatehouse_mdoc::signer_fingerprint`]).
     pub fn fingerprint(&self) -> [u8; 32] {
-        Sha256::digest(&self.cert_der).into()
+        gatehouse_mdoc::signer_fingerprint(&self.cert_der).unwrap_or_default()
     }
 
     /// Reads back a signer that [`TestSigner::cert_pem`] and [`TestSigner::key_pem`] wrote; the

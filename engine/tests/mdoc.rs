@@ -214,7 +214,6 @@ fn a_device_mac_is_accepted_only_where_the_scanner_allows_it() {
 
 #[test]
 fn revoked_signers_and_documents_are_denied_and_the_cache_serves_the_issuer_signature() {
-    use sha2::{Digest, Sha256};
     let e = engine();
     assert_eq!(
         verdict(&e, "age", sig_item(NOW), NOW).reason,
@@ -228,7 +227,7 @@ fn revoked_signers_and_documents_are_denied_and_the_cache_serves_the_issuer_sign
     );
     assert_eq!(e.mdoc_cache_stats(), ((1, 1), 1));
 
-    let ds: [u8; 32] = Sha256::digest(file("ds.der")).into();
+    let ds = gatehouse_engine::mdoc::signer_fingerprint(&file("ds.der")).unwrap();
     let text = format!("# revoked\nsigner {}\n", hex::encode(ds));
     let list = MdocRevocations::parse(std::path::Path::new("<test>"), &text).unwrap();
     let e = engine();

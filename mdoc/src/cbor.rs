@@ -14,13 +14,16 @@
 //!   declared count is checked against the bytes left before its vector is allocated);
 //! - strings borrow from the input (no copy); indefinite-length strings are refused (they would
 //!   need one); indefinite-length arrays and maps are read;
-//! - a map with two equal keys (by their bytes) is refused: two readers must not be able to see
+//! - a map with two equal keys is refused (integers and strings compared by value, however
+//!   their heads are encoded; anything else by its bytes): two readers must not be able to see
 //!   two different values for one name.
 
 /// Deepest nesting read (a DeviceResponse is about 10 deep, with tag-24 layers decoded apart).
 pub const MAX_DEPTH: usize = 24;
 /// Most items one decode reads.
 pub const MAX_ITEMS: usize = 8192;
+/// Items of an array or map allocated for before they are read.
+const PREALLOCATE: usize = 16;
 
 /// Why bytes are not CBOR of the mdoc profile.
 #[non_exhaustive]
@@ -203,7 +206,9 @@ impl<'a> Reader<'a> {
         match n {
             Some(n) => {
                 let n = self.count(n, 1)?;
-                let mut v = Vec::with_capacity(n);
+                // Room for a few items up front, the rest as they come: a declared count costs
+                // nothing until its items are there.
+                let mut v = Vec::with_capacity(n.min(PREALLOCATE));
                 for _ in 0..n {
                     v.push(self.required(depth)?);
                 }
@@ -229,7 +234,7 @@ impl<'a> Reader<'a> {
         match n {
             Some(n) => {
                 let n = self.count(n, 2)?;
-                v.reserve_exact(n);
+                v.reserve(n.min(PREALLOCATE));
                 for _ in 0..n {
                     let k = self.required(depth)?;
                     v.push((k, self.required(depth)?));
@@ -241,7 +246,7 @@ impl<'a> Reader<'a> {
                 }
             }
         }
-        let mut keys: Vec<&[u8]> = v.iter().map(|(k, _)| k.raw).collect();
+        let mut keys: Vec<KeyId<'_>> = v.iter().map(|(k, _)| KeyId::of(k)).collect();
         keys.sort_unstable();
         if keys.windows(2).any(|w| w[0] == w[1]) {
             return Err(CborError::DuplicateKey(start));
@@ -279,6 +284,28 @@ impl<'a> Reader<'a> {
             0..=19 => return Err(CborError::Simple(ai)),
             _ => return Err(CborError::Reserved(head, start)),
         })
+    }
+}
+
+/// What makes two map keys the same key: their value for integers and strings (however their
+/// heads are encoded), their bytes for anything else.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum KeyId<'a> {
+    Int(i128),
+    Text(&'a str),
+    Bytes(&'a [u8]),
+    Raw(&'a [u8]),
+}
+
+impl<'a> KeyId<'a> {
+    fn of(k: &Node<'a>) -> KeyId<'a> {
+        match &k.value {
+            Value::Uint(n) => KeyId::Int(i128::from(*n)),
+            Value::Neg(n) => KeyId::Int(-1 - i128::from(*n)),
+            Value::Text(t) => KeyId::Text(t),
+            Value::Bytes(b) => KeyId::Bytes(b),
+            _ => KeyId::Raw(k.raw),
+        }
     }
 }
 
@@ -416,6 +443,11 @@ mod tests {
             decode(&[0xa2, 0x01, 0x01, 0x01, 0x02]),
             Err(CborError::DuplicateKey(0))
         );
+        // The same keys with a longer head: still the same keys.
+        let text = [0xa2, 0x61, 0x61, 0x01, 0x78, 0x01, 0x61, 0x02];
+        assert_eq!(decode(&text), Err(CborError::DuplicateKey(0)));
+        let alg = [0xa2, 0x01, 0x26, 0x18, 0x01, 0x38, 0x22];
+        assert_eq!(decode(&alg), Err(CborError::DuplicateKey(0)));
         assert_eq!(
             decode(&[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
             Err(CborError::TooMany)

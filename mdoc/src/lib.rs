@@ -22,4 +22,4 @@ pub use response::{
 pub use verify::{
     check_document, emac_key, verify_device, verify_issuer, IssuerFacts, MdocError, ES256, HMAC_256,
 };
-pub use x509::{CertError, DocumentSigner, Iaca, TrustAnchors};
+pub use x509::{signer_fingerprint, CertError, DocumentSigner, Iaca, TrustAnchors};

@@ -174,9 +174,12 @@ impl Iaca {
 
     fn build(der: &[u8], cert: &Certificate, pinned_ds: bool) -> Result<Iaca, CertError> {
         let (key, p384) = ec_key(cert)?;
-        let country = name_attr(cert, COUNTRY).ok_or(CertError::Profile(
-            "the subject names no country (countryName)",
-        ))?;
+        let country =
+            name_attr(cert, COUNTRY)
+                .filter(|c| !c.is_empty())
+                .ok_or(CertError::Profile(
+                    "the subject names no country (countryName)",
+                ))?;
         let authority = match name_attr(cert, STATE) {
             Some(st) => format!("{country}-{st}"),
             None => country,
@@ -213,7 +216,8 @@ pub struct DocumentSigner {
     pub ds_validity: (i64, i64),
     /// The IACA's issuing authority (`US`, `US-CA`).
     pub authority: String,
-    /// SHA-256 of the DS certificate's DER bytes (a revocation key).
+    /// The signer's revocation key: SHA-256 of the DS certificate's subjectPublicKeyInfo
+    /// ([`signer_fingerprint`]).
     pub fingerprint: [u8; 32],
 }
 
@@ -235,8 +239,7 @@ impl TrustAnchors {
 
     /// Checks a DS certificate against the list at time `now` (Unix seconds).
     pub fn document_signer(&self, der: &[u8], now: i64) -> Result<DocumentSigner, CertError> {
-        use sha2::Digest;
-        let fingerprint: [u8; 32] = sha2::Sha256::digest(der).into();
+        let fingerprint = signer_fingerprint(der)?;
         if let Some(pin) = self.anchors.iter().find(|a| a.pinned_ds && a.der == der) {
             if pin.p384 {
                 return Err(CertError::Algorithm(
@@ -278,6 +281,12 @@ impl TrustAnchors {
                     ))
                 }
             };
+        // RFC 5280 §4.1.1.2: the outer algorithm is the signed one's (the outer is unsigned).
+        if cert.signature_algorithm != cert.tbs_certificate.signature {
+            return Err(CertError::Der(
+                "the certificate's signatureAlgorithm differs from its tbsCertificate's".into(),
+            ));
+        }
         let tbs = tbs_bytes(der).ok_or(CertError::Der("certificate structure".into()))?;
         let sig = cert
             .signature
@@ -319,6 +328,22 @@ impl TrustAnchors {
             fingerprint,
         })
     }
+}
+
+/// A document signer's revocation key (SPEC §12.5): SHA-256 of its certificate's
+/// subjectPublicKeyInfo in DER, the key's usual fingerprint
+/// (`openssl x509 -pubkey -noout | openssl pkey -pubin -outform der | sha256sum`). It names
+/// the key, inside the signed part of the certificate: a certificate re-encoded outside its
+/// signature (the `x5chain` header is not signed) has the same one.
+pub fn signer_fingerprint(der: &[u8]) -> Result<[u8; 32], CertError> {
+    use sha2::Digest;
+    let cert = parse(der)?;
+    let spki = cert
+        .tbs_certificate
+        .subject_public_key_info
+        .to_der()
+        .map_err(|e| CertError::Der(e.to_string()))?;
+    Ok(sha2::Sha256::digest(spki).into())
 }
 
 /// The `tbsCertificate` bytes of a DER certificate, as received (what the IACA signed).

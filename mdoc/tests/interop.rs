@@ -88,6 +88,34 @@ fn owf_mdoc_documents_are_accepted() {
         .any(|(_, id, _)| *id > 1 << 20));
 }
 
+/// A DS certificate re-encoded outside its signature (NULL parameters in the unsigned outer
+/// signatureAlgorithm) is refused, and a revoked signer's key is named by its
+/// subjectPublicKeyInfo, which no re-encoding changes. With the whole certificate's digest as
+/// the name, this re-encoding was accepted under another name and escaped revocation.
+#[test]
+fn a_re_encoded_document_signer_neither_passes_nor_escapes_revocation() {
+    let ds = file("ds.der");
+    let from = hex::decode("300a06082a8648ce3d040302").unwrap();
+    let to = hex::decode("300c06082a8648ce3d0403020500").unwrap();
+    let at = ds
+        .windows(from.len())
+        .rposition(|w| w == from.as_slice())
+        .unwrap();
+    let mut nulls = ds[..at].to_vec();
+    nulls.extend_from_slice(&to);
+    nulls.extend_from_slice(&ds[at + from.len()..]);
+    // The outer SEQUENCE grows by two bytes (a long-form length, 0x82 LL LL).
+    let len = u16::from_be_bytes([nulls[2], nulls[3]]) + 2;
+    nulls[2..4].copy_from_slice(&len.to_be_bytes());
+    let e = anchors().document_signer(&nulls, NOW).unwrap_err();
+    assert!(e.to_string().contains("signatureAlgorithm"), "{e}");
+    let genuine = anchors().document_signer(&ds, NOW).unwrap();
+    assert_eq!(
+        Ok(genuine.fingerprint),
+        gatehouse_mdoc::signer_fingerprint(&nulls)
+    );
+}
+
 #[test]
 fn owf_mdoc_mac_without_the_empty_external_aad_is_refused() {
     // The library's default MAC leaves external_aad out of MAC_structure (RFC 9052 §6.3 has

@@ -32,9 +32,10 @@ use gatehouse_protocol::vectors;
 use gatehouse_protocol::{
     from_qr_text, kind, split_frame, to_qr_text, verify, verify_es256, verify_strict, Attributes,
     Backend, Credential, CredentialType, Date, DecodeError, Entitlements, FrameHeader,
-    HolderCategory, Predicate, Presentation, PublicKey, Reason, Request, Response, RevocationEntry,
-    RevocationKind, RevocationList, SignedCredential, Token, UnitPath, Verdict, WireErrorCode,
-    CREDENTIAL_AAD, FRAME_HEADER_LEN, MAX_TOKEN_LEN, QR_PREFIX, TOKEN_AAD, WIRE_VERSION,
+    HolderCategory, MdocRequest, Predicate, Presentation, PublicKey, Reason, Request, Response,
+    RevocationEntry, RevocationKind, RevocationList, SignedCredential, Token, UnitPath, Verdict,
+    WireErrorCode, CREDENTIAL_AAD, FRAME_HEADER_LEN, MAX_TOKEN_LEN, QR_PREFIX, TOKEN_AAD,
+    WIRE_VERSION,
 };
 use sha2::{Digest, Sha256};
 
@@ -48,10 +49,11 @@ const SIGNATURE_SAMPLES: usize = 120;
 const MIN_INPUTS: u64 = 300_000;
 
 const ALPHABET: &[u8; 45] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:";
-const DEFINED_KINDS: [u8; 6] = [
+const DEFINED_KINDS: [u8; 7] = [
     kind::VERIFY,
     kind::VERIFY_BATCH,
     kind::PING,
+    kind::VERIFY_MDOC,
     kind::VERDICTS,
     kind::PONG,
     kind::ERROR,
@@ -773,6 +775,27 @@ fn seeds() -> Seeds {
         }
         .encode(),
         Request::Ping { id: 24 }.encode(),
+        // VerifyMdoc with every optional field and with none. The wire decoder does not read
+        // the mdoc structures in the byte strings (gatehouse-mdoc's robustness test mutates
+        // real ones); a DeviceResponse-shaped one and a token stand in.
+        Request::VerifyMdoc(MdocRequest {
+            id: 13,
+            device_response: b"\xa3\x67version\x631.0\x66status\x00\x69documents\x80".to_vec(),
+            transcript: vec![0x83, 0xf6, 0xf6, 0xf6],
+            retry: Some([0x5a; 16]),
+            session_start: vectors::NOW,
+            reader_key: Some([0x42; 32]),
+        })
+        .encode(),
+        Request::VerifyMdoc(MdocRequest {
+            id: u64::MAX,
+            device_response: tokens[0].clone(),
+            transcript: vec![0x80; 300],
+            retry: None,
+            session_start: 0,
+            reader_key: None,
+        })
+        .encode(),
         Response::Verdicts {
             id: 300,
             verdicts: Reason::ALL
