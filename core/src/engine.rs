@@ -453,11 +453,7 @@ impl Engine {
         };
         // An mdoc item carries no token: the token checks above denied its empty token at once
         // (`malformed`, no signature counted); its own checks (SPEC §12.2) decide instead.
-        for (c, it) in checked.iter_mut().zip(items) {
-            if let Some(m) = &it.mdoc {
-                *c = self.check_mdoc(m, &it.scanner, now);
-            }
-        }
+        self.check_mdocs(items, &mut checked, now);
         let mut marks = Vec::with_capacity(items.len());
         let slots = checked
             .into_iter()

@@ -341,3 +341,83 @@ async fn a_reader_sends_a_presentation_over_quic_and_the_session_is_used_once() 
     let _ = stop.send(());
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
 }
+
+/// n − s for a big-endian 32-byte s (P-256's group order n).
+fn negate_s(s: &[u8]) -> [u8; 32] {
+    let n =
+        hex::decode("ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551").unwrap();
+    let mut out = [0u8; 32];
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let d = i16::from(n[i]) - i16::from(s[i]) - borrow;
+        borrow = i16::from(d < 0);
+        out[i] = (d + 256 * borrow) as u8;
+    }
+    out
+}
+
+/// Ten presentations in one batch: on the multi-buffer path (where this CPU runs it) their
+/// device signatures are checked eight to a call, with a low s; a high-s signature (what stock
+/// wallets send half the time) is accepted all the same, a damaged one is denied, and every
+/// verdict is the one a presentation checked alone gets.
+#[test]
+fn a_batch_of_presentations_keeps_every_verdict_on_the_multibuffer_path() {
+    use gatehouse_engine::dev::mdoc_population::MdocPopulation;
+    use gatehouse_engine::dev::population::standard_scanners;
+    let pop = MdocPopulation::generate(3, 12, NOW as i64).unwrap();
+    let e = Engine::new(
+        EngineConfig::default(),
+        TrustList::new(),
+        standard_scanners(),
+    )
+    .unwrap();
+    e.set_mdoc_trust(pop.anchors().unwrap());
+    let age = e.scanner("age-1").unwrap();
+    let mut requests: Vec<_> = (0..10u8)
+        .map(|i| pop.present(usize::from(i), &[i], NOW))
+        .collect();
+    // The signature is the last bstr(64) before the closing "status": 0.
+    let flip = |bytes: &mut Vec<u8>| {
+        let end = bytes.len() - 8;
+        let s = negate_s(&bytes[end - 32..end]);
+        bytes[end - 32..end].copy_from_slice(&s);
+    };
+    flip(&mut requests[1].device_response);
+    let last = requests[9].device_response.len() - 9;
+    requests[9].device_response[last] ^= 1;
+    let items: Vec<Item> = requests
+        .iter()
+        .map(|r| Item::mdoc(Arc::clone(&age), r.clone().into()))
+        .collect();
+    let verdicts = e.verify_batch_serial(&items, NOW);
+    for (i, v) in verdicts.iter().enumerate() {
+        let want = match i {
+            9 => Verdict::deny(Reason::BadDeviceSignature),
+            _ => pop.expected(i, &age, NOW, e.config().utc_offset_secs),
+        };
+        assert_eq!(*v, want, "presentation {i}");
+    }
+    // Holder 0 and 5 are under 19: not eligible; the others accepted, the high s among them.
+    assert_eq!(verdicts[1].reason, Reason::Accepted);
+    eprintln!("batch path: {}", e.batching().label());
+    if e.batching() == Batching::Multibuffer {
+        let stats = e.batch_stats();
+        assert_eq!(stats.mb_calls(), 1, "one call of eight, two singles");
+        assert_eq!(stats.mb_signatures(), 8);
+    }
+    // One by one, the same verdicts (a fresh engine: the sessions are used once).
+    let single = Engine::new(
+        EngineConfig {
+            batch: BatchMode::Off,
+            ..EngineConfig::default()
+        },
+        TrustList::new(),
+        standard_scanners(),
+    )
+    .unwrap();
+    single.set_mdoc_trust(pop.anchors().unwrap());
+    for (i, it) in items.iter().enumerate() {
+        let v = single.verify_batch_serial(std::slice::from_ref(it), NOW);
+        assert_eq!(v[0], verdicts[i], "presentation {i} alone");
+    }
+}

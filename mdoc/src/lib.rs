@@ -20,6 +20,7 @@ pub use response::{
     MAX_X5CHAIN, MDL_DOCTYPE, MDL_NAMESPACE,
 };
 pub use verify::{
-    check_document, emac_key, verify_device, verify_issuer, IssuerFacts, MdocError, ES256, HMAC_256,
+    check_document, device_check, emac_key, low_s, verify_device, verify_issuer, DeviceCheck,
+    IssuerFacts, MdocError, ES256, HMAC_256,
 };
 pub use x509::{signer_fingerprint, CertError, DocumentSigner, Iaca, TrustAnchors};

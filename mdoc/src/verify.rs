@@ -191,6 +191,40 @@ pub fn verify_device(
     reader_key: Option<&[u8; 32]>,
     allow_mac: bool,
 ) -> Result<(), MdocError> {
+    match device_check(doc, facts, transcript, reader_key, allow_mac)? {
+        DeviceCheck::Done => Ok(()),
+        DeviceCheck::Signature { signed, rs } => {
+            verify_es256(Backend::Ring, &facts.device_key, &signed, &rs)
+                .map_err(|_| MdocError::BadDeviceAuth)
+        }
+    }
+}
+
+/// What [`device_check`] leaves to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceCheck {
+    /// Nothing: the device MAC verified.
+    Done,
+    /// The device signature `rs` over `signed` (a `Sig_structure`) with the MSO's device key:
+    /// plain ES256, which the caller checks singly or with others.
+    Signature {
+        /// The bytes signed.
+        signed: Vec<u8>,
+        /// `r ‖ s` as received.
+        rs: [u8; 64],
+    },
+}
+
+/// [`verify_device`] up to the device signature's verification, which it returns: a caller
+/// that checks several signatures at once (the engine's multi-buffer path) takes it from here.
+/// A MAC is checked here, whole.
+pub fn device_check(
+    doc: &Document<'_>,
+    facts: &IssuerFacts,
+    transcript: &[u8],
+    reader_key: Option<&[u8; 32]>,
+    allow_mac: bool,
+) -> Result<DeviceCheck, MdocError> {
     let payload = device_authentication_bytes(transcript, doc.doc_type, doc.device_name_spaces);
     match &doc.device_auth {
         DeviceAuth::Signature(sig) => {
@@ -202,17 +236,14 @@ pub fn verify_device(
                     DecodeError::Field("deviceSignature payload (must be detached)").into(),
                 );
             }
-            let rs: &[u8; 64] = sig
+            let rs: [u8; 64] = sig
                 .signature
                 .try_into()
                 .map_err(|_| MdocError::BadDeviceAuth)?;
-            verify_es256(
-                Backend::Ring,
-                &facts.device_key,
-                &sig.to_be_signed(&payload),
+            Ok(DeviceCheck::Signature {
+                signed: sig.to_be_signed(&payload),
                 rs,
-            )
-            .map_err(|_| MdocError::BadDeviceAuth)
+            })
         }
         DeviceAuth::Mac(mac) => {
             if !allow_mac {
@@ -232,9 +263,22 @@ pub fn verify_device(
                 .map_err(|_| MdocError::BadDeviceAuth)?;
             h.update(&mac.to_be_maced(&payload));
             h.verify_slice(mac.tag)
+                .map(|()| DeviceCheck::Done)
                 .map_err(|_| MdocError::BadDeviceAuth)
         }
     }
+}
+
+/// The same ES256 signature with a low s: (r, n − s) when s > n/2, else as it is. ES256 accepts
+/// (r, s) exactly when it accepts (r, n − s), so a verifier that requires a low s (the engine's
+/// multi-buffer path) checks a stock wallet's signature through this without changing the
+/// verdict. `None` when r or s is out of range (the signature is invalid either way).
+pub fn low_s(rs: &[u8; 64]) -> Option<[u8; 64]> {
+    let sig = p256::ecdsa::Signature::from_slice(rs).ok()?;
+    let low = sig.normalize_s().unwrap_or(sig);
+    let mut out = [0u8; 64];
+    out.copy_from_slice(&low.to_bytes());
+    Some(out)
 }
 
 /// EMacKey (ISO §9.1.3.5) from the reader's ephemeral private key and the device key.

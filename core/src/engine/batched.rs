@@ -135,9 +135,9 @@ pub struct BatchStats {
     failed: AtomicU64,
     signatures: AtomicU64,
     routed: AtomicU64,
-    mb_calls: AtomicU64,
-    mb_signatures: AtomicU64,
-    mb_unproven: AtomicU64,
+    pub(super) mb_calls: AtomicU64,
+    pub(super) mb_signatures: AtomicU64,
+    pub(super) mb_unproven: AtomicU64,
     /// Until when (Unix seconds) the scanners hashing to each slot stay out of equations.
     suspects: [AtomicU64; SUSPECT_SLOTS],
 }
