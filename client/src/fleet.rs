@@ -25,8 +25,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gatehouse_protocol::{Reason, Verdict, RETRY_KEY_LEN};
+use gatehouse_protocol::{MdocRequest, Reason, Verdict, RETRY_KEY_LEN};
 use parking_lot::Mutex;
+
+/// What one scan shows: a token (and the scanner's challenge), or an mdoc presentation.
+#[derive(Clone, Copy)]
+enum Shown<'a> {
+    Token(&'a [u8], Option<&'a [u8]>),
+    Mdoc(&'a MdocRequest),
+}
 use tracing::debug;
 
 use super::{ClientError, ClientIdentity, ClientOptions, ScannerClient};
@@ -177,6 +184,25 @@ impl FleetClient {
         challenge: Option<&[u8]>,
         key: [u8; RETRY_KEY_LEN],
     ) -> Result<Verdict, ClientError> {
+        self.scan(Shown::Token(token, challenge), key).await
+    }
+
+    /// One mdoc presentation (SPEC §12) as one scan, like [`FleetClient::verify_scan`]: the
+    /// caller's retry key with every attempt, failing over between nodes. The request's own
+    /// retry key is replaced by `key`.
+    pub async fn verify_mdoc(
+        &self,
+        request: &MdocRequest,
+        key: [u8; RETRY_KEY_LEN],
+    ) -> Result<Verdict, ClientError> {
+        self.scan(Shown::Mdoc(request), key).await
+    }
+
+    async fn scan(
+        &self,
+        shown: Shown<'_>,
+        key: [u8; RETRY_KEY_LEN],
+    ) -> Result<Verdict, ClientError> {
         let started = Instant::now();
         let mut last_verdict = None;
         let mut last_error = None;
@@ -184,7 +210,7 @@ impl FleetClient {
             if attempt > 0 && started.elapsed() >= self.options.deadline {
                 break;
             }
-            match self.attempt(token, challenge, key, started).await {
+            match self.attempt(shown, key, started).await {
                 Attempt::Done(v) => return Ok(v),
                 Attempt::Fail(e) => return Err(e),
                 Attempt::Next(v, e) => {
@@ -207,8 +233,7 @@ impl FleetClient {
 
     async fn attempt(
         &self,
-        token: &[u8],
-        challenge: Option<&[u8]>,
+        shown: Shown<'_>,
         key: [u8; RETRY_KEY_LEN],
         started: Instant,
     ) -> Attempt {
@@ -220,7 +245,21 @@ impl FleetClient {
         };
         // The request too ends with the scan's deadline (and with its own timeout before).
         let left = self.options.deadline.saturating_sub(started.elapsed());
-        let answer = tokio::time::timeout(left, conn.verify_scan(token, challenge, Some(key)))
+        let request = async {
+            match shown {
+                Shown::Token(token, challenge) => {
+                    conn.verify_scan(token, challenge, Some(key)).await
+                }
+                Shown::Mdoc(m) => {
+                    let m = MdocRequest {
+                        retry: Some(key),
+                        ..m.clone()
+                    };
+                    conn.verify_mdoc(m).await
+                }
+            }
+        };
+        let answer = tokio::time::timeout(left, request)
             .await
             .unwrap_or(Err(ClientError::Timeout(left)));
         match answer {

@@ -174,7 +174,15 @@ pub struct ScanArgs {
     #[arg(long)]
     pub scanner_key: PathBuf,
     /// The token: QR text (`GH1:…`) or hex bytes.
-    pub token: String,
+    #[arg(required_unless_present = "mdoc", conflicts_with = "mdoc")]
+    pub token: Option<String>,
+    /// Instead of a token, an ISO/IEC 18013-5 presentation this reader received (SPEC §12):
+    /// a directory holding `device_response.cbor` and `transcript.cbor` (the SessionTranscript
+    /// array), and optionally `session_start` (Unix seconds; default now) and `reader_key.hex`
+    /// (sent only when the response is authenticated by a device MAC), as `gatehouse mdoc
+    /// present` writes them.
+    #[arg(long, value_name = "DIR")]
+    pub mdoc: Option<PathBuf>,
 }
 
 /// `gatehouse issuer …`.

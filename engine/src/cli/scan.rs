@@ -92,7 +92,11 @@ fn retry_hint(key: RetryKey) {
 /// The scan, step by step: check, connect, send, judge, print.
 fn scan(a: ScanArgs) -> Result<ExitCode, Failure> {
     let timeout = Duration::from_secs(a.timeout_secs.max(1));
-    let bytes = decode_token(&a.token)?;
+    let shown = match (&a.mdoc, &a.token) {
+        (Some(dir), _) => Shown::Mdoc(Box::new(read_mdoc(dir)?)),
+        (None, Some(token)) => Shown::Token(decode_token(token)?),
+        (None, None) => return Err(Failure::usage("give a token or --mdoc DIR".into())),
+    };
     let server_name = server_name(&a.servers, a.server_name)?;
     // This scanner's own files, checked before any network: unreadable, or a key that does
     // not match the certificate.
@@ -107,7 +111,7 @@ fn scan(a: ScanArgs) -> Result<ExitCode, Failure> {
     let fleet = client::FleetClient::new(&a.servers, &server_name, identity, options)
         .map_err(|e| Failure::local(format!("{e}")))?;
     let servers = a.servers.join(", ");
-    let verdict = send(fleet, &bytes, key, timeout)
+    let verdict = send(fleet, &shown, key, timeout)
         .map_err(|e| e.judged(&servers, timeout.as_secs(), key))?;
     print_verdict(&verdict);
     Ok(verdict_exit(verdict.reason, key))
@@ -202,16 +206,74 @@ enum NoVerdict {
     Client(client::ClientError),
 }
 
-/// Sends the token to the fleet, bounded by `timeout`.
+/// What the scan shows: a token's bytes, or an mdoc presentation.
+enum Shown {
+    Token(Vec<u8>),
+    Mdoc(Box<gatehouse_protocol::MdocRequest>),
+}
+
+/// The presentation `gatehouse mdoc present` wrote to `dir` (SPEC §12.1).
+fn read_mdoc(dir: &std::path::Path) -> Result<gatehouse_protocol::MdocRequest, Failure> {
+    let read = |name: &str| {
+        std::fs::read(dir.join(name))
+            .map_err(|e| Failure::usage(format!("--mdoc: {}: {e}", dir.join(name).display())))
+    };
+    let device_response = read("device_response.cbor")?;
+    let transcript = read("transcript.cbor")?;
+    let session_start = match std::fs::read_to_string(dir.join("session_start")) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map_err(|_| Failure::usage("--mdoc: session_start is not Unix seconds".into()))?,
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    };
+    // The reader's key goes only with a MAC: it is what would let anyone make one.
+    let mac = gatehouse_engine::mdoc::decode_device_response(&device_response).is_ok_and(|r| {
+        matches!(
+            r.document.device_auth,
+            gatehouse_engine::mdoc::DeviceAuth::Mac(_)
+        )
+    });
+    let reader_key = match mac {
+        false => None,
+        true => {
+            let text = String::from_utf8(read("reader_key.hex")?).unwrap_or_default();
+            let key = hex::decode(text.trim())
+                .ok()
+                .and_then(|k| k.try_into().ok());
+            Some(key.ok_or_else(|| {
+                Failure::usage("--mdoc: reader_key.hex is not 32 bytes of hex".into())
+            })?)
+        }
+    };
+    Ok(gatehouse_protocol::MdocRequest {
+        id: 0,
+        device_response,
+        transcript,
+        retry: None,
+        session_start,
+        reader_key,
+    })
+}
+
+/// Sends the token or presentation to the fleet, bounded by `timeout`.
 fn send(
     fleet: client::FleetClient,
-    bytes: &[u8],
+    shown: &Shown,
     key: RetryKey,
     timeout: Duration,
 ) -> Result<Verdict, NoVerdict> {
     let rt = runtime().map_err(NoVerdict::Runtime)?;
     let result = rt.block_on(async move {
-        tokio::time::timeout(timeout, fleet.verify_scan(bytes, None, key)).await
+        let scan = async {
+            match shown {
+                Shown::Token(bytes) => fleet.verify_scan(bytes, None, key).await,
+                Shown::Mdoc(m) => fleet.verify_mdoc(m, key).await,
+            }
+        };
+        tokio::time::timeout(timeout, scan).await
     });
     // A name lookup still running past the budget does not hold the exit up.
     rt.shutdown_timeout(Duration::from_millis(100));
