@@ -908,10 +908,13 @@ impl ServeConfig {
             .map(|p| self.named("files.revocations", load_revocation_file(p, &trust)))
             .transpose()?;
         let mdoc = (
-            self.named("files.mdoc_iaca", crate::files::load_mdoc_iaca(&files))?,
+            self.named(
+                "files.mdoc_iaca",
+                crate::files::load_mdoc_iaca(files.mdoc_iaca.as_deref()),
+            )?,
             self.named(
                 "files.mdoc_revocations",
-                crate::files::load_mdoc_revocations(&files),
+                crate::files::load_mdoc_revocations(files.mdoc_revocations.as_deref()),
             )?,
         );
         let kept_revocations = match &files.state_dir {

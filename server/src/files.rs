@@ -14,8 +14,6 @@ use gatehouse_protocol::RevocationList;
 use gatehouse_core::{ConfigError, MdocRevocations, ScannerRegistry, TrustList};
 use gatehouse_mdoc::{Iaca, TrustAnchors};
 
-use crate::settings::Files;
-
 fn read_text(file: &Path) -> Result<String, ConfigError> {
     fs::read_to_string(file).map_err(|e| ConfigError::new(file, "(file)", e.to_string()))
 }
@@ -32,8 +30,8 @@ pub fn load_scanners(file: &Path) -> Result<ScannerRegistry, ConfigError> {
 
 /// Reads `files.mdoc_iaca`, the IACA roots for mdoc presentations: PEM certificates, each
 /// checked against the IACA profile (SPEC §12.2). None configured: an empty list.
-pub fn load_mdoc_iaca(files: &Files) -> Result<TrustAnchors, ConfigError> {
-    let Some(file) = &files.mdoc_iaca else {
+pub fn load_mdoc_iaca(file: Option<&Path>) -> Result<TrustAnchors, ConfigError> {
+    let Some(file) = file else {
         return Ok(TrustAnchors::default());
     };
     let certs = load_certs(file).map_err(|e| ConfigError::new(file, "(file)", e.to_string()))?;
@@ -50,8 +48,8 @@ pub fn load_mdoc_iaca(files: &Files) -> Result<TrustAnchors, ConfigError> {
 }
 
 /// Reads `files.mdoc_revocations` (SPEC §12.5). None configured: nothing revoked.
-pub fn load_mdoc_revocations(files: &Files) -> Result<MdocRevocations, ConfigError> {
-    match &files.mdoc_revocations {
+pub fn load_mdoc_revocations(file: Option<&Path>) -> Result<MdocRevocations, ConfigError> {
+    match file {
         None => Ok(MdocRevocations::default()),
         Some(file) => MdocRevocations::parse(file, &read_text(file)?),
     }

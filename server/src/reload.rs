@@ -216,8 +216,8 @@ pub fn reload_trust(engine: &Engine, files: &Files) -> Result<usize, ConfigError
 /// Re-reads the mdoc IACA roots and revocations and puts them in force, both or neither:
 /// (IACAs, revocations). An invalid file changes nothing.
 pub fn reload_mdoc(engine: &Engine, files: &Files) -> Result<(usize, usize), ConfigError> {
-    let anchors = crate::files::load_mdoc_iaca(files)?;
-    let revocations = crate::files::load_mdoc_revocations(files)?;
+    let anchors = crate::files::load_mdoc_iaca(files.mdoc_iaca.as_deref())?;
+    let revocations = crate::files::load_mdoc_revocations(files.mdoc_revocations.as_deref())?;
     let counts = (anchors.anchors().len(), revocations.len());
     engine.set_mdoc_trust(anchors);
     engine.set_mdoc_revocations(revocations);
