@@ -4,7 +4,9 @@
 //! loopback, and sends an open-loop mix of valid, revoked, expired, replayed, forged and garbage
 //! tokens from many scanner connections. Latency is measured from each request's *intended*
 //! send time, so a slow server cannot hide its queueing (no coordinated omission). Every
-//! verdict is compared with the one the population implies; a mismatch fails the run.
+//! verdict is compared with the one the population implies; a mismatch fails the run. With
+//! `--mdoc-share`, a share of the genuine presentations are ISO/IEC 18013-5 mDL presentations
+//! (VerifyMdoc) from a pool of test mDLs, checked the same way and counted on their own too.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use crate::cli::output::{out, out_raw};
 use crate::cli::runtime::{now, runtime};
 
 mod loopback;
+mod mdoc;
 mod options;
 mod plan;
 mod report;
@@ -40,6 +43,7 @@ pub fn command(args: DemoArgs) -> Result<ExitCode> {
         rate: args.rate,
         progress: !args.json,
         nodes: usize::from(args.nodes),
+        mdoc_share: args.mdoc_share,
     };
     let report = runtime()?.block_on(run(opts))?;
     if args.json {
@@ -67,10 +71,21 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
         .await
         .context("population task")??;
     let setup_secs = t0.elapsed().as_secs_f64();
+    let o = opts.clone();
+    let mdocs = tokio::task::spawn_blocking(move || mdoc::pool(&o, now))
+        .await
+        .context("mDL pool task")??
+        .map(Arc::new);
 
     let ids: Vec<String> = pop.scanners.iter().map(|s| s.id.clone()).collect();
     let pki = DevPki::generate(&ids).context("development PKI")?;
-    let deployment = loopback::Loopback::start(&pop, &pki, opts.nodes).await?;
+    let deployment = loopback::Loopback::start(
+        &pop,
+        mdocs.as_deref().map(|m| &m.population),
+        &pki,
+        opts.nodes,
+    )
+    .await?;
     let quic = Arc::new(deployment.connect(&pki, opts.scanners).await?);
     if opts.progress {
         eprintln!(
@@ -81,10 +96,16 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     }
     let (o, offset) = (opts.clone(), deployment.utc_offset());
     let pop = Arc::new(pop);
-    let p2 = pop.clone();
-    let planned = tokio::task::spawn_blocking(move || plan(&p2, &ids, &o, now, offset))
-        .await
-        .context("plan task")?;
+    let (p2, m2) = (pop.clone(), mdocs.clone());
+    // The tokens and sessions are stamped now, after the setup, so that they stay inside the
+    // acceptance window until the end of the rush however long issuing took.
+    let stamp = crate::cli::runtime::now();
+    let planned = tokio::task::spawn_blocking(move || {
+        let m = m2.as_deref().map(|m| &m.population);
+        plan(&p2, m, &ids, &o, stamp, offset)
+    })
+    .await
+    .context("plan task")?;
     if opts.progress {
         eprintln!(
             "  morning rush: {} requests over {} s at {:.0}/s (open loop)",
@@ -99,6 +120,10 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     report.nodes = opts.nodes;
     report.store = deployment.store();
     report.signatures = deployment.signatures();
+    if let Some(m) = &mdocs {
+        report.mdoc.documents = m.population.holders.len();
+        report.mdoc.issue_secs = m.secs;
+    }
     quic.close().await;
     deployment.stop().await?;
     Ok(report)

@@ -11,15 +11,17 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use gatehouse_engine::client::{ClientIdentity, ScannerClient};
+use gatehouse_engine::dev::mdoc_population::MdocPopulation;
 use gatehouse_engine::dev::pki::DevPki;
 use gatehouse_engine::dev::population::Population;
 use gatehouse_engine::dev::redis::RedisServer;
 use gatehouse_engine::server::{self, RedisConfig, ServerConfig, ServerError, SharedStore, Store};
 use gatehouse_engine::{Engine, EngineConfig};
-use gatehouse_protocol::Reason;
+use gatehouse_protocol::Verdict;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::plan::Payload;
 use super::rush::Transport;
 
 /// The Redis key prefix of the demo's one-time use.
@@ -48,9 +50,14 @@ struct Node {
 }
 
 impl Loopback {
-    /// Starts `nodes` nodes that trust the population's issuer and scanners, know its
-    /// revocations, and serve the PKI's server certificate.
-    pub async fn start(pop: &Population, pki: &DevPki, nodes: usize) -> Result<Loopback> {
+    /// Starts `nodes` nodes that trust the population's issuer and scanners (and the mDL
+    /// pool's IACA, when given), know its revocations, and serve the PKI's server certificate.
+    pub async fn start(
+        pop: &Population,
+        mdocs: Option<&MdocPopulation>,
+        pki: &DevPki,
+        nodes: usize,
+    ) -> Result<Loopback> {
         // More than one node: one-time use on a loopback Redis the demo starts (and stops).
         let redis = if nodes > 1 {
             Some(start_redis()?)
@@ -67,6 +74,9 @@ impl Loopback {
                 pop.scanners.clone(),
             )?);
             engine.apply_revocations(&pop.revocations)?;
+            if let Some(m) = mdocs {
+                engine.set_mdoc_trust(m.anchors().context("the mDL pool's IACA")?);
+            }
             utc_offset.get_or_insert(engine.config().utc_offset_secs);
             engines.push(Arc::clone(&engine));
             started.push(start_node(engine, pki, redis.as_ref()).await?);
@@ -231,15 +241,18 @@ impl Transport for Quic {
     fn verify(
         &self,
         scanner: usize,
-        token: Vec<u8>,
-    ) -> Pin<Box<dyn Future<Output = Result<Reason>> + Send + '_>> {
+        payload: Payload,
+    ) -> Pin<Box<dyn Future<Output = Result<Verdict>> + Send + '_>> {
         Box::pin(async move {
             let conns = self
                 .clients
                 .get(scanner)
                 .context("no connection for this scanner")?;
             let c = &conns[self.next.fetch_add(1, Ordering::Relaxed) % conns.len().max(1)];
-            Ok(c.verify(&token, None).await?.reason)
+            Ok(match payload {
+                Payload::Token(token) => c.verify(&token, None).await?,
+                Payload::Mdoc(request) => c.verify_mdoc(*request).await?,
+            })
         })
     }
 }

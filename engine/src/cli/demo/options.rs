@@ -21,6 +21,9 @@ pub struct DemoOptions {
     pub progress: bool,
     /// Engine nodes; more than one share their one-time use on a loopback Redis.
     pub nodes: usize,
+    /// Share of the genuine presentations that are ISO/IEC 18013-5 mdoc presentations
+    /// (VerifyMdoc), in [0, 1].
+    pub mdoc_share: f64,
 }
 
 impl Default for DemoOptions {
@@ -32,6 +35,7 @@ impl Default for DemoOptions {
             rate: 1000.0,
             progress: true,
             nodes: 1,
+            mdoc_share: 0.0,
         }
     }
 }
@@ -52,6 +56,10 @@ impl DemoOptions {
         anyhow::ensure!(
             self.scanners >= 1 && self.scanners <= 1024,
             "--scanners must be in [1, 1024]"
+        );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.mdoc_share),
+            "--mdoc-share must be in [0, 1]"
         );
         Ok(())
     }

@@ -3,20 +3,33 @@
 //!
 //! Two passes: the drafts (arrival times, holders, scanners, kinds) are drawn sequentially
 //! from one seeded generator, so the schedule is the same on every run; the tokens are then
-//! signed in parallel.
+//! signed in parallel. With `--mdoc-share`, a share of the genuine presentations are ISO/IEC
+//! 18013-5 presentations of the pool's mDLs instead (chosen per request, [`super::mdoc`]),
+//! made in the same parallel pass.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use gatehouse_engine::dev::mdoc_population::MdocPopulation;
 use gatehouse_engine::dev::population::{
     derive_id, derive_key, effective_revoked, expected, repeated, Population, Presented,
 };
 use gatehouse_engine::dev::rng::SplitMix64;
 use gatehouse_engine::Role;
-use gatehouse_protocol::{Credential, Presentation, Reason};
+use gatehouse_protocol::{Attributes, Credential, MdocRequest, Presentation, Reason};
 use rayon::prelude::*;
 
+use super::mdoc::{self, MdocMix};
 use super::options::DemoOptions;
+
+/// What a request sends.
+#[derive(Clone)]
+pub enum Payload {
+    /// A rotating token (Verify).
+    Token(Vec<u8>),
+    /// An ISO/IEC 18013-5 presentation (VerifyMdoc).
+    Mdoc(Box<MdocRequest>),
+}
 
 /// One planned request.
 #[derive(Clone)]
@@ -25,10 +38,13 @@ pub struct Planned {
     pub at: Duration,
     /// Index of the scanner connection to send it on.
     pub scanner: usize,
-    /// Token bytes.
-    pub token: Vec<u8>,
-    /// The verdict the population implies.
+    /// What is sent: token bytes, or an mdoc presentation.
+    pub payload: Payload,
+    /// The verdict's reason the population implies.
     pub expect: Reason,
+    /// For a fresh mdoc presentation, the attributes its verdict must carry too (the pool
+    /// says the whole verdict); `None` where only the reason is known.
+    pub attributes: Option<Attributes>,
     /// For replays: index of the request whose token this repeats (sent first).
     pub after: Option<usize>,
 }
@@ -41,36 +57,45 @@ const MIX_FORGED: u64 = 20;
 const MIX_GARBAGE: u64 = 20;
 
 /// Plans the rush: Poisson arrivals at `rate`, each a holder at a scanner its kind would
-/// visit, with the verdict the population implies. Tokens are signed here, before the clock
-/// starts, with timestamp `now` (the rush is shorter than the acceptance window).
+/// visit, with the verdict the population implies. Tokens are signed (and mdoc presentations
+/// made, from `mdocs` when given) here, before the clock starts, with timestamp `now` (the
+/// rush is shorter than the acceptance window).
 pub fn plan(
     pop: &Population,
+    mdocs: Option<&MdocPopulation>,
     scanner_ids: &[String],
     opts: &DemoOptions,
     now: u64,
     utc_offset: i32,
 ) -> Vec<Planned> {
-    let drafts = draft(pop, &Venues::new(scanner_ids), opts);
+    let mix = MdocMix::new(
+        scanner_ids,
+        opts.mdoc_share,
+        mdocs.map_or(0, |m| m.holders.len()),
+    );
+    let drafts = draft(pop, &Venues::new(scanner_ids), &mix, opts);
     let signer = Signer {
         pop,
+        mdocs,
         revoked: effective_revoked(&pop.holders, &pop.revocations),
         scanner_ids,
         now,
         utc_offset,
     };
-    let tokens: Vec<(Vec<u8>, Reason)> = drafts
+    let signed: Vec<Signed> = drafts
         .par_iter()
         .enumerate()
-        .map(|(i, d)| signer.token(i, d))
+        .map(|(i, d)| signer.request(i, d))
         .collect();
     let mut out: Vec<Planned> = drafts
         .iter()
-        .zip(tokens)
-        .map(|(d, (token, expect))| Planned {
+        .zip(signed)
+        .map(|(d, s)| Planned {
             at: Duration::from_secs_f64(d.at),
             scanner: d.scanner,
-            token,
-            expect,
+            payload: s.payload,
+            expect: s.expect,
+            attributes: s.attributes,
             after: d.replay_of,
         })
         .collect();
@@ -90,6 +115,8 @@ struct Draft {
     kind: u64,
     /// For a replay: the request it repeats.
     replay_of: Option<usize>,
+    /// For an mdoc presentation: its holder in the pool (its scanner is `scanner`).
+    mdoc: Option<usize>,
 }
 
 impl Draft {
@@ -162,8 +189,10 @@ impl<'a> Venues<'a> {
     }
 }
 
-/// Pass 1: arrival times, holders, scanners and kinds (cheap, sequential, from one seed).
-fn draft(pop: &Population, venues: &Venues<'_>, opts: &DemoOptions) -> Vec<Draft> {
+/// Pass 1: arrival times, holders, scanners and kinds (cheap, sequential, from one seed), and
+/// which genuine presentations are mdoc ones (from a generator of their own per request, so
+/// the tokens' schedule does not depend on the share).
+fn draft(pop: &Population, venues: &Venues<'_>, mix: &MdocMix, opts: &DemoOptions) -> Vec<Draft> {
     let mut rng = SplitMix64(0x6a7e_4008);
     let mut t = 0.0f64;
     let n = (opts.rate * opts.seconds).ceil() as usize;
@@ -187,12 +216,15 @@ fn draft(pop: &Population, venues: &Venues<'_>, opts: &DemoOptions) -> Vec<Draft
         } else {
             kind
         };
+        let genuine = kind >= MIX_REPLAY + MIX_FORGED + MIX_GARBAGE && replay_of.is_none();
+        let mdoc = genuine.then(|| mix.pick(drafts.len())).flatten();
         drafts.push(Draft {
             at: t,
             holder,
-            scanner,
+            scanner: mdoc.map_or(scanner, |(_, s)| s),
             kind,
             replay_of,
+            mdoc: mdoc.map(|(h, _)| h),
         });
     }
     drafts
@@ -209,10 +241,33 @@ fn replay_target(drafts: &[Draft], t: f64, rng: &mut SplitMix64) -> Option<usize
         .filter(|&j| drafts[j].is_original())
 }
 
+/// A draft's request, made: what is sent and what its verdict must be.
+struct Signed {
+    /// The token or presentation.
+    payload: Payload,
+    /// The verdict's reason.
+    expect: Reason,
+    /// The verdict's attributes, where known (fresh mdoc presentations).
+    attributes: Option<Attributes>,
+}
+
+impl Signed {
+    /// A token and the reason its verdict must give.
+    fn token(token: Vec<u8>, expect: Reason) -> Signed {
+        Signed {
+            payload: Payload::Token(token),
+            expect,
+            attributes: None,
+        }
+    }
+}
+
 /// Pass 2: signs each draft's token and says the verdict the population implies.
 struct Signer<'a> {
     /// The holders and their scanners.
     pop: &'a Population,
+    /// The mDL pool, when the rush has an mdoc share.
+    mdocs: Option<&'a MdocPopulation>,
     /// Per holder: revoked, directly or through its sponsor.
     revoked: Vec<bool>,
     /// Scanner ids by index.
@@ -224,23 +279,43 @@ struct Signer<'a> {
 }
 
 impl Signer<'_> {
-    /// Request `i`'s token and expected verdict (a replay's are its original's, filled in
-    /// later).
-    fn token(&self, i: usize, d: &Draft) -> (Vec<u8>, Reason) {
+    /// Request `i`'s token (or mdoc presentation) and expected verdict (a replay's are its
+    /// original's, filled in later).
+    fn request(&self, i: usize, d: &Draft) -> Signed {
         if d.replay_of.is_some() {
-            return (Vec::new(), Reason::Replayed);
+            return Signed::token(Vec::new(), Reason::Replayed);
         }
         if d.kind < MIX_REPLAY + MIX_FORGED {
-            return self.forged(i, d);
+            let (t, expect) = self.forged(i, d);
+            return Signed::token(t, expect);
         }
         if d.kind < MIX_REPLAY + MIX_FORGED + MIX_GARBAGE {
-            return (garbage(i), Reason::Malformed);
+            return Signed::token(garbage(i), Reason::Malformed);
+        }
+        if let (Some(holder), Some(pool)) = (d.mdoc, self.mdocs) {
+            return self.mdoc(pool, holder, i, d);
         }
         let h = &self.pop.holders[d.holder];
         let t = h
             .present(self.now, derive_id("demo nonce", i as u64), None)
             .unwrap_or_default();
-        (t, self.expected(d, Presented::Genuine))
+        Signed::token(t, self.expected(d, Presented::Genuine))
+    }
+
+    /// Request `i`'s mdoc presentation by pool holder `holder`, and the whole verdict the pool
+    /// implies at the draft's scanner.
+    fn mdoc(&self, pool: &MdocPopulation, holder: usize, i: usize, d: &Draft) -> Signed {
+        let Some(scanner) = self.pop.scanners.get(&self.scanner_ids[d.scanner]) else {
+            // Every scanner of the schedule is one of the population's.
+            return Signed::token(Vec::new(), Reason::Malformed);
+        };
+        let (request, verdict) =
+            mdoc::present(pool, holder, i, &scanner, self.now, self.utc_offset);
+        Signed {
+            payload: Payload::Mdoc(Box::new(request)),
+            expect: verdict.reason,
+            attributes: Some(verdict.attributes),
+        }
     }
 
     /// A presentation of the holder's credential signed by a key that is not its device key.
@@ -284,15 +359,17 @@ fn garbage(i: usize) -> Vec<u8> {
         .collect()
 }
 
-/// A replay repeats its original's bytes. If the original reached one-time use, the repeat
-/// is a replay wherever it is shown; if it was refused before (revoked, expired, forged),
-/// the repeat is refused for the same reason.
+/// A replay repeats its original's bytes (a token's, or an mdoc presentation's: the same
+/// session). If the original reached one-time use, the repeat is a replay wherever it is
+/// shown; if it was refused before (revoked, expired, forged), the repeat is refused for the
+/// same reason.
 fn link_replays(out: &mut [Planned]) {
     for i in 0..out.len() {
         if let Some(j) = out[i].after {
             let orig = out[j].expect;
-            out[i].token = out[j].token.clone();
+            out[i].payload = out[j].payload.clone();
             out[i].expect = repeated(orig);
+            out[i].attributes = None;
         }
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 /// Latency percentiles in microseconds.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Latency {
     /// Median.
     pub p50: u64,
@@ -44,6 +44,55 @@ pub struct DemoReport {
     pub store: String,
     /// How the nodes checked signatures.
     pub signatures: SignaturePaths,
+    /// The ISO/IEC 18013-5 presentations among the requests (`--mdoc-share`); they are
+    /// counted in `requests`, `verdicts`, `latency_us` and `mismatches` too.
+    pub mdoc: MdocSummary,
+}
+
+/// What the demo says of its mdoc presentations (fresh ones and replays of them).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MdocSummary {
+    /// `--mdoc-share`: the share of genuine presentations that are mdoc ones.
+    pub share: f64,
+    /// mdoc presentations answered.
+    pub requests: u64,
+    /// Their latency from the intended send time.
+    pub latency_us: Latency,
+    /// Their verdicts by reason label.
+    pub verdicts: BTreeMap<String, u64>,
+    /// Of them, verdicts other than the expected one (or none at all).
+    pub mismatches: u64,
+    /// Of them, presentations that got no verdict.
+    pub errors: u64,
+    /// Documents in the pool of test mDLs.
+    pub documents: usize,
+    /// Seconds spent issuing the pool.
+    pub issue_secs: f64,
+}
+
+impl MdocSummary {
+    /// The human lines, when the rush had an mdoc share.
+    fn render(&self) -> String {
+        if self.share <= 0.0 {
+            return String::new();
+        }
+        let mut s = format!(
+            "  mdoc            {} presentations (VerifyMdoc, share {}), pool of {} mDLs (issued in {:.1} s)\n",
+            self.requests, self.share, self.documents, self.issue_secs
+        );
+        s.push_str(&format!(
+            "    p50 {:.2} ms   p99 {:.2} ms   p99.9 {:.2} ms   max {:.2} ms\n",
+            self.latency_us.p50 as f64 / 1e3,
+            self.latency_us.p99 as f64 / 1e3,
+            self.latency_us.p999 as f64 / 1e3,
+            self.latency_us.max as f64 / 1e3
+        ));
+        for (k, v) in &self.verdicts {
+            s.push_str(&format!("    {k:<22} {v}\n"));
+        }
+        s.push_str(&format!("    mismatches           {}\n", self.mismatches));
+        s
+    }
 }
 
 /// The batch path the nodes ran and what went through it (the engines' counters, summed). A
@@ -96,6 +145,7 @@ impl DemoReport {
         for (k, v) in &self.verdicts {
             s.push_str(&format!("    {k:<22} {v}\n"));
         }
+        s.push_str(&self.mdoc.render());
         let g = &self.signatures;
         s.push_str(&format!(
             "  signatures      path {}: {} equations ({} failed, {} signatures), {} multi-buffer calls ({} signatures, {} not proven)\n",

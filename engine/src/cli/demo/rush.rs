@@ -1,6 +1,6 @@
 //! The rush itself: the planned requests sent open-loop at their intended times, each
 //! latency measured from that time (no coordinated omission), each verdict compared with the
-//! expected one.
+//! expected one. mdoc presentations are counted with the rest, and on their own too.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -11,28 +11,30 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use gatehouse_engine::dev::progress::{Progress, ProgressMode};
-use gatehouse_protocol::Reason;
+use gatehouse_protocol::Verdict;
 use hdrhistogram::Histogram;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::Notify;
 
+use super::mdoc::MdocTally;
 use super::options::DemoOptions;
-use super::plan::Planned;
+use super::plan::{Payload, Planned};
 use super::report::{DemoReport, Latency};
 
-/// What sends a token and returns the verdict's reason (the QUIC client in the demo).
+/// What sends a token or an mdoc presentation and returns the verdict (the QUIC client in the
+/// demo).
 pub trait Transport: Send + Sync + 'static {
-    /// Sends `token` on scanner connection `scanner`.
+    /// Sends `payload` on scanner connection `scanner` (Verify, or VerifyMdoc).
     fn verify(
         &self,
         scanner: usize,
-        token: Vec<u8>,
-    ) -> Pin<Box<dyn Future<Output = Result<Reason>> + Send + '_>>;
+        payload: Payload,
+    ) -> Pin<Box<dyn Future<Output = Result<Verdict>> + Send + '_>>;
 }
 
-/// What one request came to: its index, the verdict's reason (or why there is none), and its
-/// latency from the intended send time.
-type Outcome = (usize, Result<Reason>, Duration);
+/// What one request came to: its index, the verdict (or why there is none), and its latency
+/// from the intended send time.
+type Outcome = (usize, Result<Verdict>, Duration);
 
 /// Runs the planned requests open-loop through `transport` and returns the report.
 pub async fn rush(
@@ -63,11 +65,11 @@ pub async fn rush(
     let deadline = Instant::now() + Duration::from_secs_f64(opts.seconds + 30.0);
     while let Ok(Some((i, r, latency))) = tokio::time::timeout_at(deadline.into(), rx.recv()).await
     {
-        tally.record(i, r, latency, rush.planned[i].expect);
+        tally.record(i, r, latency, &rush.planned[i]);
     }
     let elapsed = rush.start.elapsed().as_secs_f64().max(opts.seconds);
     rush.progress.finish();
-    Ok(tally.report(elapsed))
+    Ok(tally.report(elapsed, opts.mdoc_share))
 }
 
 /// What the requests of a rush share.
@@ -95,7 +97,7 @@ impl Rush {
         let intended = self.start + p.at;
         let r = tokio::time::timeout(
             Duration::from_secs(10),
-            self.transport.verify(p.scanner, p.token.clone()),
+            self.transport.verify(p.scanner, p.payload.clone()),
         )
         .await
         .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")));
@@ -156,6 +158,8 @@ struct Tally {
     errors: u64,
     /// The first few mismatches and errors.
     examples: Vec<String>,
+    /// The mdoc presentations on their own.
+    mdoc: MdocTally,
 }
 
 impl Tally {
@@ -168,36 +172,56 @@ impl Tally {
             mismatches: 0,
             errors: 0,
             examples: Vec::new(),
+            mdoc: MdocTally::new()?,
         })
     }
 
-    /// Counts request `i`'s outcome against the verdict `expect`ed of it.
-    fn record(&mut self, i: usize, r: Result<Reason>, latency: Duration, expect: Reason) {
+    /// Counts request `i`'s outcome against the verdict planned `p` expects: its reason, and
+    /// its attributes too where the plan knows them (fresh mdoc presentations).
+    fn record(&mut self, i: usize, r: Result<Verdict>, latency: Duration, p: &Planned) {
+        let is_mdoc = matches!(p.payload, Payload::Mdoc(_));
+        let what = if is_mdoc { "mdoc request" } else { "request" };
         match r {
-            Ok(reason) => {
+            Ok(v) => {
                 self.requests += 1;
                 let _ = self.hist.record((latency.as_micros() as u64).max(1));
-                *self.verdicts.entry(reason.label().to_string()).or_default() += 1;
-                if reason != expect {
+                *self
+                    .verdicts
+                    .entry(v.reason.label().to_string())
+                    .or_default() += 1;
+                let matched =
+                    v.reason == p.expect && p.attributes.is_none_or(|a| a == v.attributes);
+                if is_mdoc {
+                    self.mdoc.answered(v.reason, latency, matched);
+                }
+                if !matched {
                     self.mismatches += 1;
                     if self.examples.len() < 10 {
-                        self.examples
-                            .push(format!("request {i}: expected {expect}, got {reason}"));
+                        self.examples.push(match p.attributes {
+                            Some(a) => format!(
+                                "{what} {i}: expected {} {a:?}, got {} {:?}",
+                                p.expect, v.reason, v.attributes
+                            ),
+                            None => format!("{what} {i}: expected {}, got {}", p.expect, v.reason),
+                        });
                     }
                 }
             }
             Err(e) => {
                 self.errors += 1;
+                if is_mdoc {
+                    self.mdoc.failed();
+                }
                 if self.examples.len() < 10 {
-                    self.examples.push(format!("request {i}: {e:#}"));
+                    self.examples.push(format!("{what} {i}: {e:#}"));
                 }
             }
         }
     }
 
-    /// The report of a rush that lasted `elapsed` seconds (one node, memory store: the caller
-    /// fills in the deployment).
-    fn report(self, elapsed: f64) -> DemoReport {
+    /// The report of a rush that lasted `elapsed` seconds with an mdoc share of `mdoc_share`
+    /// (one node, memory store, no mdoc pool: the caller fills in the deployment and the pool).
+    fn report(self, elapsed: f64, mdoc_share: f64) -> DemoReport {
         DemoReport {
             requests: self.requests,
             throughput_rps: self.requests as f64 / elapsed,
@@ -216,6 +240,7 @@ impl Tally {
             nodes: 1,
             store: "memory".into(),
             signatures: Default::default(),
+            mdoc: self.mdoc.summary(mdoc_share),
         }
     }
 }
