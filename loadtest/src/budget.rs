@@ -380,6 +380,7 @@ mod tests {
             },
             nodes: vec![],
             cross_node_replays: None,
+            mdoc: None,
             revocation_states: Vec::new(),
             plan_fingerprint: None,
             run_salt: None,

@@ -833,6 +833,7 @@ mod tests {
             },
             nodes: Vec::new(),
             cross_node_replays: None,
+            mdoc: None,
             revocation_states: Vec::new(),
             plan_fingerprint: None,
             run_salt: None,

@@ -8,7 +8,8 @@
 //!   generated on every core and cached on disk in a compact binary file.
 //! - [`RushModel`] → [`Plan`] → [`schedule`]: from holders to the peak rate, a compressed
 //!   ramp-up / peak / ramp-down plan, and Poisson arrivals drawn from it, mixed with replays,
-//!   forgeries, stale tokens and garbage.
+//!   forgeries, stale tokens and garbage, and (`--mdoc-share`) ISO/IEC 18013-5 mdoc
+//!   presentations from an [`mdoc::MdocPool`].
 //! - [`openloop::run`]: sends each arrival at its time whatever the engine does, signs tokens
 //!   just ahead of their send time on a pool of threads, times each request from its intended
 //!   send time into HDR histograms, and compares each verdict with [`expected`].
@@ -34,7 +35,8 @@
 //   budget   → summary
 //   target   → cpu, fleet, model
 //   report   → budget, fleet, model, summary
-//   openloop → cpu, expect, fleet, model, summary, target
+//   mdoc     → model, target
+//   openloop → cpu, expect, fleet, mdoc, model, summary, target
 //   harness  → budget, fleet, model, openloop, report, summary, target
 //   closed   → expect, fleet, model, summary, target
 //   html     → report, summary
@@ -48,6 +50,7 @@ pub mod expect;
 pub mod fleet;
 mod harness;
 pub mod html;
+pub mod mdoc;
 pub mod merge;
 pub mod model;
 pub mod openloop;

@@ -18,6 +18,7 @@ use gatehouse_engine::dev::progress::ProgressMode;
 use gatehouse_loadtest::budget::BudgetResult;
 use gatehouse_loadtest::closed::{self, ClosedOptions};
 use gatehouse_loadtest::fleet::default_cache_dir;
+use gatehouse_loadtest::mdoc::{self, MdocPool};
 use gatehouse_loadtest::model::Shard;
 use gatehouse_loadtest::openloop::{OpenLoopOptions, MAX_SIGN_LEAD};
 use gatehouse_loadtest::report::{ModelInfo, PopulationInfo, TargetInfo};
@@ -141,6 +142,8 @@ struct RushArgs {
     common: Common,
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    mdoc: MdocArgs,
     /// Seconds of ramp up.
     #[arg(long, default_value_t = 10.0)]
     ramp_up_secs: f64,
@@ -162,6 +165,8 @@ struct SweepArgs {
     common: Common,
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    mdoc: MdocArgs,
     /// First rate (default: the modelled peak).
     #[arg(long)]
     from: Option<f64>,
@@ -491,6 +496,54 @@ enum StoreArg {
     Redis,
 }
 
+/// `--mdoc-share` (rush and sweep).
+#[derive(Args, Clone)]
+struct MdocArgs {
+    /// The share (0 to 1) of genuine arrivals sent as ISO/IEC 18013-5 mdoc presentations
+    /// (VerifyMdoc) instead of tokens, drawn from the seed and salt with the rest of the
+    /// schedule: holder i shows mDL document i mod pool (pool: min(--holders, 2000), a test
+    /// IACA and document signer generated at start, TEST ONLY) in a reader session of its own
+    /// begun at its send time. Needs --spawn (the nodes it starts trust that IACA); refused
+    /// with --target and --shard.
+    #[arg(long, default_value_t = 0.0)]
+    mdoc_share: f64,
+}
+
+impl MdocArgs {
+    /// Refuses a share out of [0, 1], or one that nodes not started here would have to judge.
+    fn check(&self, common: &Common) -> Result<()> {
+        mdoc::check_share(
+            self.mdoc_share,
+            !common.target.is_empty(),
+            common.shard.is_some(),
+        )
+    }
+
+    /// The mDL pool of a share above 0 (none at 0), generated on every core before the run.
+    async fn pool(&self, common: &Common, fleet: &Fleet) -> Result<Option<Arc<MdocPool>>> {
+        let share = self.mdoc_share;
+        if share == 0.0 {
+            return Ok(None);
+        }
+        let registry = fleet.scanners();
+        let (documents, seed) = (mdoc::documents_for(fleet.len()), common.fleet.seed);
+        let t0 = Instant::now();
+        let pool = tokio::task::spawn_blocking(move || {
+            let set = ScannerSet::new(&registry);
+            MdocPool::generate(seed, documents, now_unix(), &registry, &set, share)
+        })
+        .await??;
+        if !common.fleet.quiet {
+            eprintln!(
+                "mdoc: {:.0} % of genuine arrivals; {documents} mDL documents (a test IACA and document signer, TEST ONLY) in {:.1} s",
+                share * 100.0,
+                t0.elapsed().as_secs_f64()
+            );
+        }
+        Ok(Some(Arc::new(pool)))
+    }
+}
+
 #[derive(Args, Clone)]
 struct ModelArgs {
     /// Holders the rush models (default: --holders).
@@ -602,6 +655,7 @@ fn spawn_options(common: &Common, bin: PathBuf, replay_capacity: usize) -> Spawn
         redis_pin: common.redis_pin.clone(),
         redis_timeout_ms: common.redis_timeout_ms,
         split_store: common.split_store,
+        mdoc_iaca: None,
     }
 }
 
@@ -641,18 +695,23 @@ struct Endpoint {
     revocations_loaded: Option<bool>,
 }
 
-/// Starts the nodes `--spawn` asks for on loopback, with a development PKI.
+/// Starts the nodes `--spawn` asks for on loopback, with a development PKI (and trusting the
+/// mdoc pool's IACA, when there is one).
 async fn spawn_endpoint(
     common: &Common,
     fleet: &Fleet,
     scanners: &ScannerSet,
     replay_capacity: usize,
+    mdoc: Option<&MdocPool>,
 ) -> Result<Endpoint> {
     let bin = match &common.gatehouse_bin {
         Some(b) => b.clone(),
         None => find_gatehouse()?,
     };
-    let opts = spawn_options(common, bin, replay_capacity);
+    let opts = SpawnOptions {
+        mdoc_iaca: mdoc.map(MdocPool::iaca_pem),
+        ..spawn_options(common, bin, replay_capacity)
+    };
     if !common.fleet.quiet {
         eprintln!(
             "engine: starting {} × {} serve on loopback (one-time use: {}) …",
@@ -693,8 +752,14 @@ fn named_endpoint(common: &Common, scanners: &ScannerSet) -> Result<Endpoint> {
     })
 }
 
-/// Connects to the named engine or starts one; returns the harness.
-async fn connect(common: &Common, fleet: Fleet, replay_capacity: usize) -> Result<Harness> {
+/// Connects to the named engine or starts one; returns the harness, whose genuine arrivals
+/// include mdoc presentations from `mdoc` when there is a pool.
+async fn connect(
+    common: &Common,
+    fleet: Fleet,
+    replay_capacity: usize,
+    mdoc: Option<Arc<MdocPool>>,
+) -> Result<Harness> {
     let fleet = Arc::new(fleet);
     let scanners = Arc::new(ScannerSet::new(&fleet.scanners()));
     let options = ClientOptions {
@@ -709,7 +774,7 @@ async fn connect(common: &Common, fleet: Fleet, replay_capacity: usize) -> Resul
         server_name,
         revocations_loaded,
     } = if common.spawn {
-        spawn_endpoint(common, &fleet, &scanners, replay_capacity).await?
+        spawn_endpoint(common, &fleet, &scanners, replay_capacity, mdoc.as_deref()).await?
     } else if !common.target.is_empty() {
         named_endpoint(common, &scanners)?
     } else {
@@ -762,8 +827,12 @@ async fn connect(common: &Common, fleet: Fleet, replay_capacity: usize) -> Resul
             progress: common.progress(),
             shard,
             start_at: common.start_at,
+            mdoc: mdoc.clone(),
         },
-        mix: Mix::default(),
+        mix: Mix {
+            mdoc_share: mdoc.as_ref().map_or(0.0, |p| p.share),
+            ..Mix::default()
+        },
         max_requests: common.max_requests,
         seed: common.fleet.seed,
         run_salt: common.run_salt,
@@ -1118,10 +1187,12 @@ async fn rush(args: RushArgs) -> Result<ExitCode> {
     let common = &args.common;
     let m = args.model.model(common.fleet.holders)?;
     check_spawn(common)?;
+    args.mdoc.check(common)?;
     let plan = args.plan(&m)?;
     let (budget, budget_file) = load_budget(common, "default.toml")?;
     let (fleet, info) = load_fleet(&common.fleet, common.progress()).await?;
-    let h = connect(common, fleet, replay_capacity_for(plan.peak_rps)).await?;
+    let pool = args.mdoc.pool(common, &fleet).await?;
+    let h = connect(common, fleet, replay_capacity_for(plan.peak_rps), pool).await?;
     if !common.fleet.quiet {
         eprintln!(
             "rush: {}\n  plan: ramp up {} s, peak {} s at {:.0} req/s, ramp down {} s (~{:.0} requests)",
@@ -1137,6 +1208,7 @@ async fn rush(args: RushArgs) -> Result<ExitCode> {
         .run_plan(&plan, Duration::from_secs_f64(args.sign_lead_secs))
         .await;
     let mut report = base_report("rush", &h, info, ModelInfo::new(&m, Some(&plan)));
+    report.model.mdoc_share = h.mix.mdoc_share;
     shutdown(h).await;
     let run = result?;
     let checks = budget.check_run(&run);
@@ -1171,6 +1243,7 @@ async fn capacity_sweep(args: SweepArgs) -> Result<ExitCode> {
     let common = &args.common;
     let m = args.model.model(common.fleet.holders)?;
     check_spawn(common)?;
+    args.mdoc.check(common)?;
     let opts = args.options(&m)?;
     // An adaptive sweep stops at its own break: shards on several machines would step apart.
     ensure!(
@@ -1189,7 +1262,8 @@ async fn capacity_sweep(args: SweepArgs) -> Result<ExitCode> {
         "the highest rate × --step-secs exceeds --max-requests"
     );
     let (fleet, info) = load_fleet(&common.fleet, common.progress()).await?;
-    let h = connect(common, fleet, replay_capacity_for(top)).await?;
+    let pool = args.mdoc.pool(common, &fleet).await?;
+    let h = connect(common, fleet, replay_capacity_for(top), pool).await?;
     if !common.fleet.quiet {
         eprintln!("sweep: {}", m.explain());
     }
@@ -1207,6 +1281,7 @@ async fn capacity_sweep(args: SweepArgs) -> Result<ExitCode> {
             .await
     };
     let mut report = base_report("sweep", &h, info, ModelInfo::new(&m, None));
+    report.model.mdoc_share = h.mix.mdoc_share;
     shutdown(h).await;
     let s = result?;
     if !common.fleet.quiet {
@@ -1288,7 +1363,7 @@ async fn goose(args: GooseArgs) -> Result<ExitCode> {
         .model
         .run_peak(&m)
         .max(users as f64 / mean_think.max(0.001));
-    let h = connect(common, fleet, replay_capacity_for(peak * 2.0)).await?;
+    let h = connect(common, fleet, replay_capacity_for(peak * 2.0), None).await?;
     let addr: SocketAddr = h.conns.addr(0).context("no engine address")?;
     if !common.fleet.quiet {
         eprintln!(

@@ -635,6 +635,7 @@ mod tests {
             harness_cpu_secs: Some(1.0),
             nodes: Vec::new(),
             cross_node: None,
+            mdoc: None,
         };
         for (i, &us) in samples.iter().enumerate() {
             stats.all.record(us).unwrap();

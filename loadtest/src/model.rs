@@ -157,7 +157,8 @@ impl Plan {
     }
 }
 
-/// The share (per mille) of each adversarial kind of request; the rest are genuine.
+/// The share (per mille) of each adversarial kind of request; the rest are genuine. Of the
+/// genuine ones, `mdoc_share` are ISO/IEC 18013-5 mdoc presentations instead of tokens.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Mix {
     /// A token already used, shown again (a screenshot).
@@ -168,6 +169,8 @@ pub struct Mix {
     pub garbage: u32,
     /// A token an hour old.
     pub stale: u32,
+    /// The share (0 to 1) of genuine arrivals that are mdoc presentations (`--mdoc-share`).
+    pub mdoc_share: f64,
 }
 
 impl Default for Mix {
@@ -177,6 +180,7 @@ impl Default for Mix {
             forged: 20,
             garbage: 10,
             stale: 10,
+            mdoc_share: 0.0,
         }
     }
 }
@@ -186,6 +190,9 @@ impl Default for Mix {
 pub enum Kind {
     /// A fresh token, signed by the holder's device.
     Genuine,
+    /// A fresh ISO/IEC 18013-5 presentation (VerifyMdoc) of the mDL pool's holder
+    /// `holder mod pool`, in a reader session of its own.
+    Mdoc,
     /// Signed by the wrong key.
     Forged,
     /// Not a token.
@@ -209,16 +216,19 @@ pub enum Scenario {
     Partner,
     /// A genuine token at an age-check counter.
     Age,
+    /// A fresh mdoc presentation, at a gate, a partner or an age-check counter (as tokens).
+    Mdoc,
     /// Replays, forgeries, garbage and stale tokens, wherever shown.
     Adversarial,
 }
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 4] = [
+    pub const ALL: [Scenario; 5] = [
         Scenario::Gate,
         Scenario::Partner,
         Scenario::Age,
+        Scenario::Mdoc,
         Scenario::Adversarial,
     ];
 
@@ -228,6 +238,7 @@ impl Scenario {
             Scenario::Gate => "gate",
             Scenario::Partner => "partner",
             Scenario::Age => "age",
+            Scenario::Mdoc => "mdoc",
             Scenario::Adversarial => "adversarial",
         }
     }
@@ -354,9 +365,10 @@ impl std::str::FromStr for Shard {
 }
 
 /// The fingerprint of a drawn plan: everything that decides the schedule (the plan's shape
-/// and rate, the mix, the seed and the run's salt, the fleet, the scanners, the request
-/// limit). Shards of one run carry the same one; `merge` refuses shards whose fingerprints
-/// differ.
+/// and rate, the mix and its mdoc share, the seed and the run's salt, the fleet, the
+/// scanners, the request limit). Shards of one run carry the same one; `merge` refuses shards
+/// whose fingerprints differ. A plan without mdoc has the fingerprint it had before the share
+/// existed.
 pub fn fingerprint(
     plan: &Plan,
     mix: &Mix,
@@ -366,8 +378,13 @@ pub fn fingerprint(
     scanners: &ScannerSet,
 ) -> String {
     use sha2::{Digest, Sha256};
+    let mdoc = if mix.mdoc_share > 0.0 {
+        format!("; mdoc {:?}", mix.mdoc_share)
+    } else {
+        String::new()
+    };
     let text = format!(
-        "plan {:?} {:?} {:?} {:?}; mix {} {} {} {}; seed {seed}; salt {salt:016x}; holders {fleet_len}; scanners {}",
+        "plan {:?} {:?} {:?} {:?}; mix {} {} {} {}{mdoc}; seed {seed}; salt {salt:016x}; holders {fleet_len}; scanners {}",
         plan.ramp_up_secs,
         plan.peak_secs,
         plan.ramp_down_secs,
@@ -392,7 +409,9 @@ const REPLAY_MAX_GAP: f64 = 5.0;
 
 /// Draws the arrivals of `plan` (a non-homogeneous Poisson process, by thinning), each a
 /// holder of a fleet of `holders` at a scanner its kind would visit: 60 % the holder's own
-/// gate, 30 % a partner, 10 % an age-check counter; `mix` decides the adversarial share.
+/// gate, 30 % a partner, 10 % an age-check counter; `mix` decides the adversarial share, and
+/// which genuine arrivals are mdoc presentations (drawn from a stream of their own, one draw
+/// per arrival, so the rest of the schedule is the same whatever the mdoc share).
 /// Fails when the plan would exceed `max_requests`.
 pub fn schedule<'a>(
     plan: &Plan,
@@ -420,6 +439,7 @@ pub fn schedule<'a>(
         ages,
         mix,
         rng: Rng(seed ^ 0x6a7e_4008_0000_0001),
+        mdoc_rng: Rng(seed ^ 0x6d64_6f63_0000_0002),
         out: Vec::with_capacity(expected.ceil() as usize + 16),
         recent_genuine: Default::default(),
     };
@@ -464,10 +484,12 @@ struct Scheduler<'s> {
     ages: Vec<u16>,
     mix: &'s Mix,
     rng: Rng,
+    /// Which genuine arrivals are mdoc presentations: one draw per arrival.
+    mdoc_rng: Rng,
     /// The arrivals so far.
     out: Vec<Arrival>,
-    /// Genuine arrivals of the last REPLAY_MAX_GAP seconds (indices into `out`), oldest
-    /// first: what a replay may repeat.
+    /// Genuine arrivals (tokens and mdoc presentations) of the last REPLAY_MAX_GAP seconds
+    /// (indices into `out`), oldest first: what a replay may repeat.
     recent_genuine: std::collections::VecDeque<u32>,
 }
 
@@ -526,7 +548,8 @@ impl Scheduler<'_> {
 
     /// Adds `arrival`. A replay repeats the newest genuine arrival at least REPLAY_MIN_GAP
     /// old, shown again where it was first shown; when there is none yet, it is genuine
-    /// instead. Anything but a genuine arrival is of the adversarial scenario.
+    /// instead. A genuine arrival is an mdoc presentation with the mix's mdoc share. Anything
+    /// but a genuine arrival is of the adversarial scenario.
     fn push(&mut self, mut arrival: Arrival) {
         if let Kind::Replay { .. } = arrival.kind {
             let candidates: Vec<u32> = self
@@ -546,10 +569,15 @@ impl Scheduler<'_> {
                 }
             };
         }
-        if arrival.kind != Kind::Genuine {
-            arrival.scenario = Scenario::Adversarial;
-        } else {
-            self.recent_genuine.push_back(self.out.len() as u32);
+        let mdoc = self.mdoc_rng.unit() < self.mix.mdoc_share;
+        match arrival.kind {
+            Kind::Genuine if mdoc => {
+                arrival.kind = Kind::Mdoc;
+                arrival.scenario = Scenario::Mdoc;
+                self.recent_genuine.push_back(self.out.len() as u32);
+            }
+            Kind::Genuine => self.recent_genuine.push_back(self.out.len() as u32),
+            _ => arrival.scenario = Scenario::Adversarial,
         }
         self.out.push(arrival);
     }
@@ -670,6 +698,89 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `--mdoc-share 0.2`: about a fifth of the genuine arrivals are mdoc presentations (and
+    /// nothing else is), drawn the same for the same seed and salt and otherwise for another
+    /// salt; the arrivals' times, holders and scanners are those of the plan without mdoc;
+    /// replays may repeat an mdoc presentation; the fingerprint names the share.
+    #[test]
+    fn an_mdoc_share_turns_that_share_of_genuine_arrivals_into_mdoc_deterministically() {
+        let (pop, set) = small_world();
+        let creds = |i: usize| &pop.holders[i].credential;
+        let plan = Plan::constant(1000.0, 10.0);
+        let mix = Mix {
+            mdoc_share: 0.2,
+            ..Mix::default()
+        };
+        let draw =
+            |mix: &Mix, seed: u64| schedule(&plan, &creds, 60, &set, mix, seed, 1_000_000).unwrap();
+        let (seed, salt) = (5u64, 0x5a17_ed00_00c1_c1c1u64);
+        let s = draw(&mix, seed ^ salt);
+        let mdoc = s.iter().filter(|a| a.kind == Kind::Mdoc).count() as f64;
+        let genuine = s.iter().filter(|a| a.kind == Kind::Genuine).count() as f64 + mdoc;
+        let share = mdoc / genuine;
+        assert!(
+            (share - 0.2).abs() < 0.015,
+            "{mdoc} mdoc of {genuine} genuine: {share}"
+        );
+        assert!(s
+            .iter()
+            .all(|a| (a.kind == Kind::Mdoc) == (a.scenario == Scenario::Mdoc)));
+        // The same seed and salt: the same schedule, mdoc for mdoc.
+        let again = draw(&mix, seed ^ salt);
+        assert_eq!(again.len(), s.len());
+        assert!(s.iter().zip(&again).all(|(a, b)| a.at == b.at
+            && a.holder == b.holder
+            && a.scanner == b.scanner
+            && a.kind == b.kind));
+        // Another salt: other mdoc arrivals.
+        let other = draw(&mix, seed ^ salt ^ 1);
+        let picks = |s: &[Arrival]| -> Vec<usize> {
+            s.iter()
+                .enumerate()
+                .filter(|(_, a)| a.kind == Kind::Mdoc)
+                .map(|(i, _)| i)
+                .collect()
+        };
+        assert_ne!(picks(&s), picks(&other));
+        // Without mdoc: the same arrivals, the mdoc ones genuine tokens.
+        let plain = draw(&Mix::default(), seed ^ salt);
+        assert_eq!(plain.len(), s.len());
+        for (a, b) in s.iter().zip(&plain) {
+            assert_eq!((a.at, a.holder, a.scanner), (b.at, b.holder, b.scanner));
+            match a.kind {
+                Kind::Mdoc => assert_eq!(b.kind, Kind::Genuine),
+                k => assert_eq!(b.kind, k),
+            }
+        }
+        // Replays of mdoc presentations come out of the same mix.
+        let replayed_mdoc = s
+            .iter()
+            .filter(|a| matches!(a.kind, Kind::Replay { of } if s[of as usize].kind == Kind::Mdoc))
+            .count();
+        assert!(replayed_mdoc > 0, "no replay of an mdoc presentation");
+        // Every arrival is mdoc with a share of 1, none with 0.
+        let all = draw(
+            &Mix {
+                mdoc_share: 1.0,
+                ..Mix::default()
+            },
+            seed ^ salt,
+        );
+        assert!(all.iter().all(|a| a.kind != Kind::Genuine));
+        assert!(plain.iter().all(|a| a.kind != Kind::Mdoc));
+        // The fingerprint says the share; without mdoc it is as before.
+        let fp = |mix: &Mix| fingerprint(&plan, mix, seed, salt, 60, &set);
+        assert_ne!(fp(&mix), fp(&Mix::default()));
+        assert_ne!(
+            fp(&mix),
+            fp(&Mix {
+                mdoc_share: 0.3,
+                ..Mix::default()
+            })
+        );
+        assert_eq!(fp(&mix), fp(&mix));
     }
 
     #[test]

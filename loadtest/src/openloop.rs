@@ -6,7 +6,8 @@
 //! Three kinds of threads:
 //! - **signers** (a pool) sign each token shortly before its send time — no more than
 //!   `sign_lead` ahead, so tokens are seconds old when shown, well inside the 30 s window —
-//!   and work out the verdict the engine must give;
+//!   and work out the verdict the engine must give (and make each mdoc presentation of
+//!   `--mdoc-share`, its reader session begun at its send time);
 //! - **the sender** (one thread, sleeping to each arrival's time with the OS timer rather
 //!   than the async runtime's millisecond wheel) hands each request to the async runtime;
 //! - **the collector** (an async task) records latency into HDR histograms, compares every
@@ -27,14 +28,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Result;
 use gatehouse_engine::dev::population::{derive_id, derive_key};
 use gatehouse_engine::dev::progress::{Progress, ProgressMode};
-use gatehouse_protocol::{Presentation, PrivateKey, Reason};
+use gatehouse_protocol::{MdocRequest, Presentation, PrivateKey, Reason};
 use hdrhistogram::Histogram;
 
 use crate::expect::{expected, is_retry, repeated, Presented};
 use crate::fleet::Fleet;
+use crate::mdoc::MdocPool;
 use crate::model::{Arrival, Kind, Phase, Plan, ScannerSet, Scenario, Shard};
 use crate::summary::{
-    histogram, histogram_with, CommonStart, CrossNodeReplays, NodeStats, RunStats, Second,
+    histogram, histogram_with, CommonStart, CrossNodeReplays, MdocSummary, NodeStats, RunStats,
+    Second,
 };
 use crate::target::{self, Connections};
 
@@ -58,6 +61,9 @@ pub struct OpenLoopOptions {
     /// `--start-at`: start the clock at this wall-clock instant (every shard of a run at
     /// once), after signing the first seconds; `None` starts as soon as they are signed.
     pub start_at: Option<SystemTime>,
+    /// The mDL pool the schedule's mdoc arrivals present from (`--mdoc-share`; the nodes
+    /// trust its IACA).
+    pub mdoc: Option<Arc<MdocPool>>,
 }
 
 /// The longest signing lead.
@@ -73,10 +79,28 @@ pub const MAX_PREFILL: Duration = Duration::from_secs(20);
 /// as a replay); it is counted as dropped, not as an error.
 const MAX_REPLAY_AGE_SECS: u64 = 20;
 
-/// A token ready to send and the verdict it must get.
+/// What a request sends: a token, or an mdoc presentation.
+#[derive(Clone)]
+enum Payload {
+    Token(Arc<[u8]>),
+    Mdoc(Arc<MdocRequest>),
+}
+
+impl Payload {
+    /// Sends it as scanner `scanner` to node `node`.
+    async fn send(&self, conns: &Connections, node: usize, scanner: usize) -> Result<Reason> {
+        match self {
+            Payload::Token(token) => target::verify(conns, node, scanner, token).await,
+            Payload::Mdoc(request) => crate::mdoc::verify(conns, node, scanner, request).await,
+        }
+    }
+}
+
+/// A request ready to send and the verdict it must get.
 struct Prepared {
-    token: Arc<[u8]>,
+    payload: Payload,
     expect: Reason,
+    /// The token's timestamp, or the mdoc session's start.
     signed_at: u64,
 }
 
@@ -166,6 +190,7 @@ impl Shared {
             Kind::Forged => Presented::Forged,
             Kind::Garbage => Presented::Garbage,
             Kind::Stale => Presented::Stale,
+            Kind::Mdoc => return self.prepare_mdoc(i),
             Kind::Replay { .. } => return Err("a replay is not signed".into()),
         };
         let expect = expected(
@@ -204,10 +229,50 @@ impl Shared {
             }
         };
         Ok(Prepared {
-            token: token.into(),
+            payload: Payload::Token(token.into()),
             expect,
             signed_at: now,
         })
+    }
+
+    /// Arrival `i`'s mdoc presentation, its session begun at the arrival's send time.
+    fn prepare_mdoc(&self, i: usize) -> Result<Prepared, String> {
+        let a = &self.schedule[i];
+        let pool = self
+            .opts
+            .mdoc
+            .as_ref()
+            .ok_or("an mdoc arrival without a pool")?;
+        let start = self.send_unix(a.at);
+        let (request, expect) = pool.prepare(
+            i,
+            a.holder,
+            a.scanner,
+            self.opts.salt,
+            start,
+            self.opts.utc_offset_secs,
+        )?;
+        Ok(Prepared {
+            payload: Payload::Mdoc(Arc::new(request)),
+            expect,
+            signed_at: start,
+        })
+    }
+
+    /// The Unix second an arrival planned at `at` is sent: from the run's clock once it has
+    /// started, from `--start-at` before then, else now (it is sent later, never earlier).
+    fn send_unix(&self, at: f64) -> u64 {
+        let wall = match (self.start.get(), self.opts.start_at) {
+            (Some(start), _) => {
+                let intended = *start + Duration::from_secs_f64(at);
+                SystemTime::now() + intended.saturating_duration_since(Instant::now())
+            }
+            (None, Some(t)) => t + Duration::from_secs_f64(at),
+            (None, None) => SystemTime::now(),
+        };
+        wall.duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
     }
 
     /// A signing thread: takes chunks of arrivals in order, waits until each is within the
@@ -263,14 +328,41 @@ impl Shared {
         (0..self.schedule.len()).filter(|&i| self.mine(i)).count()
     }
 
-    /// The token of request `of` and the verdict its replay must get, once `of` was judged
+    /// Whether request `i` is an mdoc presentation or a replay of one.
+    fn is_mdoc(&self, i: usize) -> bool {
+        match self.schedule[i].kind {
+            Kind::Mdoc => true,
+            Kind::Replay { of } => self.schedule[of as usize].kind == Kind::Mdoc,
+            _ => false,
+        }
+    }
+
+    /// The mdoc counts before the run (what this shard will send), when it has a pool.
+    fn mdoc_summary(&self) -> Option<MdocSummary> {
+        let pool = self.opts.mdoc.as_ref()?;
+        let mine = |i: &usize| self.mine(*i) && self.is_mdoc(*i);
+        let fresh = (0..self.schedule.len())
+            .filter(mine)
+            .filter(|&i| self.schedule[i].kind == Kind::Mdoc)
+            .count() as u64;
+        let all = (0..self.schedule.len()).filter(mine).count() as u64;
+        Some(MdocSummary {
+            share: pool.share,
+            documents: pool.documents(),
+            presentations: fresh,
+            replays: all - fresh,
+            ..MdocSummary::default()
+        })
+    }
+
+    /// The request of `of` and the verdict its replay must get, once `of` was judged
     /// (waiting at most a request timeout and a second); `from`, where the replay's latency
     /// starts, moves to when that verdict was seen.
     async fn replay_token(
         &self,
         of: usize,
         from: &mut Instant,
-    ) -> Result<(Arc<[u8]>, Reason), String> {
+    ) -> Result<(Payload, Reason), String> {
         let limit = Instant::now() + self.opts.request_timeout + Duration::from_secs(1);
         loop {
             match self.state[of].load(Ordering::Acquire) {
@@ -285,7 +377,7 @@ impl Shared {
                         {
                             Err(TOO_OLD.into())
                         }
-                        Some(Ok(p)) => Ok((p.token.clone(), repeated(p.expect))),
+                        Some(Ok(p)) => Ok((p.payload.clone(), repeated(p.expect))),
                         _ => Err("original not prepared".into()),
                     };
                 }
@@ -314,10 +406,10 @@ async fn send_one(
     };
     let cross_node = matches!(a.kind, Kind::Replay { .. }) && conns.nodes() > 1;
     let mut sent = false;
-    let prepared: Result<(Arc<[u8]>, Reason), String> = match a.kind {
+    let prepared: Result<(Payload, Reason), String> = match a.kind {
         Kind::Replay { of } => shared.replay_token(of as usize, &mut from).await,
         _ => match shared.slots[i].get() {
-            Some(Ok(p)) => Ok((p.token.clone(), p.expect)),
+            Some(Ok(p)) => Ok((p.payload.clone(), p.expect)),
             Some(Err(e)) => Err(e.clone()),
             None => Err("not signed in time".into()),
         },
@@ -326,11 +418,11 @@ async fn send_one(
         Err(e) if e == TOO_OLD => Outcome::Dropped,
         Err(e) if matches!(a.kind, Kind::Replay { .. }) => Outcome::Skipped(e),
         Err(e) => Outcome::Error(format!("harness: {e}")),
-        Ok((token, expect)) => {
+        Ok((payload, expect)) => {
             sent = true;
             let r = tokio::time::timeout(
                 shared.opts.request_timeout,
-                target::verify(&shared.conns, node, a.scanner as usize, &token),
+                payload.send(&shared.conns, node, a.scanner as usize),
             )
             .await;
             match r {
@@ -589,8 +681,14 @@ impl Timeline {
     }
 }
 
-/// Statistics with nothing recorded yet, one entry per node of `conns`.
-fn empty_stats(planned: u64, conns: &Connections, prefill_secs: f64) -> RunStats {
+/// Statistics with nothing recorded yet, one entry per node of `conns`, and the mdoc
+/// presentations' counts when the run has any (`mdoc`).
+fn empty_stats(
+    planned: u64,
+    conns: &Connections,
+    prefill_secs: f64,
+    mdoc: Option<MdocSummary>,
+) -> RunStats {
     RunStats {
         planned,
         answered: 0,
@@ -627,6 +725,7 @@ fn empty_stats(planned: u64, conns: &Connections, prefill_secs: f64) -> RunStats
             })
             .collect(),
         cross_node: (conns.nodes() > 1).then(CrossNodeReplays::default),
+        mdoc,
     }
 }
 
@@ -651,7 +750,7 @@ impl<'p> Collector<'p> {
     fn new(shared: Arc<Shared>, plan: &'p Plan, prefill_secs: f64, progress: ProgressMode) -> Self {
         let n = shared.planned();
         Collector {
-            stats: empty_stats(n as u64, &shared.conns, prefill_secs),
+            stats: empty_stats(n as u64, &shared.conns, prefill_secs, shared.mdoc_summary()),
             timeline: Timeline::new(plan, &shared.schedule, |i| shared.mine(i)),
             received: 0,
             bar: Progress::new(progress, "run", n as u64, "requests"),
@@ -689,6 +788,7 @@ impl<'p> Collector<'p> {
     fn record(&mut self, d: &Done) {
         self.received += 1;
         let a = self.shared.schedule[d.i];
+        self.record_mdoc(d);
         let _ = self.stats.send_lag.record(d.lag_us.max(1));
         if let Some(n) = d.node.and_then(|n| self.stats.nodes.get_mut(n)) {
             n.requests += 1;
@@ -776,6 +876,27 @@ impl<'p> Collector<'p> {
             s.answered += 1;
             s.mismatches += u64::from(mismatch);
             let _ = h.record(us);
+        }
+    }
+
+    /// Counts request `d` among the mdoc presentations if it is one (or a replay of one).
+    fn record_mdoc(&mut self, d: &Done) {
+        let Some(m) = self.stats.mdoc.as_mut() else {
+            return;
+        };
+        if !self.shared.is_mdoc(d.i) {
+            return;
+        }
+        m.sent += u64::from(d.node.is_some());
+        match &d.outcome {
+            Outcome::Verdict { got, expect } => {
+                m.answered += 1;
+                m.mismatches += u64::from(got != expect);
+                *m.verdicts.entry(got.label().to_string()).or_default() += 1;
+                *m.expected.entry(expect.label().to_string()).or_default() += 1;
+            }
+            Outcome::Error(_) => m.errors += 1,
+            Outcome::Skipped(_) | Outcome::Dropped => {}
         }
     }
 

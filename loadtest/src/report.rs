@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use crate::budget::BudgetResult;
 use crate::fleet::Origin;
 use crate::model::{Plan, RushModel};
-use crate::summary::{per_answer, BaselineDiff, GooseSummary, Latency, RunSummary, SweepSummary};
+use crate::summary::{
+    per_answer, BaselineDiff, GooseSummary, Latency, MdocSummary, RunSummary, SweepSummary,
+};
 
 /// Where the population came from.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,6 +98,14 @@ pub struct ModelInfo {
     pub plan_ramp_down_secs: f64,
     /// The plan's peak rate (the model's, times any rate scale).
     pub plan_peak_rps: f64,
+    /// The share of genuine arrivals that were mdoc presentations (`--mdoc-share`; absent
+    /// when none were).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mdoc_share: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 impl ModelInfo {
@@ -112,6 +122,7 @@ impl ModelInfo {
             plan_peak_secs: plan.map_or(0.0, |p| p.peak_secs),
             plan_ramp_down_secs: plan.map_or(0.0, |p| p.ramp_down_secs),
             plan_peak_rps: plan.map_or(0.0, |p| p.peak_rps),
+            mdoc_share: 0.0,
         }
     }
 }
@@ -254,6 +265,7 @@ const PLAN_FIELDS: &[(&str, &str)] = &[
     ("peak seconds", "/model/plan_peak_secs"),
     ("ramp-down seconds", "/model/plan_ramp_down_secs"),
     ("peak req/s", "/model/plan_peak_rps"),
+    ("mdoc share", "/model/mdoc_share"),
     ("sweep step seconds", "/sweep/step_secs"),
 ];
 
@@ -369,6 +381,9 @@ fn render_run(out: &mut String, r: &RunSummary) {
     for e in r.mismatch_examples.iter().chain(&r.error_examples) {
         let _ = writeln!(out, "    {e}");
     }
+    if let Some(m) = &r.mdoc {
+        render_mdoc(out, m);
+    }
     let cpu = |x: Option<f64>| x.map_or("n/a".to_string(), |s| format!("{s:.1} s"));
     let (us, switches) = r.cpu.engine_per_answer(r.answered);
     let harness_us = per_answer(r.cpu.harness_secs.map(|s| s * 1e6), r.answered);
@@ -389,6 +404,44 @@ fn render_run(out: &mut String, r: &RunSummary) {
     if r.nodes.len() > 1 {
         render_nodes(out, r);
     }
+}
+
+/// The mdoc presentations: how many, what they got against what they should have.
+fn render_mdoc(out: &mut String, m: &MdocSummary) {
+    let _ = writeln!(
+        out,
+        "  mdoc       {} presentations and {} replays of them ({:.0} % of genuine arrivals, {} mDL documents): {} sent, {} answered, {} errors, {} mismatches",
+        m.presentations,
+        m.replays,
+        m.share * 100.0,
+        m.documents,
+        m.sent,
+        m.answered,
+        m.errors,
+        m.mismatches
+    );
+    let mut keys: Vec<&String> = m.verdicts.keys().chain(m.expected.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let verdicts: Vec<String> = keys
+        .iter()
+        .map(|k| {
+            format!(
+                "{k} {} / {}",
+                m.verdicts.get(*k).copied().unwrap_or(0),
+                m.expected.get(*k).copied().unwrap_or(0)
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "    verdicts (received / expected): {}",
+        if verdicts.is_empty() {
+            "none".to_string()
+        } else {
+            verdicts.join(", ")
+        }
+    );
 }
 
 /// Per node and in total: requests, verdicts, p50/p99, CPU; then the cross-node replays.
@@ -589,7 +642,7 @@ fn render_sweep(out: &mut String, s: &SweepSummary) {
     for st in &s.steps {
         let _ = writeln!(
             out,
-            "    {:>9.0} req/s  {}  answered {:>8}  p50 {:>9}  p99 {:>9}  p99.9 {:>9}  errors {:>6}  mismatches {}  lag p99 {:>9}  cpu h/e {}/{}{}{}",
+            "    {:>9.0} req/s  {}  answered {:>8}  p50 {:>9}  p99 {:>9}  p99.9 {:>9}  errors {:>6}  mismatches {}  lag p99 {:>9}  cpu h/e {}/{}{}{}{}",
             st.rate_rps,
             if st.passed { "held " } else { "BROKE" },
             st.run.answered,
@@ -604,6 +657,10 @@ fn render_sweep(out: &mut String, s: &SweepSummary) {
             st.run.cross_node_replays.map_or(String::new(), |c| format!(
                 "  cross-node replayed {}/{}",
                 c.replayed, c.expected_replayed
+            )),
+            st.run.mdoc.as_ref().map_or(String::new(), |m| format!(
+                "  mdoc {} answered, {} mismatches",
+                m.answered, m.mismatches
             )),
             if st.failed_checks.is_empty() {
                 String::new()
@@ -712,6 +769,7 @@ pub(crate) fn sample(mode: &str) -> Report {
             plan_peak_secs: 6.0,
             plan_ramp_down_secs: 2.0,
             plan_peak_rps: 500.0,
+            mdoc_share: 0.0,
         },
         run: None,
         sweep: None,
@@ -787,6 +845,7 @@ mod tests {
                 Vec::new()
             },
             cross_node_replays: None,
+            mdoc: None,
             revocation_states: Vec::new(),
             plan_fingerprint: None,
             run_salt: None,
@@ -869,5 +928,63 @@ mod tests {
         let d = plan_differences(&a, &report("sweep", 500.0, 50_000));
         assert_eq!(d.len(), 2);
         assert!(d[0].starts_with("mode") && d[1].starts_with("holders"));
+        // A run with mdoc presentations is another plan than one without.
+        let mut m = a.clone();
+        m["model"]["mdoc_share"] = serde_json::json!(0.2);
+        assert_eq!(
+            plan_differences(&a, &m),
+            vec!["mdoc share: absent → 0.2".to_string()]
+        );
+    }
+
+    /// The mdoc presentations have a line of their own in the text (counts, then verdicts
+    /// received against expected) and a block in the JSON; a run without them has neither,
+    /// nor an mdoc share in its model.
+    #[test]
+    fn the_report_counts_mdoc_presentations_and_their_verdicts() {
+        let mut run = run_with_engine_cpu(false);
+        let mut out = String::new();
+        render_run(&mut out, &run);
+        assert!(!out.contains("mdoc"), "{out}");
+        let json = serde_json::to_value(&run).unwrap();
+        assert!(json.get("mdoc").is_none(), "{json}");
+        let counts = |pairs: &[(&str, u64)]| {
+            pairs
+                .iter()
+                .map(|(k, n)| (k.to_string(), *n))
+                .collect::<BTreeMap<_, _>>()
+        };
+        run.mdoc = Some(MdocSummary {
+            share: 0.2,
+            documents: 2000,
+            presentations: 148,
+            replays: 6,
+            sent: 154,
+            answered: 154,
+            errors: 0,
+            mismatches: 1,
+            verdicts: counts(&[("accepted", 85), ("not_eligible", 63), ("replayed", 6)]),
+            expected: counts(&[("accepted", 84), ("not_eligible", 64), ("replayed", 6)]),
+        });
+        let mut out = String::new();
+        render_run(&mut out, &run);
+        assert!(
+            out.contains(
+                "mdoc       148 presentations and 6 replays of them (20 % of genuine arrivals, \
+                 2000 mDL documents): 154 sent, 154 answered, 0 errors, 1 mismatches\n"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("accepted 85 / 84, not_eligible 63 / 64, replayed 6 / 6"),
+            "{out}"
+        );
+        let json = serde_json::to_value(&run).unwrap();
+        assert_eq!(json["mdoc"]["sent"], 154);
+        assert_eq!(json["mdoc"]["verdicts"]["accepted"], 85);
+        let back: RunSummary = serde_json::from_value(json).unwrap();
+        assert_eq!(back.mdoc, run.mdoc);
+        let model = serde_json::to_value(ModelInfo::new(&RushModel::default(), None)).unwrap();
+        assert!(model.get("mdoc_share").is_none(), "{model}");
     }
 }

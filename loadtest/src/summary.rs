@@ -129,6 +129,34 @@ pub struct CrossNodeReplays {
     pub replayed: u64,
 }
 
+/// The mdoc presentations of a run (`--mdoc-share`): ISO/IEC 18013-5 VerifyMdoc requests
+/// mixed among the tokens, and replays of them. Their latency is the `mdoc` scenario's (fresh
+/// presentations) and the adversarial one's (replays); their verdicts are also in the run's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MdocSummary {
+    /// The share of genuine arrivals that were mdoc presentations.
+    pub share: f64,
+    /// The mDL documents the presentations were drawn from (holder `i` shows document
+    /// `i mod documents`).
+    pub documents: usize,
+    /// Fresh presentations scheduled.
+    pub presentations: u64,
+    /// Replays of a presentation scheduled (the same request bytes again).
+    pub replays: u64,
+    /// mdoc requests sent, fresh and replayed.
+    pub sent: u64,
+    /// Of those, answered with a verdict.
+    pub answered: u64,
+    /// Of those, transport errors, timeouts and retry answers.
+    pub errors: u64,
+    /// Verdicts that differ from the expected one.
+    pub mismatches: u64,
+    /// Verdicts received, by reason.
+    pub verdicts: BTreeMap<String, u64>,
+    /// Verdicts expected, by reason.
+    pub expected: BTreeMap<String, u64>,
+}
+
 /// What one open-loop run measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunSummary {
@@ -157,7 +185,7 @@ pub struct RunSummary {
     pub latency_us: Latency,
     /// By phase: ramp_up, peak, ramp_down.
     pub phases: BTreeMap<String, Latency>,
-    /// By scenario: gate, partner, age, adversarial.
+    /// By scenario: gate, partner, age, mdoc, adversarial.
     pub scenarios: BTreeMap<String, Latency>,
     /// How late the harness itself sent requests (its own saturation, not the engine's).
     pub send_lag_us: Latency,
@@ -178,6 +206,9 @@ pub struct RunSummary {
     /// Replays sent across nodes (several nodes only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cross_node_replays: Option<CrossNodeReplays>,
+    /// The mdoc presentations (runs with `--mdoc-share` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mdoc: Option<MdocSummary>,
     /// Each node's revocation state after the run (epoch, entries, digest; several spawned
     /// nodes only): a fleet that disagrees fails the budget.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -349,6 +380,7 @@ impl RunSummary {
                 })
                 .collect(),
             cross_node_replays: s.cross_node,
+            mdoc: s.mdoc.clone(),
             revocation_states: Vec::new(),
             timeline: s.timeline.clone(),
             plan_fingerprint: None,
@@ -544,6 +576,8 @@ pub struct RunStats {
     pub nodes: Vec<NodeStats>,
     /// Replays sent to another node than their original (several nodes only).
     pub cross_node: Option<CrossNodeReplays>,
+    /// The mdoc presentations (runs with an mdoc share only).
+    pub mdoc: Option<MdocSummary>,
 }
 
 /// What one node was sent and answered.

@@ -21,6 +21,10 @@ use crate::model::{ScannerSet, Shard};
 /// The most nodes the harness starts (each is a process with its own cores to share).
 pub const MAX_NODES: usize = 16;
 
+/// The file beside `trust.toml` that a spawned node's `files.mdoc_iaca` names (the mdoc
+/// pool's test IACA, `--mdoc-share`).
+pub const MDOC_IACA_FILE: &str = "mdoc-iaca.pem";
+
 /// Where spawned nodes record one-time use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -68,6 +72,10 @@ pub struct SpawnOptions {
     /// Give each node its own Redis: a fleet that does NOT agree, to prove that cross-node
     /// replays then fail the run.
     pub split_store: bool,
+    /// The test IACA (PEM) the nodes trust for mdoc presentations: written as
+    /// `mdoc-iaca.pem` beside `trust.toml` and named by `files.mdoc_iaca` (`None`: no mdoc
+    /// roots, every mdoc is `unknown_issuer`).
+    pub mdoc_iaca: Option<String>,
 }
 
 impl SpawnOptions {
@@ -196,7 +204,8 @@ fn free_udp_port() -> Result<u16> {
 }
 
 /// The nodes the harness started, the Redis servers they share, and their working directory
-/// (gatehouse-N.toml, engine-N.log, pki/, trust.toml, scanners.toml, revocations.cbor).
+/// (gatehouse-N.toml, engine-N.log, pki/, trust.toml, scanners.toml, revocations.cbor, and
+/// with an mdoc share mdoc-iaca.pem).
 /// Everything is stopped, engines first, when it is dropped.
 #[derive(Debug)]
 pub struct SpawnedSite {
@@ -244,6 +253,9 @@ impl SpawnedSite {
         std::fs::write(dir.join("trust.toml"), fleet.trust_list().to_toml())?;
         std::fs::write(dir.join("scanners.toml"), fleet.scanners().to_toml())?;
         std::fs::write(dir.join("revocations.cbor"), fleet.revocations.encode())?;
+        if let Some(pem) = &opts.mdoc_iaca {
+            std::fs::write(dir.join(MDOC_IACA_FILE), pem)?;
+        }
         if opts.store == StoreKind::Redis {
             let servers = if opts.split_store { opts.nodes } else { 1 };
             for _ in 0..servers {
@@ -546,6 +558,11 @@ fn node_config(
     } else {
         "# revocations deliberately not loaded (--no-revocations)\n"
     };
+    let mdoc = if opts.mdoc_iaca.is_some() {
+        format!("mdoc_iaca = \"{}\"\n", MDOC_IACA_FILE)
+    } else {
+        String::new()
+    };
     let replay = match redis_url {
         // The store is the harness's own loopback server: no TLS, no AUTH.
         Some(url) => format!(
@@ -558,7 +575,7 @@ fn node_config(
         "# Written by gatehouse-loadtest for one run (TEST PKI ONLY).\n\
          listen = \"{addr}\"\nmetrics_listen = \"{ops}\"\n\n\
          [tls]\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\nclient_ca = \"pki/ca.pem\"\n\n\
-         [files]\ntrust = \"trust.toml\"\nscanners = \"scanners.toml\"\n{revocations}\n\
+         [files]\ntrust = \"trust.toml\"\nscanners = \"scanners.toml\"\n{revocations}{mdoc}\n\
          [engine]\nreplay_capacity = {}\nutc_offset_secs = {}\n{replay}",
         opts.replay_capacity, opts.utc_offset_secs
     )
@@ -810,6 +827,7 @@ mod tests {
             redis_pin: None,
             redis_timeout_ms: 50,
             split_store: false,
+            mdoc_iaca: None,
         }
     }
 
@@ -855,5 +873,19 @@ mod tests {
         let m = node_config(addr, ops, None, &opts(1, StoreKind::Memory));
         assert!(m.contains("store = \"memory\""));
         assert!(!m.contains("urls"));
+        assert!(!m.contains("mdoc_iaca"));
+        let mut with_mdoc = opts(1, StoreKind::Memory);
+        with_mdoc.mdoc_iaca = Some("-----BEGIN CERTIFICATE-----\n".into());
+        let m = node_config(addr, ops, None, &with_mdoc);
+        let files = m
+            .split("[files]")
+            .nth(1)
+            .unwrap()
+            .split("\n[")
+            .next()
+            .unwrap();
+        assert!(files.contains("mdoc_iaca = \"mdoc-iaca.pem\"\n"), "{m}");
+        let parsed: toml::Value = toml::from_str(&m).unwrap();
+        assert_eq!(parsed["files"]["mdoc_iaca"].as_str(), Some("mdoc-iaca.pem"));
     }
 }

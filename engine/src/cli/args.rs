@@ -93,8 +93,8 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=4))]
     pub nodes: u8,
     /// Share of the genuine presentations (0 to 1) that are ISO/IEC 18013-5 mDL presentations
-    /// (VerifyMdoc), from a pool of test mDLs (at most 2000) issued at start.
-    #[arg(long, default_value_t = 0.0)]
+    /// (VerifyMdoc), from a pool of test mDLs (at most 2000) issued at start; 0: tokens only.
+    #[arg(long, default_value_t = 0.2)]
     pub mdoc_share: f64,
 }
 
