@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use gatehouse_mdoc::cbor::Value;
-use gatehouse_mdoc::{Document, IssuerFacts, MDL_NAMESPACE};
+use gatehouse_mdoc::{Document, IssuerFacts, TrustAnchors, MDL_NAMESPACE};
 use parking_lot::Mutex;
 
 use super::registry::ConfigError;
@@ -79,13 +79,18 @@ impl Disclosed {
 
 const SHARDS: usize = 16;
 
+/// The facts, and the trust list they were proved under.
+type Entry = (Arc<TrustAnchors>, Arc<IssuerFacts>);
+
 /// What issuers' signatures proved, by SHA-256 of the `issuerAuth` bytes: the MSO's digests,
 /// device key and validity, and the document signer's chain. A presentation of a cached
 /// document costs its digests and the device signature, not the issuer's signature and the
-/// certificate chain. Bounded: a full shard drops an entry to take a new one. Cleared when the
-/// IACA trust list changes.
+/// certificate chain. Bounded: a full shard drops an entry to take a new one. Each entry holds
+/// the IACA list it was proved under and serves only that list: a check that began under an
+/// old list and finishes after a reload cannot leave its facts for the new one. Cleared when the
+/// list changes.
 pub struct MdocCache {
-    shards: Vec<Mutex<HashMap<[u8; 32], Arc<IssuerFacts>>>>,
+    shards: Vec<Mutex<HashMap<[u8; 32], Entry>>>,
     per_shard: usize,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -102,13 +107,18 @@ impl MdocCache {
         }
     }
 
-    fn shard(&self, key: &[u8; 32]) -> &Mutex<HashMap<[u8; 32], Arc<IssuerFacts>>> {
+    fn shard(&self, key: &[u8; 32]) -> &Mutex<HashMap<[u8; 32], Entry>> {
         &self.shards[usize::from(key[0]) % SHARDS]
     }
 
-    /// The facts proved for this `issuerAuth`, if remembered.
-    pub fn get(&self, key: &[u8; 32]) -> Option<Arc<IssuerFacts>> {
-        let hit = self.shard(key).lock().get(key).cloned();
+    /// The facts proved for this `issuerAuth` under `trust`, if remembered.
+    pub fn get(&self, key: &[u8; 32], trust: &Arc<TrustAnchors>) -> Option<Arc<IssuerFacts>> {
+        let hit = self
+            .shard(key)
+            .lock()
+            .get(key)
+            .filter(|(under, _)| Arc::ptr_eq(under, trust))
+            .map(|(_, facts)| Arc::clone(facts));
         let counter = if hit.is_some() {
             &self.hits
         } else {
@@ -118,15 +128,15 @@ impl MdocCache {
         hit
     }
 
-    /// Remembers facts proved for this `issuerAuth`.
-    pub fn insert(&self, key: [u8; 32], facts: Arc<IssuerFacts>) {
+    /// Remembers facts proved for this `issuerAuth` under `trust`.
+    pub fn insert(&self, key: [u8; 32], trust: &Arc<TrustAnchors>, facts: Arc<IssuerFacts>) {
         let mut shard = self.shard(&key).lock();
         if shard.len() >= self.per_shard && !shard.contains_key(&key) {
             if let Some(old) = shard.keys().next().copied() {
                 shard.remove(&old);
             }
         }
-        shard.insert(key, facts);
+        shard.insert(key, (Arc::clone(trust), facts));
     }
 
     /// Forgets everything (the trust list changed).
@@ -155,9 +165,9 @@ impl MdocCache {
     }
 }
 
-/// The operator's mdoc revocations (SPEC §12.5): document signers (SHA-256 of the DS
-/// certificate's DER bytes) and documents (SHA-256 of the MSO as signed, the `issuerAuth`
-/// payload). Exact sets, read from a file and swapped whole on reload.
+/// The operator's mdoc revocations (SPEC §12.5): document signers' keys (SHA-256 of the DS
+/// certificate's subjectPublicKeyInfo, `gatehouse_mdoc::signer_fingerprint`) and documents
+/// (SHA-256 of the MSO as signed, the `issuerAuth` payload). Exact sets, read from a file and swapped whole on reload.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MdocRevocations {
     signers: HashSet<[u8; 32]>,

@@ -906,6 +906,30 @@ mod tests {
     const NOW: i64 = 1_750_000_000;
     const DAY: i64 = 86_400;
 
+    /// An IACA renewed under the same name with a new key: with both listed, document signers
+    /// of either verify (every IACA of the issuer's name is tried, not the first).
+    #[test]
+    fn a_renewed_iaca_of_the_same_name_vouches_for_its_signers() {
+        let make = || TestIaca::generate("KR", None, "renewed IACA", NOW - DAY, NOW + 365 * DAY);
+        let (old, renewed) = (make().unwrap(), make().unwrap());
+        let anchors = TrustAnchors::new(vec![
+            Iaca::from_der(&old.cert_der).unwrap(),
+            Iaca::from_der(&renewed.cert_der).unwrap(),
+        ]);
+        for iaca in [&old, &renewed] {
+            let ds = iaca.document_signer("ds", NOW - DAY, NOW + DAY).unwrap();
+            assert!(anchors.document_signer(&ds.cert_der, NOW).is_ok());
+        }
+        let stranger = make()
+            .unwrap()
+            .document_signer("ds", NOW - DAY, NOW + DAY)
+            .unwrap();
+        let e = anchors
+            .document_signer(&stranger.cert_der, NOW)
+            .unwrap_err();
+        assert!(matches!(e, gatehouse_mdoc::CertError::BadSignature), "{e}");
+    }
+
     fn world() -> (TestIaca, TestSigner, PrivateKey, MdlDocument) {
         let iaca = TestIaca::generate(
             "KR",

@@ -191,6 +191,43 @@ fn the_stated_session_start_is_held_to_the_window_the_skew_and_the_fence() {
     );
 }
 
+/// A session start stated in the past must not shorten the record: the same transcript shown
+/// again a moment later with a fresh start is `replayed`. (With the record's life counted from
+/// the stated start, it was gone after a second and the second showing was accepted.)
+#[test]
+fn a_start_stated_in_the_past_does_not_shorten_one_time_use() {
+    let window = EngineConfig::default().params.window_secs;
+    let e = engine();
+    assert_eq!(
+        verdict(&e, "age", sig_item(NOW - window + 1), NOW).reason,
+        Reason::Accepted
+    );
+    e.purge(NOW + 2);
+    assert_eq!(
+        verdict(&e, "age", sig_item(NOW + 2), NOW + 2).reason,
+        Reason::Replayed
+    );
+}
+
+/// The cache serves facts only under the IACA list they were proved under: facts a check
+/// proved under an old list, inserted after a reload, are not used under the new one.
+#[test]
+fn cached_issuer_facts_serve_only_the_trust_list_they_were_proved_under() {
+    use gatehouse_engine::core::MdocCache;
+    use gatehouse_engine::mdoc::{decode_device_response, verify_issuer};
+    let old = Arc::new(TrustAnchors::new(vec![
+        Iaca::from_der(&file("iaca.der")).unwrap()
+    ]));
+    let new = Arc::new(TrustAnchors::default());
+    let bytes = file("device_response_sig.cbor");
+    let doc = decode_device_response(&bytes).unwrap().document;
+    let facts = Arc::new(verify_issuer(&doc, &old, NOW as i64).unwrap());
+    let cache = MdocCache::new(16);
+    cache.insert([1; 32], &old, facts);
+    assert!(cache.get(&[1; 32], &old).is_some());
+    assert!(cache.get(&[1; 32], &new).is_none());
+}
+
 #[test]
 fn a_device_mac_is_accepted_only_where_the_scanner_allows_it() {
     assert_eq!(

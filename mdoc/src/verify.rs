@@ -70,7 +70,9 @@ impl MdocError {
 
 fn cert_error(e: CertError) -> MdocError {
     match e {
-        CertError::UnknownIssuer | CertError::BadSignature => MdocError::UnknownIssuer,
+        CertError::UnknownIssuer | CertError::BadSignature | CertError::NotIssued(_) => {
+            MdocError::UnknownIssuer
+        }
         CertError::Algorithm(what) => MdocError::UnsupportedAlgorithm(what),
         other => MdocError::IssuerCertificate(other.to_string()),
     }
@@ -130,7 +132,9 @@ pub fn verify_issuer(
             "the MSO was signed outside the document signer's validity".into(),
         ));
     }
-    let device_key = PublicKey::from_sec1(&mso.device_key).map_err(|_| MdocError::BadDeviceAuth)?;
+    // A deviceKey that is not a P-256 point: the MSO does not decode (SPEC §12.2 step 4).
+    let device_key = PublicKey::from_sec1(&mso.device_key)
+        .map_err(|_| DecodeError::Field("deviceKey (a point on P-256)"))?;
     Ok(IssuerFacts {
         mso,
         signer,
@@ -249,14 +253,15 @@ pub fn device_check(
             if !allow_mac {
                 return Err(MdocError::MacNotAllowed);
             }
+            // SPEC §12.2 step 8: the reader key's absence before the algorithm.
+            let reader = reader_key.ok_or(DecodeError::Field(
+                "the reader's ephemeral key (request key 6), which a deviceMac needs",
+            ))?;
             if mac.alg != HMAC_256 {
                 return Err(MdocError::UnsupportedAlgorithm(
                     "the device MAC algorithm is not HMAC 256/256",
                 ));
             }
-            let reader = reader_key.ok_or(DecodeError::Field(
-                "the reader's ephemeral key (request key 5), which a deviceMac needs",
-            ))?;
             let key = emac_key(reader, &facts.mso.device_key, transcript)?;
             use hmac::Mac;
             let mut h = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key)

@@ -39,6 +39,11 @@ pub enum CertError {
     /// No loaded IACA issued it.
     #[error("no IACA in the trust list issued this document signer")]
     UnknownIssuer,
+    /// The document signer certificate cannot be shown to come from an IACA: it does not
+    /// parse, its signature is not ECDSA with SHA-256 or SHA-384, or its unsigned outer
+    /// algorithm differs from the signed one.
+    #[error("the document signer certificate cannot be checked: {0}")]
+    NotIssued(String),
     /// The issuer's signature on the certificate does not verify.
     #[error("the IACA's signature on the document signer certificate does not verify")]
     BadSignature,
@@ -258,43 +263,8 @@ impl TrustAnchors {
                 fingerprint,
             });
         }
-        let cert = parse(der)?;
-        let issuer = cert
-            .tbs_certificate
-            .issuer
-            .to_der()
-            .map_err(|e| CertError::Der(e.to_string()))?;
-        let iaca = self
-            .anchors
-            .iter()
-            .find(|a| !a.pinned_ds && a.subject == issuer)
-            .ok_or(CertError::UnknownIssuer)?;
-        let ring_alg: &dyn ring::signature::VerificationAlgorithm =
-            match (cert.signature_algorithm.oid.to_string().as_str(), iaca.p384) {
-                (ECDSA_SHA256, false) => &ring::signature::ECDSA_P256_SHA256_ASN1,
-                (ECDSA_SHA384, false) => &ring::signature::ECDSA_P256_SHA384_ASN1,
-                (ECDSA_SHA256, true) => &ring::signature::ECDSA_P384_SHA256_ASN1,
-                (ECDSA_SHA384, true) => &ring::signature::ECDSA_P384_SHA384_ASN1,
-                _ => {
-                    return Err(CertError::Algorithm(
-                        "the DS certificate's signature is not ECDSA with SHA-256 or SHA-384",
-                    ))
-                }
-            };
-        // RFC 5280 §4.1.1.2: the outer algorithm is the signed one's (the outer is unsigned).
-        if cert.signature_algorithm != cert.tbs_certificate.signature {
-            return Err(CertError::Der(
-                "the certificate's signatureAlgorithm differs from its tbsCertificate's".into(),
-            ));
-        }
-        let tbs = tbs_bytes(der).ok_or(CertError::Der("certificate structure".into()))?;
-        let sig = cert
-            .signature
-            .as_bytes()
-            .ok_or(CertError::Der("signature bit string".into()))?;
-        ring::signature::UnparsedPublicKey::new(ring_alg, &iaca.key)
-            .verify(tbs, sig)
-            .map_err(|_| CertError::BadSignature)?;
+        let cert = Certificate::from_der(der).map_err(|e| CertError::NotIssued(e.to_string()))?;
+        let iaca = self.issuer_of(&cert, der)?;
         let (key, p384) = ec_key(&cert)?;
         if p384 {
             return Err(CertError::Algorithm(
@@ -326,6 +296,64 @@ impl TrustAnchors {
             ds_validity,
             authority: iaca.authority.clone(),
             fingerprint,
+        })
+    }
+}
+
+impl TrustAnchors {
+    /// The IACA whose subject is the certificate's issuer and whose key verifies its
+    /// signature: every such IACA is tried (a renewed IACA may keep its name with a new key).
+    fn issuer_of(&self, cert: &Certificate, der: &[u8]) -> Result<&Iaca, CertError> {
+        let not_issued = |why: &str| CertError::NotIssued(why.to_string());
+        // RFC 5280 §4.1.1.2: the outer algorithm is the signed one's (the outer is unsigned).
+        if cert.signature_algorithm != cert.tbs_certificate.signature {
+            return Err(not_issued(
+                "its signatureAlgorithm differs from its tbsCertificate's",
+            ));
+        }
+        let issuer = cert
+            .tbs_certificate
+            .issuer
+            .to_der()
+            .map_err(|e| CertError::NotIssued(e.to_string()))?;
+        let tbs = tbs_bytes(der).ok_or_else(|| not_issued("certificate structure"))?;
+        let sig = cert
+            .signature
+            .as_bytes()
+            .ok_or_else(|| not_issued("signature bit string"))?;
+        let sha384 = match cert.signature_algorithm.oid.to_string().as_str() {
+            ECDSA_SHA256 => false,
+            ECDSA_SHA384 => true,
+            _ => {
+                return Err(not_issued(
+                    "its signature is not ECDSA with SHA-256 or SHA-384",
+                ))
+            }
+        };
+        let mut named = false;
+        for iaca in self
+            .anchors
+            .iter()
+            .filter(|a| !a.pinned_ds && a.subject == issuer)
+        {
+            named = true;
+            let alg: &dyn ring::signature::VerificationAlgorithm = match (iaca.p384, sha384) {
+                (false, false) => &ring::signature::ECDSA_P256_SHA256_ASN1,
+                (false, true) => &ring::signature::ECDSA_P256_SHA384_ASN1,
+                (true, false) => &ring::signature::ECDSA_P384_SHA256_ASN1,
+                (true, true) => &ring::signature::ECDSA_P384_SHA384_ASN1,
+            };
+            if ring::signature::UnparsedPublicKey::new(alg, &iaca.key)
+                .verify(tbs, sig)
+                .is_ok()
+            {
+                return Ok(iaca);
+            }
+        }
+        Err(if named {
+            CertError::BadSignature
+        } else {
+            CertError::UnknownIssuer
         })
     }
 }

@@ -173,6 +173,17 @@ fn tampered_annex_d_data_is_refused_with_the_right_reason() {
         MdocError::BadIssuerSignature
     );
 
+    // A MAC whose algorithm is not HMAC 256/256 (alg 6): without the reader's key the request
+    // is incomplete (malformed, SPEC §12.2 step 8 checks that first); with it, unsupported.
+    let tampered = replace(&bytes, &[0x43, 0xa1, 0x01, 0x05], &[0x43, 0xa1, 0x01, 0x06]);
+    let doc = decode_device_response(&tampered).unwrap().document;
+    let facts = verify_issuer(&doc, &pinned(), NOW).unwrap();
+    let transcript = data("session_transcript");
+    let no_key = verify_device(&doc, &facts, &transcript, None, true).unwrap_err();
+    assert_eq!(no_key.reason(), Reason::Malformed, "{no_key}");
+    let with_key = verify_device(&doc, &facts, &transcript, Some(&reader_key()), true);
+    assert_eq!(with_key.unwrap_err().reason(), Reason::UnsupportedAlgorithm);
+
     // Signed with EdDSA (-8; the protected header says so): refused before any signature check.
     let tampered = replace(&bytes, &[0x43, 0xa1, 0x01, 0x26], &[0x43, 0xa1, 0x01, 0x27]);
     let doc = decode_device_response(&tampered).unwrap();

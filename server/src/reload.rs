@@ -219,8 +219,9 @@ pub fn reload_mdoc(engine: &Engine, files: &Files) -> Result<(usize, usize), Con
     let anchors = crate::files::load_mdoc_iaca(files.mdoc_iaca.as_deref())?;
     let revocations = crate::files::load_mdoc_revocations(files.mdoc_revocations.as_deref())?;
     let counts = (anchors.anchors().len(), revocations.len());
-    engine.set_mdoc_trust(anchors);
+    // Revocations first: a newly trusted IACA is never in force under the old revocations.
     engine.set_mdoc_revocations(revocations);
+    engine.set_mdoc_trust(anchors);
     Ok(counts)
 }
 

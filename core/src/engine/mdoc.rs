@@ -152,12 +152,12 @@ impl Engine {
 
         let when = i64::try_from(now).unwrap_or(i64::MAX);
         let key: [u8; 32] = Sha256::digest(doc.issuer_auth_raw).into();
-        let facts = match self.mdoc_cache.get(&key) {
+        let trust = self.mdoc_trust.load_full();
+        let facts = match self.mdoc_cache.get(&key, &trust) {
             Some(facts) => facts,
             None => {
-                let facts =
-                    Arc::new(verify_issuer(doc, &self.mdoc_trust.load(), when).map_err(reason)?);
-                self.mdoc_cache.insert(key, Arc::clone(&facts));
+                let facts = Arc::new(verify_issuer(doc, &trust, when).map_err(reason)?);
+                self.mdoc_cache.insert(key, &trust, Arc::clone(&facts));
                 facts
             }
         };
@@ -191,7 +191,12 @@ impl Engine {
         let checked = Checked {
             replay_id: mdoc_replay_id(&m.transcript),
             timestamp: start,
-            expiry: start.saturating_add(window),
+            // The later of the stated start and now: a start stated in the past must not
+            // shorten the record's life (SPEC §12.3).
+            expiry: start
+                .max(now)
+                .saturating_add(window)
+                .saturating_add(self.config.clock_skew_secs),
             subject: Subject::Mdoc(Box::new(Disclosed::of(doc, &facts))),
             challenge: None,
         };

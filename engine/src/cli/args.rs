@@ -181,10 +181,10 @@ pub struct ScanArgs {
     #[arg(required_unless_present = "mdoc", conflicts_with = "mdoc")]
     pub token: Option<String>,
     /// Instead of a token, an ISO/IEC 18013-5 presentation this reader received (SPEC §12):
-    /// a directory holding `device_response.cbor` and `transcript.cbor` (the SessionTranscript
-    /// array), and optionally `session_start` (Unix seconds; default now) and `reader_key.hex`
-    /// (sent only when the response is authenticated by a device MAC), as `gatehouse mdoc
-    /// present` writes them.
+    /// a directory holding `device_response.cbor`, `transcript.cbor` (the SessionTranscript
+    /// array) and `session_start` (when the session began, Unix seconds), and
+    /// `reader_key.hex` when the response is authenticated by a device MAC (sent only then),
+    /// as `gatehouse mdoc present` writes them.
     #[arg(long, value_name = "DIR")]
     pub mdoc: Option<PathBuf>,
 }

@@ -220,15 +220,11 @@ fn read_mdoc(dir: &std::path::Path) -> Result<gatehouse_protocol::MdocRequest, F
     };
     let device_response = read("device_response.cbor")?;
     let transcript = read("transcript.cbor")?;
-    let session_start = match std::fs::read_to_string(dir.join("session_start")) {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .map_err(|_| Failure::usage("--mdoc: session_start is not Unix seconds".into()))?,
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    };
+    // When the session began is the reader's statement (SPEC §12.1): never made up here.
+    let session_start = String::from_utf8(read("session_start")?)
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .ok_or_else(|| Failure::usage("--mdoc: session_start is not Unix seconds".into()))?;
     // The reader's key goes only with a MAC: it is what would let anyone make one.
     let mac = gatehouse_engine::mdoc::decode_device_response(&device_response).is_ok_and(|r| {
         matches!(
