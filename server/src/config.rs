@@ -45,6 +45,11 @@ revocations = "revocations.cbor"
 # delta is not reloaded, as a restart could not start from it: write snapshots (`issuer
 # revoke` without --base). Not used with a [revocations] feed (a restart takes the feed's).
 #state_dir = "/var/lib/gatehouse"
+# ISO/IEC 18013-5 mobile documents (SPEC §12): the IACA roots whose document signers this node
+# trusts (PEM certificates), and the operator's revocations of signers and documents. Both
+# optional and reloaded together; without mdoc_iaca every mdoc is denied `unknown_issuer`.
+#mdoc_iaca = "mdoc-iaca.pem"
+#mdoc_revocations = "mdoc-revocations.txt"
 
 [engine]
 # Acceptance window of a token (seconds) and allowed clock skew of a phone.
