@@ -62,6 +62,10 @@
 //! `MDOC_ROBUSTNESS_SEED` (a number) and `MDOC_ROBUSTNESS_SCALE` (a multiplier of every count).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../../protocol/tests/support/mutation.rs"]
+mod mutation;
+use mutation::{mutate, tweak_length_prefix, Rng};
+
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Debug;
@@ -125,48 +129,6 @@ const INTERESTING: [u8; 28] = [
 // ---------------------------------------------------------------------------------------------
 // A small seeded PRNG (SplitMix64)
 // ---------------------------------------------------------------------------------------------
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (0 when `n` is 0).
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-
-    fn one_in(&mut self, n: u64) -> bool {
-        self.next() % n == 0
-    }
-
-    fn byte(&mut self) -> u8 {
-        self.next() as u8
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut out = Vec::with_capacity(n + 8);
-        while out.len() < n {
-            out.extend_from_slice(&self.next().to_le_bytes());
-        }
-        out.truncate(n);
-        out
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures: the documents, transcripts and certificates, and what the signatures bind
@@ -1280,18 +1242,6 @@ fn run(input: &[u8], origin: &str, panics: &mut Panics, f: impl FnOnce()) {
 // Mutations
 // ---------------------------------------------------------------------------------------------
 
-fn mutate(seed: &[u8], pool: &[Vec<u8>], rng: &mut Rng) -> Vec<u8> {
-    let mut v = seed.to_vec();
-    let mut rounds = 1 + rng.below(3);
-    if rng.one_in(8) {
-        rounds += rng.below(8);
-    }
-    for _ in 0..rounds {
-        mutate_once(&mut v, pool, rng);
-    }
-    v
-}
-
 fn mutate_once(v: &mut Vec<u8>, pool: &[Vec<u8>], rng: &mut Rng) {
     let len = v.len();
     match rng.below(15) {
@@ -1356,43 +1306,6 @@ fn mutate_once(v: &mut Vec<u8>, pool: &[Vec<u8>], rng: &mut Rng) {
             let tail = rng.bytes(n);
             v.extend_from_slice(&tail);
         }
-    }
-}
-
-/// Finds a CBOR head of a byte string, text, array or map and changes its length: one more,
-/// one less, a non-minimal longer form, or a reserved/indefinite length.
-fn tweak_length_prefix(v: &mut Vec<u8>, rng: &mut Rng) {
-    for _ in 0..16 {
-        if v.is_empty() {
-            return;
-        }
-        let p = rng.below(v.len());
-        let b = v[p];
-        let (major, info) = (b >> 5, b & 0x1f);
-        if !(2..=5).contains(&major) {
-            continue;
-        }
-        let m = major << 5;
-        match (info, rng.below(4)) {
-            (0..=22, 0) => v[p] = m | (info + 1),
-            (1..=23, 1) => v[p] = m | (info - 1),
-            (0..=23, 2) => {
-                // Same length, non-minimal head.
-                v[p] = m | 24;
-                v.insert(p + 1, info);
-            }
-            (24, 0 | 1) if p + 1 < v.len() => {
-                v[p + 1] = v[p + 1].wrapping_add(if rng.one_in(2) { 1 } else { 255 })
-            }
-            (24, 2) if p + 1 < v.len() => {
-                // Same length in a two-byte argument: non-minimal.
-                v[p] = m | 25;
-                v.insert(p + 1, 0);
-            }
-            (25, _) if p + 2 < v.len() => v[p + 2] = v[p + 2].wrapping_add(1),
-            _ => v[p] = m | (24 + rng.below(8) as u8),
-        }
-        return;
     }
 }
 
