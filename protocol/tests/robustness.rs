@@ -24,7 +24,7 @@
 
 #[path = "support/mutation.rs"]
 mod mutation;
-use mutation::{mutate, tweak_length_prefix, Rng};
+use mutation::{mutate, mutate_case, Rng};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::mem::{discriminant, Discriminant};
@@ -476,68 +476,8 @@ fn run(input: &[u8], rng: &mut Rng, st: &mut Stats, origin: &str) -> Option<Toke
 // ---------------------------------------------------------------------------------------------
 
 fn mutate_once(v: &mut Vec<u8>, pool: &[Vec<u8>], rng: &mut Rng) {
-    let len = v.len();
-    match rng.below(12) {
-        0 | 1 if len > 0 => {
-            let i = rng.below(len);
-            v[i] ^= 1 << rng.below(8);
-        }
-        2 if len > 0 => {
-            let i = rng.below(len);
-            v[i] = rng.byte();
-        }
-        3 if len > 0 => {
-            let i = rng.below(len);
-            v[i] = *rng.pick(&INTERESTING);
-        }
-        4 if len > 0 => {
-            let i = rng.below(len);
-            let delta = [1u8, 255, 2, 254, 16, 240][rng.below(6)];
-            v[i] = v[i].wrapping_add(delta);
-        }
-        5 => v.truncate(rng.below(len + 1)),
-        6 => {
-            let at = rng.below(len + 1);
-            let n = 1 + rng.below(4);
-            let ins = rng.bytes(n);
-            v.splice(at..at, ins);
-        }
-        7 if len > 0 => {
-            let start = rng.below(len);
-            let end = (start + 1 + rng.below(16)).min(len);
-            v.drain(start..end);
-        }
-        8 if len > 0 => {
-            // Duplicate a range somewhere.
-            let start = rng.below(len);
-            let end = (start + 1 + rng.below(48)).min(len);
-            let copy = v[start..end].to_vec();
-            let at = rng.below(len + 1);
-            v.splice(at..at, copy);
-        }
-        9 => tweak_length_prefix(v, rng),
-        10 => {
-            // Splice a range of another seed over or into this one.
-            let other = rng.pick(pool);
-            if !other.is_empty() {
-                let start = rng.below(other.len());
-                let end = (start + 1 + rng.below(64)).min(other.len());
-                let piece = other[start..end].to_vec();
-                let at = rng.below(len + 1);
-                let over = if rng.one_in(2) {
-                    piece.len().min(len - at)
-                } else {
-                    0
-                };
-                v.splice(at..at + over, piece);
-            }
-        }
-        _ => {
-            let n = 1 + rng.below(16);
-            let tail = rng.bytes(n);
-            v.extend_from_slice(&tail);
-        }
-    }
+    let case = rng.below(12);
+    mutate_case(case, v, pool, &INTERESTING, rng);
 }
 
 /// Mutates QR text, mostly keeping to the base45 alphabet.

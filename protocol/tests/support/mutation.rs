@@ -1,7 +1,7 @@
 //! What the robustness suites share (`protocol/tests/robustness.rs` and
-//! `mdoc/tests/robustness.rs` include this file): a seeded SplitMix64, the mutation loop, and
-//! the CBOR length-prefix tweak. Each suite brings its own `mutate_once` (its own interesting
-//! bytes and structure-aware operations).
+//! `mdoc/tests/robustness.rs` include this file): a seeded SplitMix64, the mutation loop, the
+//! byte-level mutations and the CBOR length-prefix tweak. Each suite's own `mutate_once` picks
+//! among them and its own structure-aware operations, with its own interesting bytes.
 #![allow(dead_code)]
 
 use super::mutate_once;
@@ -61,6 +61,81 @@ pub fn mutate(seed: &[u8], pool: &[Vec<u8>], rng: &mut Rng) -> Vec<u8> {
         mutate_once(&mut v, pool, rng);
     }
     v
+}
+
+/// One mutation of the kind `case` names: 0–1 a bit flip, 2 a random byte, 3 an interesting
+/// byte, 4 a small arithmetic change, 5 a truncation, 6 an insertion, 7 a deletion, 8 a
+/// duplicated range, 9 a length-prefix tweak, 10 a splice from `pool`, anything else (or a
+/// case that needs bytes when `v` is empty) random bytes appended.
+pub fn mutate_case(
+    case: usize,
+    v: &mut Vec<u8>,
+    pool: &[Vec<u8>],
+    interesting: &[u8],
+    rng: &mut Rng,
+) {
+    let len = v.len();
+    match case {
+        0 | 1 if len > 0 => {
+            let i = rng.below(len);
+            v[i] ^= 1 << rng.below(8);
+        }
+        2 if len > 0 => {
+            let i = rng.below(len);
+            v[i] = rng.byte();
+        }
+        3 if len > 0 => {
+            let i = rng.below(len);
+            v[i] = *rng.pick(interesting);
+        }
+        4 if len > 0 => {
+            let i = rng.below(len);
+            let delta = [1u8, 255, 2, 254, 16, 240][rng.below(6)];
+            v[i] = v[i].wrapping_add(delta);
+        }
+        5 => v.truncate(rng.below(len + 1)),
+        6 => {
+            let at = rng.below(len + 1);
+            let n = 1 + rng.below(4);
+            let ins = rng.bytes(n);
+            v.splice(at..at, ins);
+        }
+        7 if len > 0 => {
+            let start = rng.below(len);
+            let end = (start + 1 + rng.below(16)).min(len);
+            v.drain(start..end);
+        }
+        8 if len > 0 => {
+            // Duplicate a range somewhere.
+            let start = rng.below(len);
+            let end = (start + 1 + rng.below(48)).min(len);
+            let copy = v[start..end].to_vec();
+            let at = rng.below(len + 1);
+            v.splice(at..at, copy);
+        }
+        9 => tweak_length_prefix(v, rng),
+        10 => {
+            // Splice a range of another seed over or into this one.
+            let other = rng.pick(pool);
+            if !other.is_empty() {
+                let start = rng.below(other.len());
+                let end = (start + 1 + rng.below(64)).min(other.len());
+                let piece = other[start..end].to_vec();
+                let at = rng.below(len + 1);
+                let over = if rng.one_in(2) {
+                    piece.len().min(len - at)
+                } else {
+                    0
+                };
+                v.splice(at..at + over, piece);
+            }
+        }
+        _ => {
+            let n = 1 + rng.below(16);
+            let tail = rng.bytes(n);
+            v.extend_from_slice(&tail);
+        }
+    }
 }
 
 /// Finds a CBOR head of a byte string, text, array or map and changes its length: one more,

@@ -90,14 +90,7 @@ pub struct MdocMix {
 impl MdocMix {
     /// The mix of `share` over a pool of `documents`, at the scanners `scanner_ids` names.
     pub fn new(scanner_ids: &[String], share: f64, documents: usize) -> MdocMix {
-        let starting = |prefix: &str| -> Vec<usize> {
-            scanner_ids
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.starts_with(prefix))
-                .map(|(i, _)| i)
-                .collect()
-        };
+        let starting = |prefix: &str| super::plan::starting_with(scanner_ids, prefix);
         MdocMix {
             share,
             documents,
@@ -198,12 +191,7 @@ impl MdocTally {
         MdocSummary {
             share,
             requests: self.requests,
-            latency_us: Latency {
-                p50: self.hist.value_at_quantile(0.5),
-                p99: self.hist.value_at_quantile(0.99),
-                p999: self.hist.value_at_quantile(0.999),
-                max: self.hist.max(),
-            },
+            latency_us: Latency::of(&self.hist),
             verdicts: self.verdicts,
             mismatches: self.mismatches + self.errors,
             errors: self.errors,

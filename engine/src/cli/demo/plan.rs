@@ -139,17 +139,20 @@ struct Venues<'a> {
     count: usize,
 }
 
+/// The indices of the scanners whose ids start with `prefix`.
+pub(super) fn starting_with(scanner_ids: &[String], prefix: &str) -> Vec<usize> {
+    scanner_ids
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.starts_with(prefix))
+        .map(|(i, _)| i)
+        .collect()
+}
+
 impl<'a> Venues<'a> {
     /// Sorts the scanners by what their ids say they are.
     fn new(scanner_ids: &'a [String]) -> Venues<'a> {
-        let starting = |prefix: &str| -> Vec<usize> {
-            scanner_ids
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.starts_with(prefix))
-                .map(|(i, _)| i)
-                .collect()
-        };
+        let starting = |prefix: &str| starting_with(scanner_ids, prefix);
         Venues {
             index: scanner_ids
                 .iter()

@@ -17,6 +17,18 @@ pub struct Latency {
     pub max: u64,
 }
 
+impl Latency {
+    /// The percentiles of a histogram of microseconds.
+    pub fn of(hist: &hdrhistogram::Histogram<u64>) -> Latency {
+        Latency {
+            p50: hist.value_at_quantile(0.5),
+            p99: hist.value_at_quantile(0.99),
+            p999: hist.value_at_quantile(0.999),
+            max: hist.max(),
+        }
+    }
+}
+
 /// What the demo prints (and `--json` emits).
 #[derive(Debug, Clone, Serialize)]
 pub struct DemoReport {

@@ -225,12 +225,7 @@ impl Tally {
         DemoReport {
             requests: self.requests,
             throughput_rps: self.requests as f64 / elapsed,
-            latency_us: Latency {
-                p50: self.hist.value_at_quantile(0.5),
-                p99: self.hist.value_at_quantile(0.99),
-                p999: self.hist.value_at_quantile(0.999),
-                max: self.hist.max(),
-            },
+            latency_us: Latency::of(&self.hist),
             verdicts: self.verdicts,
             mismatches: self.mismatches + self.errors,
             errors: self.errors,
