@@ -276,7 +276,6 @@ impl SpawnedSite {
                 format!("redis {}", urls.join(", "))
             };
         }
-        let launched = SystemTime::now();
         for i in 0..opts.nodes {
             let redis = site.redis.get(i % site.redis.len().max(1));
             let engine = SpawnedEngine::launch(&dir, i, redis, opts)?;
@@ -295,9 +294,12 @@ impl SpawnedSite {
         // A node on the memory store denies tokens signed up to the moment it built its
         // engine plus the clock skew (`node_restarted`, SPEC §6): it cannot know which of them
         // the process it replaces accepted. A new Redis store's first life fences the same
-        // way. The nodes were launched after `launched`, so the first token is signed once
-        // `launched` + skew has passed.
-        tokio::time::sleep(until_past_fence(launched, SystemTime::now())).await;
+        // way. A node builds its engine before it answers a handshake, so every node's fence
+        // is at most the moment the last one answered, plus the skew: the first token is
+        // signed once that has passed. (Counting from the launch instead lost the first
+        // seconds of a run whenever a loaded machine took seconds to start a node.)
+        let ready = SystemTime::now();
+        tokio::time::sleep(until_past_fence(ready, SystemTime::now())).await;
         Ok((site, pki))
     }
 

@@ -317,9 +317,10 @@ fn with_spawn_each_shard_starts_its_own_engine_at_a_common_start_and_the_shards_
             .as_secs_f64();
         format!("{:.3}", now + ahead)
     };
-    // Shard 1 starts at a common instant 8 s ahead, on time; shard 2 is told an instant
-    // already past, so its clock starts late and its report fails.
-    for (i, start_at, code) in [(1usize, unix(8.0), 0), (2, unix(-1.0), 1)] {
+    // Shard 1 starts at a common instant 14 s ahead, on time (its node's start and fence, the
+    // skew after it, come first); shard 2 is told an instant already past, so its clock starts
+    // late and its report fails.
+    for (i, start_at, code) in [(1usize, unix(14.0), 0), (2, unix(-1.0), 1)] {
         let shard = format!("{i}/2");
         let t0 = Instant::now();
         let (out, r) = ci_rush(
@@ -344,7 +345,7 @@ fn with_spawn_each_shard_starts_its_own_engine_at_a_common_start_and_the_shards_
         if i == 1 {
             assert_eq!(late, 0.0);
             assert!(
-                t0.elapsed() >= Duration::from_secs(8),
+                t0.elapsed() >= Duration::from_secs(14),
                 "started before its instant"
             );
         } else {
