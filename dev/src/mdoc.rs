@@ -719,14 +719,7 @@ impl MdlDocument {
         let mut tbs = Vec::with_capacity(payload.len() + 32);
         sig_structure(&mut tbs, b"Signature1", &PROTECTED_ES256, &payload);
         let rs = device.sign(&tbs).map(|s| s.rs).unwrap_or([0; 64]);
-        let mut out = self.response_head(disclose);
-        text(&mut out, "deviceSignature");
-        out.push(0x84);
-        bstr(&mut out, &PROTECTED_ES256);
-        out.extend_from_slice(&[0xa0, 0xf6]);
-        bstr(&mut out, &rs);
-        status_ok(&mut out);
-        out
+        self.response(disclose, "deviceSignature", &PROTECTED_ES256, &rs)
     }
 
     /// [`MdlDocument::present`] with a `deviceMac` instead: HMAC-SHA256 (COSE HMAC 256/256)
@@ -755,12 +748,18 @@ impl MdlDocument {
             <[u8; 32]>::from(h.finalize().into_bytes())
         })
         .unwrap_or([0; 32]);
+        self.response(disclose, "deviceMac", &PROTECTED_HMAC, &tag)
+    }
+
+    /// The whole DeviceResponse, its `deviceAuth` being `kind` (`deviceSignature` or
+    /// `deviceMac`): `[protected, {}, nil, auth]`, a detached payload.
+    fn response(&self, disclose: &[&str], kind: &str, protected: &[u8], auth: &[u8]) -> Vec<u8> {
         let mut out = self.response_head(disclose);
-        text(&mut out, "deviceMac");
+        text(&mut out, kind);
         out.push(0x84);
-        bstr(&mut out, &PROTECTED_HMAC);
+        bstr(&mut out, protected);
         out.extend_from_slice(&[0xa0, 0xf6]);
-        bstr(&mut out, &tag);
+        bstr(&mut out, auth);
         status_ok(&mut out);
         out
     }
